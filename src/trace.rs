@@ -1,0 +1,73 @@
+//! What a traced forward pass recorded: one [`Record`] per layer call, in the order the calls
+//! started. Summaries and shape traces are rendered from it (see `summary`).
+
+use crate::nn::Layer;
+
+/// One call of one layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// PyTorch class name, e.g. `Conv2d`.
+    pub type_name: &'static str,
+    /// 0 for the network itself, 1 for its top-level layers, and so on.
+    pub depth: usize,
+    /// Output shape, batch dimension first.
+    pub output: Vec<i64>,
+    /// Trainable values the layer owns directly.
+    pub params: i64,
+    /// torchinfo's multiply-add count for one example.
+    pub mult_adds: i64,
+    /// A pure container (`Sequential`): no torchsummary row.
+    pub container: bool,
+    /// Whether other calls happened inside this one.
+    pub has_children: bool,
+    /// Position in the order calls finished (torchsummary numbers rows by it).
+    pub finished: usize,
+}
+
+/// Collects [`Record`]s while a forward pass runs through `Ctx::call`.
+#[derive(Debug, Default)]
+pub struct Tracer {
+    pub records: Vec<Record>,
+    open: Vec<usize>,
+    finished: usize,
+}
+
+impl Tracer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A call of `layer` starts; returns the handle for [`Tracer::exit`].
+    pub fn enter(&mut self, layer: &dyn Layer) -> usize {
+        if let Some(&parent) = self.open.last() {
+            self.records[parent].has_children = true;
+        }
+        self.records.push(Record {
+            type_name: layer.type_name(),
+            depth: self.open.len(),
+            output: Vec::new(),
+            params: layer.parameters().iter().map(|t| t.numel() as i64).sum(),
+            mult_adds: 0,
+            container: layer.is_container(),
+            has_children: false,
+            finished: 0,
+        });
+        self.open.push(self.records.len() - 1);
+        self.records.len() - 1
+    }
+
+    /// The call `entry` of `layer` returned a tensor of shape `output` (batch first).
+    pub fn exit(&mut self, entry: usize, layer: &dyn Layer, output: &[i64]) {
+        let popped = self.open.pop();
+        debug_assert_eq!(popped, Some(entry));
+        let record = &mut self.records[entry];
+        record.output = output.to_vec();
+        let mut one_example = output.to_vec();
+        if let Some(batch) = one_example.first_mut() {
+            *batch = 1;
+        }
+        record.mult_adds = layer.mult_adds(&one_example);
+        record.finished = self.finished;
+        self.finished += 1;
+    }
+}
