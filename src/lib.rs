@@ -11,6 +11,7 @@
 //! print!("{}", convnets::summary::torchsummary(&records, &[1, 96, 96], -1));
 //! ```
 
+pub mod cli;
 pub mod models;
 pub mod nn;
 pub mod summary;

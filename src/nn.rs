@@ -472,7 +472,8 @@ impl Sequential {
         Sequential { layers: Vec::new() }
     }
 
-    /// Appends a layer (builder style).
+    /// Appends a layer (builder style, named like tch's `Sequential::add`).
+    #[allow(clippy::should_implement_trait)]
     pub fn add(mut self, layer: impl Layer + 'static) -> Self {
         self.layers.push(Box::new(layer));
         self

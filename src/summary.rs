@@ -10,7 +10,7 @@ pub fn thousands(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, d) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(d);
@@ -97,7 +97,8 @@ pub fn torchinfo(records: &[Record], input: &[i64], batch_size: i64) -> String {
                 index_at_depth.resize(r.depth, 0);
             }
             index_at_depth[r.depth - 1] += 1;
-            let branch = if r.depth == 1 { "├─".to_string() } else { format!("{}└─", "│    ".repeat(r.depth - 1)) };
+            let branch =
+                if r.depth == 1 { "├─".to_string() } else { format!("{}└─", "│    ".repeat(r.depth - 1)) };
             format!("{branch}{}: {}-{}", r.type_name, r.depth, index_at_depth[r.depth - 1])
         };
         let shape = shape_list(&r.output, batch_size);
@@ -141,7 +142,8 @@ pub fn shapes(records: &[Record]) -> String {
         .iter()
         .filter(|r| r.depth == 1)
         .map(|r| {
-            let dims: Vec<String> = std::iter::once(1).chain(r.output.iter().skip(1).copied()).map(|d| d.to_string()).collect();
+            let dims: Vec<String> =
+                std::iter::once(1).chain(r.output.iter().skip(1).copied()).map(|d| d.to_string()).collect();
             format!("{} output shape:\t torch.Size([{}])\n", r.type_name, dims.join(", "))
         })
         .collect()

@@ -4,7 +4,9 @@ use tch::Tensor;
 use tch::nn::Path;
 
 use super::NetConfig;
-use crate::nn::{AvgPool2d, BatchNorm, Conv2d, Ctx, Flatten, Fwd, GlobalAvgPool2d, Layer, Linear, MaxPool2d, ReLU, Sequential};
+use crate::nn::{
+    AvgPool2d, BatchNorm, Conv2d, Ctx, Flatten, Fwd, GlobalAvgPool2d, Layer, Linear, MaxPool2d, ReLU, Sequential,
+};
 
 /// Batch norm, ReLU, then a 3x3 convolution (ResNet's improved pre-activation order).
 pub fn conv_block(p: &Path, input_channels: i64, num_channels: i64) -> Sequential {

@@ -252,14 +252,14 @@ impl Network {
 
     /// Records every layer call of one forward pass on an input of shape (C, H, W), without
     /// computing anything (an empty batch, eval mode), so even the largest network is instant.
-    pub fn trace(&self, input: &[i64]) -> Result<Vec<Record>, InputError> {
+    pub fn trace(&self, input: &[i64]) -> Result<Vec<Record>, Box<InputError>> {
         let mut tracer = Tracer::new();
         self.dry_run(input, Some(&mut tracer)).map_err(|error| self.input_error(input, error))?;
         Ok(tracer.records)
     }
 
     /// Checks that the network can take inputs of shape (C, H, W).
-    pub fn check_input(&self, input: &[i64]) -> Result<(), InputError> {
+    pub fn check_input(&self, input: &[i64]) -> Result<(), Box<InputError>> {
         self.dry_run(input, None).map_err(|error| self.input_error(input, error))
     }
 
@@ -282,7 +282,11 @@ impl Network {
         })
     }
 
-    fn input_error(&self, input: &[i64], error: ShapeError) -> InputError {
+    fn input_error(&self, input: &[i64], mut error: ShapeError) -> Box<InputError> {
+        // The dry run's batch is empty; report shapes as for one example.
+        if let Some(batch) = error.shape.first_mut() {
+            *batch = 1;
+        }
         let channels = input.first().copied().unwrap_or(1).max(1);
         let mut working_sizes: Vec<RangeInclusive<i64>> = Vec::new();
         for size in 1..=InputError::SCAN_LIMIT {
@@ -293,6 +297,6 @@ impl Network {
                 }
             }
         }
-        InputError { network: self.info.name.to_string(), input: input.to_vec(), error, working_sizes }
+        Box::new(InputError { network: self.info.name.to_string(), input: input.to_vec(), error, working_sizes })
     }
 }

@@ -56,7 +56,13 @@ impl Layer for Residual {
 
 /// A stage of `num_residuals` residual blocks; all but the first stage halve height and width
 /// and change channels in their first block.
-pub fn resnet_block(p: &Path, input_channels: i64, num_channels: i64, num_residuals: usize, first_block: bool) -> Sequential {
+pub fn resnet_block(
+    p: &Path,
+    input_channels: i64,
+    num_channels: i64,
+    num_residuals: usize,
+    first_block: bool,
+) -> Sequential {
     let mut stage = Sequential::new();
     for i in 0..num_residuals {
         stage = if i == 0 && !first_block {
