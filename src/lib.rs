@@ -12,6 +12,7 @@
 //! ```
 
 pub mod cli;
+pub mod data;
 pub mod models;
 pub mod nn;
 pub mod summary;

@@ -1,0 +1,462 @@
+//! Fashion-MNIST as d2l's `load_data_fashion_mnist` serves it: IDX files (gzipped or not) with
+//! every field validated, an embedded sample for offline use, torchvision's `Resize` (PIL
+//! bilinear) and seeded, shuffled batches prepared on a background thread.
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
+use tch::{Kind, Tensor};
+
+/// The ten classes, in label order.
+pub const CLASSES: [&str; 10] =
+    ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"];
+
+/// The four files of the data set, without the optional `.gz`.
+pub const FILES: [&str; 4] =
+    ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"];
+
+const IMAGES_MAGIC: u32 = 0x0803;
+const LABELS_MAGIC: u32 = 0x0801;
+
+/// Something wrong with a data file, naming it.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{file}: {reason}")]
+    Invalid { file: String, reason: String },
+    #[error("{file}: {source}")]
+    Io { file: String, source: std::io::Error },
+    #[error("{dir}: no {name} or {name}.gz; expected the four Fashion-MNIST files ({files}) — `convnets data download` fetches them", files = FILES.join(", "))]
+    Missing { dir: String, name: String },
+}
+
+fn invalid(file: &str, reason: impl Into<String>) -> DataError {
+    DataError::Invalid { file: file.to_string(), reason: reason.into() }
+}
+
+/// Images (row-major bytes) and labels of one split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Split {
+    pub images: Vec<u8>,
+    pub labels: Vec<u8>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Split {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// The pixels of image `i`.
+    pub fn image(&self, i: usize) -> &[u8] {
+        let size = self.rows * self.cols;
+        &self.images[i * size..(i + 1) * size]
+    }
+}
+
+/// Reads a big-endian u32 header field.
+fn header_u32(header: &[u8], field: usize) -> u32 {
+    u32::from_be_bytes(header[4 * field..4 * field + 4].try_into().unwrap())
+}
+
+/// Reads an IDX stream's body of exactly `expected` bytes, never allocating more than arrives.
+fn read_body(mut reader: impl Read, expected: usize, file: &str) -> Result<Vec<u8>, DataError> {
+    let mut body = Vec::new();
+    (&mut reader)
+        .take(expected as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| invalid(file, format!("cannot decompress or read: {e}")))?;
+    match body.len().cmp(&expected) {
+        std::cmp::Ordering::Less => Err(invalid(
+            file,
+            format!("truncated: the header promises {expected} bytes of data, the file has {}", body.len()),
+        )),
+        std::cmp::Ordering::Greater => Err(invalid(file, format!("trailing data after the {expected} bytes the header promises"))),
+        std::cmp::Ordering::Equal => Ok(body),
+    }
+}
+
+/// Wraps the bytes of a file, gunzipping when they start with gzip's magic number.
+fn decoder<'a>(bytes: impl Read + 'a, gz: bool) -> Box<dyn Read + 'a> {
+    if gz { Box::new(flate2::read::MultiGzDecoder::new(bytes)) } else { Box::new(bytes) }
+}
+
+/// Parses an IDX3 image file (magic 0x803): returns (count, rows, cols, pixels).
+pub fn parse_images(data: &[u8], file: &str) -> Result<(usize, usize, usize, Vec<u8>), DataError> {
+    let gz = data.starts_with(&[0x1f, 0x8b]);
+    let mut reader = decoder(data, gz);
+    let mut header = [0u8; 16];
+    reader.read_exact(&mut header).map_err(|_| invalid(file, "too short for an IDX image header (16 bytes)"))?;
+    let magic = header_u32(&header, 0);
+    if magic != IMAGES_MAGIC {
+        return Err(invalid(file, format!("magic number {magic:#010x} is not 0x00000803 (unsigned bytes, 3 dimensions)")));
+    }
+    let (count, rows, cols) =
+        (header_u32(&header, 1) as usize, header_u32(&header, 2) as usize, header_u32(&header, 3) as usize);
+    if rows == 0 || cols == 0 {
+        return Err(invalid(file, format!("image size {rows}x{cols} is empty")));
+    }
+    let expected = count
+        .checked_mul(rows)
+        .and_then(|n| n.checked_mul(cols))
+        .ok_or_else(|| invalid(file, format!("{count} images of {rows}x{cols} is too large")))?;
+    // An uncompressed file must be exactly as long as its header says, checked before reading.
+    if !gz && data.len() - 16 != expected {
+        return Err(invalid(
+            file,
+            format!("the header promises {count} images of {rows}x{cols} ({expected} bytes), the file has {} bytes of data", data.len() - 16),
+        ));
+    }
+    let pixels = read_body(reader, expected, file)?;
+    Ok((count, rows, cols, pixels))
+}
+
+/// Parses an IDX1 label file (magic 0x801), checking every label is a class.
+pub fn parse_labels(data: &[u8], file: &str) -> Result<Vec<u8>, DataError> {
+    let gz = data.starts_with(&[0x1f, 0x8b]);
+    let mut reader = decoder(data, gz);
+    let mut header = [0u8; 8];
+    reader.read_exact(&mut header).map_err(|_| invalid(file, "too short for an IDX label header (8 bytes)"))?;
+    let magic = header_u32(&header, 0);
+    if magic != LABELS_MAGIC {
+        return Err(invalid(file, format!("magic number {magic:#010x} is not 0x00000801 (unsigned bytes, 1 dimension)")));
+    }
+    let count = header_u32(&header, 1) as usize;
+    if !gz && data.len() - 8 != count {
+        return Err(invalid(file, format!("the header promises {count} labels, the file has {}", data.len() - 8)));
+    }
+    let labels = read_body(reader, count, file)?;
+    if let Some((i, &label)) = labels.iter().enumerate().find(|&(_, &l)| l as usize >= CLASSES.len()) {
+        return Err(invalid(file, format!("label {label} at index {i} is not a class (0-9)")));
+    }
+    Ok(labels)
+}
+
+/// Builds a split from the bytes of its image and label files.
+pub fn parse_split(images: &[u8], images_file: &str, labels: &[u8], labels_file: &str) -> Result<Split, DataError> {
+    let (count, rows, cols, pixels) = parse_images(images, images_file)?;
+    let labels = parse_labels(labels, labels_file)?;
+    if labels.len() != count {
+        return Err(invalid(labels_file, format!("{} labels for {count} images in {images_file}", labels.len())));
+    }
+    Ok(Split { images: pixels, labels, rows, cols })
+}
+
+/// Where the data came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `--data DIR`.
+    Flag(PathBuf),
+    /// `$CONVNETS_DATA`.
+    Env(PathBuf),
+    /// The user cache, where `convnets data download` writes.
+    Cache(PathBuf),
+    /// The sample compiled into the binary.
+    Embedded,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Source::Flag(p) => write!(f, "{} (from --data)", p.display()),
+            Source::Env(p) => write!(f, "{} (from $CONVNETS_DATA)", p.display()),
+            Source::Cache(p) => write!(f, "{} (the user cache)", p.display()),
+            Source::Embedded => write!(
+                f,
+                "the embedded sample (2,000 train / 500 test images; use --data DIR, $CONVNETS_DATA or `convnets data download` for the full set)"
+            ),
+        }
+    }
+}
+
+/// The user cache directory for the data set: `$XDG_CACHE_HOME` or `~/.cache`, then
+/// `convnets/fashion-mnist`.
+pub fn cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("convnets").join("fashion-mnist"))
+}
+
+/// Picks the data source: `--data DIR`, then `$CONVNETS_DATA`, then the user cache when it holds
+/// the files, then the embedded sample. An explicitly named directory is never skipped.
+pub fn resolve_source(flag: Option<&Path>) -> Source {
+    if let Some(dir) = flag {
+        return Source::Flag(dir.to_path_buf());
+    }
+    if let Some(dir) = std::env::var_os("CONVNETS_DATA").filter(|v| !v.is_empty()) {
+        return Source::Env(PathBuf::from(dir));
+    }
+    match cache_dir() {
+        Some(dir) if FILES.iter().all(|f| find_file(&dir, f).is_some()) => Source::Cache(dir),
+        _ => Source::Embedded,
+    }
+}
+
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    [dir.join(format!("{name}.gz")), dir.join(name)].into_iter().find(|p| p.is_file())
+}
+
+/// Train and test splits.
+#[derive(Debug, Clone)]
+pub struct FashionMnist {
+    pub train: Arc<Split>,
+    pub test: Arc<Split>,
+    pub source: Source,
+}
+
+const SAMPLE: [&[u8]; 4] = [
+    include_bytes!("../data/sample/train-images-idx3-ubyte.gz"),
+    include_bytes!("../data/sample/train-labels-idx1-ubyte.gz"),
+    include_bytes!("../data/sample/t10k-images-idx3-ubyte.gz"),
+    include_bytes!("../data/sample/t10k-labels-idx1-ubyte.gz"),
+];
+
+impl FashionMnist {
+    /// Loads from where [`resolve_source`] points.
+    pub fn load(flag: Option<&Path>) -> Result<Self, DataError> {
+        Self::from_source(resolve_source(flag))
+    }
+
+    pub fn from_source(source: Source) -> Result<Self, DataError> {
+        let (files, names): (Vec<Vec<u8>>, Vec<String>) = match &source {
+            Source::Embedded => (
+                SAMPLE.iter().map(|b| b.to_vec()).collect(),
+                FILES.iter().map(|f| format!("embedded {f}.gz")).collect(),
+            ),
+            Source::Flag(dir) | Source::Env(dir) | Source::Cache(dir) => {
+                if !dir.is_dir() {
+                    return Err(DataError::Io {
+                        file: dir.display().to_string(),
+                        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+                    });
+                }
+                let mut files = Vec::new();
+                let mut names = Vec::new();
+                for name in FILES {
+                    let path = find_file(dir, name)
+                        .ok_or_else(|| DataError::Missing { dir: dir.display().to_string(), name: name.to_string() })?;
+                    let file = path.display().to_string();
+                    files.push(std::fs::read(&path).map_err(|source| DataError::Io { file: file.clone(), source })?);
+                    names.push(file);
+                }
+                (files, names)
+            }
+        };
+        let train = parse_split(&files[0], &names[0], &files[1], &names[1])?;
+        let test = parse_split(&files[2], &names[2], &files[3], &names[3])?;
+        if (train.rows, train.cols) != (test.rows, test.cols) {
+            return Err(invalid(
+                &names[2],
+                format!("test images are {}x{}, train images {}x{}", test.rows, test.cols, train.rows, train.cols),
+            ));
+        }
+        Ok(FashionMnist { train: Arc::new(train), test: Arc::new(test), source })
+    }
+}
+
+/// One fixed-point filter per output pixel of one axis, as Pillow's `precompute_coeffs` and
+/// `normalize_coeffs_8bpc` make them for the bilinear filter.
+#[derive(Debug, Clone)]
+struct AxisCoeffs {
+    /// First input index of each output pixel.
+    start: Vec<usize>,
+    /// Weights (22-bit fixed point) of each output pixel, starting at `start`.
+    weights: Vec<Vec<i32>>,
+}
+
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+impl AxisCoeffs {
+    fn bilinear(in_size: usize, out_size: usize) -> Self {
+        let scale = in_size as f64 / out_size as f64;
+        let filter_scale = scale.max(1.0);
+        let support = filter_scale; // the bilinear filter's support is 1
+        let mut start = Vec::with_capacity(out_size);
+        let mut weights = Vec::with_capacity(out_size);
+        for out in 0..out_size {
+            let center = (out as f64 + 0.5) * scale;
+            // C casts truncate toward zero, then clamp to the image.
+            let lo = ((center - support + 0.5) as i64).max(0) as usize;
+            let hi = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+            let raw: Vec<f64> = (lo..hi)
+                .map(|i| {
+                    let x = ((i as f64 - center + 0.5) / filter_scale).abs();
+                    if x < 1.0 { 1.0 - x } else { 0.0 }
+                })
+                .collect();
+            let total: f64 = raw.iter().sum();
+            let fixed = raw
+                .iter()
+                .map(|&w| {
+                    let w = if total != 0.0 { w / total } else { w };
+                    let scaled = w * (1u32 << PRECISION_BITS) as f64;
+                    if scaled < 0.0 { (scaled - 0.5) as i32 } else { (scaled + 0.5) as i32 }
+                })
+                .collect();
+            start.push(lo);
+            weights.push(fixed);
+        }
+        AxisCoeffs { start, weights }
+    }
+
+    /// Applies the filter of output `out` to `get(i)` for the input indices it covers.
+    fn apply(&self, out: usize, get: impl Fn(usize) -> u8) -> u8 {
+        let mut acc: i64 = 1 << (PRECISION_BITS - 1);
+        for (k, &w) in self.weights[out].iter().enumerate() {
+            acc += get(self.start[out] + k) as i64 * w as i64;
+        }
+        (acc >> PRECISION_BITS).clamp(0, 255) as u8
+    }
+}
+
+/// torchvision's `Resize((out_h, out_w))` on a grey PIL image: Pillow's bilinear resampling
+/// (half-pixel centres, antialiased when shrinking), horizontal pass then vertical, each rounded
+/// to uint8 as Pillow does.
+#[derive(Debug, Clone)]
+pub struct Resize {
+    in_size: (usize, usize),
+    out_size: (usize, usize),
+    horizontal: AxisCoeffs,
+    vertical: AxisCoeffs,
+}
+
+impl Resize {
+    pub fn new(in_h: usize, in_w: usize, out_h: usize, out_w: usize) -> Self {
+        assert!(in_h > 0 && in_w > 0 && out_h > 0 && out_w > 0, "resize needs non-empty sizes");
+        Resize {
+            in_size: (in_h, in_w),
+            out_size: (out_h, out_w),
+            horizontal: AxisCoeffs::bilinear(in_w, out_w),
+            vertical: AxisCoeffs::bilinear(in_h, out_h),
+        }
+    }
+
+    /// Resizes one image into `out` (`out_h * out_w` bytes).
+    pub fn apply_into(&self, image: &[u8], out: &mut [u8]) {
+        let ((in_h, in_w), (out_h, out_w)) = (self.in_size, self.out_size);
+        assert_eq!(image.len(), in_h * in_w);
+        assert_eq!(out.len(), out_h * out_w);
+        if (in_h, in_w) == (out_h, out_w) {
+            // Pillow copies when neither axis changes.
+            out.copy_from_slice(image);
+            return;
+        }
+        // Pillow skips a pass whose axis keeps its size.
+        let wide: Vec<u8> = if in_w == out_w {
+            image.to_vec()
+        } else {
+            let mut wide = vec![0u8; in_h * out_w];
+            for y in 0..in_h {
+                let row = &image[y * in_w..(y + 1) * in_w];
+                for x in 0..out_w {
+                    wide[y * out_w + x] = self.horizontal.apply(x, |i| row[i]);
+                }
+            }
+            wide
+        };
+        if in_h == out_h {
+            out.copy_from_slice(&wide);
+            return;
+        }
+        for y in 0..out_h {
+            for x in 0..out_w {
+                out[y * out_w + x] = self.vertical.apply(y, |i| wide[i * out_w + x]);
+            }
+        }
+    }
+
+    pub fn apply(&self, image: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; self.out_size.0 * self.out_size.1];
+        self.apply_into(image, &mut out);
+        out
+    }
+}
+
+/// A batch ready for a network: images `[B, 1, H, W]` in [0, 1] and labels `[B]` (int64).
+pub struct Batch {
+    pub images: Tensor,
+    pub labels: Tensor,
+}
+
+/// Builds the batch of `indices` from `split`, resized to `size` x `size` when given.
+pub fn make_batch(split: &Split, indices: &[usize], size: Option<usize>) -> Batch {
+    let (h, w) = size.map_or((split.rows, split.cols), |s| (s, s));
+    let resize = size.map(|s| Resize::new(split.rows, split.cols, s, s));
+    let mut pixels = vec![0f32; indices.len() * h * w];
+    pixels.par_chunks_mut(h * w).zip(indices.par_iter()).for_each_init(
+        || vec![0u8; h * w],
+        |bytes, (out, &i)| {
+            match &resize {
+                Some(r) => r.apply_into(split.image(i), bytes),
+                None => bytes.copy_from_slice(split.image(i)),
+            }
+            // ToTensor: uint8 to float in [0, 1].
+            for (o, &b) in out.iter_mut().zip(bytes.iter()) {
+                *o = b as f32 / 255.0;
+            }
+        },
+    );
+    let labels: Vec<i64> = indices.iter().map(|&i| split.labels[i] as i64).collect();
+    Batch {
+        images: Tensor::from_slice(&pixels).view([indices.len() as i64, 1, h as i64, w as i64]),
+        labels: Tensor::from_slice(&labels).to_kind(Kind::Int64),
+    }
+}
+
+/// The order of the training set in `epoch`: a shuffle that depends only on the seed and the
+/// epoch, so a resumed run sees the same batches as an uninterrupted one.
+pub fn epoch_order(len: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    order.shuffle(&mut rng);
+    order
+}
+
+/// Batches of `order` (the last one partial), prepared on a background thread a few batches
+/// ahead so the network does not wait for resizing.
+pub fn batches(split: Arc<Split>, order: Vec<usize>, batch_size: usize, size: Option<usize>) -> Receiver<Batch> {
+    let (tx, rx) = sync_channel(3);
+    std::thread::spawn(move || {
+        for chunk in order.chunks(batch_size) {
+            if tx.send(make_batch(&split, chunk, size)).is_err() {
+                return; // the consumer stopped early
+            }
+        }
+    });
+    rx
+}
+
+/// Counts, class balance and pixel statistics of a split (`convnets data info`).
+pub fn describe(split: &Split) -> String {
+    let mut counts = [0usize; 10];
+    for &l in &split.labels {
+        counts[l as usize] += 1;
+    }
+    let n = split.images.len() as f64;
+    let mean = split.images.iter().map(|&p| p as f64 / 255.0).sum::<f64>() / n;
+    let var = split.images.iter().map(|&p| (p as f64 / 255.0 - mean).powi(2)).sum::<f64>() / n;
+    let mut out = format!(
+        "{} images of {}x{}, pixel mean {:.4}, std {:.4} (scaled to [0, 1])\n",
+        split.len(),
+        split.rows,
+        split.cols,
+        mean,
+        var.sqrt()
+    );
+    for (class, count) in CLASSES.iter().zip(counts) {
+        out += &format!("  {class:<11} {count:>6} ({:.1}%)\n", 100.0 * count as f64 / split.len().max(1) as f64);
+    }
+    out
+}
