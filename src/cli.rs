@@ -1,12 +1,15 @@
 //! The `convnets` command line.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tch::Device;
 
 use crate::models::{self, MODELS, NetConfig, Network};
+use crate::data::{self, FashionMnist};
 use crate::summary;
+use crate::train::{self, TrainConfig};
 
 /// A mistake in what the user asked for (exit code 2), as opposed to a failure while doing it.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +84,90 @@ enum Command {
         #[arg(long, value_parser = InputShape::parse)]
         input: Option<InputShape>,
     },
+    /// Train a network on Fashion-MNIST as d2l's train_ch6 does (d2l's settings by default).
+    Train(TrainArgs),
+    /// Test accuracy, per-class accuracy and confusion matrix of a trained run.
+    Eval {
+        /// A run directory or its checkpoint.safetensors.
+        run: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Classify test images (d2l's predict_ch3) or your own PNG images.
+    Predict {
+        /// A run directory or its checkpoint.safetensors.
+        run: PathBuf,
+        /// How many test images to show.
+        #[arg(long, default_value_t = 18)]
+        count: usize,
+        /// Where to write the picture of images with true and predicted labels.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Classify these grayscale PNG images instead (resized to the network's input).
+        #[arg(long, num_args = 1..)]
+        image: Vec<PathBuf>,
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Fashion-MNIST: download the official files or describe the data in use.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct DataArgs {
+    /// Directory with the four Fashion-MNIST files (.gz or not). Default: $CONVNETS_DATA, then
+    /// the user cache (~/.cache/convnets/fashion-mnist), then the embedded sample.
+    #[arg(long = "data", value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Network name (see `convnets models`); not needed with --resume.
+    net: Option<String>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Resize images to NxN (d2l: 224 for AlexNet, VGG, NiN; 96 for GoogLeNet, ResNet, DenseNet).
+    #[arg(long)]
+    resize: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// auto (a GPU when there is one), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Run directory (default: runs/<net>-<date>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in this directory from its last complete epoch.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["net", "lr", "batch_size", "resize", "seed", "out"])]
+    resume: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Download the official files (md5-checked) into the user cache or --dir.
+    Download {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Counts, class balance and pixel mean/std of the data in use.
+    Info {
+        #[command(flatten)]
+        data: DataArgs,
+    },
 }
 
 /// Runs the command line; returns the process exit code.
@@ -150,6 +237,148 @@ fn run(command: Command) -> anyhow::Result<()> {
             let (net, shape) = network_for(&net, input)?;
             print!("{}", summary::shapes(&net.trace(&shape)?));
         }
+        Command::Train(args) => run_train(args)?,
+        Command::Eval { run, data, device } => {
+            let device = train::parse_device(&device).map_err(usage)?;
+            let checkpoint = train::load_checkpoint(&run, device)?;
+            let data = load_data(data.dir.as_deref())?;
+            let config = &checkpoint.state.config;
+            let evaluation = train::evaluate(&checkpoint.net, &data.test, config.batch_size, config.resize)?;
+            println!("{} after {} epochs, {} test images", config.net, checkpoint.state.epoch, data.test.len());
+            print!("{}", evaluation.report());
+        }
+        Command::Predict { run, count, out, image, data, device } => {
+            let device = train::parse_device(&device).map_err(usage)?;
+            let checkpoint = train::load_checkpoint(&run, device)?;
+            if image.is_empty() {
+                let data = load_data(data.dir.as_deref())?;
+                predict_test(&checkpoint, &data, count, out.as_deref())?;
+            } else {
+                predict_files(&checkpoint, &image)?;
+            }
+        }
+        Command::Data { command: DataCommand::Download { dir } } => {
+            let dir = dir.or_else(data::cache_dir).ok_or_else(|| usage("no cache directory ($HOME unset): pass --dir"))?;
+            data::download(&dir, &data::mirrors(), &data::OFFICIAL_MD5, |line| eprintln!("{line}"))?;
+            println!("Fashion-MNIST is in {}", dir.display());
+        }
+        Command::Data { command: DataCommand::Info { data } } => {
+            let data = load_data(data.dir.as_deref())?;
+            println!("train: {}", data::describe(&data.train).trim_end());
+            println!("test: {}", data::describe(&data.test).trim_end());
+        }
     }
     Ok(())
+}
+
+/// Loads Fashion-MNIST and says where it came from.
+fn load_data(dir: Option<&Path>) -> anyhow::Result<FashionMnist> {
+    let data = FashionMnist::load(dir)?;
+    eprintln!("data: {}", data.source);
+    Ok(data)
+}
+
+fn run_train(args: TrainArgs) -> anyhow::Result<()> {
+    let device = train::parse_device(&args.device).map_err(usage)?;
+    let (net, config, start, dir) = match &args.resume {
+        Some(dir) => {
+            let checkpoint = train::load_checkpoint(dir, device)?;
+            let mut config = checkpoint.state.config.clone();
+            if let Some(epochs) = args.epochs {
+                config.epochs = epochs;
+            }
+            config.device = train::device_name(device);
+            if checkpoint.state.epoch >= config.epochs {
+                return Err(usage(format!(
+                    "{} already completed all {} epochs; pass a larger --epochs to continue it",
+                    dir.display(),
+                    config.epochs
+                )));
+            }
+            eprintln!("resuming {} after epoch {}", dir.display(), checkpoint.state.epoch);
+            (checkpoint.net, config, Some(checkpoint.state), dir.clone())
+        }
+        None => {
+            let name = args.net.as_deref().ok_or_else(|| usage("name a network to train (see `convnets models`), or --resume DIR"))?;
+            let mut config = TrainConfig::d2l(name).map_err(|e| usage(e.to_string()))?;
+            config.lr = args.lr.unwrap_or(config.lr);
+            config.epochs = args.epochs.unwrap_or(config.epochs);
+            config.batch_size = args.batch_size.unwrap_or(config.batch_size);
+            if let Some(size) = args.resize {
+                config.resize = Some(size);
+            }
+            config.seed = args.seed;
+            config.device = train::device_name(device);
+            config.validate().map_err(usage)?;
+            let dir = args.out.clone().unwrap_or_else(|| {
+                PathBuf::from("runs").join(format!("{name}-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S")))
+            });
+            if dir.join(train::CHECKPOINT_FILE).exists() {
+                return Err(usage(format!(
+                    "{} already holds a run; continue it with --resume {0} or choose another --out",
+                    dir.display()
+                )));
+            }
+            tch::manual_seed(config.seed as i64);
+            let net = Network::new(name, config.net_config(), device)?;
+            (net, config, None, dir)
+        }
+    };
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| usage(format!("cannot create {}: {e}; choose another --out", parent.display())))?;
+    }
+    let data = load_data(args.data.dir.as_deref())?;
+    let run = train::Run { config, data: &data, dir: dir.clone(), verbose: true };
+    train::train(&run, &net, start)?;
+    eprintln!("run saved in {}", dir.display());
+    Ok(())
+}
+
+/// d2l's `predict_ch3`: the first `count` test images with true and predicted labels.
+fn predict_test(checkpoint: &train::Checkpoint, data: &FashionMnist, count: usize, out: Option<&Path>) -> anyhow::Result<()> {
+    let config = &checkpoint.state.config;
+    let count = count.min(data.test.len());
+    let indices: Vec<usize> = (0..count).collect();
+    let batch = data::make_batch(&data.test, &indices, config.resize);
+    let predicted = classify(&checkpoint.net, &batch.images)?;
+    let mut tiles = Vec::new();
+    for (i, p) in predicted.iter().enumerate() {
+        let truth = data::CLASSES[data.test.labels[i] as usize];
+        let guess = data::CLASSES.get(*p).copied().unwrap_or("?");
+        println!("{i:>4}: true {truth:<11} predicted {guess:<11}{}", if truth == guess { "" } else { "  (wrong)" });
+        tiles.push(crate::chart::Labelled {
+            pixels: data.test.image(i),
+            size: (data.test.rows, data.test.cols),
+            title: [truth.to_string(), guess.to_string()],
+        });
+    }
+    if let Some(out) = out {
+        let png = crate::chart::prediction_grid(&tiles)?;
+        crate::weights::write_atomic(out, &png).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+        eprintln!("picture written to {}", out.display());
+    }
+    Ok(())
+}
+
+/// Classifies the user's own PNG images, resized to the network's input as training did.
+fn predict_files(checkpoint: &train::Checkpoint, files: &[PathBuf]) -> anyhow::Result<()> {
+    let config = &checkpoint.state.config;
+    let size = config.resize.unwrap_or(28);
+    let mut pixels = Vec::new();
+    for file in files {
+        let (grey, h, w) = crate::chart::read_grey_png(file).map_err(|e| usage(e.to_string()))?;
+        let resized = data::Resize::new(h, w, size, size).apply(&grey);
+        pixels.extend(resized.iter().map(|&b| b as f32 / 255.0));
+    }
+    let images = tch::Tensor::from_slice(&pixels).view([files.len() as i64, 1, size as i64, size as i64]);
+    for (file, p) in files.iter().zip(classify(&checkpoint.net, &images)?) {
+        println!("{}: {}", file.display(), data::CLASSES.get(p).copied().unwrap_or("?"));
+    }
+    Ok(())
+}
+
+fn classify(net: &Network, images: &tch::Tensor) -> anyhow::Result<Vec<usize>> {
+    let logits = tch::no_grad(|| net.forward_t(&images.to_device(net.device()), false))?;
+    let predicted = Vec::<i64>::try_from(logits.argmax(1, false).to_device(Device::Cpu))?;
+    Ok(predicted.into_iter().map(|p| p as usize).collect())
 }

@@ -11,9 +11,12 @@
 //! print!("{}", convnets::summary::torchsummary(&records, &[1, 96, 96], -1));
 //! ```
 
+pub mod chart;
 pub mod cli;
 pub mod data;
 pub mod models;
 pub mod nn;
 pub mod summary;
 pub mod trace;
+pub mod train;
+pub mod weights;

@@ -1,0 +1,420 @@
+//! d2l's `train_ch6`, step for step, and what a user expects around it: a run directory with
+//! config, metrics, chart and an atomic checkpoint after every epoch, exact resumption, and a
+//! clear stop when the loss diverges.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use tch::nn::{OptimizerConfig, Sgd};
+use tch::{Device, Kind};
+
+use crate::chart;
+use crate::data::{self, CLASSES, FashionMnist, Split};
+use crate::models::{self, NetConfig, Network};
+use crate::weights::{self, write_atomic};
+
+/// Everything that defines a run; saved as `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub net: String,
+    pub in_channels: i64,
+    pub num_classes: i64,
+    pub lr: f64,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Height and width images are resized to; `None` keeps 28x28.
+    pub resize: Option<usize>,
+    pub seed: u64,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+}
+
+impl TrainConfig {
+    /// d2l's settings for `net` (REFERENCE.md).
+    pub fn d2l(net: &str) -> Result<Self, models::UnknownModel> {
+        let info = models::find(net)?;
+        let config = NetConfig::default();
+        Ok(TrainConfig {
+            net: info.name.to_string(),
+            in_channels: config.in_channels,
+            num_classes: config.num_classes,
+            lr: info.lr,
+            epochs: info.epochs,
+            batch_size: info.batch_size as usize,
+            resize: (info.input_size != 28).then_some(info.input_size as usize),
+            seed: 0,
+            device: "cpu".into(),
+        })
+    }
+
+    /// Checks the hyper-parameters, naming the one at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(format!("--lr must be a positive number, got {}", self.lr));
+        }
+        if self.epochs == 0 {
+            return Err("--epochs must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return Err("--batch-size must be at least 1".into());
+        }
+        if self.resize == Some(0) {
+            return Err("--resize must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn net_config(&self) -> NetConfig {
+        NetConfig { in_channels: self.in_channels, num_classes: self.num_classes }
+    }
+
+    /// The (C, H, W) the network sees.
+    pub fn input_shape(&self, split: &Split) -> [i64; 3] {
+        let (h, w) = self.resize.map_or((split.rows, split.cols), |s| (s, s));
+        [self.in_channels, h as i64, w as i64]
+    }
+}
+
+/// Parses `auto`, `cpu`, `cuda` or `cuda:N`; `auto` is d2l's `try_gpu()`.
+pub fn parse_device(s: &str) -> Result<Device, String> {
+    let cuda = |index: usize| {
+        if !cfg!(feature = "cuda") {
+            Err(format!("device {s}: this convnets was built without the `cuda` feature; rebuild with `cargo build --release --features cuda`, or use --device cpu"))
+        } else if (index as i64) >= tch::Cuda::device_count() {
+            Err(format!("device {s}: no such CUDA device ({} visible); use --device cpu", tch::Cuda::device_count()))
+        } else {
+            Ok(Device::Cuda(index))
+        }
+    };
+    match s {
+        "auto" => Ok(if tch::Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu }),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => cuda(0),
+        _ => match s.strip_prefix("cuda:").and_then(|i| i.parse::<usize>().ok()) {
+            Some(i) => cuda(i),
+            None => Err(format!("unknown device '{s}': use auto, cpu, cuda or cuda:N")),
+        },
+    }
+}
+
+/// A device as d2l prints it: `cpu`, `cuda:0`.
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cuda(i) => format!("cuda:{i}"),
+        _ => "cpu".into(),
+    }
+}
+
+/// One point of d2l's Animator: train metrics 5 times per epoch, test accuracy at its end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    pub x: f64,
+    pub train_loss: Option<f64>,
+    pub train_acc: Option<f64>,
+    pub test_acc: Option<f64>,
+}
+
+/// The summary of one finished epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub test_acc: f64,
+    pub examples: usize,
+    /// Seconds of timed training steps in this epoch.
+    pub step_seconds: f64,
+    pub wall_seconds: f64,
+}
+
+/// Everything measured so far; stored in the checkpoint and as `metrics.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    pub points: Vec<Point>,
+    pub epochs: Vec<EpochRecord>,
+}
+
+impl History {
+    /// d2l's figure: examples of the last epoch x epochs / summed step time.
+    pub fn examples_per_sec(&self) -> f64 {
+        let seconds: f64 = self.epochs.iter().map(|e| e.step_seconds).sum();
+        let last = self.epochs.last().map_or(0, |e| e.examples);
+        last as f64 * self.epochs.len() as f64 / seconds
+    }
+}
+
+/// What a checkpoint holds besides the weights (safetensors metadata, one atomic file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointState {
+    pub format: String,
+    pub config: TrainConfig,
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Plain SGD (no momentum, no weight decay) keeps no state besides its learning rate.
+    pub optimizer: String,
+    pub history: History,
+}
+
+const CHECKPOINT_FORMAT: &str = "convnets-checkpoint-1";
+const STATE_KEY: &str = "convnets.checkpoint";
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+
+/// A loaded checkpoint: the network with its weights and the run's state.
+pub struct Checkpoint {
+    pub net: Network,
+    pub state: CheckpointState,
+}
+
+/// Finds the checkpoint file of a run directory, or takes the file itself.
+pub fn checkpoint_path(run_or_file: &Path) -> PathBuf {
+    if run_or_file.is_dir() { run_or_file.join(CHECKPOINT_FILE) } else { run_or_file.to_path_buf() }
+}
+
+/// Loads a checkpoint written by [`train`] onto `device`.
+pub fn load_checkpoint(run_or_file: &Path, device: Device) -> anyhow::Result<Checkpoint> {
+    let path = checkpoint_path(run_or_file);
+    let file = path.display().to_string();
+    let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("{file}: {e} (expected a run directory or its {CHECKPOINT_FILE})"))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| anyhow::anyhow!("{file}: not a valid safetensors checkpoint: {e}"))?;
+    let state_json = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(STATE_KEY))
+        .ok_or_else(|| anyhow::anyhow!("{file}: a safetensors file but not a convnets checkpoint (no training state)"))?;
+    let state: CheckpointState =
+        serde_json::from_str(state_json).map_err(|e| anyhow::anyhow!("{file}: corrupt training state: {e}"))?;
+    if state.format != CHECKPOINT_FORMAT {
+        anyhow::bail!("{file}: checkpoint format {} is not {CHECKPOINT_FORMAT}", state.format);
+    }
+    let net = Network::new(&state.config.net, state.config.net_config(), device)?;
+    let tensors = weights::parse_safetensors(&bytes, &file)?;
+    weights::load_state_dict(&net.vs, &state.config.net, &tensors, false)?;
+    Ok(Checkpoint { net, state })
+}
+
+fn save_checkpoint(dir: &Path, net: &Network, state: &CheckpointState) -> anyhow::Result<()> {
+    let metadata = HashMap::from([(STATE_KEY.to_string(), serde_json::to_string(state)?)]);
+    let bytes = weights::safetensors_bytes(&weights::state_dict(&net.vs), Some(metadata))?;
+    let path = dir.join(CHECKPOINT_FILE);
+    write_atomic(&path, &bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+}
+
+/// Writes `metrics.json`, `metrics.csv`, `chart.svg` and `chart.png`, each atomically.
+pub fn write_results(dir: &Path, history: &History, epochs: usize) -> anyhow::Result<()> {
+    let mut csv = csv::Writer::from_writer(Vec::new());
+    csv.write_record(["x", "train_loss", "train_acc", "test_acc"])?;
+    let cell = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
+    for p in &history.points {
+        csv.write_record([format!("{:.6}", p.x), cell(p.train_loss), cell(p.train_acc), cell(p.test_acc)])?;
+    }
+    let files: [(&str, Vec<u8>); 4] = [
+        ("metrics.json", serde_json::to_vec_pretty(history)?),
+        ("metrics.csv", csv.into_inner()?),
+        ("chart.svg", chart::training_svg(&history.points, epochs)?.into_bytes()),
+        ("chart.png", chart::training_png(&history.points, epochs)?),
+    ];
+    for (name, bytes) in files {
+        let path = dir.join(name);
+        write_atomic(&path, &bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The loss stopped being a number.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "training diverged at epoch {epoch}, batch {batch}: the loss is {loss}{last}. \
+     The checkpoint of the last complete epoch is kept. Try a lower --lr (this run used {lr})",
+    last = match .last_finite { Some(l) => format!(" (last finite loss {l:.4})"), None => String::new() }
+)]
+pub struct Diverged {
+    pub epoch: usize,
+    pub batch: usize,
+    pub loss: f64,
+    pub last_finite: Option<f64>,
+    pub lr: f64,
+}
+
+/// Accuracy and confusion matrix (rows: true class, columns: predicted) of a split.
+pub struct Evaluation {
+    pub accuracy: f64,
+    pub confusion: Vec<Vec<u64>>,
+}
+
+/// d2l's `evaluate_accuracy_gpu`: eval mode, no gradients, batches in order.
+pub fn evaluate(net: &Network, split: &Arc<Split>, batch_size: usize, resize: Option<usize>) -> anyhow::Result<Evaluation> {
+    let classes = net.config.num_classes as usize;
+    let mut confusion = vec![vec![0u64; classes]; classes];
+    let order: Vec<usize> = (0..split.len()).collect();
+    let _guard = tch::no_grad_guard();
+    for batch in data::batches(split.clone(), order, batch_size, resize) {
+        let logits = net.forward_t(&batch.images.to_device(net.device()), false)?;
+        let predicted = Vec::<i64>::try_from(logits.argmax(1, false).to_device(Device::Cpu))?;
+        let truth = Vec::<i64>::try_from(&batch.labels)?;
+        for (t, p) in truth.iter().zip(&predicted) {
+            confusion[*t as usize][*p as usize] += 1;
+        }
+    }
+    let correct: u64 = (0..classes).map(|c| confusion[c][c]).sum();
+    Ok(Evaluation { accuracy: correct as f64 / split.len().max(1) as f64, confusion })
+}
+
+impl Evaluation {
+    /// Per-class accuracy and the confusion matrix as a table.
+    pub fn report(&self) -> String {
+        let mut out = format!("test acc {:.3}\n\n{:<11} {:>8} {:>7}\n", self.accuracy, "class", "acc", "count");
+        for (c, row) in self.confusion.iter().enumerate() {
+            let count: u64 = row.iter().sum();
+            let name = CLASSES.get(c).copied().unwrap_or("?");
+            out += &format!("{name:<11} {:>8.3} {count:>7}\n", row[c] as f64 / count.max(1) as f64);
+        }
+        out += "\nconfusion matrix (rows: true class, columns: predicted)\n";
+        out += &format!("{:<11}", "");
+        for c in 0..self.confusion.len() {
+            out += &format!(" {c:>5}");
+        }
+        out += "\n";
+        for (c, row) in self.confusion.iter().enumerate() {
+            out += &format!("{:<11}", format!("{c} {}", CLASSES.get(c).copied().unwrap_or("?")).chars().take(11).collect::<String>());
+            for v in row {
+                out += &format!(" {v:>5}");
+            }
+            out += "\n";
+        }
+        out
+    }
+}
+
+/// Where and how to train.
+pub struct Run<'a> {
+    pub config: TrainConfig,
+    pub data: &'a FashionMnist,
+    pub dir: PathBuf,
+    /// Print d2l's lines to stdout (off in library use).
+    pub verbose: bool,
+}
+
+/// Trains `net` as `d2l.train_ch6` does, from `start` (a resumed checkpoint's state) or from
+/// scratch, writing the run directory as it goes. Returns the full history.
+pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow::Result<History> {
+    let cfg = &run.config;
+    cfg.validate().map_err(crate::cli::usage)?;
+    let device = net.device();
+    let train_split = run.data.train.clone();
+    let input = cfg.input_shape(&train_split);
+    net.check_input(&input).map_err(|e| crate::cli::usage(format!("--resize {}: {e}", input[1])))?;
+    std::fs::create_dir_all(&run.dir).map_err(|e| anyhow::anyhow!("cannot create run directory {}: {e}", run.dir.display()))?;
+    let config_path = run.dir.join("config.json");
+    write_atomic(&config_path, &serde_json::to_vec_pretty(cfg)?)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", config_path.display()))?;
+
+    let (first_epoch, mut history) = match start {
+        Some(state) => (state.epoch, state.history),
+        None => (0, History::default()),
+    };
+    let mut opt = Sgd::default().build(&net.vs, cfg.lr)?;
+    if run.verbose {
+        println!("training on {}", device_name(device));
+    }
+    let num_batches = train_split.len().div_ceil(cfg.batch_size);
+    let mut last_finite: Option<f64> = history.epochs.last().map(|e| e.train_loss);
+    for epoch in first_epoch..cfg.epochs {
+        // Every epoch's randomness (shuffle, dropout) depends only on the seed and the epoch, so
+        // a resumed run continues exactly as an uninterrupted one.
+        tch::manual_seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64) as i64);
+        let started = Instant::now();
+        let bar = progress_bar(num_batches as u64, epoch, cfg.epochs);
+        let (mut loss_sum, mut correct, mut seen, mut step_seconds) = (0f64, 0i64, 0usize, 0f64);
+        let order = data::epoch_order(train_split.len(), cfg.seed, epoch);
+        for (i, batch) in data::batches(train_split.clone(), order, cfg.batch_size, cfg.resize).into_iter().enumerate() {
+            let timer = Instant::now();
+            let x = batch.images.to_device(device);
+            let y = batch.labels.to_device(device);
+            opt.zero_grad();
+            let y_hat = net.forward_t(&x, true)?;
+            let loss = y_hat.cross_entropy_for_logits(&y);
+            loss.backward();
+            opt.step();
+            let (loss_value, batch_correct) = tch::no_grad(|| {
+                let correct = y_hat.argmax(1, false).eq_tensor(&y).sum(Kind::Int64);
+                (loss.double_value(&[]), correct.int64_value(&[]))
+            });
+            step_seconds += timer.elapsed().as_secs_f64();
+            if !loss_value.is_finite() {
+                bar.abandon();
+                return Err(Diverged { epoch: epoch + 1, batch: i + 1, loss: loss_value, last_finite, lr: cfg.lr }.into());
+            }
+            last_finite = Some(loss_value);
+            let n = batch.labels.size()[0] as usize;
+            loss_sum += loss_value * n as f64;
+            correct += batch_correct;
+            seen += n;
+            let (train_loss, train_acc) = (loss_sum / seen as f64, correct as f64 / seen as f64);
+            if (i + 1) % (num_batches / 5).max(1) == 0 || i == num_batches - 1 {
+                let x = epoch as f64 + (i + 1) as f64 / num_batches as f64;
+                history.points.push(Point { x, train_loss: Some(train_loss), train_acc: Some(train_acc), test_acc: None });
+            }
+            bar.set_message(format!(
+                "loss {train_loss:.3}, train acc {train_acc:.3}, {:.1} examples/sec",
+                seen as f64 / step_seconds
+            ));
+            bar.inc(1);
+        }
+        let test = evaluate(net, &run.data.test, cfg.batch_size, cfg.resize)?;
+        history.points.push(Point { x: (epoch + 1) as f64, train_loss: None, train_acc: None, test_acc: Some(test.accuracy) });
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            train_loss: loss_sum / seen as f64,
+            train_acc: correct as f64 / seen as f64,
+            test_acc: test.accuracy,
+            examples: seen,
+            step_seconds,
+            wall_seconds: started.elapsed().as_secs_f64(),
+        };
+        let line = format!(
+            "epoch {}/{}: loss {:.3}, train acc {:.3}, test acc {:.3}, {:.1} s",
+            record.epoch, cfg.epochs, record.train_loss, record.train_acc, record.test_acc, record.wall_seconds
+        );
+        bar.finish_and_clear();
+        if run.verbose {
+            eprintln!("{line}");
+        }
+        history.epochs.push(record);
+        let state = CheckpointState {
+            format: CHECKPOINT_FORMAT.into(),
+            config: cfg.clone(),
+            epoch: epoch + 1,
+            optimizer: format!("sgd(lr={}, momentum=0, weight_decay=0)", cfg.lr),
+            history: history.clone(),
+        };
+        save_checkpoint(&run.dir, net, &state)?;
+        write_results(&run.dir, &history, cfg.epochs)?;
+    }
+    if run.verbose {
+        if let Some(last) = history.epochs.last() {
+            println!("loss {:.3}, train acc {:.3}, test acc {:.3}", last.train_loss, last.train_acc, last.test_acc);
+            println!("{:.1} examples/sec on {}", history.examples_per_sec(), device_name(device));
+        }
+    }
+    Ok(history)
+}
+
+fn progress_bar(len: u64, epoch: usize, epochs: usize) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} batches  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
+    bar
+}
