@@ -152,7 +152,8 @@ pub fn read_grey_png(path: &Path) -> anyhow::Result<(Vec<u8>, usize, usize)> {
         anyhow::bail!("{}: {w}x{h} is too large for an input image", path.display());
     }
     let mut buf = vec![0u8; reader.output_buffer_size()];
-    let frame = reader.next_frame(&mut buf).map_err(|e| anyhow::anyhow!("{}: corrupt PNG data: {e}", path.display()))?;
+    let frame =
+        reader.next_frame(&mut buf).map_err(|e| anyhow::anyhow!("{}: corrupt PNG data: {e}", path.display()))?;
     let data = &buf[..frame.buffer_size()];
     let channels = frame.color_type.samples();
     let grey = data

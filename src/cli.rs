@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use tch::Device;
 
-use crate::models::{self, MODELS, NetConfig, Network};
 use crate::data::{self, FashionMnist};
+use crate::models::{self, MODELS, NetConfig, Network};
 use crate::summary;
 use crate::train::{self, TrainConfig};
 
@@ -258,7 +258,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Data { command: DataCommand::Download { dir } } => {
-            let dir = dir.or_else(data::cache_dir).ok_or_else(|| usage("no cache directory ($HOME unset): pass --dir"))?;
+            let dir =
+                dir.or_else(data::cache_dir).ok_or_else(|| usage("no cache directory ($HOME unset): pass --dir"))?;
             data::download(&dir, &data::mirrors(), &data::OFFICIAL_MD5, |line| eprintln!("{line}"))?;
             println!("Fashion-MNIST is in {}", dir.display());
         }
@@ -299,7 +300,10 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             (checkpoint.net, config, Some(checkpoint.state), dir.clone())
         }
         None => {
-            let name = args.net.as_deref().ok_or_else(|| usage("name a network to train (see `convnets models`), or --resume DIR"))?;
+            let name = args
+                .net
+                .as_deref()
+                .ok_or_else(|| usage("name a network to train (see `convnets models`), or --resume DIR"))?;
             let mut config = TrainConfig::d2l(name).map_err(|e| usage(e.to_string()))?;
             config.lr = args.lr.unwrap_or(config.lr);
             config.epochs = args.epochs.unwrap_or(config.epochs);
@@ -325,7 +329,8 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         }
     };
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| usage(format!("cannot create {}: {e}; choose another --out", parent.display())))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| usage(format!("cannot create {}: {e}; choose another --out", parent.display())))?;
     }
     let data = load_data(args.data.dir.as_deref())?;
     let run = train::Run { config, data: &data, dir: dir.clone(), verbose: true };
@@ -335,7 +340,12 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
 }
 
 /// d2l's `predict_ch3`: the first `count` test images with true and predicted labels.
-fn predict_test(checkpoint: &train::Checkpoint, data: &FashionMnist, count: usize, out: Option<&Path>) -> anyhow::Result<()> {
+fn predict_test(
+    checkpoint: &train::Checkpoint,
+    data: &FashionMnist,
+    count: usize,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
     let config = &checkpoint.state.config;
     let count = count.min(data.test.len());
     let indices: Vec<usize> = (0..count).collect();

@@ -81,7 +81,9 @@ fn read_body(mut reader: impl Read, expected: usize, file: &str) -> Result<Vec<u
             file,
             format!("truncated: the header promises {expected} bytes of data, the file has {}", body.len()),
         )),
-        std::cmp::Ordering::Greater => Err(invalid(file, format!("trailing data after the {expected} bytes the header promises"))),
+        std::cmp::Ordering::Greater => {
+            Err(invalid(file, format!("trailing data after the {expected} bytes the header promises")))
+        }
         std::cmp::Ordering::Equal => Ok(body),
     }
 }
@@ -99,7 +101,10 @@ pub fn parse_images(data: &[u8], file: &str) -> Result<(usize, usize, usize, Vec
     reader.read_exact(&mut header).map_err(|_| invalid(file, "too short for an IDX image header (16 bytes)"))?;
     let magic = header_u32(&header, 0);
     if magic != IMAGES_MAGIC {
-        return Err(invalid(file, format!("magic number {magic:#010x} is not 0x00000803 (unsigned bytes, 3 dimensions)")));
+        return Err(invalid(
+            file,
+            format!("magic number {magic:#010x} is not 0x00000803 (unsigned bytes, 3 dimensions)"),
+        ));
     }
     let (count, rows, cols) =
         (header_u32(&header, 1) as usize, header_u32(&header, 2) as usize, header_u32(&header, 3) as usize);
@@ -114,7 +119,10 @@ pub fn parse_images(data: &[u8], file: &str) -> Result<(usize, usize, usize, Vec
     if !gz && data.len() - 16 != expected {
         return Err(invalid(
             file,
-            format!("the header promises {count} images of {rows}x{cols} ({expected} bytes), the file has {} bytes of data", data.len() - 16),
+            format!(
+                "the header promises {count} images of {rows}x{cols} ({expected} bytes), the file has {} bytes of data",
+                data.len() - 16
+            ),
         ));
     }
     let pixels = read_body(reader, expected, file)?;
@@ -129,7 +137,10 @@ pub fn parse_labels(data: &[u8], file: &str) -> Result<Vec<u8>, DataError> {
     reader.read_exact(&mut header).map_err(|_| invalid(file, "too short for an IDX label header (8 bytes)"))?;
     let magic = header_u32(&header, 0);
     if magic != LABELS_MAGIC {
-        return Err(invalid(file, format!("magic number {magic:#010x} is not 0x00000801 (unsigned bytes, 1 dimension)")));
+        return Err(invalid(
+            file,
+            format!("magic number {magic:#010x} is not 0x00000801 (unsigned bytes, 1 dimension)"),
+        ));
     }
     let count = header_u32(&header, 1) as usize;
     if !gz && data.len() - 8 != count {
@@ -323,7 +334,9 @@ impl AxisCoeffs {
 
 /// torchvision's `Resize((out_h, out_w))` on a grey PIL image: Pillow's bilinear resampling
 /// (half-pixel centres, antialiased when shrinking), horizontal pass then vertical, each rounded
-/// to uint8 as Pillow does.
+/// to uint8 as Pillow does. Identical to Pillow 13 for enlargements (all of d2l's resizes) and
+/// for many reductions; where Pillow 13 runs the vertical pass first (some mixed or shrinking
+/// resizes), a few pixels can differ by one grey level.
 #[derive(Debug, Clone)]
 pub struct Resize {
     in_size: (usize, usize),

@@ -84,7 +84,9 @@ impl TrainConfig {
 pub fn parse_device(s: &str) -> Result<Device, String> {
     let cuda = |index: usize| {
         if !cfg!(feature = "cuda") {
-            Err(format!("device {s}: this convnets was built without the `cuda` feature; rebuild with `cargo build --release --features cuda`, or use --device cpu"))
+            Err(format!(
+                "device {s}: this convnets was built without the `cuda` feature; rebuild with `cargo build --release --features cuda`, or use --device cpu"
+            ))
         } else if (index as i64) >= tch::Cuda::device_count() {
             Err(format!("device {s}: no such CUDA device ({} visible); use --device cpu", tch::Cuda::device_count()))
         } else {
@@ -179,14 +181,13 @@ pub fn checkpoint_path(run_or_file: &Path) -> PathBuf {
 pub fn load_checkpoint(run_or_file: &Path, device: Device) -> anyhow::Result<Checkpoint> {
     let path = checkpoint_path(run_or_file);
     let file = path.display().to_string();
-    let bytes = std::fs::read(&path).map_err(|e| anyhow::anyhow!("{file}: {e} (expected a run directory or its {CHECKPOINT_FILE})"))?;
+    let bytes = std::fs::read(&path)
+        .map_err(|e| anyhow::anyhow!("{file}: {e} (expected a run directory or its {CHECKPOINT_FILE})"))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| anyhow::anyhow!("{file}: not a valid safetensors checkpoint: {e}"))?;
-    let state_json = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(STATE_KEY))
-        .ok_or_else(|| anyhow::anyhow!("{file}: a safetensors file but not a convnets checkpoint (no training state)"))?;
+    let state_json = meta.metadata().as_ref().and_then(|m| m.get(STATE_KEY)).ok_or_else(|| {
+        anyhow::anyhow!("{file}: a safetensors file but not a convnets checkpoint (no training state)")
+    })?;
     let state: CheckpointState =
         serde_json::from_str(state_json).map_err(|e| anyhow::anyhow!("{file}: corrupt training state: {e}"))?;
     if state.format != CHECKPOINT_FORMAT {
@@ -248,7 +249,12 @@ pub struct Evaluation {
 }
 
 /// d2l's `evaluate_accuracy_gpu`: eval mode, no gradients, batches in order.
-pub fn evaluate(net: &Network, split: &Arc<Split>, batch_size: usize, resize: Option<usize>) -> anyhow::Result<Evaluation> {
+pub fn evaluate(
+    net: &Network,
+    split: &Arc<Split>,
+    batch_size: usize,
+    resize: Option<usize>,
+) -> anyhow::Result<Evaluation> {
     let classes = net.config.num_classes as usize;
     let mut confusion = vec![vec![0u64; classes]; classes];
     let order: Vec<usize> = (0..split.len()).collect();
@@ -281,7 +287,10 @@ impl Evaluation {
         }
         out += "\n";
         for (c, row) in self.confusion.iter().enumerate() {
-            out += &format!("{:<11}", format!("{c} {}", CLASSES.get(c).copied().unwrap_or("?")).chars().take(11).collect::<String>());
+            out += &format!(
+                "{:<11}",
+                format!("{c} {}", CLASSES.get(c).copied().unwrap_or("?")).chars().take(11).collect::<String>()
+            );
             for v in row {
                 out += &format!(" {v:>5}");
             }
@@ -309,7 +318,8 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
     let train_split = run.data.train.clone();
     let input = cfg.input_shape(&train_split);
     net.check_input(&input).map_err(|e| crate::cli::usage(format!("--resize {}: {e}", input[1])))?;
-    std::fs::create_dir_all(&run.dir).map_err(|e| anyhow::anyhow!("cannot create run directory {}: {e}", run.dir.display()))?;
+    std::fs::create_dir_all(&run.dir)
+        .map_err(|e| anyhow::anyhow!("cannot create run directory {}: {e}", run.dir.display()))?;
     let config_path = run.dir.join("config.json");
     write_atomic(&config_path, &serde_json::to_vec_pretty(cfg)?)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", config_path.display()))?;
@@ -332,7 +342,8 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         let bar = progress_bar(num_batches as u64, epoch, cfg.epochs);
         let (mut loss_sum, mut correct, mut seen, mut step_seconds) = (0f64, 0i64, 0usize, 0f64);
         let order = data::epoch_order(train_split.len(), cfg.seed, epoch);
-        for (i, batch) in data::batches(train_split.clone(), order, cfg.batch_size, cfg.resize).into_iter().enumerate() {
+        for (i, batch) in data::batches(train_split.clone(), order, cfg.batch_size, cfg.resize).into_iter().enumerate()
+        {
             let timer = Instant::now();
             let x = batch.images.to_device(device);
             let y = batch.labels.to_device(device);
@@ -348,7 +359,9 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
             step_seconds += timer.elapsed().as_secs_f64();
             if !loss_value.is_finite() {
                 bar.abandon();
-                return Err(Diverged { epoch: epoch + 1, batch: i + 1, loss: loss_value, last_finite, lr: cfg.lr }.into());
+                return Err(
+                    Diverged { epoch: epoch + 1, batch: i + 1, loss: loss_value, last_finite, lr: cfg.lr }.into()
+                );
             }
             last_finite = Some(loss_value);
             let n = batch.labels.size()[0] as usize;
@@ -358,7 +371,12 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
             let (train_loss, train_acc) = (loss_sum / seen as f64, correct as f64 / seen as f64);
             if (i + 1) % (num_batches / 5).max(1) == 0 || i == num_batches - 1 {
                 let x = epoch as f64 + (i + 1) as f64 / num_batches as f64;
-                history.points.push(Point { x, train_loss: Some(train_loss), train_acc: Some(train_acc), test_acc: None });
+                history.points.push(Point {
+                    x,
+                    train_loss: Some(train_loss),
+                    train_acc: Some(train_acc),
+                    test_acc: None,
+                });
             }
             bar.set_message(format!(
                 "loss {train_loss:.3}, train acc {train_acc:.3}, {:.1} examples/sec",
@@ -367,7 +385,12 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
             bar.inc(1);
         }
         let test = evaluate(net, &run.data.test, cfg.batch_size, cfg.resize)?;
-        history.points.push(Point { x: (epoch + 1) as f64, train_loss: None, train_acc: None, test_acc: Some(test.accuracy) });
+        history.points.push(Point {
+            x: (epoch + 1) as f64,
+            train_loss: None,
+            train_acc: None,
+            test_acc: Some(test.accuracy),
+        });
         let record = EpochRecord {
             epoch: epoch + 1,
             train_loss: loss_sum / seen as f64,

@@ -60,7 +60,8 @@ pub fn parse_safetensors(bytes: &[u8], file: &str) -> Result<Vec<(String, Tensor
     let st = SafeTensors::deserialize(bytes).map_err(|e| unreadable(format!("not a valid safetensors file: {e}")))?;
     let mut out = Vec::new();
     for (name, view) in st.tensors() {
-        let kind = kind_of(view.dtype()).ok_or_else(|| unreadable(format!("{name}: unsupported dtype {:?}", view.dtype())))?;
+        let kind =
+            kind_of(view.dtype()).ok_or_else(|| unreadable(format!("{name}: unsupported dtype {:?}", view.dtype())))?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         out.push((name, Tensor::from_data_size(view.data(), &shape, kind)));
     }
@@ -78,10 +79,11 @@ pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>, WeightsError> 
                 let source = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
                 return Err(WeightsError::Io { file, source });
             }
-            let mut named = Tensor::loadz_multi_with_device(path, Device::Cpu).map_err(|e| WeightsError::Unreadable {
-                file: file.clone(),
-                reason: format!("not a PyTorch state_dict libtorch can read: {e}"),
-            })?;
+            let mut named =
+                Tensor::loadz_multi_with_device(path, Device::Cpu).map_err(|e| WeightsError::Unreadable {
+                    file: file.clone(),
+                    reason: format!("not a PyTorch state_dict libtorch can read: {e}"),
+                })?;
             named.sort_by(|a, b| a.0.cmp(&b.0));
             Ok(named)
         }
@@ -93,7 +95,10 @@ pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>, WeightsError> 
 }
 
 /// Serializes named tensors as safetensors, with optional string metadata.
-pub fn safetensors_bytes(named: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> anyhow::Result<Vec<u8>> {
+pub fn safetensors_bytes(
+    named: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> anyhow::Result<Vec<u8>> {
     let mut buffers = Vec::with_capacity(named.len());
     for (name, tensor) in named {
         let t = tensor.to_device(Device::Cpu).contiguous();
@@ -172,7 +177,11 @@ pub fn load_state_dict(
         problems.push(format!("unexpected key {name}"));
     }
     if !problems.is_empty() && !allow_partial {
-        return Err(WeightsError::Mismatch { network: network.to_string(), problems, partial_possible: !fitting.is_empty() });
+        return Err(WeightsError::Mismatch {
+            network: network.to_string(),
+            problems,
+            partial_possible: !fitting.is_empty(),
+        });
     }
     tch::no_grad(|| {
         for (_, var, t) in &fitting {
