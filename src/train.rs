@@ -54,8 +54,9 @@ impl TrainConfig {
 
     /// Checks the hyper-parameters, naming the one at fault.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(format!("--lr must be a positive number, got {}", self.lr));
+        // libtorch keeps the learning rate of float parameters as a float.
+        if !(self.lr.is_finite() && self.lr > 0.0 && self.lr <= f32::MAX as f64) {
+            return Err(format!("--lr must be a positive number no larger than 3.4e38, got {}", self.lr));
         }
         if self.epochs == 0 {
             return Err("--epochs must be at least 1".into());
@@ -419,11 +420,9 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         save_checkpoint(&run.dir, net, &state)?;
         write_results(&run.dir, &history, cfg.epochs)?;
     }
-    if run.verbose {
-        if let Some(last) = history.epochs.last() {
-            println!("loss {:.3}, train acc {:.3}, test acc {:.3}", last.train_loss, last.train_acc, last.test_acc);
-            println!("{:.1} examples/sec on {}", history.examples_per_sec(), device_name(device));
-        }
+    if let (true, Some(last)) = (run.verbose, history.epochs.last()) {
+        println!("loss {:.3}, train acc {:.3}, test acc {:.3}", last.train_loss, last.train_acc, last.test_acc);
+        println!("{:.1} examples/sec on {}", history.examples_per_sec(), device_name(device));
     }
     Ok(history)
 }
