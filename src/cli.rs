@@ -113,6 +113,32 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+    /// Load a PyTorch state_dict (.safetensors, .pt or .pth) into a network, as a new run directory.
+    Import {
+        /// The weights, under the key names d2l's PyTorch code gives them (`0.weight`, ...).
+        weights: PathBuf,
+        #[arg(long)]
+        net: String,
+        /// The run directory to create (then usable with eval, predict and train --resume).
+        #[arg(long)]
+        out: PathBuf,
+        /// Load the keys that fit and report the others instead of refusing.
+        #[arg(long)]
+        allow_partial: bool,
+    },
+    /// Write a run's weights as a PyTorch state_dict in safetensors (load_state_dict accepts it).
+    Export {
+        /// A run directory or its checkpoint.safetensors.
+        run: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Compare a network with PyTorch on a parity file (weights, input, outputs, gradients).
+    Parity {
+        file: PathBuf,
+        #[arg(long)]
+        net: String,
+    },
     /// Fashion-MNIST: download the official files or describe the data in use.
     Data {
         #[command(subcommand)]
@@ -255,6 +281,40 @@ fn run(command: Command) -> anyhow::Result<()> {
                 predict_test(&checkpoint, &data, count, out.as_deref())?;
             } else {
                 predict_files(&checkpoint, &image)?;
+            }
+        }
+        Command::Import { weights, net, out, allow_partial } => {
+            let config = TrainConfig::d2l(&net).map_err(|e| usage(e.to_string()))?;
+            if out.join(train::CHECKPOINT_FILE).exists() {
+                return Err(usage(format!("{} already holds a run; choose another --out", out.display())));
+            }
+            let network = Network::new(&net, config.net_config(), Device::Cpu)?;
+            let tensors = crate::weights::read_tensors(&weights)?;
+            let report = crate::weights::load_state_dict(&network.vs, &net, &tensors, allow_partial)?;
+            for problem in &report.skipped {
+                eprintln!("skipped: {problem}");
+            }
+            std::fs::create_dir_all(&out).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
+            let config_path = out.join("config.json");
+            crate::weights::write_atomic(&config_path, &serde_json::to_vec_pretty(&config)?)?;
+            train::save_checkpoint(&out, &network, &train::CheckpointState::new(config, 0, train::History::default()))?;
+            println!("loaded {} tensors into {net}; run directory {}", report.loaded.len(), out.display());
+        }
+        Command::Export { run, out } => {
+            let checkpoint = train::load_checkpoint(&run, Device::Cpu)?;
+            let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+            let named = crate::weights::state_dict(&checkpoint.net.vs);
+            let bytes = crate::weights::safetensors_bytes(&named, Some(metadata))?;
+            crate::weights::write_atomic(&out, &bytes)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+            println!("{} tensors of {} written to {}", named.len(), checkpoint.state.config.net, out.display());
+        }
+        Command::Parity { file, net } => {
+            models::find(&net).map_err(|e| usage(e.to_string()))?;
+            let report = crate::parity::run(&file, &net)?;
+            println!("{report}");
+            if !report.passed() {
+                anyhow::bail!("{net} differs from PyTorch beyond tolerance");
             }
         }
         Command::Data { command: DataCommand::Download { dir } } => {

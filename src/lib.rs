@@ -16,6 +16,7 @@ pub mod cli;
 pub mod data;
 pub mod models;
 pub mod nn;
+pub mod parity;
 pub mod summary;
 pub mod trace;
 pub mod train;

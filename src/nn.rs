@@ -352,9 +352,9 @@ impl Layer for ScratchBatchNorm {
         let x_hat = if cx.train {
             // Per feature over the batch (2-d), per channel over batch and space (4-d).
             let axes: &[i64] = if self.dims == 2 { &[0] } else { &[0, 2, 3] };
-            let mean = x.mean_dim(axes, true, Kind::Float);
+            let mean = x.mean_dim(axes, true, x.kind());
             let centered = x - &mean;
-            let var = centered.square().mean_dim(axes, true, Kind::Float);
+            let var = centered.square().mean_dim(axes, true, x.kind());
             tch::no_grad(|| {
                 let m = Self::MOMENTUM;
                 let new_mean = &self.moving_mean * m + mean.detach() * (1.0 - m);

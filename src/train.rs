@@ -163,6 +163,13 @@ pub struct CheckpointState {
     pub history: History,
 }
 
+impl CheckpointState {
+    pub fn new(config: TrainConfig, epoch: usize, history: History) -> Self {
+        let optimizer = format!("sgd(lr={}, momentum=0, weight_decay=0)", config.lr);
+        CheckpointState { format: CHECKPOINT_FORMAT.into(), config, epoch, optimizer, history }
+    }
+}
+
 const CHECKPOINT_FORMAT: &str = "convnets-checkpoint-1";
 const STATE_KEY: &str = "convnets.checkpoint";
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
@@ -200,7 +207,8 @@ pub fn load_checkpoint(run_or_file: &Path, device: Device) -> anyhow::Result<Che
     Ok(Checkpoint { net, state })
 }
 
-fn save_checkpoint(dir: &Path, net: &Network, state: &CheckpointState) -> anyhow::Result<()> {
+/// Writes `checkpoint.safetensors` in `dir` atomically: weights and state, one file.
+pub fn save_checkpoint(dir: &Path, net: &Network, state: &CheckpointState) -> anyhow::Result<()> {
     let metadata = HashMap::from([(STATE_KEY.to_string(), serde_json::to_string(state)?)]);
     let bytes = weights::safetensors_bytes(&weights::state_dict(&net.vs), Some(metadata))?;
     let path = dir.join(CHECKPOINT_FILE);
@@ -410,13 +418,7 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
             eprintln!("{line}");
         }
         history.epochs.push(record);
-        let state = CheckpointState {
-            format: CHECKPOINT_FORMAT.into(),
-            config: cfg.clone(),
-            epoch: epoch + 1,
-            optimizer: format!("sgd(lr={}, momentum=0, weight_decay=0)", cfg.lr),
-            history: history.clone(),
-        };
+        let state = CheckpointState::new(cfg.clone(), epoch + 1, history.clone());
         save_checkpoint(&run.dir, net, &state)?;
         write_results(&run.dir, &history, cfg.epochs)?;
     }

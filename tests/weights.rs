@@ -1,0 +1,232 @@
+//! PyTorch weights in and out, and numerical parity with PyTorch 2.11.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+use convnets::models::{MODELS, NetConfig, Network};
+use convnets::parity::{self, Status};
+use convnets::weights::{self, WeightsError};
+use tch::{Device, Kind, Tensor};
+
+fn golden(file: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(file)
+}
+
+fn convnets(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_convnets")).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn parity_with_pytorch_on_the_golden_files() {
+    for (file, net, compared) in [
+        ("parity_lenet_bn.safetensors", "lenet-bn", 3 + 14 + 8),
+        ("parity_lenet_bn.safetensors", "lenet-bn-scratch", 3 + 14 + 4),
+        ("parity_densenet.safetensors", "densenet", 3 + 64 + 42),
+    ] {
+        let report = parity::run(&golden(file), net).unwrap();
+        assert!(report.passed(), "{report}");
+        assert_eq!(report.count(|s| *s == Status::Pass), compared, "{net}: {report}");
+        assert!(report.items.iter().any(|i| i.name == "logits_eval" && i.status == Status::Pass && i.max_rel < 1e-5));
+        // The only skipped gradients are those that are zero in exact arithmetic.
+        for item in report.items.iter().filter(|i| i.name.starts_with("grad.")) {
+            if let Status::Skipped(why) = &item.status {
+                assert!(item.name.ends_with(".bias") && why.starts_with("zero in exact arithmetic"), "{item:?}");
+            }
+        }
+    }
+}
+
+fn write(path: &Path, named: &[(String, Tensor)]) {
+    std::fs::write(path, weights::safetensors_bytes(named, None).unwrap()).unwrap();
+}
+
+#[test]
+fn parity_fails_on_different_weights_and_skips_dropout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut named = weights::read_tensors(&golden("parity_lenet_bn.safetensors")).unwrap();
+    for (k, t) in &mut named {
+        if k == "param.0.weight" {
+            *t = &*t * 1.01;
+        }
+    }
+    let tampered = tmp.path().join("tampered.safetensors");
+    write(&tampered, &named);
+    let report = parity::run(&tampered, "lenet-bn").unwrap();
+    assert!(!report.passed());
+    let logits = report.items.iter().find(|i| i.name == "logits_eval").unwrap();
+    assert_eq!(logits.status, Status::Fail);
+    let (code, out, err) = convnets(&["parity", tampered.to_str().unwrap(), "--net", "lenet-bn"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("logits_eval") && out.contains("FAIL"), "{out}");
+    assert!(err.contains("lenet-bn differs from PyTorch beyond tolerance"), "{err}");
+    let (code, out, _) =
+        convnets(&["parity", golden("parity_densenet.safetensors").to_str().unwrap(), "--net", "densenet"]);
+    assert_eq!(code, 0);
+    assert!(out.trim_end().ends_with("densenet: 109 passed, 0 failed, 20 skipped"), "{out}");
+
+    // A network with dropout: train-mode items are skipped with the reason.
+    tch::manual_seed(4);
+    let net = Network::new("nin", NetConfig::default(), Device::Cpu).unwrap();
+    let input = Tensor::rand([2, 1, 70, 70], (Kind::Float, Device::Cpu));
+    let logits = tch::no_grad(|| net.forward_t(&input, false).unwrap());
+    let mut file: Vec<(String, Tensor)> =
+        weights::state_dict(&net.vs).into_iter().map(|(k, t)| (format!("param.{k}"), t)).collect();
+    file.extend([
+        ("input".to_string(), input),
+        ("target".to_string(), Tensor::from_slice(&[1i64, 2])),
+        ("logits_eval".to_string(), logits.shallow_clone()),
+        ("logits_train".to_string(), logits),
+        ("loss_train".to_string(), Tensor::from(2.3f32)),
+        ("grad.0.0.weight".to_string(), Tensor::zeros([96, 1, 11, 11], (Kind::Float, Device::Cpu))),
+    ]);
+    let own = tmp.path().join("nin.safetensors");
+    write(&own, &file);
+    let report = parity::run(&own, "nin").unwrap();
+    assert!(report.passed(), "{report}");
+    let skipped: Vec<&str> = report
+        .items
+        .iter()
+        .filter(|i| matches!(&i.status, Status::Skipped(w) if w.contains("dropout")))
+        .map(|i| i.name.as_str())
+        .collect();
+    assert_eq!(skipped, ["logits_train", "loss_train", "grad.0.0.weight"]);
+}
+
+#[test]
+fn import_export_import_is_exact_for_every_network() {
+    let tmp = tempfile::tempdir().unwrap();
+    for info in MODELS {
+        tch::manual_seed(11);
+        let source = Network::from_info(info, NetConfig::default(), Device::Cpu);
+        // Give the batch norm state non-default values so that it is checked too.
+        let x = Tensor::rand([2, 1, info.input_size, info.input_size], (Kind::Float, Device::Cpu));
+        let _ = tch::no_grad(|| source.forward_t(&x, true).unwrap());
+        let path = tmp.path().join(format!("{}.safetensors", info.name));
+        write(&path, &weights::state_dict(&source.vs));
+        let copy = Network::from_info(info, NetConfig::default(), Device::Cpu);
+        let report =
+            weights::load_state_dict(&copy.vs, info.name, &weights::read_tensors(&path).unwrap(), false).unwrap();
+        assert!(report.skipped.is_empty());
+        let (a, b) = (source.vs.variables(), copy.vs.variables());
+        assert_eq!(report.loaded.len(), a.len());
+        for (name, t) in &a {
+            assert!(t.equal(&b[name]), "{}: {name} differs", info.name);
+            assert_eq!(t.kind(), b[name].kind());
+        }
+    }
+}
+
+#[test]
+fn batch_norm_weights_move_between_the_built_in_and_the_scratch_layer() {
+    tch::manual_seed(2);
+    let builtin = Network::new("lenet-bn", NetConfig::default(), Device::Cpu).unwrap();
+    let x = Tensor::rand([16, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let _ = tch::no_grad(|| builtin.forward_t(&x, true).unwrap()); // non-trivial running statistics
+    let scratch = Network::new("lenet-bn-scratch", NetConfig::default(), Device::Cpu).unwrap();
+    weights::load_state_dict(&scratch.vs, "lenet-bn-scratch", &weights::state_dict(&builtin.vs), false).unwrap();
+    let back = Network::new("lenet-bn", NetConfig::default(), Device::Cpu).unwrap();
+    weights::load_state_dict(&back.vs, "lenet-bn", &weights::state_dict(&scratch.vs), false).unwrap();
+    assert_eq!(back.vs.variables()["1.num_batches_tracked"].int64_value(&[]), 0);
+    let y = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
+    for train in [false, true] {
+        let (a, b, c) = tch::no_grad(|| {
+            (
+                builtin.forward_t(&y, train).unwrap(),
+                scratch.forward_t(&y, train).unwrap(),
+                back.forward_t(&y, train).unwrap(),
+            )
+        });
+        assert!(a.allclose(&b, 1e-5, 1e-5, false), "train={train}");
+        assert!(a.allclose(&c, 1e-5, 1e-5, false), "train={train}");
+    }
+}
+
+#[test]
+fn bad_weight_files_get_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = Network::new("lenet-bn", NetConfig::default(), Device::Cpu).unwrap();
+    let good = weights::safetensors_bytes(&weights::state_dict(&net.vs), None).unwrap();
+
+    let truncated = tmp.path().join("truncated.safetensors");
+    std::fs::write(&truncated, &good[..good.len() - 100]).unwrap();
+    let e = weights::read_tensors(&truncated).unwrap_err().to_string();
+    assert!(e.contains("truncated.safetensors: not a valid safetensors file"), "{e}");
+    let garbage = tmp.path().join("garbage.safetensors");
+    std::fs::write(&garbage, b"\xff\xff\xff\xff\xff\xff\xff\xffnot json").unwrap();
+    let e = weights::read_tensors(&garbage).unwrap_err().to_string();
+    assert!(e.contains("garbage.safetensors: not a valid safetensors file"), "{e}");
+    let pt = tmp.path().join("broken.pt");
+    std::fs::write(&pt, b"PK\x03\x04 definitely not a zip").unwrap();
+    let e = weights::read_tensors(&pt).unwrap_err().to_string();
+    assert!(e.contains("broken.pt: not a PyTorch state_dict libtorch can read"), "{e}");
+    let e = weights::read_tensors(&tmp.path().join("missing.pth")).unwrap_err().to_string();
+    assert!(e.contains("missing.pth: no such file"), "{e}");
+
+    let mut named = weights::state_dict(&net.vs);
+    named.retain(|(k, _)| k != "0.bias");
+    named.push(("99.weight".into(), Tensor::zeros([3], (Kind::Float, Device::Cpu))));
+    for (k, t) in &mut named {
+        if k == "15.weight" {
+            *t = Tensor::zeros([10, 83], (Kind::Float, Device::Cpu));
+        }
+    }
+    let fresh = Network::new("lenet-bn", NetConfig::default(), Device::Cpu).unwrap();
+    let before = fresh.vs.variables()["0.weight"].copy();
+    let err = weights::load_state_dict(&fresh.vs, "lenet-bn", &named, false).unwrap_err();
+    let WeightsError::Mismatch { problems, .. } = &err else { panic!("{err}") };
+    assert_eq!(
+        problems,
+        &["missing key 0.bias", "15.weight has shape [10, 83], the network needs [10, 84]", "unexpected key 99.weight"]
+    );
+    assert!(err.to_string().ends_with("(--allow-partial loads the keys that fit)"), "{err}");
+    assert!(fresh.vs.variables()["0.weight"].equal(&before), "nothing loaded on error");
+    let report = weights::load_state_dict(&fresh.vs, "lenet-bn", &named, true).unwrap();
+    assert_eq!(report.skipped.len(), 3);
+    assert!(fresh.vs.variables()["0.weight"].equal(&net.vs.variables()["0.weight"]));
+}
+
+#[test]
+fn cli_import_eval_and_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    tch::manual_seed(3);
+    let net = Network::new("lenet-bn", NetConfig::default(), Device::Cpu).unwrap();
+    let file = tmp.path().join("d2l.safetensors");
+    write(&file, &weights::state_dict(&net.vs));
+    let run = tmp.path().join("run");
+    let (code, out, err) =
+        convnets(&["import", file.to_str().unwrap(), "--net", "lenet-bn", "--out", run.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("loaded 30 tensors into lenet-bn"), "{out}");
+    let (code, out, err) = convnets(&["eval", run.to_str().unwrap(), "--device", "cpu"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("lenet-bn after 0 epochs, 500 test images") && out.contains("confusion matrix"), "{out}");
+
+    let exported = tmp.path().join("out.safetensors");
+    let (code, _, err) = convnets(&["export", run.to_str().unwrap(), "--out", exported.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let a: HashMap<String, Tensor> = weights::read_tensors(&exported).unwrap().into_iter().collect();
+    let b = net.vs.variables();
+    assert_eq!(a.len(), b.len());
+    assert!(b.iter().all(|(k, t)| a[k].equal(t)), "exported weights equal the imported ones under the same names");
+
+    let (code, _, err) = convnets(&[
+        "import",
+        file.to_str().unwrap(),
+        "--net",
+        "resnet18",
+        "--out",
+        tmp.path().join("r").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("weights do not fit resnet18: missing key 0.0.bias"), "{err}");
+    let (code, _, err) =
+        convnets(&["import", file.to_str().unwrap(), "--net", "lenet-bn", "--out", run.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("already holds a run"), "{err}");
+}
