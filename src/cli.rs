@@ -139,6 +139,27 @@ enum Command {
         #[arg(long)]
         net: String,
     },
+    /// Measure train-step, pipeline-fed, eval and data throughput and peak memory per network.
+    Bench {
+        /// Networks to measure (default: the eight d2l trains).
+        nets: Vec<String>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Default: d2l's batch size for each network.
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Timed steps per measurement.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Untimed steps before timing.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// One JSON object per network instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        data: DataArgs,
+    },
     /// Fashion-MNIST: download the official files or describe the data in use.
     Data {
         #[command(subcommand)]
@@ -315,6 +336,35 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("{report}");
             if !report.passed() {
                 anyhow::bail!("{net} differs from PyTorch beyond tolerance");
+            }
+        }
+        Command::Bench { nets, device, batch_size, steps, warmup, json, data } => {
+            let device = train::parse_device(&device).map_err(usage)?;
+            if steps == 0 || batch_size == Some(0) {
+                return Err(usage("--steps and --batch-size must be at least 1"));
+            }
+            let nets: Vec<String> = if nets.is_empty() {
+                MODELS.iter().filter(|m| m.book.is_some()).map(|m| m.name.to_string()).collect()
+            } else {
+                nets
+            };
+            for net in &nets {
+                models::find(net).map_err(|e| usage(e.to_string()))?;
+            }
+            let data = load_data(data.dir.as_deref())?;
+            let config = crate::bench::BenchConfig { device, batch_size, steps, warmup };
+            let mut results = Vec::new();
+            for net in &nets {
+                let result = crate::bench::bench(net, &config, &data)?;
+                if json {
+                    println!("{}", serde_json::to_string(&result)?);
+                } else {
+                    eprintln!("{net}: {:.1} train examples/s", result.train_examples_per_s);
+                }
+                results.push(result);
+            }
+            if !json {
+                print!("{}", crate::bench::table(&results));
             }
         }
         Command::Data { command: DataCommand::Download { dir } } => {

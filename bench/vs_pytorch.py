@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""Side by side: the same d2l workloads in PyTorch eager and in convnets, on this machine, in one
+run, with the ratio per network. It is how convnets quotes speed.
+
+PyTorch: `python3 -m venv ~/.cache/convnets/torch-venv && ~/.cache/convnets/torch-venv/bin/pip
+install torch==2.11.0` (about 3.5 GB; convnets itself does not need it), then run this script
+with that venv's python:
+
+    ~/.cache/convnets/torch-venv/bin/python bench/vs_pytorch.py [--device cpu|cuda]
+        [--steps N] [--warmup N] [--batch-size B] [net ...]
+
+Each side measures d2l's timed train step (zero grad, forward, loss, backward, step, loss read
+back) on a fixed random batch, and eval-mode forward passes, after warm-up steps; each network runs
+in a fresh process so that peak memory is its own. The PyTorch networks are those of the seed
+notebook (the project's shared reference bench script), initialised as d2l does.
+"""
+import argparse, json, os, subprocess, sys, time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONVNETS = os.path.join(HERE, "..", "target", "release", "convnets")
+# convnets name -> (PyTorch builder name, lr, d2l batch, side)
+NETS = {"alexnet": ("alexnet", 0.01, 128, 224), "vgg11-small": ("vgg", 0.05, 128, 224), "nin": ("nin", 0.1, 128, 224),
+        "googlenet": ("googlenet", 0.1, 128, 96), "lenet-bn": ("lenet_bn", 1.0, 256, 28),
+        "resnet18": ("resnet18", 0.05, 256, 96), "densenet": ("densenet", 0.1, 256, 96)}
+
+
+def torch_worker(name, device, batch, steps, warmup):
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+    g = dict(torch=torch, nn=nn, F=F)
+    exec(MODELS, g)
+    builder, lr, _, side = NETS[name]
+    if device == "cpu":
+        torch.set_num_threads(os.cpu_count())
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    net = g[builder]()
+    def init(m):
+        if type(m) in (nn.Linear, nn.Conv2d):
+            nn.init.xavier_uniform_(m.weight)
+    net.apply(init); net.to(dev); net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=lr); loss = nn.CrossEntropyLoss()
+    X = torch.rand(batch, 1, side, side, device=dev); y = torch.randint(0, 10, (batch,), device=dev)
+    t = 0.0
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        opt.zero_grad(); l = loss(net(X), y); l.backward(); opt.step()
+        float(l.detach())
+        if i >= warmup:
+            t += time.perf_counter() - t0
+    train = batch * steps / t
+    net.eval()
+    with torch.no_grad():
+        for _ in range(warmup):
+            net(X)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            int(net(X).argmax(1).sum())
+        evaluate = batch * steps / (time.perf_counter() - t0)
+    peak = None
+    if device == "cpu":
+        with open("/proc/self/status") as f:
+            peak = next(int(l.split()[1]) / 1024 for l in f if l.startswith("VmHWM:"))
+    else:
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    print(json.dumps(dict(train_examples_per_s=train, eval_examples_per_s=evaluate, peak_mib=peak,
+                          threads=torch.get_num_threads(), torch=torch.__version__)))
+
+
+MODELS = r'''
+def alexnet():
+    return nn.Sequential(
+        nn.Conv2d(1, 96, 11, 4, 1), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(), nn.Conv2d(384, 384, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2), nn.Flatten(),
+        nn.Linear(6400, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(4096, 10))
+
+def vgg(ratio=4):
+    arch = [(1, 64), (1, 128), (2, 256), (2, 512), (2, 512)]
+    layers, c = [], 1
+    for n, o in arch:
+        o //= ratio
+        for _ in range(n):
+            layers += [nn.Conv2d(c, o, 3, padding=1), nn.ReLU()]; c = o
+        layers.append(nn.MaxPool2d(2, 2))
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * 49, 4096), nn.ReLU(), nn.Dropout(0.5),
+                         nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, 10))
+
+def nin():
+    def blk(i, o, k, s, p):
+        return nn.Sequential(nn.Conv2d(i, o, k, s, p), nn.ReLU(), nn.Conv2d(o, o, 1), nn.ReLU(), nn.Conv2d(o, o, 1), nn.ReLU())
+    return nn.Sequential(blk(1, 96, 11, 4, 0), nn.MaxPool2d(3, 2), blk(96, 256, 5, 1, 2), nn.MaxPool2d(3, 2),
+                         blk(256, 384, 3, 1, 1), nn.MaxPool2d(3, 2), nn.Dropout(0.5), blk(384, 10, 3, 1, 1),
+                         nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten())
+
+class Inception(nn.Module):
+    def __init__(self, i, c1, c2, c3, c4):
+        super().__init__()
+        self.p1_1 = nn.Conv2d(i, c1, 1)
+        self.p2_1 = nn.Conv2d(i, c2[0], 1); self.p2_2 = nn.Conv2d(c2[0], c2[1], 3, padding=1)
+        self.p3_1 = nn.Conv2d(i, c3[0], 1); self.p3_2 = nn.Conv2d(c3[0], c3[1], 5, padding=2)
+        self.p4_1 = nn.MaxPool2d(3, 1, 1); self.p4_2 = nn.Conv2d(i, c4, 1)
+    def forward(self, x):
+        return torch.cat((F.relu(self.p1_1(x)), F.relu(self.p2_2(F.relu(self.p2_1(x)))),
+                          F.relu(self.p3_2(F.relu(self.p3_1(x)))), F.relu(self.p4_2(self.p4_1(x)))), 1)
+
+def googlenet():
+    b1 = nn.Sequential(nn.Conv2d(1, 64, 7, 2, 3), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+    b2 = nn.Sequential(nn.Conv2d(64, 64, 1), nn.ReLU(), nn.Conv2d(64, 192, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+    b3 = nn.Sequential(Inception(192, 64, (96, 128), (16, 32), 32), Inception(256, 128, (128, 192), (32, 96), 64), nn.MaxPool2d(3, 2, 1))
+    b4 = nn.Sequential(Inception(480, 192, (96, 208), (16, 48), 64), Inception(512, 160, (112, 224), (24, 64), 64),
+                       Inception(512, 128, (128, 256), (24, 64), 64), Inception(512, 112, (144, 288), (32, 64), 64),
+                       Inception(528, 256, (160, 320), (32, 128), 128), nn.MaxPool2d(3, 2, 1))
+    b5 = nn.Sequential(Inception(832, 256, (160, 320), (32, 128), 128), Inception(832, 384, (192, 384), (48, 128), 128),
+                       nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten())
+    return nn.Sequential(b1, b2, b3, b4, b5, nn.Linear(1024, 10))
+
+def lenet_bn():
+    return nn.Sequential(nn.Conv2d(1, 6, 5), nn.BatchNorm2d(6), nn.Sigmoid(), nn.AvgPool2d(2, 2),
+                         nn.Conv2d(6, 16, 5), nn.BatchNorm2d(16), nn.Sigmoid(), nn.AvgPool2d(2, 2), nn.Flatten(),
+                         nn.Linear(256, 120), nn.BatchNorm1d(120), nn.Sigmoid(), nn.Linear(120, 84), nn.BatchNorm1d(84),
+                         nn.Sigmoid(), nn.Linear(84, 10))
+
+class Residual(nn.Module):
+    def __init__(self, i, o, use1x1=False, s=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(i, o, 3, padding=1, stride=s); self.conv2 = nn.Conv2d(o, o, 3, padding=1)
+        self.conv3 = nn.Conv2d(i, o, 1, stride=s) if use1x1 else None
+        self.bn1 = nn.BatchNorm2d(o); self.bn2 = nn.BatchNorm2d(o)
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x))); y = self.bn2(self.conv2(y))
+        if self.conv3: x = self.conv3(x)
+        return F.relu(y + x)
+
+def resnet18():
+    def stage(i, o, n, first=False):
+        return [Residual(i, o, True, 2) if k == 0 and not first else Residual(o, o) for k in range(n)]
+    b1 = nn.Sequential(nn.Conv2d(1, 64, 7, 2, 3), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+    return nn.Sequential(b1, nn.Sequential(*stage(64, 64, 2, True)), nn.Sequential(*stage(64, 128, 2)),
+                         nn.Sequential(*stage(128, 256, 2)), nn.Sequential(*stage(256, 512, 2)),
+                         nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(512, 10))
+
+def densenet():
+    def conv_block(i, o): return nn.Sequential(nn.BatchNorm2d(i), nn.ReLU(), nn.Conv2d(i, o, 3, padding=1))
+    class DenseBlock(nn.Module):
+        def __init__(self, n, i, g):
+            super().__init__(); self.net = nn.Sequential(*[conv_block(i + k * g, g) for k in range(n)])
+        def forward(self, x):
+            for b in self.net: x = torch.cat((x, b(x)), 1)
+            return x
+    def transition(i, o): return nn.Sequential(nn.BatchNorm2d(i), nn.ReLU(), nn.Conv2d(i, o, 1), nn.AvgPool2d(2, 2))
+    b1 = nn.Sequential(nn.Conv2d(1, 64, 7, 2, 3), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+    c, g, blks = 64, 32, []
+    for k, n in enumerate([4, 4, 4, 4]):
+        blks.append(DenseBlock(n, c, g)); c += n * g
+        if k != 3: blks.append(transition(c, c // 2)); c //= 2
+    return nn.Sequential(b1, *blks, nn.BatchNorm2d(c), nn.ReLU(), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(c, 10))
+
+'''
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("nets", nargs="*", default=list(NETS))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker:
+        return torch_worker(a.worker, a.device, a.batch_size, a.steps, a.warmup)
+    rows = []
+    print(f"{'network':<13} {'batch':>5} {'torch train':>12} {'convnets':>10} {'ratio':>6} "
+          f"{'torch eval':>11} {'convnets':>10} {'ratio':>6} {'torch MiB':>10} {'convnets':>9}", flush=True)
+    for name in a.nets:
+        batch = a.batch_size or NETS[name][2]
+        common = ["--steps", str(a.steps), "--warmup", str(a.warmup), "--batch-size", str(batch), "--device", a.device]
+        torch_out = subprocess.run([sys.executable, __file__, "--worker", name] + common,
+                                   check=True, capture_output=True, text=True).stdout
+        t = json.loads(torch_out.strip().splitlines()[-1])
+        ours_out = subprocess.run([CONVNETS, "bench", name, "--json"] + common, check=True, capture_output=True,
+                                  text=True).stdout
+        c = json.loads(ours_out.strip().splitlines()[-1])
+        peak = c["peak_rss_mib"]
+        row = dict(network=name, batch=batch, device=a.device, torch=t, convnets=c,
+                   train_ratio=c["train_examples_per_s"] / t["train_examples_per_s"],
+                   eval_ratio=c["eval_examples_per_s"] / t["eval_examples_per_s"])
+        rows.append(row)
+        print(f"{name:<13} {batch:>5} {t['train_examples_per_s']:>12.1f} {c['train_examples_per_s']:>10.1f} "
+              f"{row['train_ratio']:>6.2f} {t['eval_examples_per_s']:>11.1f} {c['eval_examples_per_s']:>10.1f} "
+              f"{row['eval_ratio']:>6.2f} {t['peak_mib'] or 0:>10.0f} {peak if peak is not None else float('nan'):>9.0f}",
+              flush=True)
+    with open(os.environ.get("BENCH_JSON", os.devnull), "w") as f:
+        json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+//! `convnets bench`: how fast each network trains and evaluates, measured the way d2l times
+//! `train_ch6` (the timed step reads the loss back), plus the data pipeline and peak memory.
+//! Timings live here, never in tests.
+
+use std::time::Instant;
+
+use serde::Serialize;
+use tch::nn::{OptimizerConfig, Sgd};
+use tch::{Device, Kind, Tensor};
+
+use crate::data::{self, FashionMnist};
+use crate::models::{self, NetConfig, Network};
+use crate::train::device_name;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub device: Device,
+    /// `None`: d2l's batch size for each network.
+    pub batch_size: Option<usize>,
+    /// Timed steps (after `warmup` untimed ones).
+    pub steps: usize,
+    pub warmup: usize,
+}
+
+/// One network's figures; serialised as one stable JSON line.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub model: String,
+    pub device: String,
+    pub precision: &'static str,
+    pub batch: usize,
+    pub side: usize,
+    pub steps: usize,
+    /// d2l's timed train step on a fixed random batch already on the device.
+    pub train_examples_per_s: f64,
+    /// Training steps fed by the real pipeline (Fashion-MNIST sample, resize, batching, copy).
+    pub epoch_examples_per_s: f64,
+    /// Eval-mode forward passes without gradients.
+    pub eval_examples_per_s: f64,
+    /// Batches the data pipeline alone produces per second, in examples.
+    pub data_examples_per_s: f64,
+    /// Peak resident memory of this process while measuring this network (CPU), MiB.
+    pub peak_rss_mib: Option<f64>,
+    pub params: i64,
+    pub threads: i32,
+    pub libtorch: &'static str,
+}
+
+/// Resets the kernel's peak-RSS counter of this process (Linux `clear_refs`), so that each
+/// network's peak is its own.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident set size since the last reset, in MiB (Linux only).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(_) = device {
+        tch::Cuda::synchronize(0);
+    }
+}
+
+/// Measures one network.
+pub fn bench(name: &str, cfg: &BenchConfig, data: &FashionMnist) -> anyhow::Result<BenchResult> {
+    let info = models::find(name)?;
+    let batch = cfg.batch_size.unwrap_or(info.batch_size as usize);
+    let side = info.input_size as usize;
+    reset_peak_rss();
+    tch::manual_seed(0);
+    let net = Network::new(name, NetConfig::default(), cfg.device)?;
+    let mut opt = Sgd::default().build(&net.vs, info.lr)?;
+    let x = Tensor::rand([batch as i64, 1, side as i64, side as i64], (Kind::Float, cfg.device));
+    let y = Tensor::randint(10, [batch as i64], (Kind::Int64, cfg.device));
+
+    // d2l's step: zero grad, forward, loss, backward, step, loss read back (syncs a GPU).
+    let mut step = |x: &Tensor, y: &Tensor| -> anyhow::Result<f64> {
+        opt.zero_grad();
+        let loss = net.forward_t(x, true)?.cross_entropy_for_logits(y);
+        loss.backward();
+        opt.step();
+        Ok(loss.double_value(&[]))
+    };
+    let mut timed = 0.0;
+    for i in 0..cfg.warmup + cfg.steps {
+        let t = Instant::now();
+        step(&x, &y)?;
+        if i >= cfg.warmup {
+            timed += t.elapsed().as_secs_f64();
+        }
+    }
+    let train_examples_per_s = (batch * cfg.steps) as f64 / timed;
+
+    // The same steps fed by the real pipeline, wall clock including any wait for data.
+    let resize = (side != data.train.rows).then_some(side);
+    let order: Vec<usize> = (0..batch * cfg.steps).map(|i| i % data.train.len()).collect();
+    let started = Instant::now();
+    for b in data::batches(data.train.clone(), order.clone(), batch, resize) {
+        step(&b.images.to_device(cfg.device), &b.labels.to_device(cfg.device))?;
+    }
+    let epoch_examples_per_s = (batch * cfg.steps) as f64 / started.elapsed().as_secs_f64();
+
+    // The pipeline alone.
+    let started = Instant::now();
+    let produced: usize = data::batches(data.train.clone(), order, batch, resize).into_iter().map(|b| b.labels.size()[0] as usize).sum();
+    let data_examples_per_s = produced as f64 / started.elapsed().as_secs_f64();
+
+    let eval_examples_per_s = tch::no_grad(|| -> anyhow::Result<f64> {
+        for _ in 0..cfg.warmup {
+            let _ = net.forward_t(&x, false)?;
+        }
+        sync(cfg.device);
+        let t = Instant::now();
+        for _ in 0..cfg.steps {
+            // Reading the predictions back, as an evaluation loop does.
+            let _ = net.forward_t(&x, false)?.argmax(1, false).sum(Kind::Int64).int64_value(&[]);
+        }
+        Ok((batch * cfg.steps) as f64 / t.elapsed().as_secs_f64())
+    })?;
+
+    Ok(BenchResult {
+        model: name.to_string(),
+        device: device_name(cfg.device),
+        precision: "fp32",
+        batch,
+        side,
+        steps: cfg.steps,
+        train_examples_per_s: round1(train_examples_per_s),
+        epoch_examples_per_s: round1(epoch_examples_per_s),
+        eval_examples_per_s: round1(eval_examples_per_s),
+        data_examples_per_s: round1(data_examples_per_s),
+        peak_rss_mib: if cfg.device == Device::Cpu { peak_rss_mib().map(round1) } else { None },
+        params: net.num_parameters(),
+        threads: tch::get_num_threads(),
+        libtorch: "2.11.0",
+    })
+}
+
+fn round1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+/// A table of results for people.
+pub fn table(results: &[BenchResult]) -> String {
+    let mut out = format!(
+        "{:<18} {:>6} {:>5} {:>12} {:>12} {:>12} {:>12} {:>10}\n",
+        "network", "batch", "side", "train ex/s", "epoch ex/s", "eval ex/s", "data ex/s", "peak MiB"
+    );
+    for r in results {
+        out += &format!(
+            "{:<18} {:>6} {:>5} {:>12.1} {:>12.1} {:>12.1} {:>12.1} {:>10}\n",
+            r.model,
+            r.batch,
+            r.side,
+            r.train_examples_per_s,
+            r.epoch_examples_per_s,
+            r.eval_examples_per_s,
+            r.data_examples_per_s,
+            r.peak_rss_mib.map_or("-".into(), |m| format!("{m:.0}"))
+        );
+    }
+    out
+}
