@@ -108,7 +108,8 @@ pub fn bench(name: &str, cfg: &BenchConfig, data: &FashionMnist) -> anyhow::Resu
 
     // The pipeline alone.
     let started = Instant::now();
-    let produced: usize = data::batches(data.train.clone(), order, batch, resize).into_iter().map(|b| b.labels.size()[0] as usize).sum();
+    let produced: usize =
+        data::batches(data.train.clone(), order, batch, resize).into_iter().map(|b| b.labels.size()[0] as usize).sum();
     let data_examples_per_s = produced as f64 / started.elapsed().as_secs_f64();
 
     let eval_examples_per_s = tch::no_grad(|| -> anyhow::Result<f64> {

@@ -179,15 +179,16 @@ struct DataArgs {
 struct TrainArgs {
     /// Network name (see `convnets models`); not needed with --resume.
     net: Option<String>,
-    #[arg(long)]
+    // Numbers are parsed signed so that a negative value gets our message, not a parse error.
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
-    #[arg(long)]
-    epochs: Option<usize>,
-    #[arg(long)]
-    batch_size: Option<usize>,
+    #[arg(long, allow_negative_numbers = true)]
+    epochs: Option<i64>,
+    #[arg(long, allow_negative_numbers = true)]
+    batch_size: Option<i64>,
     /// Resize images to NxN (d2l: 224 for AlexNet, VGG, NiN; 96 for GoogLeNet, ResNet, DenseNet).
-    #[arg(long)]
-    resize: Option<usize>,
+    #[arg(long, allow_negative_numbers = true)]
+    resize: Option<i64>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// auto (a GPU when there is one), cpu, cuda or cuda:N.
@@ -219,11 +220,26 @@ enum DataCommand {
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
+    // Out-of-memory panics inside libtorch become errors with a hint (train::out_of_memory_hint);
+    // keep the panic report for everything else.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info.payload().downcast_ref::<String>().map(String::as_str).unwrap_or("");
+        if !train::is_out_of_memory(message) {
+            default_hook(info);
+        }
+    }));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // One line: clap's first, which names the argument and the problem.
+            let text = e.render().to_string();
+            eprintln!("{} (see --help)", text.lines().next().unwrap_or("error: invalid arguments"));
+            return ExitCode::from(2);
+        }
         Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            let _ = e.print(); // --help, --version
+            return ExitCode::SUCCESS;
         }
     };
     match run(cli.command) {
@@ -382,6 +398,14 @@ fn run(command: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A count the user gave, which must be positive.
+fn at_least_one(flag: &str, value: i64) -> anyhow::Result<usize> {
+    usize::try_from(value)
+        .ok()
+        .filter(|&v| v >= 1)
+        .ok_or_else(|| usage(format!("{flag} must be at least 1, got {value}")))
+}
+
 /// Loads Fashion-MNIST and says where it came from.
 fn load_data(dir: Option<&Path>) -> anyhow::Result<FashionMnist> {
     let data = FashionMnist::load(dir)?;
@@ -396,7 +420,7 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             let checkpoint = train::load_checkpoint(dir, device)?;
             let mut config = checkpoint.state.config.clone();
             if let Some(epochs) = args.epochs {
-                config.epochs = epochs;
+                config.epochs = at_least_one("--epochs", epochs)?;
             }
             config.device = train::device_name(device);
             if checkpoint.state.epoch >= config.epochs {
@@ -416,10 +440,14 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
                 .ok_or_else(|| usage("name a network to train (see `convnets models`), or --resume DIR"))?;
             let mut config = TrainConfig::d2l(name).map_err(|e| usage(e.to_string()))?;
             config.lr = args.lr.unwrap_or(config.lr);
-            config.epochs = args.epochs.unwrap_or(config.epochs);
-            config.batch_size = args.batch_size.unwrap_or(config.batch_size);
+            if let Some(epochs) = args.epochs {
+                config.epochs = at_least_one("--epochs", epochs)?;
+            }
+            if let Some(batch_size) = args.batch_size {
+                config.batch_size = at_least_one("--batch-size", batch_size)?;
+            }
             if let Some(size) = args.resize {
-                config.resize = Some(size);
+                config.resize = Some(at_least_one("--resize", size)?);
             }
             config.seed = args.seed;
             config.device = train::device_name(device);
@@ -438,11 +466,17 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             (net, config, None, dir)
         }
     };
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| usage(format!("cannot create {}: {e}; choose another --out", parent.display())))?;
+    if let Some(size) = config.resize {
+        let input = [config.in_channels, size as i64, size as i64];
+        net.check_input(&input).map_err(|e| usage(format!("--resize {size}: {e}")))?;
     }
     let data = load_data(args.data.dir.as_deref())?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| usage(format!("cannot create {}: {e}; choose another --out", dir.display())))?;
+    let probe = dir.join(".convnets-write-test");
+    std::fs::write(&probe, b"")
+        .map_err(|e| usage(format!("cannot write in {}: {e}; choose another --out", dir.display())))?;
+    let _ = std::fs::remove_file(probe);
     let run = train::Run { config, data: &data, dir: dir.clone(), verbose: true };
     train::train(&run, &net, start)?;
     eprintln!("run saved in {}", dir.display());

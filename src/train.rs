@@ -329,6 +329,7 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
     net.check_input(&input).map_err(|e| crate::cli::usage(format!("--resize {}: {e}", input[1])))?;
     std::fs::create_dir_all(&run.dir)
         .map_err(|e| anyhow::anyhow!("cannot create run directory {}: {e}", run.dir.display()))?;
+    remove_stale_temporaries(&run.dir);
     let config_path = run.dir.join("config.json");
     write_atomic(&config_path, &serde_json::to_vec_pretty(cfg)?)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", config_path.display()))?;
@@ -354,17 +355,19 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         for (i, batch) in data::batches(train_split.clone(), order, cfg.batch_size, cfg.resize).into_iter().enumerate()
         {
             let timer = Instant::now();
-            let x = batch.images.to_device(device);
-            let y = batch.labels.to_device(device);
-            opt.zero_grad();
-            let y_hat = net.forward_t(&x, true)?;
-            let loss = y_hat.cross_entropy_for_logits(&y);
-            loss.backward();
-            opt.step();
-            let (loss_value, batch_correct) = tch::no_grad(|| {
-                let correct = y_hat.argmax(1, false).eq_tensor(&y).sum(Kind::Int64);
-                (loss.double_value(&[]), correct.int64_value(&[]))
-            });
+            let (loss_value, batch_correct) = out_of_memory_hint(cfg.batch_size, device, || {
+                let x = batch.images.to_device(device);
+                let y = batch.labels.to_device(device);
+                opt.zero_grad();
+                let y_hat = net.forward_t(&x, true)?;
+                let loss = y_hat.cross_entropy_for_logits(&y);
+                loss.backward();
+                opt.step();
+                Ok(tch::no_grad(|| {
+                    let correct = y_hat.argmax(1, false).eq_tensor(&y).sum(Kind::Int64);
+                    (loss.double_value(&[]), correct.int64_value(&[]))
+                }))
+            })?;
             step_seconds += timer.elapsed().as_secs_f64();
             if !loss_value.is_finite() {
                 bar.abandon();
@@ -427,6 +430,49 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         println!("{:.1} examples/sec on {}", history.examples_per_sec(), device_name(device));
     }
     Ok(history)
+}
+
+/// Removes temporary files a killed run left behind (`write_atomic` names them `.NAME.tmp-PID`).
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') && name.to_string_lossy().contains(".tmp-") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Runs `f`, turning libtorch's out-of-memory failure (a panic in tch) into an error that says
+/// which batch size to try.
+pub fn out_of_memory_hint<T>(
+    batch_size: usize,
+    device: Device,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if is_out_of_memory(message) {
+                anyhow::bail!(
+                    "out of memory on {} at batch size {batch_size}: try --batch-size {}",
+                    device_name(device),
+                    (batch_size / 2).max(1)
+                );
+            }
+            std::panic::resume_unwind(payload)
+        }
+    }
+}
+
+/// libtorch's out-of-memory messages (CUDA's and the CPU allocator's).
+pub fn is_out_of_memory(message: &str) -> bool {
+    message.contains("out of memory") || message.contains("DefaultCPUAllocator: can't allocate memory")
 }
 
 fn progress_bar(len: u64, epoch: usize, epochs: usize) -> ProgressBar {

@@ -1,0 +1,242 @@
+//! Hostile inputs, interrupted runs, bad arguments and full disks: convnets fails clearly and
+//! never loses or corrupts what it wrote.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use convnets::data::{self, FashionMnist, Resize, Source};
+use convnets::train;
+use proptest::prelude::*;
+use tch::Device;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_convnets")
+}
+
+fn idx(magic: u32, dims: &[u32], body: &[u8]) -> Vec<u8> {
+    let mut out = magic.to_be_bytes().to_vec();
+    for d in dims {
+        out.extend(d.to_be_bytes());
+    }
+    out.extend(body);
+    out
+}
+
+fn gz(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn resize_keeps_size_range_and_constants(
+        in_h in 1usize..40, in_w in 1usize..40, out_h in 1usize..80, out_w in 1usize..80,
+        value in any::<u8>(), seed in any::<u64>(),
+    ) {
+        let image: Vec<u8> = (0..in_h * in_w).map(|i| (seed.wrapping_mul(i as u64 + 1) >> 7) as u8).collect();
+        let resize = Resize::new(in_h, in_w, out_h, out_w);
+        let out = resize.apply(&image);
+        prop_assert_eq!(out.len(), out_h * out_w);
+        // Bilinear weights are non-negative: outputs stay within the input's range.
+        let (lo, hi) = (*image.iter().min().unwrap(), *image.iter().max().unwrap());
+        prop_assert!(out.iter().all(|&v| v >= lo && v <= hi));
+        prop_assert!(resize.apply(&vec![value; in_h * in_w]).iter().all(|&v| v == value));
+    }
+
+    #[test]
+    fn idx_files_round_trip(count in 0usize..20, rows in 1usize..12, cols in 1usize..12, zip in any::<bool>(), seed in any::<u8>()) {
+        let pixels: Vec<u8> = (0..count * rows * cols).map(|i| (i as u8).wrapping_mul(seed)).collect();
+        let labels: Vec<u8> = (0..count).map(|i| ((i + seed as usize) % 10) as u8).collect();
+        let mut images = idx(0x803, &[count as u32, rows as u32, cols as u32], &pixels);
+        let mut label_file = idx(0x801, &[count as u32], &labels);
+        if zip {
+            images = gz(&images);
+            label_file = gz(&label_file);
+        }
+        let split = data::parse_split(&images, "i", &label_file, "l").unwrap();
+        prop_assert_eq!((split.rows, split.cols), (rows, cols));
+        prop_assert_eq!(split.images, pixels);
+        prop_assert_eq!(split.labels, labels);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_readers(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = data::parse_images(&bytes, "f");
+        let _ = data::parse_labels(&bytes, "f");
+        let _ = convnets::weights::parse_safetensors(&bytes, "f");
+    }
+
+    #[test]
+    fn every_example_once_per_epoch_in_an_order_set_by_the_seed(len in 0usize..500, seed in any::<u64>(), epoch in 0usize..50) {
+        let order = data::epoch_order(len, seed, epoch);
+        let mut sorted = order.clone();
+        sorted.sort();
+        prop_assert_eq!(sorted, (0..len).collect::<Vec<_>>());
+        prop_assert_eq!(order, data::epoch_order(len, seed, epoch));
+    }
+}
+
+/// Writes the first `train` training and 50 test images of the embedded sample as IDX files.
+fn dataset(dir: &Path, train: usize) -> PathBuf {
+    let sample = FashionMnist::from_source(Source::Embedded).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    for (split, n, prefix) in [(&sample.train, train, "train"), (&sample.test, 50, "t10k")] {
+        let images = idx(0x803, &[n as u32, 28, 28], &split.images[..n * 784]);
+        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), idx(0x801, &[n as u32], &split.labels[..n]))
+            .unwrap();
+    }
+    dir.to_path_buf()
+}
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(bin()).args(args).env_remove("CONVNETS_DATA").output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn bad_arguments_get_one_line_with_the_fix_and_exit_code_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let out = out.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["train", "lenet-bn", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (&["train", "lenet-bn", "--batch-size", "-5"], "--batch-size must be at least 1, got -5"),
+        (&["train", "lenet-bn", "--epochs", "0"], "--epochs must be at least 1, got 0"),
+        (&["train", "lenet-bn", "--epochs", "-3"], "--epochs must be at least 1, got -3"),
+        (&["train", "lenet-bn", "--lr", "0"], "--lr must be a positive number"),
+        (&["train", "lenet-bn", "--lr", "-0.1"], "--lr must be a positive number"),
+        (&["train", "lenet-bn", "--lr", "nan"], "--lr must be a positive number"),
+        (&["train", "alexnet", "--resize", "64"], "--resize 64: alexnet cannot take a 1x64x64 input"),
+        (&["train", "lenet-bn", "--resize", "-1"], "--resize must be at least 1, got -1"),
+        (&["train", "lenet-bn", "--device", "tpu"], "unknown device 'tpu': use auto, cpu, cuda or cuda:N"),
+        (&["train", "lenet-bn", "--device", "cuda"], "device cuda: this convnets was built without the `cuda` feature"),
+        (&["train", "lenet-bn", "--out", "/proc/convnets-run"], "cannot create /proc/convnets-run"),
+        (&["train", "lenet-bn", "--batch-size", "x"], "invalid value 'x' for '--batch-size <BATCH_SIZE>'"),
+        (&["train", "resnet"], "unknown network 'resnet'; valid names:"),
+        (&["train"], "name a network to train"),
+        (&["train", "lenet-bn", "--data", "/nonexistent/dir", "--out", out], "/nonexistent/dir: no such directory"),
+        (&["eval", "/nonexistent/run"], "/nonexistent/run: No such file or directory"),
+        (&["frobnicate"], "unrecognized subcommand 'frobnicate'"),
+    ];
+    for (args, expected) in cases {
+        let (code, err) = run(args);
+        let expected_code = if args.contains(&"--data") || args[0] == "eval" { 1 } else { 2 };
+        assert_eq!(code, expected_code, "{args:?}: {err}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("data: ")).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line, got {err}");
+        assert!(lines[0].starts_with("error: ") && lines[0].contains(expected), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    assert!(!Path::new(out).exists(), "nothing written for refused runs");
+}
+
+fn weights_of(dir: &Path) -> Vec<(String, tch::Tensor)> {
+    convnets::weights::state_dict(&train::load_checkpoint(dir, Device::Cpu).unwrap().net.vs)
+}
+
+#[test]
+fn killed_runs_resume_to_the_same_result_and_never_leave_a_partial_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(&tmp.path().join("data"), 1000);
+    let data = data.to_str().unwrap();
+    let common = ["--epochs", "6", "--batch-size", "50", "--data", data, "--device", "cpu"];
+
+    let straight = tmp.path().join("straight");
+    let (code, err) = run(&[&["train", "lenet-bn", "--out", straight.to_str().unwrap()][..], &common].concat());
+    assert_eq!(code, 0, "{err}");
+
+    let killed = tmp.path().join("killed");
+    let killed_str = killed.to_str().unwrap();
+    // Kill at a spread of moments (start-up, mid-epoch, around checkpoint writes), resuming each time.
+    for delay_ms in [150u64, 400, 700, 250, 900, 550, 1200, 300] {
+        let done = killed.join(train::CHECKPOINT_FILE).exists()
+            && train::load_checkpoint(&killed, Device::Cpu).unwrap().state.epoch == 6;
+        if done {
+            break;
+        }
+        let args: Vec<&str> = if killed.join(train::CHECKPOINT_FILE).exists() {
+            [&["train", "--resume", killed_str][..], &common[..2], &common[4..]].concat()
+        } else {
+            [&["train", "lenet-bn", "--out", killed_str][..], &common].concat()
+        };
+        let mut child = Command::new(bin()).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        if killed.join(train::CHECKPOINT_FILE).exists() {
+            // Whatever the moment, the checkpoint is a complete one.
+            let state = train::load_checkpoint(&killed, Device::Cpu).expect("a complete checkpoint").state;
+            assert_eq!(state.history.epochs.len(), state.epoch);
+        }
+    }
+    // Finish the run.
+    loop {
+        let (code, err) = if killed.join(train::CHECKPOINT_FILE).exists() {
+            run(&[&["train", "--resume", killed_str][..], &common[..2], &common[4..]].concat())
+        } else {
+            run(&[&["train", "lenet-bn", "--out", killed_str][..], &common].concat())
+        };
+        if code == 2 && err.contains("already completed all 6 epochs") {
+            break;
+        }
+        assert_eq!(code, 0, "{err}");
+    }
+    let (a, b) = (weights_of(&straight), weights_of(&killed));
+    assert_eq!(a.len(), b.len());
+    for ((ka, ta), (kb, tb)) in a.iter().zip(&b) {
+        assert_eq!(ka, kb);
+        assert!(ta.equal(tb), "{ka} differs after interrupted training");
+    }
+    let metrics = |d: &Path| {
+        let h: train::History = serde_json::from_slice(&std::fs::read(d.join("metrics.json")).unwrap()).unwrap();
+        h.epochs.iter().map(|e| (e.train_loss, e.train_acc, e.test_acc)).collect::<Vec<_>>()
+    };
+    assert_eq!(metrics(&straight), metrics(&killed));
+    let leftovers: Vec<String> = std::fs::read_dir(&killed)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files are cleaned up on resume: {leftovers:?}");
+}
+
+#[test]
+fn a_full_disk_is_reported_and_keeps_the_previous_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(&tmp.path().join("data"), 200);
+    let dir = tmp.path().join("run");
+    let (code, err) =
+        run(&["train", "lenet-bn", "--epochs", "1", "--data", data.to_str().unwrap(), "--out", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let checkpoint = dir.join(train::CHECKPOINT_FILE);
+    let before = std::fs::read(&checkpoint).unwrap();
+    let metrics_before = std::fs::read(dir.join("metrics.json")).unwrap();
+
+    // A file size limit stands in for a full disk: writes past it fail (EFBIG), as on ENOSPC.
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 64; exec {} train --resume {} --epochs 2 --data {}",
+        bin(),
+        dir.display(),
+        data.display()
+    );
+    let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("error: cannot write {}", checkpoint.display())), "{err}");
+    assert!(err.contains("File too large"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(std::fs::read(&checkpoint).unwrap(), before, "the previous checkpoint is intact");
+    assert_eq!(std::fs::read(dir.join("metrics.json")).unwrap(), metrics_before);
+    assert_eq!(train::load_checkpoint(&dir, Device::Cpu).unwrap().state.epoch, 1);
+    let leftovers = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".tmp-"))
+        .count();
+    assert_eq!(leftovers, 0, "the failed temporary file is removed");
+}
