@@ -1,5 +1,5 @@
-//! Lets the binary find libtorch without LD_LIBRARY_PATH: an rpath to the libtorch that
-//! torch-sys linked (scripts/setup.sh caches it outside the clone, keyed by version).
+// Lets the binary find libtorch without LD_LIBRARY_PATH: an rpath to the libtorch that
+// torch-sys linked (scripts/setup.sh caches it outside the clone, keyed by version).
 use std::path::PathBuf;
 
 fn main() {

@@ -141,19 +141,24 @@ pub fn prediction_grid(images: &[Labelled]) -> anyhow::Result<Vec<u8>> {
     encode_png(&rgb, w, h)
 }
 
-/// Decodes a PNG as grey pixels (colour converted as Pillow's `convert("L")` does).
+/// Reads a PNG file as grey pixels: (pixels, height, width).
 pub fn read_grey_png(path: &Path) -> anyhow::Result<(Vec<u8>, usize, usize)> {
-    let file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    decode_grey_png(&bytes, &path.display().to_string())
+}
+
+/// Decodes PNG bytes as grey pixels (colour converted as Pillow's `convert("L")` does), refusing
+/// images over 64 megapixels before allocating for them.
+pub fn decode_grey_png(bytes: &[u8], name: &str) -> anyhow::Result<(Vec<u8>, usize, usize)> {
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder.read_info().map_err(|e| anyhow::anyhow!("{}: not a readable PNG: {e}", path.display()))?;
+    let mut reader = decoder.read_info().map_err(|e| anyhow::anyhow!("{name}: not a readable PNG: {e}"))?;
     let (w, h) = (reader.info().width as usize, reader.info().height as usize);
     if w.checked_mul(h).is_none_or(|n| n > 64 << 20) {
-        anyhow::bail!("{}: {w}x{h} is too large for an input image", path.display());
+        anyhow::bail!("{name}: {w}x{h} is too large for an input image");
     }
     let mut buf = vec![0u8; reader.output_buffer_size()];
-    let frame =
-        reader.next_frame(&mut buf).map_err(|e| anyhow::anyhow!("{}: corrupt PNG data: {e}", path.display()))?;
+    let frame = reader.next_frame(&mut buf).map_err(|e| anyhow::anyhow!("{name}: corrupt PNG data: {e}"))?;
     let data = &buf[..frame.buffer_size()];
     let channels = frame.color_type.samples();
     let grey = data

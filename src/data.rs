@@ -22,6 +22,8 @@ pub const FILES: [&str; 4] =
     ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"];
 
 const IMAGES_MAGIC: u32 = 0x0803;
+/// Largest data section accepted (Fashion-MNIST's is 47 MB): a gzip bomb stops here.
+const MAX_IDX_BYTES: usize = 1 << 32;
 const LABELS_MAGIC: u32 = 0x0801;
 
 /// Something wrong with a data file, naming it.
@@ -114,6 +116,7 @@ pub fn parse_images(data: &[u8], file: &str) -> Result<(usize, usize, usize, Vec
     let expected = count
         .checked_mul(rows)
         .and_then(|n| n.checked_mul(cols))
+        .filter(|&n| n <= MAX_IDX_BYTES)
         .ok_or_else(|| invalid(file, format!("{count} images of {rows}x{cols} is too large")))?;
     // An uncompressed file must be exactly as long as its header says, checked before reading.
     if !gz && data.len() - 16 != expected {
@@ -143,6 +146,9 @@ pub fn parse_labels(data: &[u8], file: &str) -> Result<Vec<u8>, DataError> {
         ));
     }
     let count = header_u32(&header, 1) as usize;
+    if count > MAX_IDX_BYTES {
+        return Err(invalid(file, format!("{count} labels is too many")));
+    }
     if !gz && data.len() - 8 != count {
         return Err(invalid(file, format!("the header promises {count} labels, the file has {}", data.len() - 8)));
     }

@@ -84,16 +84,27 @@ fn every_validation_error_names_the_file_and_the_problem() {
 
 #[test]
 fn a_header_claiming_billions_of_images_fails_before_allocating() {
-    // 2^32 - 1 images of 28x28 in a file of a few bytes: rejected from the length (raw) or
-    // after reading what the stream really holds (gzip), without reserving the claimed size.
+    // 2^32 - 1 images of 28x28 (3.4 TB) in a file of a few bytes: beyond any plausible data set.
     let huge = idx_images(u32::MAX, 28, 28, &[1, 2, 3]);
-    let e = err_text(data::parse_images(&huge, "f").unwrap_err());
-    assert!(e.contains("the header promises 4294967295 images of 28x28"), "{e}");
-    let e = err_text(data::parse_images(&gz(&huge), "f").unwrap_err());
-    assert!(e.contains("truncated: the header promises 3367254359280 bytes of data, the file has 3"), "{e}");
+    for bytes in [huge.clone(), gz(&huge)] {
+        let e = err_text(data::parse_images(&bytes, "f").unwrap_err());
+        assert_eq!(e, "f: 4294967295 images of 28x28 is too large");
+    }
+    // A million images (784 MB) promised, 3 bytes present: rejected from the length (raw) or
+    // after reading what the stream really holds (gzip), without reserving the claimed size.
+    let million = idx_images(1_000_000, 28, 28, &[1, 2, 3]);
+    let e = err_text(data::parse_images(&million, "f").unwrap_err());
+    assert!(e.contains("the header promises 1000000 images of 28x28 (784000000 bytes), the file has 3 bytes"), "{e}");
+    let e = err_text(data::parse_images(&gz(&million), "f").unwrap_err());
+    assert!(e.contains("truncated: the header promises 784000000 bytes of data, the file has 3"), "{e}");
     let overflow = idx_images(u32::MAX, u32::MAX, u32::MAX, &[]);
     let e = err_text(data::parse_images(&overflow, "f").unwrap_err());
     assert!(e.contains("is too large"), "{e}");
+    let labels = [0, 0, 8, 1, 0xff, 0xff, 0xff, 0xff];
+    let e = err_text(data::parse_labels(&labels, "l").unwrap_err());
+    assert_eq!(e, "l: the header promises 4294967295 labels, the file has 0");
+    let e = err_text(data::parse_labels(&gz(&labels), "l").unwrap_err());
+    assert_eq!(e, "l: truncated: the header promises 4294967295 bytes of data, the file has 0");
 }
 
 #[test]

@@ -1,0 +1,2 @@
+// The same rpath to libtorch as the crate's own binaries get.
+include!("../build.rs");
