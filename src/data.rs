@@ -414,19 +414,20 @@ pub fn make_batch(split: &Split, indices: &[usize], size: Option<usize>) -> Batc
     let (h, w) = size.map_or((split.rows, split.cols), |s| (s, s));
     let resize = size.map(|s| Resize::new(split.rows, split.cols, s, s));
     let mut pixels = vec![0f32; indices.len() * h * w];
-    pixels.par_chunks_mut(h * w).zip(indices.par_iter()).for_each_init(
-        || vec![0u8; h * w],
-        |bytes, (out, &i)| {
-            match &resize {
-                Some(r) => r.apply_into(split.image(i), bytes),
-                None => bytes.copy_from_slice(split.image(i)),
-            }
-            // ToTensor: uint8 to float in [0, 1].
-            for (o, &b) in out.iter_mut().zip(bytes.iter()) {
-                *o = b as f32 / 255.0;
-            }
-        },
-    );
+    // ToTensor: uint8 to float in [0, 1].
+    let to_float = |out: &mut [f32], bytes: &[u8]| out.iter_mut().zip(bytes).for_each(|(o, &b)| *o = b as f32 / 255.0);
+    match &resize {
+        // Resizing is the expensive part: spread it over the cores.
+        Some(r) => pixels.par_chunks_mut(h * w).zip(indices.par_iter()).for_each_init(
+            || vec![0u8; h * w],
+            |bytes, (out, &i)| {
+                r.apply_into(split.image(i), bytes);
+                to_float(out, bytes);
+            },
+        ),
+        // A plain copy is cheaper than waking a thread pool that competes with libtorch's.
+        None => pixels.chunks_mut(h * w).zip(indices).for_each(|(out, &i)| to_float(out, split.image(i))),
+    }
     let labels: Vec<i64> = indices.iter().map(|&i| split.labels[i] as i64).collect();
     Batch {
         images: Tensor::from_slice(&pixels).view([indices.len() as i64, 1, h as i64, w as i64]),
