@@ -79,11 +79,21 @@ pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>, WeightsError> 
                 let source = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
                 return Err(WeightsError::Io { file, source });
             }
-            let mut named =
-                Tensor::loadz_multi_with_device(path, Device::Cpu).map_err(|e| WeightsError::Unreadable {
+            let mut named = Tensor::loadz_multi_with_device(path, Device::Cpu).map_err(|e| {
+                // libtorch's message runs on with a C++ backtrace: keep its first line.
+                let message = e.to_string();
+                let first = message.lines().next().unwrap_or("").trim_start_matches("Internal torch error: ");
+                let hint = if message.contains("Expected GenericDict") {
+                    "; libtorch reads plain dicts of tensors but not the OrderedDict that state_dict() returns: \
+                     re-save with torch.save(dict(model.state_dict()), path), or use safetensors"
+                } else {
+                    ""
+                };
+                WeightsError::Unreadable {
                     file: file.clone(),
-                    reason: format!("not a PyTorch state_dict libtorch can read: {e}"),
-                })?;
+                    reason: format!("not a PyTorch state_dict libtorch can read: {first}{hint}"),
+                }
+            })?;
             named.sort_by(|a, b| a.0.cmp(&b.0));
             Ok(named)
         }

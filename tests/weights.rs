@@ -148,6 +148,47 @@ fn batch_norm_weights_move_between_the_built_in_and_the_scratch_layer() {
 }
 
 #[test]
+fn pytorch_saved_state_dicts_load_and_give_pytorchs_outputs() {
+    // torch.save(dict(net.state_dict())) of d2l's LeNet-BN after one train-mode pass (PyTorch
+    // 2.11), and its eval-mode logits on a fixed input.
+    let tensors = weights::read_tensors(&golden("lenet_bn_state_dict.pt")).unwrap();
+    assert_eq!(tensors.len(), 30);
+    let net = Network::new("lenet-bn", NetConfig::default(), Device::Cpu).unwrap();
+    weights::load_state_dict(&net.vs, "lenet-bn", &tensors, false).unwrap();
+    let x = Tensor::linspace(0.0, 1.0, 2 * 784, (Kind::Float, Device::Cpu)).reshape([2, 1, 28, 28]);
+    let logits = tch::no_grad(|| net.forward_t(&x, false).unwrap());
+    let expected = Tensor::from_slice(&[
+        0.20933416f32,
+        -0.2566196,
+        -0.08965589,
+        0.4480043,
+        0.16536085,
+        0.04967404,
+        -0.41659534,
+        0.28982478,
+        -0.0838757,
+        -0.63346463,
+        0.20930992,
+        -0.25649929,
+        -0.08961957,
+        0.44804823,
+        0.1653429,
+        0.04965451,
+        -0.41679808,
+        0.28968585,
+        -0.08396225,
+        -0.63336629,
+    ])
+    .reshape([2, 10]);
+    assert!(logits.allclose(&expected, 1e-5, 1e-6, false), "{logits}");
+
+    // What state_dict() itself returns, an OrderedDict, libtorch cannot read: say how to re-save.
+    let e = weights::read_tensors(&golden("lenet_bn_ordered_state_dict.pt")).unwrap_err().to_string();
+    assert!(e.contains("re-save with torch.save(dict(model.state_dict()), path)"), "{e}");
+    assert_eq!(e.lines().count(), 1, "{e}");
+}
+
+#[test]
 fn bad_weight_files_get_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let net = Network::new("lenet-bn", NetConfig::default(), Device::Cpu).unwrap();
