@@ -8,28 +8,8 @@ use std::process::Command;
 
 use convnets::data::{self, DataError, FashionMnist, Resize, Source, Split};
 
-fn idx_images(count: u32, rows: u32, cols: u32, pixels: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for v in [0x803, count, rows, cols] {
-        out.extend(u32::to_be_bytes(v));
-    }
-    out.extend(pixels);
-    out
-}
-
-fn idx_labels(labels: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend(u32::to_be_bytes(0x801));
-    out.extend(u32::to_be_bytes(labels.len() as u32));
-    out.extend(labels);
-    out
-}
-
-fn gz(bytes: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(bytes).unwrap();
-    e.finish().unwrap()
-}
+mod common;
+use common::{gz, idx_images, idx_labels};
 
 fn err_text(e: DataError) -> String {
     e.to_string()

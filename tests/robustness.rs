@@ -10,24 +10,17 @@ use convnets::train;
 use proptest::prelude::*;
 use tch::Device;
 
+mod common;
+use common::{gz, idx_images, idx_labels};
+
+/// Exit code and stderr of a `convnets` run.
+fn run(args: &[&str]) -> (i32, String) {
+    let (code, _, err) = common::convnets(args);
+    (code, err)
+}
+
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_convnets")
-}
-
-fn idx(magic: u32, dims: &[u32], body: &[u8]) -> Vec<u8> {
-    let mut out = magic.to_be_bytes().to_vec();
-    for d in dims {
-        out.extend(d.to_be_bytes());
-    }
-    out.extend(body);
-    out
-}
-
-fn gz(bytes: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(bytes).unwrap();
-    e.finish().unwrap()
 }
 
 proptest! {
@@ -52,8 +45,8 @@ proptest! {
     fn idx_files_round_trip(count in 0usize..20, rows in 1usize..12, cols in 1usize..12, zip in any::<bool>(), seed in any::<u8>()) {
         let pixels: Vec<u8> = (0..count * rows * cols).map(|i| (i as u8).wrapping_mul(seed)).collect();
         let labels: Vec<u8> = (0..count).map(|i| ((i + seed as usize) % 10) as u8).collect();
-        let mut images = idx(0x803, &[count as u32, rows as u32, cols as u32], &pixels);
-        let mut label_file = idx(0x801, &[count as u32], &labels);
+        let mut images = idx_images(count as u32, rows as u32, cols as u32, &pixels);
+        let mut label_file = idx_labels(&labels);
         if zip {
             images = gz(&images);
             label_file = gz(&label_file);
@@ -86,17 +79,11 @@ fn dataset(dir: &Path, train: usize) -> PathBuf {
     let sample = FashionMnist::from_source(Source::Embedded).unwrap();
     std::fs::create_dir_all(dir).unwrap();
     for (split, n, prefix) in [(&sample.train, train, "train"), (&sample.test, 50, "t10k")] {
-        let images = idx(0x803, &[n as u32, 28, 28], &split.images[..n * 784]);
+        let images = idx_images(n as u32, 28, 28, &split.images[..n * 784]);
         std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
-        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), idx(0x801, &[n as u32], &split.labels[..n]))
-            .unwrap();
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), idx_labels(&split.labels[..n])).unwrap();
     }
     dir.to_path_buf()
-}
-
-fn run(args: &[&str]) -> (i32, String) {
-    let out = Command::new(bin()).args(args).env_remove("CONVNETS_DATA").output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into())
 }
 
 #[test]

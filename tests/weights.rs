@@ -2,25 +2,14 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 
 use convnets::models::{MODELS, NetConfig, Network};
 use convnets::parity::{self, Status};
 use convnets::weights::{self, WeightsError};
 use tch::{Device, Kind, Tensor};
 
-fn golden(file: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(file)
-}
-
-fn convnets(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_convnets")).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+mod common;
+use common::{convnets, golden};
 
 #[test]
 fn parity_with_pytorch_on_the_golden_files() {

@@ -1,20 +1,21 @@
 //! The networks: parameter counts, output shapes, summaries against real PyTorch output, batch
 //! norm behaviour, and the input errors.
 
-use std::process::Command;
-
 use convnets::models::{self, MODELS, NetConfig, Network};
 use convnets::nn::{BatchNorm, Ctx, ScratchBatchNorm};
 use convnets::summary;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
+mod common;
+use common::convnets;
+
 fn net(name: &str) -> Network {
     Network::new(name, NetConfig::default(), Device::Cpu).unwrap()
 }
 
 fn golden(file: &str) -> String {
-    std::fs::read_to_string(format!("{}/tests/golden/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read_to_string(common::golden(file)).unwrap()
 }
 
 #[test]
@@ -289,15 +290,6 @@ fn inputs_a_network_cannot_take_are_reported_with_sizes_that_work() {
     // One example per channel cannot be batch-normalised in training.
     let err = net("lenet-bn").forward_t(&Tensor::zeros([1, 1, 28, 28], (Kind::Float, Device::Cpu)), true).unwrap_err();
     assert!(err.reason.contains("batch of at least 2"), "{err}");
-}
-
-fn convnets(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_convnets")).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
 }
 
 #[test]

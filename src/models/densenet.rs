@@ -4,9 +4,7 @@ use tch::Tensor;
 use tch::nn::Path;
 
 use super::NetConfig;
-use crate::nn::{
-    AvgPool2d, BatchNorm, Conv2d, Ctx, Flatten, Fwd, GlobalAvgPool2d, Layer, Linear, MaxPool2d, ReLU, Sequential,
-};
+use crate::nn::{AvgPool2d, BatchNorm, Conv2d, Ctx, Flatten, Fwd, GlobalAvgPool2d, Layer, Linear, ReLU, Sequential};
 
 /// Batch norm, ReLU, then a 3x3 convolution (ResNet's improved pre-activation order).
 pub fn conv_block(p: &Path, input_channels: i64, num_channels: i64) -> Sequential {
@@ -61,19 +59,12 @@ pub fn transition_block(p: &Path, input_channels: i64, num_channels: i64) -> Seq
         .add(AvgPool2d::new(2, 2))
 }
 
-/// d2l's DenseNet: ResNet's stem, four dense blocks of four conv blocks each with growth rate
+/// d2l's DenseNet: ResNet's first module (`b1`), four dense blocks of four conv blocks each with growth rate
 /// 32, transition blocks halving channels between them, and a global-pooling head.
 pub fn densenet(p: &Path, cfg: &NetConfig) -> Sequential {
     const GROWTH_RATE: i64 = 32;
     const NUM_CONVS_IN_DENSE_BLOCKS: [usize; 4] = [4, 4, 4, 4];
-    let b1 = |p: &Path| {
-        Sequential::new()
-            .add_at(p, |p| Conv2d::new(p, cfg.in_channels, 64, 7, 2, 3))
-            .add_at(p, |p| BatchNorm::new(p, 64, 4))
-            .add(ReLU)
-            .add(MaxPool2d::padded(3, 2, 1))
-    };
-    let mut net = Sequential::new().add_at(p, b1);
+    let mut net = Sequential::new().add_at(p, |p| super::resnet::b1(p, cfg.in_channels));
     let mut num_channels = 64;
     for (i, &num_convs) in NUM_CONVS_IN_DENSE_BLOCKS.iter().enumerate() {
         net = net.add_at(p, |p| DenseBlock::new(p, num_convs, num_channels, GROWTH_RATE));

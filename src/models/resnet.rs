@@ -74,18 +74,21 @@ pub fn resnet_block(
     stage
 }
 
+/// ResNet's first module: GoogLeNet's 7x7 convolution and 3x3 max pooling, with batch norm
+/// after the convolution. DenseNet starts with it too.
+pub fn b1(p: &Path, in_channels: i64) -> Sequential {
+    Sequential::new()
+        .add_at(p, |p| Conv2d::new(p, in_channels, 64, 7, 2, 3))
+        .add_at(p, |p| BatchNorm::new(p, 64, 4))
+        .add(ReLU)
+        .add(MaxPool2d::padded(3, 2, 1))
+}
+
 /// ResNet-18: a GoogLeNet-like stem with batch norm, four stages of two residual blocks,
 /// global average pooling and one Linear layer.
 pub fn resnet18(p: &Path, cfg: &NetConfig) -> Sequential {
-    let b1 = |p: &Path| {
-        Sequential::new()
-            .add_at(p, |p| Conv2d::new(p, cfg.in_channels, 64, 7, 2, 3))
-            .add_at(p, |p| BatchNorm::new(p, 64, 4))
-            .add(ReLU)
-            .add(MaxPool2d::padded(3, 2, 1))
-    };
     Sequential::new()
-        .add_at(p, b1)
+        .add_at(p, |p| b1(p, cfg.in_channels))
         .add_at(p, |p| resnet_block(p, 64, 64, 2, true))
         .add_at(p, |p| resnet_block(p, 64, 128, 2, false))
         .add_at(p, |p| resnet_block(p, 128, 256, 2, false))
