@@ -10,15 +10,7 @@ use crate::data::{self, FashionMnist};
 use crate::models::{self, MODELS, NetConfig, Network};
 use crate::summary;
 use crate::train::{self, TrainConfig};
-
-/// A mistake in what the user asked for (exit code 2), as opposed to a failure while doing it.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
-pub fn usage(message: impl Into<String>) -> anyhow::Error {
-    UsageError(message.into()).into()
-}
+use crate::{UsageError, usage};
 
 #[derive(Parser)]
 #[command(name = "convnets", version, about = "The modern CNNs of Dive into Deep Learning, in Rust on libtorch")]

@@ -22,3 +22,14 @@ pub mod summary;
 pub mod trace;
 pub mod train;
 pub mod weights;
+
+/// A mistake in what the user asked for (the CLI exits with code 2), as opposed to a failure
+/// while doing it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// A [`UsageError`] as an `anyhow::Error`.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    UsageError(message.into()).into()
+}

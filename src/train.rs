@@ -239,9 +239,14 @@ pub fn write_results(dir: &Path, history: &History, epochs: usize) -> anyhow::Re
 /// The loss stopped being a number.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "training diverged at epoch {epoch}, batch {batch}: the loss is {loss}{last}. \
-     The checkpoint of the last complete epoch is kept. Try a lower --lr (this run used {lr})",
-    last = match .last_finite { Some(l) => format!(" (last finite loss {l:.4})"), None => String::new() }
+    "training diverged at epoch {epoch}, batch {batch}: the loss is {loss}{last}. {kept} \
+     Try a lower --lr (this run used {lr})",
+    last = match .last_finite { Some(l) => format!(" (last finite loss {l:.4})"), None => String::new() },
+    kept = if *.epoch > 1 {
+        format!("The checkpoint of epoch {} is kept.", .epoch - 1)
+    } else {
+        "No epoch had completed, so there is no checkpoint.".to_string()
+    }
 )]
 pub struct Diverged {
     pub epoch: usize,
@@ -322,11 +327,11 @@ pub struct Run<'a> {
 /// scratch, writing the run directory as it goes. Returns the full history.
 pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow::Result<History> {
     let cfg = &run.config;
-    cfg.validate().map_err(crate::cli::usage)?;
+    cfg.validate().map_err(crate::usage)?;
     let device = net.device();
     let train_split = run.data.train.clone();
     let input = cfg.input_shape(&train_split);
-    net.check_input(&input).map_err(|e| crate::cli::usage(format!("--resize {}: {e}", input[1])))?;
+    net.check_input(&input).map_err(|e| crate::usage(format!("--resize {}: {e}", input[1])))?;
     std::fs::create_dir_all(&run.dir)
         .map_err(|e| anyhow::anyhow!("cannot create run directory {}: {e}", run.dir.display()))?;
     remove_stale_temporaries(&run.dir);

@@ -157,6 +157,7 @@ fn a_diverging_loss_stops_with_a_hint_and_keeps_the_last_checkpoint() {
     assert!(diverged.last_finite.is_some());
     let message = err.to_string();
     assert!(message.starts_with("training diverged at epoch 2, batch "), "{message}");
+    assert!(message.contains("The checkpoint of epoch 1 is kept."), "{message}");
     assert!(message.contains("Try a lower --lr (this run used 100000000000000000000000000000000000000)"), "{message}");
     assert_eq!(std::fs::read(&checkpoint_path).unwrap(), before, "the last good checkpoint is untouched");
 }
