@@ -238,6 +238,42 @@ fn cli_import_eval_and_export() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("lenet-bn after 0 epochs, 500 test images") && out.contains("confusion matrix"), "{out}");
 
+    // predict: d2l's picture of test images with their labels, and the user's own images.
+    let grid = tmp.path().join("grid.png");
+    let (code, out, err) =
+        convnets(&["predict", run.to_str().unwrap(), "--count", "5", "--out", grid.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 5);
+    assert!(out.starts_with("   0: true ankle boot  predicted "), "{out}");
+    let first_guess = out
+        .lines()
+        .next()
+        .unwrap()
+        .split("predicted ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .trim_end_matches("(wrong)")
+        .trim()
+        .to_string();
+    let (pixels, h, w) = convnets::chart::read_grey_png(&grid).unwrap();
+    assert_eq!((h, w), (3 * 28 + 34 + 8, 5 * (3 * 28 + 8)));
+    assert!(pixels.iter().any(|&p| p < 100) && pixels.iter().any(|&p| p > 200));
+    let sample = convnets::data::FashionMnist::from_source(convnets::data::Source::Embedded).unwrap();
+    let rgb: Vec<u8> = sample.test.image(0).iter().flat_map(|&v| [v, v, v]).collect();
+    let own = tmp.path().join("boot.png");
+    std::fs::write(&own, convnets::chart::encode_png(&rgb, 28, 28).unwrap()).unwrap();
+    let (code, out, err) = convnets(&["predict", run.to_str().unwrap(), "--image", own.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    // The same pixels as a PNG of the user's: the same class as for test image 0.
+    assert_eq!(out.trim_end(), format!("{}: {first_guess}", own.display()));
+    assert_eq!(out.lines().count(), 1);
+    let not_png = tmp.path().join("not.png");
+    std::fs::write(&not_png, b"GIF89a").unwrap();
+    let (code, _, err) = convnets(&["predict", run.to_str().unwrap(), "--image", not_png.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not.png: not a readable PNG"), "{err}");
+
     let exported = tmp.path().join("out.safetensors");
     let (code, _, err) = convnets(&["export", run.to_str().unwrap(), "--out", exported.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
