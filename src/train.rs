@@ -198,6 +198,7 @@ pub fn load_checkpoint(run_or_file: &Path, device: Device) -> anyhow::Result<Che
     })?;
     let state: CheckpointState =
         serde_json::from_str(state_json).map_err(|e| anyhow::anyhow!("{file}: corrupt training state: {e}"))?;
+    state.config.validate().map_err(|e| anyhow::anyhow!("{file}: corrupt training state: {e}"))?;
     if state.format != CHECKPOINT_FORMAT {
         anyhow::bail!("{file}: checkpoint format {} is not {CHECKPOINT_FORMAT}", state.format);
     }
