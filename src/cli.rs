@@ -463,12 +463,6 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         net.check_input(&input).map_err(|e| usage(format!("--resize {size}: {e}")))?;
     }
     let data = load_data(args.data.dir.as_deref())?;
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| usage(format!("cannot create {}: {e}; choose another --out", dir.display())))?;
-    let probe = dir.join(".convnets-write-test");
-    std::fs::write(&probe, b"")
-        .map_err(|e| usage(format!("cannot write in {}: {e}; choose another --out", dir.display())))?;
-    let _ = std::fs::remove_file(probe);
     let run = train::Run { config, data: &data, dir: dir.clone(), verbose: true };
     train::train(&run, &net, start)?;
     eprintln!("run saved in {}", dir.display());

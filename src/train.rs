@@ -70,6 +70,26 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// Checks that one batch of inputs (`examples` of them at most) fits in `available_bytes`
+    /// of memory with room to spare: a batch too large for the machine is a clear error, not
+    /// an allocation failure that aborts the process. Training needs several times the input
+    /// (activations), so a quarter of the available memory is the limit for the input alone.
+    pub fn check_batch_memory(&self, split: &Split, available_bytes: u64) -> Result<(), String> {
+        let [c, h, w] = self.input_shape(split);
+        let per_example = (c * h * w) as u64 * 4;
+        let batch = self.batch_size.min(split.len().max(1)) as u64;
+        let limit = available_bytes / 4;
+        if batch.saturating_mul(per_example) > limit {
+            let fits = (limit / per_example.max(1)).max(1);
+            return Err(format!(
+                "--batch-size {}: one batch of {h}x{w} images needs {:.1} GiB, more than this machine can spare; try --batch-size {fits}",
+                self.batch_size,
+                (batch * per_example) as f64 / (1u64 << 30) as f64
+            ));
+        }
+        Ok(())
+    }
+
     pub fn net_config(&self) -> NetConfig {
         NetConfig { in_channels: self.in_channels, num_classes: self.num_classes }
     }
@@ -332,9 +352,18 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
     let device = net.device();
     let train_split = run.data.train.clone();
     let input = cfg.input_shape(&train_split);
+    if let Some(available) = available_memory() {
+        cfg.check_batch_memory(&train_split, available).map_err(crate::usage)?;
+    }
     net.check_input(&input).map_err(|e| crate::usage(format!("--resize {}: {e}", input[1])))?;
+    // Only now, with everything checked, does the run directory appear.
+    let dir = run.dir.display();
     std::fs::create_dir_all(&run.dir)
-        .map_err(|e| anyhow::anyhow!("cannot create run directory {}: {e}", run.dir.display()))?;
+        .map_err(|e| crate::usage(format!("cannot create {dir}: {e}; choose another --out")))?;
+    let probe = run.dir.join(".convnets-write-test");
+    std::fs::write(&probe, b"")
+        .map_err(|e| crate::usage(format!("cannot write in {dir}: {e}; choose another --out")))?;
+    let _ = std::fs::remove_file(probe);
     remove_stale_temporaries(&run.dir);
     let config_path = run.dir.join("config.json");
     write_atomic(&config_path, &serde_json::to_vec_pretty(cfg)?)
@@ -436,6 +465,13 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         println!("{:.1} examples/sec on {}", history.examples_per_sec(), device_name(device));
     }
     Ok(history)
+}
+
+/// Memory the kernel says is available (`MemAvailable` in /proc/meminfo), in bytes.
+fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
 /// Removes temporary files a killed run left behind (`write_atomic` names them `.NAME.tmp-PID`).

@@ -184,6 +184,21 @@ fn bad_hyper_parameters_are_refused_before_training() {
 }
 
 #[test]
+fn a_batch_too_large_for_memory_is_refused_with_a_size_that_fits() {
+    let data = small_data(2000, 10);
+    let cfg = TrainConfig { batch_size: 100_000, ..config("alexnet", 1, 8) };
+    // 2,000 examples (the whole split) of 224x224 floats are 401 MB; with 1 GiB available the
+    // input may take 256 MiB, that is 1,337 examples.
+    let err = cfg.check_batch_memory(&data.train, 1 << 30).unwrap_err();
+    assert_eq!(
+        err,
+        "--batch-size 100000: one batch of 224x224 images needs 0.4 GiB, more than this machine can spare; try --batch-size 1337"
+    );
+    assert!(cfg.check_batch_memory(&data.train, 4 << 30).is_ok());
+    assert!(config("lenet-bn", 1, 256).check_batch_memory(&data.train, 1 << 30).is_ok());
+}
+
+#[test]
 fn every_network_trains_a_short_epoch_and_reloads() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     // 32 images seen 8 times in one epoch of 8 steps: a consistent signal, so the loss on them
