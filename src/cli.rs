@@ -443,7 +443,6 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             }
             config.seed = args.seed;
             config.device = train::device_name(device);
-            config.validate().map_err(usage)?;
             let dir = args.out.clone().unwrap_or_else(|| {
                 PathBuf::from("runs").join(format!("{name}-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S")))
             });
@@ -458,10 +457,7 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             (net, config, None, dir)
         }
     };
-    if let Some(size) = config.resize {
-        let input = [config.in_channels, size as i64, size as i64];
-        net.check_input(&input).map_err(|e| usage(format!("--resize {size}: {e}")))?;
-    }
+    // train() checks the hyper-parameters and the resize before it writes anything.
     let data = load_data(args.data.dir.as_deref())?;
     let run = train::Run { config, data: &data, dir: dir.clone(), verbose: true };
     train::train(&run, &net, start)?;
