@@ -19,6 +19,17 @@ fn ensure_font() {
     });
 }
 
+/// plotters' drawing errors carry the backend's error type; keep their description.
+trait Plotted<T> {
+    fn plotted(self) -> anyhow::Result<T>;
+}
+
+impl<T, E: std::fmt::Debug> Plotted<T> for Result<T, E> {
+    fn plotted(self) -> anyhow::Result<T> {
+        self.map_err(|e| anyhow::anyhow!("drawing failed: {e:?}"))
+    }
+}
+
 type Series = (&'static str, fn(&Point) -> Option<f64>, RGBColor, Option<(u32, u32)>);
 
 /// d2l's legend and line styles: solid blue, dashed magenta, dash-dot green (drawn dashed).
@@ -32,7 +43,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, points: &[Point], epoc
 where
     DB::ErrorType: 'static,
 {
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    root.fill(&WHITE).plotted()?;
     let y_max = points
         .iter()
         .flat_map(|p| [p.train_loss, p.train_acc, p.test_acc])
@@ -45,8 +56,8 @@ where
         .x_label_area_size(40)
         .y_label_area_size(45)
         .build_cartesian_2d(1f64..(epochs.max(2) as f64), 0f64..y_max)
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    chart.configure_mesh().x_desc("epoch").draw().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        .plotted()?;
+    chart.configure_mesh().x_desc("epoch").draw().plotted()?;
     for (label, value, color, dash) in SERIES {
         let data: Vec<(f64, f64)> = points.iter().filter_map(|p| value(p).map(|v| (p.x, v))).collect();
         let style = ShapeStyle::from(&color).stroke_width(2);
@@ -54,10 +65,7 @@ where
             None => chart.draw_series(LineSeries::new(data, style)),
             Some((on, off)) => chart.draw_series(DashedLineSeries::new(data, on, off, style)),
         };
-        series
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+        series.plotted()?.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
     chart
         .configure_series_labels()
@@ -65,8 +73,8 @@ where
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        .plotted()?;
+    root.present().plotted()?;
     Ok(())
 }
 
@@ -119,24 +127,23 @@ pub fn prediction_grid(images: &[Labelled]) -> anyhow::Result<Vec<u8>> {
     let mut rgb = vec![0u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        root.fill(&WHITE).plotted()?;
         let font = ("sans-serif", 12).into_font();
         for (k, im) in images.iter().enumerate() {
             let (x0, y0) = ((k % per_row * cell_w + 4) as i32, (k / per_row * cell_h + 4) as i32);
             for (line, text) in im.title.iter().enumerate() {
-                root.draw(&Text::new(text.clone(), (x0, y0 + 15 * line as i32), font.clone()))
-                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                root.draw(&Text::new(text.clone(), (x0, y0 + 15 * line as i32), font.clone())).plotted()?;
             }
             let (ih, iw) = im.size;
             for y in 0..ih * SCALE {
                 for x in 0..iw * SCALE {
                     let v = im.pixels[(y / SCALE) * iw + x / SCALE];
                     let px = (x0 + x as i32, y0 + TITLE as i32 + y as i32);
-                    root.draw_pixel(px, &RGBColor(v, v, v)).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                    root.draw_pixel(px, &RGBColor(v, v, v)).plotted()?;
                 }
             }
         }
-        root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        root.present().plotted()?;
     }
     encode_png(&rgb, w, h)
 }
