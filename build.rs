@@ -1,9 +1,11 @@
 // Lets the binary find libtorch without LD_LIBRARY_PATH: an rpath to the libtorch that
-// torch-sys linked (scripts/setup.sh caches it outside the clone, keyed by version).
+// torch-sys linked (scripts/setup.sh caches it outside the clone, keyed by version). Compiles
+// csrc/accel.cpp, the few libtorch calls tch does not expose (see src/accel.rs).
 use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-changed=csrc/accel.cpp");
     let Some(libtorch) = std::env::var_os("LIBTORCH") else {
         println!("cargo:warning=LIBTORCH is not set: run scripts/setup.sh first");
         return;
@@ -11,12 +13,33 @@ fn main() {
     let libtorch = PathBuf::from(libtorch);
     let libtorch = libtorch.canonicalize().unwrap_or(libtorch);
     let lib = libtorch.join("lib");
+    let cuda = std::env::var_os("CARGO_FEATURE_CUDA").is_some();
+    let mut shim = cc::Build::new();
+    shim.cpp(true)
+        .file("csrc/accel.cpp")
+        .include(libtorch.join("include"))
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .warnings(false);
+    if cuda {
+        // The CUDA runtime headers come with the nvidia-cuda-runtime wheel that setup.sh
+        // installs beside torch, their crt/ part with nvidia-cuda-crt.
+        shim.define("CONVNETS_CUDA", None)
+            .include(libtorch.join("../nvidia/cu13/include"))
+            .include(libtorch.join("../crt/nvidia/cu13/include"));
+    }
+    shim.compile("convnets_accel");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+    if cuda {
         // torch-sys names torch_cuda, but --as-needed drops it because no symbol of ours refers
         // to it, and CUDA then reports "not available". --allow-shlib-undefined lets this link
         // where libtorch_cuda's own CUDA dependencies are not installed (they are where it runs).
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,-lc10_cuda,--as-needed");
+        // The shim's CUDA events and streams call the CUDA runtime directly.
+        println!("cargo:rustc-link-search=native={}", libtorch.join("../nvidia/cu13/lib").display());
+        println!("cargo:rustc-link-arg=-l:libcudart.so.13");
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", libtorch.join("../nvidia/cu13/lib").display());
         println!("cargo:rustc-link-arg=-Wl,--allow-shlib-undefined");
     }
 }

@@ -17,14 +17,14 @@ notebook (the project's shared reference bench script), initialised as d2l does.
 import argparse, json, os, subprocess, sys, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CONVNETS = os.path.join(HERE, "..", "target", "release", "convnets")
+CONVNETS = os.environ.get("CONVNETS_BIN", os.path.join(HERE, "..", "target", "release", "convnets"))
 # convnets name -> (PyTorch builder name, lr, d2l batch, side)
 NETS = {"alexnet": ("alexnet", 0.01, 128, 224), "vgg11-small": ("vgg", 0.05, 128, 224), "nin": ("nin", 0.1, 128, 224),
         "googlenet": ("googlenet", 0.1, 128, 96), "lenet-bn": ("lenet_bn", 1.0, 256, 28),
         "resnet18": ("resnet18", 0.05, 256, 96), "densenet": ("densenet", 0.1, 256, 96)}
 
 
-def torch_worker(name, device, batch, steps, warmup):
+def torch_worker(name, device, batch, steps, warmup, precision):
     import torch
     from torch import nn
     from torch.nn import functional as F
@@ -42,16 +42,23 @@ def torch_worker(name, device, batch, steps, warmup):
     net.apply(init); net.to(dev); net.train()
     opt = torch.optim.SGD(net.parameters(), lr=lr); loss = nn.CrossEntropyLoss()
     X = torch.rand(batch, 1, side, side, device=dev); y = torch.randint(0, 10, (batch,), device=dev)
+    # bf16: PyTorch's own recipe, autocast with channels-last.
+    if precision == "bf16":
+        net.to(memory_format=torch.channels_last); X = X.to(memory_format=torch.channels_last)
+    cast = lambda: torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     t = 0.0
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        opt.zero_grad(); l = loss(net(X), y); l.backward(); opt.step()
+        opt.zero_grad()
+        with cast():
+            l = loss(net(X), y)
+        l.backward(); opt.step()
         float(l.detach())
         if i >= warmup:
             t += time.perf_counter() - t0
     train = batch * steps / t
     net.eval()
-    with torch.no_grad():
+    with torch.no_grad(), cast():
         for _ in range(warmup):
             net(X)
         t0 = time.perf_counter()
@@ -169,24 +176,33 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--torch-precision", default="fp32", choices=["fp32", "bf16"],
+                   help="PyTorch's side: fp32, or bf16 autocast with channels-last")
+    p.add_argument("--convnets-args", default="",
+                   help="extra `convnets bench` options, e.g. '--precision bf16 --channels-last'")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        return torch_worker(a.worker, a.device, a.batch_size, a.steps, a.warmup)
+        return torch_worker(a.worker, a.device, a.batch_size, a.steps, a.warmup, a.torch_precision)
     rows = []
     print(f"{'network':<13} {'batch':>5} {'torch train':>12} {'convnets':>10} {'ratio':>6} "
           f"{'torch eval':>11} {'convnets':>10} {'ratio':>6} {'torch MiB':>10} {'convnets':>9}", flush=True)
     for name in a.nets:
         batch = a.batch_size or NETS[name][2]
         common = ["--steps", str(a.steps), "--warmup", str(a.warmup), "--batch-size", str(batch), "--device", a.device]
-        torch_out = subprocess.run([sys.executable, __file__, "--worker", name] + common,
-                                   check=True, capture_output=True, text=True).stdout
-        t = json.loads(torch_out.strip().splitlines()[-1])
-        ours_out = subprocess.run([CONVNETS, "bench", name, "--json"] + common, check=True, capture_output=True,
-                                  text=True).stdout
-        c = json.loads(ours_out.strip().splitlines()[-1])
-        peak = c["peak_rss_mib"]
-        row = dict(network=name, batch=batch, device=a.device, torch=t, convnets=c,
+        try:
+            torch_out = subprocess.run([sys.executable, __file__, "--worker", name, "--torch-precision",
+                                        a.torch_precision] + common, check=True, capture_output=True, text=True).stdout
+            t = json.loads(torch_out.strip().splitlines()[-1])
+            ours_out = subprocess.run([CONVNETS, "bench", name, "--json"] + common + a.convnets_args.split(),
+                                      check=True, capture_output=True, text=True).stdout
+            c = json.loads(ours_out.strip().splitlines()[-1])
+        except subprocess.CalledProcessError as e:
+            print(f"{name}: {' '.join(e.cmd[:3])} failed: {e.stderr.strip()[-500:]}", flush=True)
+            continue
+        peak = c["peak_rss_mib"] if c["peak_rss_mib"] is not None else c.get("peak_gpu_mib")
+        row = dict(network=name, batch=batch, device=a.device, torch_precision=a.torch_precision,
+                   convnets_args=a.convnets_args, torch=t, convnets=c,
                    train_ratio=c["train_examples_per_s"] / t["train_examples_per_s"],
                    eval_ratio=c["eval_examples_per_s"] / t["eval_examples_per_s"])
         rows.append(row)

@@ -20,5 +20,14 @@ if [ ! -f "$cache/.complete" ]; then
     mv "$cache.partial" "$cache"
     touch "$cache/.complete"
 fi
+# The CUDA runtime headers above include crt/*.h from a package of its own (134 KB); only the
+# C++ shim of a `--features cuda` build reads them. A folder of its own, so that caches made
+# before it was needed gain it without reinstalling libtorch.
+if [ ! -f "$cache/crt/.complete" ]; then
+    rm -rf "$cache/crt"
+    python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+        --target "$cache/crt" nvidia-cuda-crt==13.0.88
+    touch "$cache/crt/.complete"
+fi
 ln -sfn "$cache/torch" .libtorch
 echo "setup: libtorch $version at $cache/torch" >&2

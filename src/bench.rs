@@ -8,9 +8,10 @@ use serde::Serialize;
 use tch::nn::{OptimizerConfig, Sgd};
 use tch::{Device, Kind, Tensor};
 
+use crate::accel::{self, Precision};
 use crate::data::{self, FashionMnist};
 use crate::models::{self, NetConfig, Network};
-use crate::train::device_name;
+use crate::train::{self, device_name};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -21,6 +22,9 @@ pub struct BenchConfig {
     /// Timed steps (after `warmup` untimed ones).
     pub steps: usize,
     pub warmup: usize,
+    pub precision: Precision,
+    pub channels_last: bool,
+    pub cuda_graphs: bool,
 }
 
 /// One network's figures; serialised as one stable JSON line.
@@ -29,6 +33,9 @@ pub struct BenchResult {
     pub model: String,
     pub device: String,
     pub precision: &'static str,
+    pub channels_last: bool,
+    /// Whether the train steps were replayed from a captured CUDA graph.
+    pub cuda_graphs: bool,
     pub batch: usize,
     pub side: usize,
     pub steps: usize,
@@ -42,6 +49,8 @@ pub struct BenchResult {
     pub data_examples_per_s: f64,
     /// Peak resident memory of this process while measuring this network (CPU), MiB.
     pub peak_rss_mib: Option<f64>,
+    /// Peak memory held by tensors on the GPU (the CUDA allocator's figure), MiB.
+    pub peak_gpu_mib: Option<f64>,
     pub params: i64,
     pub threads: i32,
     pub libtorch: &'static str,
@@ -73,19 +82,25 @@ pub fn bench(name: &str, cfg: &BenchConfig, data: &FashionMnist) -> anyhow::Resu
     let batch = cfg.batch_size.unwrap_or(info.batch_size as usize);
     let side = info.input_size as usize;
     reset_peak_rss();
+    accel::reset_peak_memory(cfg.device);
     tch::manual_seed(0);
-    let net = Network::new(name, NetConfig::default(), cfg.device)?;
+    let mut net = Network::new(name, NetConfig::default(), cfg.device)?;
+    net.set_precision(cfg.precision)?;
+    net.set_channels_last(cfg.channels_last)?;
+    net.set_cuda_graphs(cfg.cuda_graphs);
     let mut opt = Sgd::default().build(&net.vs, info.lr)?;
     let x = Tensor::rand([batch as i64, 1, side as i64, side as i64], (Kind::Float, cfg.device));
     let y = Tensor::randint(10, [batch as i64], (Kind::Int64, cfg.device));
 
-    // d2l's step: zero grad, forward, loss, backward, step, loss read back (syncs a GPU).
+    // d2l's step (zero grad, forward, loss, backward, step) as `train` runs it, the loss read
+    // back (which waits for a GPU).
+    let mut replayer = net.replayer();
     let mut step = |x: &Tensor, y: &Tensor| -> anyhow::Result<f64> {
-        opt.zero_grad();
-        let loss = net.forward_t(x, true)?.cross_entropy_for_logits(y);
-        loss.backward();
-        opt.step();
-        Ok(loss.double_value(&[]))
+        let out = replayer.run(&[x, y], |xy| {
+            let (loss, correct) = train::train_step(&net, &mut opt, xy[0], xy[1])?;
+            Ok(vec![loss, correct])
+        })?;
+        Ok(out[0].double_value(&[]))
     };
     let mut timed = 0.0;
     for i in 0..cfg.warmup + cfg.steps {
@@ -112,15 +127,21 @@ pub fn bench(name: &str, cfg: &BenchConfig, data: &FashionMnist) -> anyhow::Resu
         data::batches(data.train.clone(), order, batch, resize).into_iter().map(|b| b.labels.size()[0] as usize).sum();
     let data_examples_per_s = produced as f64 / started.elapsed().as_secs_f64();
 
+    let cuda_graphs = replayer.graphed();
+    let mut replayer = net.replayer();
     let eval_examples_per_s = tch::no_grad(|| -> anyhow::Result<f64> {
-        for _ in 0..cfg.warmup {
-            let _ = net.forward_t(&x, false)?;
+        // Predictions read back, as `evaluate` does.
+        let mut predict = || -> anyhow::Result<i64> {
+            let out = replayer.run(&[&x], |x| Ok(vec![net.forward_t(x[0], false)?.argmax(1, false)]))?;
+            Ok(out[0].sum(Kind::Int64).int64_value(&[]))
+        };
+        for _ in 0..cfg.warmup.max(4) {
+            predict()?;
         }
         sync(cfg.device);
         let t = Instant::now();
         for _ in 0..cfg.steps {
-            // Reading the predictions back, as an evaluation loop does.
-            let _ = net.forward_t(&x, false)?.argmax(1, false).sum(Kind::Int64).int64_value(&[]);
+            predict()?;
         }
         Ok((batch * cfg.steps) as f64 / t.elapsed().as_secs_f64())
     })?;
@@ -128,7 +149,9 @@ pub fn bench(name: &str, cfg: &BenchConfig, data: &FashionMnist) -> anyhow::Resu
     Ok(BenchResult {
         model: name.to_string(),
         device: device_name(cfg.device),
-        precision: "fp32",
+        precision: cfg.precision.name(),
+        channels_last: cfg.channels_last,
+        cuda_graphs,
         batch,
         side,
         steps: cfg.steps,
@@ -137,6 +160,7 @@ pub fn bench(name: &str, cfg: &BenchConfig, data: &FashionMnist) -> anyhow::Resu
         eval_examples_per_s: round1(eval_examples_per_s),
         data_examples_per_s: round1(data_examples_per_s),
         peak_rss_mib: if cfg.device == Device::Cpu { peak_rss_mib().map(round1) } else { None },
+        peak_gpu_mib: accel::peak_memory_mib(cfg.device).map(round1),
         params: net.num_parameters(),
         threads: tch::get_num_threads(),
         libtorch: "2.11.0",
@@ -163,7 +187,7 @@ pub fn table(results: &[BenchResult]) -> String {
             r.epoch_examples_per_s,
             r.eval_examples_per_s,
             r.data_examples_per_s,
-            r.peak_rss_mib.map_or("-".into(), |m| format!("{m:.0}"))
+            r.peak_rss_mib.or(r.peak_gpu_mib).map_or("-".into(), |m| format!("{m:.0}"))
         );
     }
     out

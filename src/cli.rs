@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use tch::Device;
 
+use crate::accel::Precision;
 use crate::data::{self, FashionMnist};
 use crate::models::{self, MODELS, NetConfig, Network};
 use crate::summary;
@@ -150,6 +151,8 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
+        speed: SpeedArgs,
+        #[command(flatten)]
         data: DataArgs,
     },
     /// Fashion-MNIST: download the official files or describe the data in use.
@@ -192,8 +195,37 @@ struct TrainArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue the run in this directory from its last complete epoch.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["net", "lr", "batch_size", "resize", "seed", "out"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["net", "lr", "batch_size", "resize", "seed", "out", "precision"])]
     resume: Option<PathBuf>,
+    #[command(flatten)]
+    speed: SpeedArgs,
+}
+
+/// How the arithmetic runs (the defaults compute exactly as d2l does).
+#[derive(clap::Args)]
+struct SpeedArgs {
+    /// fp32 (d2l), or bf16: autocast-style mixed precision (bfloat16 convolutions and matrix
+    /// products, float32 weights, gradients and loss).
+    #[arg(long, value_parser = parse_precision)]
+    precision: Option<Precision>,
+    /// Lay images and convolution weights out channels-last (NHWC).
+    #[arg(long)]
+    channels_last: bool,
+    /// On CUDA, run every step eagerly instead of replaying a captured CUDA graph.
+    #[arg(long)]
+    no_graphs: bool,
+}
+
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    s.parse()
+}
+
+impl SpeedArgs {
+    fn apply(&self, net: &mut Network) -> anyhow::Result<()> {
+        net.set_channels_last(self.channels_last)?;
+        net.set_cuda_graphs(!self.no_graphs);
+        Ok(())
+    }
 }
 
 #[derive(Subcommand)]
@@ -346,7 +378,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 anyhow::bail!("{net} differs from PyTorch beyond tolerance");
             }
         }
-        Command::Bench { nets, device, batch_size, steps, warmup, json, data } => {
+        Command::Bench { nets, device, batch_size, steps, warmup, json, speed, data } => {
             let device = train::parse_device(&device).map_err(usage)?;
             if steps == 0 || batch_size == Some(0) {
                 return Err(usage("--steps and --batch-size must be at least 1"));
@@ -360,7 +392,15 @@ fn run(command: Command) -> anyhow::Result<()> {
                 models::find(net).map_err(|e| usage(e.to_string()))?;
             }
             let data = load_data(data.dir.as_deref())?;
-            let config = crate::bench::BenchConfig { device, batch_size, steps, warmup };
+            let config = crate::bench::BenchConfig {
+                device,
+                batch_size,
+                steps,
+                warmup,
+                precision: speed.precision.unwrap_or_default(),
+                channels_last: speed.channels_last,
+                cuda_graphs: !speed.no_graphs,
+            };
             let mut results = Vec::new();
             for net in &nets {
                 let result = crate::bench::bench(net, &config, &data)?;
@@ -423,7 +463,9 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
                 )));
             }
             eprintln!("resuming {} after epoch {}", dir.display(), checkpoint.state.epoch);
-            (checkpoint.net, config, Some(checkpoint.state), dir.clone())
+            let mut net = checkpoint.net;
+            args.speed.apply(&mut net)?;
+            (net, config, Some(checkpoint.state), dir.clone())
         }
         None => {
             let name = args
@@ -443,6 +485,7 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             }
             config.seed = args.seed;
             config.device = train::device_name(device);
+            config.precision = args.speed.precision.unwrap_or_default();
             let dir = args.out.clone().unwrap_or_else(|| {
                 PathBuf::from("runs").join(format!("{name}-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S")))
             });
@@ -453,7 +496,9 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
                 )));
             }
             tch::manual_seed(config.seed as i64);
-            let net = Network::new(name, config.net_config(), device)?;
+            let mut net = Network::new(name, config.net_config(), device)?;
+            net.set_precision(config.precision)?;
+            args.speed.apply(&mut net)?;
             (net, config, None, dir)
         }
     };

@@ -11,6 +11,7 @@
 //! print!("{}", convnets::summary::torchsummary(&records, &[1, 96, 96], -1));
 //! ```
 
+pub mod accel;
 pub mod bench;
 pub mod chart;
 pub mod cli;

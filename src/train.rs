@@ -10,9 +10,10 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use tch::nn::{OptimizerConfig, Sgd};
-use tch::{Device, Kind};
+use tch::nn::{Optimizer, OptimizerConfig, Sgd};
+use tch::{Device, Kind, Tensor};
 
+use crate::accel::Precision;
 use crate::chart;
 use crate::data::{self, CLASSES, FashionMnist, Split};
 use crate::models::{self, NetConfig, Network};
@@ -32,6 +33,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// `cpu` or `cuda:N`.
     pub device: String,
+    /// The forward pass's arithmetic (d2l: fp32); runs saved before it existed are fp32.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl TrainConfig {
@@ -49,6 +53,7 @@ impl TrainConfig {
             resize: (info.input_size != 28).then_some(info.input_size as usize),
             seed: 0,
             device: "cpu".into(),
+            precision: Precision::Fp32,
         })
     }
 
@@ -222,7 +227,8 @@ pub fn load_checkpoint(run_or_file: &Path, device: Device) -> anyhow::Result<Che
     if state.format != CHECKPOINT_FORMAT {
         anyhow::bail!("{file}: checkpoint format {} is not {CHECKPOINT_FORMAT}", state.format);
     }
-    let net = Network::new(&state.config.net, state.config.net_config(), device)?;
+    let mut net = Network::new(&state.config.net, state.config.net_config(), device)?;
+    net.set_precision(state.config.precision)?;
     let tensors = weights::parse_safetensors(&bytes, &file)?;
     weights::load_state_dict(&net.vs, &state.config.net, &tensors, false)?;
     Ok(Checkpoint { net, state })
@@ -294,9 +300,11 @@ pub fn evaluate(
     let mut confusion = vec![vec![0u64; classes]; classes];
     let order: Vec<usize> = (0..split.len()).collect();
     let _guard = tch::no_grad_guard();
+    let mut replayer = net.replayer();
     for batch in data::batches(split.clone(), order, batch_size, resize) {
-        let logits = net.forward_t(&batch.images.to_device(net.device()), false)?;
-        let predicted = Vec::<i64>::try_from(logits.argmax(1, false).to_device(Device::Cpu))?;
+        let x = batch.images.to_device(net.device());
+        let predicted = replayer.run(&[&x], |x| Ok(vec![net.forward_t(x[0], false)?.argmax(1, false)]))?;
+        let predicted = Vec::<i64>::try_from(predicted[0].to_device(Device::Cpu))?;
         let truth = Vec::<i64>::try_from(&batch.labels)?;
         for (t, p) in truth.iter().zip(&predicted) {
             confusion[*t as usize][*p as usize] += 1;
@@ -349,6 +357,12 @@ pub struct Run<'a> {
 pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow::Result<History> {
     let cfg = &run.config;
     cfg.validate().map_err(crate::usage)?;
+    anyhow::ensure!(
+        net.precision() == cfg.precision,
+        "the network computes in {} but the run is configured for {}: call Network::set_precision first",
+        net.precision(),
+        cfg.precision
+    );
     let device = net.device();
     let train_split = run.data.train.clone();
     let input = cfg.input_shape(&train_split);
@@ -378,6 +392,7 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         println!("training on {}", device_name(device));
     }
     let num_batches = train_split.len().div_ceil(cfg.batch_size);
+    let mut replayer = net.replayer();
     let mut last_finite: Option<f64> = history.epochs.last().map(|e| e.train_loss);
     for epoch in first_epoch..cfg.epochs {
         // Every epoch's randomness (shuffle, dropout) depends only on the seed and the epoch, so
@@ -393,15 +408,11 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
             let (loss_value, batch_correct) = out_of_memory_hint(cfg.batch_size, device, || {
                 let x = batch.images.to_device(device);
                 let y = batch.labels.to_device(device);
-                opt.zero_grad();
-                let y_hat = net.forward_t(&x, true)?;
-                let loss = y_hat.cross_entropy_for_logits(&y);
-                loss.backward();
-                opt.step();
-                Ok(tch::no_grad(|| {
-                    let correct = y_hat.argmax(1, false).eq_tensor(&y).sum(Kind::Int64);
-                    (loss.double_value(&[]), correct.int64_value(&[]))
-                }))
+                let out = replayer.run(&[&x, &y], |xy| {
+                    let (loss, correct) = train_step(net, &mut opt, xy[0], xy[1])?;
+                    Ok(vec![loss, correct])
+                })?;
+                Ok((out[0].double_value(&[]), out[1].int64_value(&[])))
             })?;
             step_seconds += timer.elapsed().as_secs_f64();
             if !loss_value.is_finite() {
@@ -465,6 +476,19 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         println!("{:.1} examples/sec on {}", history.examples_per_sec(), device_name(device));
     }
     Ok(history)
+}
+
+/// d2l's training step: zero the gradients, forward, cross-entropy, backward, SGD step. Returns
+/// the loss and the number of correct predictions as tensors on the device, so that the step
+/// queues work without waiting for it (what a CUDA graph capture needs); the caller reads them.
+pub fn train_step(net: &Network, opt: &mut Optimizer, x: &Tensor, y: &Tensor) -> anyhow::Result<(Tensor, Tensor)> {
+    opt.zero_grad();
+    let y_hat = net.forward_t(x, true)?;
+    let loss = y_hat.cross_entropy_for_logits(y);
+    loss.backward();
+    opt.step();
+    let correct = tch::no_grad(|| y_hat.argmax(1, false).eq_tensor(y).sum(Kind::Int64));
+    Ok((loss.detach(), correct))
 }
 
 /// Memory the kernel says is available (`MemAvailable` in /proc/meminfo), in bytes.

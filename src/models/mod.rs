@@ -14,6 +14,7 @@ use std::ops::RangeInclusive;
 use tch::nn::{Path, VarStore};
 use tch::{Device, Kind, Tensor};
 
+use crate::accel::{self, Autocast, Precision};
 use crate::nn::{Ctx, Fwd, Sequential, ShapeError, count_parameters};
 use crate::trace::{Record, Tracer};
 
@@ -217,6 +218,9 @@ pub struct Network {
     /// The weights and state, named as PyTorch's `state_dict` names them.
     pub vs: VarStore,
     pub body: Sequential,
+    precision: Precision,
+    channels_last: bool,
+    cuda_graphs: bool,
 }
 
 impl Network {
@@ -228,7 +232,45 @@ impl Network {
     pub fn from_info(info: &'static ModelInfo, config: NetConfig, device: Device) -> Self {
         let vs = VarStore::new(device);
         let body = (info.build)(&vs.root(), &config);
-        Network { info, config, vs, body }
+        if device.is_cuda() {
+            // d2l's shapes are static: cuDNN's autotuner pays for itself within the first steps.
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
+        Network { info, config, vs, body, precision: Precision::Fp32, channels_last: false, cuda_graphs: true }
+    }
+
+    /// Computes forward passes in `precision` (weights stay float32).
+    pub fn set_precision(&mut self, precision: Precision) -> anyhow::Result<()> {
+        // Switching autocast on once here is the check that it works on this device.
+        drop(Autocast::enter(self.device(), precision)?);
+        self.precision = precision;
+        Ok(())
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Whether training and evaluation on CUDA replay captured graphs (on by default; see
+    /// [`accel::Replayer`]).
+    pub fn set_cuda_graphs(&mut self, on: bool) {
+        self.cuda_graphs = on;
+    }
+
+    /// A [`accel::Replayer`] for this network's device and graph setting.
+    pub fn replayer(&self) -> accel::Replayer {
+        accel::Replayer::new(self.device(), self.cuda_graphs)
+    }
+
+    /// Lays convolution weights and inputs out as channels-last (NHWC), the layout cuDNN's
+    /// tensor-core kernels work in. Values and parameter names are unchanged.
+    pub fn set_channels_last(&mut self, on: bool) -> anyhow::Result<()> {
+        if on && !self.channels_last {
+            let mut tensors: Vec<Tensor> = self.vs.variables().into_values().collect();
+            accel::set_channels_last(&mut tensors)?;
+        }
+        self.channels_last = on;
+        Ok(())
     }
 
     /// The (C, H, W) d2l feeds this network.
@@ -247,7 +289,19 @@ impl Network {
 
     /// Runs the network on a batch; `train` selects batch statistics and active dropout.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Fwd {
-        Ctx::new(train).call(&self.body, x)
+        if self.precision == Precision::Fp32 && !self.channels_last {
+            return Ctx::new(train).call(&self.body, x);
+        }
+        let x = if self.channels_last {
+            accel::channels_last(x).expect("a channels-last copy of a dense tensor")
+        } else {
+            x.shallow_clone()
+        };
+        let autocast = Autocast::enter(self.device(), self.precision).expect("autocast was checked by set_precision");
+        let logits = Ctx::new(train).call(&self.body, &x)?;
+        drop(autocast);
+        // The loss and everything read from the logits stay in float32, as under autocast.
+        Ok(logits.to_kind(Kind::Float))
     }
 
     /// Records every layer call of one forward pass on an input of shape (C, H, W), without

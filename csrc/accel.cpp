@@ -1,0 +1,129 @@
+// What tch 0.24 does not expose and convnets needs for speed: libtorch's autocast with a chosen
+// dtype (tch's `autocast` is CUDA-only and fixed to float16), channels-last memory format, and,
+// in a CUDA build, graph capture/replay and the CUDA allocator's peak statistics.
+//
+// Every function returns NULL on success or a malloc'ed error message (freed by the caller), so
+// no C++ exception crosses into Rust.
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#ifdef CONVNETS_CUDA
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAEvent.h>
+#endif
+
+static char *error_message(const char *what) {
+  size_t n = std::strlen(what) + 1;
+  char *copy = static_cast<char *>(std::malloc(n));
+  if (copy != nullptr) std::memcpy(copy, what, n);
+  return copy;
+}
+
+#define GUARD(body)                                   \
+  try {                                               \
+    body;                                             \
+    return nullptr;                                   \
+  } catch (const std::exception &e) {                 \
+    return error_message(e.what());                   \
+  } catch (...) {                                     \
+    return error_message("unknown C++ exception");    \
+  }
+
+extern "C" {
+
+// Turns autocast on or off for `cuda` (else the CPU) on this thread, with `bf16` (else float16)
+// as the lower precision. The weight-cast cache stays off: weights change in place every step,
+// and CUDA graphs forbid it.
+char *convnets_autocast(int cuda, int enabled, int bf16) {
+  GUARD({
+    auto device = cuda ? at::kCUDA : at::kCPU;
+    at::autocast::set_autocast_cache_enabled(false);
+    at::autocast::set_autocast_dtype(device, bf16 ? at::kBFloat16 : at::kHalf);
+    at::autocast::set_autocast_enabled(device, enabled != 0);
+  })
+}
+
+// Re-lays a 4-d tensor out as channels-last (NHWC) in place, keeping its identity (a parameter
+// stays the same leaf of the autograd graph and the same variable of the optimizer).
+char *convnets_set_channels_last(at::Tensor *t) {
+  GUARD({
+    if (t->dim() == 4) t->set_data(t->contiguous(at::MemoryFormat::ChannelsLast));
+  })
+}
+
+// A channels-last copy of a 4-d tensor (others are returned as they are) in *out.
+char *convnets_channels_last(const at::Tensor *t, at::Tensor **out) {
+  GUARD({
+    *out = new at::Tensor(t->dim() == 4 ? t->contiguous(at::MemoryFormat::ChannelsLast) : *t);
+  })
+}
+
+#ifdef CONVNETS_CUDA
+struct Graph {
+  at::cuda::CUDAGraph graph;
+  c10::optional<c10::cuda::CUDAStream> previous;
+};
+
+char *convnets_graph_new(void **out) { GUARD({ *out = new Graph(); }) }
+
+void convnets_graph_free(void *g) { delete static_cast<Graph *>(g); }
+
+// Starts capturing on a side stream (capture cannot use the default stream), after the work
+// already queued on the current stream.
+char *convnets_graph_begin(void *g) {
+  GUARD({
+    auto *graph = static_cast<Graph *>(g);
+    // As torch.cuda.graph does: nothing from before may still be in flight.
+    c10::cuda::device_synchronize();
+    auto current = c10::cuda::getCurrentCUDAStream();
+    auto side = c10::cuda::getStreamFromPool();
+    c10::cuda::CUDAEvent ready;
+    ready.record(current);
+    ready.block(side);
+    graph->previous = current;
+    c10::cuda::setCurrentCUDAStream(side);
+    graph->graph.capture_begin();
+  })
+}
+
+// Ends the capture and returns to the stream that was current before.
+char *convnets_graph_end(void *g) {
+  auto *graph = static_cast<Graph *>(g);
+  std::string failure;
+  try {
+    graph->graph.capture_end();
+  } catch (const std::exception &e) {
+    failure = e.what();
+  }
+  if (graph->previous) {
+    auto side = c10::cuda::getCurrentCUDAStream();
+    c10::cuda::CUDAEvent done;
+    done.record(side);
+    done.block(*graph->previous);
+    c10::cuda::setCurrentCUDAStream(*graph->previous);
+    graph->previous.reset();
+  }
+  return failure.empty() ? nullptr : error_message(failure.c_str());
+}
+
+char *convnets_graph_replay(void *g) { GUARD({ static_cast<Graph *>(g)->graph.replay(); }) }
+
+// Peak bytes held by tensors on `device` since the last reset.
+char *convnets_cuda_peak_allocated(int device, int64_t *out) {
+  GUARD({
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    *out = stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+  })
+}
+
+char *convnets_cuda_reset_peak(int device) {
+  GUARD({ c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device)); })
+}
+#endif
+}

@@ -1,0 +1,270 @@
+//! Speed without changing what is computed: mixed precision through libtorch's own autocast,
+//! channels-last (NHWC) layout, and CUDA graphs that replay a whole training step. tch 0.24
+//! exposes none of these in the form needed, so they go through a small C++ shim
+//! (`csrc/accel.cpp`, compiled by `build.rs`).
+
+use std::ffi::{CStr, c_char, c_void};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Tensor};
+use torch_sys::C_tensor;
+
+unsafe extern "C" {
+    fn convnets_autocast(cuda: i32, enabled: i32, bf16: i32) -> *mut c_char;
+    fn convnets_set_channels_last(t: *mut C_tensor) -> *mut c_char;
+    fn convnets_channels_last(t: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
+}
+
+#[cfg(feature = "cuda")]
+unsafe extern "C" {
+    fn convnets_graph_new(out: *mut *mut c_void) -> *mut c_char;
+    fn convnets_graph_free(g: *mut c_void);
+    fn convnets_graph_begin(g: *mut c_void) -> *mut c_char;
+    fn convnets_graph_end(g: *mut c_void) -> *mut c_char;
+    fn convnets_graph_replay(g: *mut c_void) -> *mut c_char;
+    fn convnets_cuda_peak_allocated(device: i32, out: *mut i64) -> *mut c_char;
+    fn convnets_cuda_reset_peak(device: i32) -> *mut c_char;
+}
+
+/// Turns the shim's error convention (NULL or a malloc'ed message) into a `Result`.
+fn check(message: *mut c_char) -> anyhow::Result<()> {
+    if message.is_null() {
+        return Ok(());
+    }
+    // SAFETY: the shim returns a NUL-terminated string from malloc, ours to free.
+    let text = unsafe { CStr::from_ptr(message) }.to_string_lossy().into_owned();
+    unsafe { libc_free(message.cast()) };
+    Err(anyhow::anyhow!("libtorch: {}", text.lines().next().unwrap_or("")))
+}
+
+unsafe extern "C" {
+    #[link_name = "free"]
+    fn libc_free(p: *mut c_void);
+}
+
+/// The arithmetic of the forward pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// float32 everywhere, as d2l trains.
+    #[default]
+    Fp32,
+    /// Autocast-style mixed precision: convolutions and matrix products in bfloat16 (libtorch's
+    /// autocast lists decide op by op), weights, gradients, SGD and the loss in float32.
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(format!("unknown precision {s:?}: expected fp32 or bf16")),
+        }
+    }
+}
+
+/// Autocast switched on for this thread's forward passes on `device` while it lives. The
+/// backward pass follows the dtypes the forward pass chose, so it needs no autocast of its own.
+pub struct Autocast {
+    cuda: bool,
+}
+
+impl Autocast {
+    /// `None` for float32 (nothing to switch).
+    pub fn enter(device: Device, precision: Precision) -> anyhow::Result<Option<Autocast>> {
+        if precision == Precision::Fp32 {
+            return Ok(None);
+        }
+        let cuda = device.is_cuda();
+        check(unsafe { convnets_autocast(cuda as i32, 1, 1) })?;
+        Ok(Some(Autocast { cuda }))
+    }
+}
+
+impl Drop for Autocast {
+    fn drop(&mut self) {
+        // Switching off cannot fail for a device type that was switched on.
+        let _ = check(unsafe { convnets_autocast(self.cuda as i32, 0, 1) });
+    }
+}
+
+/// Re-lays every 4-d tensor (convolution weights) out as channels-last in place; the tensors
+/// keep their identity, so optimizers and autograd see the same parameters.
+pub fn set_channels_last(tensors: &mut [Tensor]) -> anyhow::Result<()> {
+    for t in tensors {
+        check(unsafe { convnets_set_channels_last(t.as_mut_ptr()) })?;
+    }
+    Ok(())
+}
+
+/// A channels-last copy of a batch of images (other tensors come back as they are).
+pub fn channels_last(t: &Tensor) -> anyhow::Result<Tensor> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    check(unsafe { convnets_channels_last(t.as_ptr(), &mut out) })?;
+    // SAFETY: on success the shim stored a new, owned at::Tensor.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// Whether this build can capture CUDA graphs.
+pub const GRAPHS_AVAILABLE: bool = cfg!(feature = "cuda");
+
+/// A captured sequence of CUDA work, replayed with one launch.
+pub struct CudaGraph {
+    #[cfg(feature = "cuda")]
+    handle: *mut c_void,
+}
+
+impl CudaGraph {
+    /// Captures the CUDA work `f` queues (it is recorded, not run: replay it to run it). `f` must
+    /// not read values back to the host. Tensors `f` creates live in the graph's own memory and
+    /// are rewritten by every replay.
+    #[cfg(feature = "cuda")]
+    pub fn capture<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(CudaGraph, T)> {
+        let mut handle = std::ptr::null_mut();
+        check(unsafe { convnets_graph_new(&mut handle) })?;
+        let graph = CudaGraph { handle };
+        check(unsafe { convnets_graph_begin(graph.handle) })?;
+        // The capture must end whatever `f` does, or the stream stays in capture mode.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        let ended = check(unsafe { convnets_graph_end(graph.handle) });
+        let value = match result {
+            Ok(value) => value?,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        ended.map_err(|e| e.context("capturing a CUDA graph failed (--no-graphs runs without)"))?;
+        Ok((graph, value))
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    pub fn capture<T>(_f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(CudaGraph, T)> {
+        anyhow::bail!("CUDA graphs need a build with the `cuda` feature")
+    }
+
+    pub fn replay(&self) -> anyhow::Result<()> {
+        #[cfg(feature = "cuda")]
+        return check(unsafe { convnets_graph_replay(self.handle) });
+        #[cfg(not(feature = "cuda"))]
+        unreachable!("no CudaGraph exists without the cuda feature")
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Drop for CudaGraph {
+    fn drop(&mut self) {
+        unsafe { convnets_graph_free(self.handle) }
+    }
+}
+
+/// Runs a function of a few tensors, and on CUDA replays it from a captured graph once the
+/// same input shapes have come `warmup` times in a row (cuDNN's autotuner and lazy
+/// initialisation happen in those eager calls). Inputs of another shape, such as an epoch's
+/// short last batch, run eagerly. d2l's shapes are static, so nearly every step is a replay:
+/// one launch instead of hundreds.
+pub struct Replayer {
+    enabled: bool,
+    warmup: usize,
+    last_shapes: Vec<Vec<i64>>,
+    repeats: usize,
+    captured: Option<Captured>,
+}
+
+struct Captured {
+    graph: CudaGraph,
+    inputs: Vec<Tensor>,
+    outputs: Vec<Tensor>,
+}
+
+impl Replayer {
+    /// Graphs are used when asked for, on a CUDA device, in a build that has them.
+    pub fn new(device: Device, graphs: bool) -> Self {
+        Replayer {
+            enabled: graphs && device.is_cuda() && GRAPHS_AVAILABLE,
+            warmup: 3,
+            last_shapes: Vec::new(),
+            repeats: 0,
+            captured: None,
+        }
+    }
+
+    pub fn graphed(&self) -> bool {
+        self.captured.is_some()
+    }
+
+    /// `f(inputs)`, eagerly or replayed. Replayed outputs are the graph's own tensors: read them
+    /// before the next call.
+    pub fn run(
+        &mut self,
+        inputs: &[&Tensor],
+        mut f: impl FnMut(&[&Tensor]) -> anyhow::Result<Vec<Tensor>>,
+    ) -> anyhow::Result<Vec<Tensor>> {
+        if !self.enabled {
+            return f(inputs);
+        }
+        let shapes: Vec<Vec<i64>> = inputs.iter().map(|t| t.size()).collect();
+        if let Some(c) = &self.captured {
+            if c.inputs.iter().map(|t| t.size()).eq(shapes.iter().cloned()) {
+                for (to, from) in c.inputs.iter().zip(inputs) {
+                    to.shallow_clone().copy_(from);
+                }
+                c.graph.replay()?;
+                return Ok(c.outputs.iter().map(|t| t.shallow_clone()).collect());
+            }
+            return f(inputs);
+        }
+        if shapes == self.last_shapes {
+            self.repeats += 1;
+        } else {
+            self.last_shapes = shapes;
+            self.repeats = 1;
+        }
+        if self.repeats <= self.warmup {
+            return f(inputs);
+        }
+        let statics: Vec<Tensor> = inputs.iter().map(|t| t.copy()).collect();
+        let (graph, outputs) = CudaGraph::capture(|| f(&statics.iter().collect::<Vec<_>>()))?;
+        graph.replay()?;
+        let result = outputs.iter().map(|t| t.shallow_clone()).collect();
+        self.captured = Some(Captured { graph, inputs: statics, outputs });
+        Ok(result)
+    }
+}
+
+/// The most memory tensors held on `device` since the last [`reset_peak_memory`], in MiB (CUDA
+/// only; on the CPU the process's peak resident size is the figure, see `bench`).
+pub fn peak_memory_mib(device: Device) -> Option<f64> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(index) = device {
+        let mut bytes = 0i64;
+        check(unsafe { convnets_cuda_peak_allocated(index as i32, &mut bytes) }).ok()?;
+        return Some(bytes as f64 / (1 << 20) as f64);
+    }
+    let _ = device;
+    None
+}
+
+pub fn reset_peak_memory(device: Device) {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(index) = device {
+        let _ = check(unsafe { convnets_cuda_reset_peak(index as i32) });
+    }
+    let _ = device;
+}
