@@ -11,8 +11,10 @@ with that venv's python:
 
 Each side measures d2l's timed train step (zero grad, forward, loss, backward, step, loss read
 back) on a fixed random batch, and eval-mode forward passes, after warm-up steps; each network runs
-in a fresh process so that peak memory is its own. The PyTorch networks are those of the seed
-notebook (the project's shared reference bench script), initialised as d2l does.
+in a fresh process so that peak memory is its own (on a GPU: the allocator's peak after the
+warm-up steps, on both sides). The PyTorch networks are those of the seed notebook (the project's
+shared reference bench script), initialised as d2l does. On the GPU machines the device tool lends,
+`bench/gpu_session.sh` runs this among the other GPU checks.
 """
 import argparse, json, os, subprocess, sys, time
 
@@ -48,6 +50,8 @@ def torch_worker(name, device, batch, steps, warmup, precision):
     cast = lambda: torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     t = 0.0
     for i in range(warmup + steps):
+        if i == warmup and device == "cuda":
+            torch.cuda.reset_peak_memory_stats()  # the steady state, as convnets bench reports it
         t0 = time.perf_counter()
         opt.zero_grad()
         with cast():

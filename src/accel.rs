@@ -175,13 +175,12 @@ impl Drop for CudaGraph {
 }
 
 /// Runs a function of a few tensors, and on CUDA replays it from a captured graph once the
-/// same input shapes have come `warmup` times in a row (cuDNN's autotuner and lazy
+/// same input shapes have come [`Replayer::EAGER_CALLS`] times in a row (cuDNN's autotuner and lazy
 /// initialisation happen in those eager calls). Inputs of another shape, such as an epoch's
 /// short last batch, run eagerly. d2l's shapes are static, so nearly every step is a replay:
 /// one launch instead of hundreds.
 pub struct Replayer {
     enabled: bool,
-    warmup: usize,
     last_shapes: Vec<Vec<i64>>,
     repeats: usize,
     captured: Option<Captured>,
@@ -194,11 +193,13 @@ struct Captured {
 }
 
 impl Replayer {
+    /// Eager calls with the same shapes before a capture.
+    pub const EAGER_CALLS: usize = 3;
+
     /// Graphs are used when asked for, on a CUDA device, in a build that has them.
     pub fn new(device: Device, graphs: bool) -> Self {
         Replayer {
             enabled: graphs && device.is_cuda() && GRAPHS_AVAILABLE,
-            warmup: 3,
             last_shapes: Vec::new(),
             repeats: 0,
             captured: None,
@@ -236,7 +237,7 @@ impl Replayer {
             self.last_shapes = shapes;
             self.repeats = 1;
         }
-        if self.repeats <= self.warmup {
+        if self.repeats <= Self::EAGER_CALLS {
             return f(inputs);
         }
         let statics: Vec<Tensor> = inputs.iter().map(|t| t.copy()).collect();

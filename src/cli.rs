@@ -521,7 +521,7 @@ fn predict_test(
     let count = count.min(data.test.len());
     let indices: Vec<usize> = (0..count).collect();
     let batch = data::make_batch(&data.test, &indices, config.resize);
-    let predicted = classify(&checkpoint.net, &batch.images)?;
+    let predicted = classify(&checkpoint.net, &batch.images(Device::Cpu))?;
     let mut tiles = Vec::new();
     for (i, p) in predicted.iter().enumerate() {
         let truth = data::CLASSES[data.test.labels[i] as usize];

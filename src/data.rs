@@ -11,7 +11,7 @@ use std::sync::mpsc::{Receiver, sync_channel};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// The ten classes, in label order.
 pub const CLASSES: [&str; 10] =
@@ -328,14 +328,33 @@ impl AxisCoeffs {
         AxisCoeffs { start, weights }
     }
 
-    /// Applies the filter of output `out` to `get(i)` for the input indices it covers.
-    fn apply(&self, out: usize, get: impl Fn(usize) -> u8) -> u8 {
-        let mut acc: i64 = 1 << (PRECISION_BITS - 1);
-        for (k, &w) in self.weights[out].iter().enumerate() {
-            acc += get(self.start[out] + k) as i64 * w as i64;
+    /// Filters along the rows of `src` (rows of `width` pixels): output row `o` combines input
+    /// rows `start[o]..` with its weights, for every pixel at once. Pillow accumulates in
+    /// 32-bit ints; the weights of an output sum to 2^22, so 255 * 2^22 fits.
+    #[inline(always)]
+    fn filter_rows(&self, src: &[u8], width: usize, out: &mut [u8]) {
+        let mut acc = vec![0i32; width];
+        for (o, out_row) in out.chunks_exact_mut(width).enumerate() {
+            acc.fill(1 << (PRECISION_BITS - 1));
+            let first = self.start[o];
+            for (k, &w) in self.weights[o].iter().enumerate() {
+                let row = &src[(first + k) * width..(first + k + 1) * width];
+                acc.iter_mut().zip(row).for_each(|(a, &p)| *a += p as i32 * w);
+            }
+            out_row.iter_mut().zip(&acc).for_each(|(o, &a)| *o = (a >> PRECISION_BITS).clamp(0, 255) as u8);
         }
-        (acc >> PRECISION_BITS).clamp(0, 255) as u8
     }
+}
+
+/// A `rows` x `cols` image, transposed.
+fn transpose(image: &[u8], rows: usize, cols: usize) -> Vec<u8> {
+    let mut out = vec![0u8; rows * cols];
+    for (r, row) in image.chunks_exact(cols).enumerate() {
+        for (c, &p) in row.iter().enumerate() {
+            out[c * rows + r] = p;
+        }
+    }
+    out
 }
 
 /// torchvision's `Resize((out_h, out_w))` on a grey PIL image: Pillow's bilinear resampling
@@ -367,6 +386,25 @@ impl Resize {
         let ((in_h, in_w), (out_h, out_w)) = (self.in_size, self.out_size);
         assert_eq!(image.len(), in_h * in_w);
         assert_eq!(out.len(), out_h * out_w);
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { self.apply_avx2(image, out) };
+        }
+        self.apply_portable(image, out)
+    }
+
+    /// The same code compiled for AVX2, whose 8-lane 32-bit multiplies the filter loops need to
+    /// vectorise (the x86-64 baseline has none): about 3x faster.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn apply_avx2(&self, image: &[u8], out: &mut [u8]) {
+        self.apply_portable(image, out)
+    }
+
+    #[inline(always)]
+    fn apply_portable(&self, image: &[u8], out: &mut [u8]) {
+        let ((in_h, in_w), (out_h, out_w)) = (self.in_size, self.out_size);
         if (in_h, in_w) == (out_h, out_w) {
             // Pillow copies when neither axis changes.
             out.copy_from_slice(image);
@@ -376,24 +414,18 @@ impl Resize {
         let wide: Vec<u8> = if in_w == out_w {
             image.to_vec()
         } else {
-            let mut wide = vec![0u8; in_h * out_w];
-            for y in 0..in_h {
-                let row = &image[y * in_w..(y + 1) * in_w];
-                for x in 0..out_w {
-                    wide[y * out_w + x] = self.horizontal.apply(x, |i| row[i]);
-                }
-            }
-            wide
+            // The horizontal pass is the vertical filter run on the transposed image, so that
+            // both passes combine whole contiguous rows.
+            let columns = transpose(image, in_h, in_w);
+            let mut wide_columns = vec![0u8; out_w * in_h];
+            self.horizontal.filter_rows(&columns, in_h, &mut wide_columns);
+            transpose(&wide_columns, out_w, in_h)
         };
         if in_h == out_h {
             out.copy_from_slice(&wide);
             return;
         }
-        for y in 0..out_h {
-            for x in 0..out_w {
-                out[y * out_w + x] = self.vertical.apply(y, |i| wide[i * out_w + x]);
-            }
-        }
+        self.vertical.filter_rows(&wide, out_w, out);
     }
 
     pub fn apply(&self, image: &[u8]) -> Vec<u8> {
@@ -403,36 +435,45 @@ impl Resize {
     }
 }
 
-/// A batch ready for a network: images `[B, 1, H, W]` in [0, 1] and labels `[B]` (int64).
+/// A batch as the pipeline delivers it: pixels `[B, 1, H, W]` as uint8 (a quarter of the bytes
+/// of floats to prepare and to copy to a GPU) and labels `[B]` (int64).
 pub struct Batch {
-    pub images: Tensor,
+    pub pixels: Tensor,
     pub labels: Tensor,
+}
+
+impl Batch {
+    /// The network's input on `device`: ToTensor's floats in [0, 1] (`pixel / 255`, exactly as
+    /// torchvision computes them), converted where they are used.
+    pub fn images(&self, device: Device) -> Tensor {
+        self.pixels.to_device(device).to_kind(Kind::Float) / 255.0
+    }
 }
 
 /// Builds the batch of `indices` from `split`, resized to `size` x `size` when given.
 pub fn make_batch(split: &Split, indices: &[usize], size: Option<usize>) -> Batch {
     let (h, w) = size.map_or((split.rows, split.cols), |s| (s, s));
-    let resize = size.map(|s| Resize::new(split.rows, split.cols, s, s));
-    let mut pixels = vec![0f32; indices.len() * h * w];
-    // ToTensor: uint8 to float in [0, 1].
-    let to_float = |out: &mut [f32], bytes: &[u8]| out.iter_mut().zip(bytes).for_each(|(o, &b)| *o = b as f32 / 255.0);
-    match &resize {
+    let images = Tensor::empty([indices.len() as i64, 1, h as i64, w as i64], (Kind::Uint8, Device::Cpu));
+    // SAFETY: a new, contiguous uint8 CPU tensor of exactly this many bytes, owned here alone;
+    // writing the pixels in place saves a copy of the whole batch (12 MB at 224x224).
+    // (An empty tensor may have no storage: a slice then needs a dangling, non-null pointer.)
+    let len = indices.len() * h * w;
+    let start = if len == 0 { std::ptr::NonNull::dangling().as_ptr() } else { images.data_ptr() as *mut u8 };
+    let pixels = unsafe { std::slice::from_raw_parts_mut(start, len) };
+    match size.filter(|_| (h, w) != (split.rows, split.cols)) {
         // Resizing is the expensive part: spread it over the cores.
-        Some(r) => pixels.par_chunks_mut(h * w).zip(indices.par_iter()).for_each_init(
-            || vec![0u8; h * w],
-            |bytes, (out, &i)| {
-                r.apply_into(split.image(i), bytes);
-                to_float(out, bytes);
-            },
-        ),
+        Some(s) => {
+            let resize = Resize::new(split.rows, split.cols, s, s);
+            pixels
+                .par_chunks_mut(h * w)
+                .zip(indices.par_iter())
+                .for_each(|(out, &i)| resize.apply_into(split.image(i), out));
+        }
         // A plain copy is cheaper than waking a thread pool that competes with libtorch's.
-        None => pixels.chunks_mut(h * w).zip(indices).for_each(|(out, &i)| to_float(out, split.image(i))),
+        None => pixels.chunks_mut(h * w).zip(indices).for_each(|(out, &i)| out.copy_from_slice(split.image(i))),
     }
     let labels: Vec<i64> = indices.iter().map(|&i| split.labels[i] as i64).collect();
-    Batch {
-        images: Tensor::from_slice(&pixels).view([indices.len() as i64, 1, h as i64, w as i64]),
-        labels: Tensor::from_slice(&labels).to_kind(Kind::Int64),
-    }
+    Batch { pixels: images, labels: Tensor::from_slice(&labels) }
 }
 
 /// The order of the training set in `epoch`: a shuffle that depends only on the seed and the

@@ -302,7 +302,7 @@ pub fn evaluate(
     let _guard = tch::no_grad_guard();
     let mut replayer = net.replayer();
     for batch in data::batches(split.clone(), order, batch_size, resize) {
-        let x = batch.images.to_device(net.device());
+        let x = batch.images(net.device());
         let predicted = replayer.run(&[&x], |x| Ok(vec![net.forward_t(x[0], false)?.argmax(1, false)]))?;
         let predicted = Vec::<i64>::try_from(predicted[0].to_device(Device::Cpu))?;
         let truth = Vec::<i64>::try_from(&batch.labels)?;
@@ -406,7 +406,7 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         {
             let timer = Instant::now();
             let (loss_value, batch_correct) = out_of_memory_hint(cfg.batch_size, device, || {
-                let x = batch.images.to_device(device);
+                let x = batch.images(device);
                 let y = batch.labels.to_device(device);
                 let out = replayer.run(&[&x, &y], |xy| {
                     let (loss, correct) = train_step(net, &mut opt, xy[0], xy[1])?;

@@ -215,17 +215,24 @@ fn batches_cover_every_example_once_in_a_seeded_order() {
     let sample = FashionMnist::from_source(Source::Embedded).unwrap();
     let order: Vec<usize> = (0..300).rev().collect();
     let batches: Vec<_> = data::batches(sample.train.clone(), order, 128, Some(32)).into_iter().collect();
-    let sizes: Vec<i64> = batches.iter().map(|b| b.images.size()[0]).collect();
+    let sizes: Vec<i64> = batches.iter().map(|b| b.pixels.size()[0]).collect();
     assert_eq!(sizes, [128, 128, 44], "the last partial batch is kept");
-    assert_eq!(batches[0].images.size(), [128, 1, 32, 32]);
+    assert_eq!(batches[0].pixels.size(), [128, 1, 32, 32]);
+    assert_eq!(batches[0].pixels.kind(), tch::Kind::Uint8);
     let first_label = batches[0].labels.int64_value(&[0]);
     assert_eq!(first_label, sample.train.labels[299] as i64);
-    let max = batches[0].images.max().double_value(&[]);
-    assert!(max <= 1.0 && max > 0.9 && batches[0].images.min().double_value(&[]) >= 0.0);
-    // Unresized pixels are exactly byte / 255.
-    let plain = data::make_batch(&sample.train, &[0], None);
-    let expected = sample.train.image(0)[14 * 28 + 14] as f64 / 255.0;
-    assert!((plain.images.double_value(&[0, 0, 14, 14]) - expected).abs() < 1e-7);
+    // The first batch's first image is training image 299, resized as Resize does it.
+    let resized = data::Resize::new(28, 28, 32, 32).apply(sample.train.image(299));
+    assert_eq!(Vec::<u8>::try_from(batches[0].pixels.get(0).flatten(0, -1)).unwrap(), resized);
+    let images = batches[0].images(tch::Device::Cpu);
+    assert_eq!(images.kind(), tch::Kind::Float);
+    let max = images.max().double_value(&[]);
+    assert!(max <= 1.0 && max > 0.9 && images.min().double_value(&[]) >= 0.0);
+    // Unresized pixels are exactly ToTensor's byte / 255 in float32.
+    let plain = data::make_batch(&sample.train, &[0], None).images(tch::Device::Cpu);
+    let floats = Vec::<f32>::try_from(plain.flatten(0, -1)).unwrap();
+    let expected: Vec<f32> = sample.train.image(0).iter().map(|&b| b as f32 / 255.0).collect();
+    assert_eq!(floats, expected);
 }
 
 /// Serves `files` over HTTP on 127.0.0.1 for `requests` requests; other paths get 404.

@@ -214,10 +214,11 @@ fn every_network_trains_a_short_epoch_and_reloads() {
         let cfg = TrainConfig { seed: 1, ..config(net, 1, 32) };
         let network = fresh(&cfg);
         let probe = convnets::data::make_batch(&sample.train, &(0..32).collect::<Vec<_>>(), cfg.resize);
+        let probe_images = probe.images(Device::Cpu);
         let probe_loss = |n: &Network| {
             tch::manual_seed(9);
             let loss =
-                tch::no_grad(|| n.forward_t(&probe.images, true).unwrap().cross_entropy_for_logits(&probe.labels));
+                tch::no_grad(|| n.forward_t(&probe_images, true).unwrap().cross_entropy_for_logits(&probe.labels));
             loss.double_value(&[])
         };
         let before = probe_loss(&network);
@@ -226,7 +227,7 @@ fn every_network_trains_a_short_epoch_and_reloads() {
 
         let checkpoint = train::load_checkpoint(dir.path(), Device::Cpu).unwrap();
         let (a, b) = tch::no_grad(|| {
-            (network.forward_t(&probe.images, false).unwrap(), checkpoint.net.forward_t(&probe.images, false).unwrap())
+            (network.forward_t(&probe_images, false).unwrap(), checkpoint.net.forward_t(&probe_images, false).unwrap())
         });
         assert!(a.equal(&b), "{net}: reloaded outputs differ");
         let after = probe_loss(&network);
