@@ -6,7 +6,9 @@
 // no C++ exception crosses into Rust.
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
+#include <array>
 #include <cstdlib>
+#include <mutex>
 #include <cstring>
 #include <string>
 
@@ -65,6 +67,18 @@ char *convnets_channels_last(const at::Tensor *t, at::Tensor **out) {
 }
 
 #ifdef CONVNETS_CUDA
+// One capture stream per device for the whole process: libtorch keeps a cuBLAS workspace per
+// stream, so a fresh pool stream per capture would leave one more workspace behind each time.
+static c10::cuda::CUDAStream capture_stream() {
+  static std::mutex lock;
+  static std::array<c10::optional<c10::cuda::CUDAStream>, 64> streams;
+  std::lock_guard<std::mutex> guard(lock);
+  auto device = c10::cuda::current_device();
+  auto &stream = streams.at(static_cast<size_t>(device));
+  if (!stream) stream = c10::cuda::getStreamFromPool(false, device);
+  return *stream;
+}
+
 struct Graph {
   at::cuda::CUDAGraph graph;
   c10::optional<c10::cuda::CUDAStream> previous;
@@ -82,7 +96,7 @@ char *convnets_graph_begin(void *g) {
     // As torch.cuda.graph does: nothing from before may still be in flight.
     c10::cuda::device_synchronize();
     auto current = c10::cuda::getCurrentCUDAStream();
-    auto side = c10::cuda::getStreamFromPool();
+    auto side = capture_stream();
     c10::cuda::CUDAEvent ready;
     ready.record(current);
     ready.block(side);

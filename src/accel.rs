@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 use torch_sys::C_tensor;
 
+use crate::models::ModelInfo;
+
 unsafe extern "C" {
     fn convnets_autocast(cuda: i32, enabled: i32, bf16: i32) -> *mut c_char;
     fn convnets_set_channels_last(t: *mut C_tensor) -> *mut c_char;
@@ -78,6 +80,42 @@ impl FromStr for Precision {
             "fp32" => Ok(Precision::Fp32),
             "bf16" => Ok(Precision::Bf16),
             _ => Err(format!("unknown precision {s:?}: expected fp32 or bf16")),
+        }
+    }
+}
+
+/// How images and convolution weights are laid out in memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MemoryFormat {
+    /// Channels-last on a GPU for the networks it speeds up there, contiguous (NCHW) otherwise
+    /// (on these CPUs channels-last measured slower).
+    #[default]
+    Auto,
+    /// NCHW, PyTorch's default.
+    Contiguous,
+    /// NHWC, the layout of cuDNN's tensor-core kernels.
+    ChannelsLast,
+}
+
+impl MemoryFormat {
+    /// Whether `net` on `device` runs channels-last.
+    pub fn channels_last(self, device: Device, info: &ModelInfo) -> bool {
+        match self {
+            MemoryFormat::Auto => device.is_cuda() && info.channels_last_on_cuda,
+            MemoryFormat::Contiguous => false,
+            MemoryFormat::ChannelsLast => true,
+        }
+    }
+}
+
+impl FromStr for MemoryFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(MemoryFormat::Auto),
+            "contiguous" => Ok(MemoryFormat::Contiguous),
+            "channels-last" => Ok(MemoryFormat::ChannelsLast),
+            _ => Err(format!("unknown memory format {s:?}: expected auto, contiguous or channels-last")),
         }
     }
 }

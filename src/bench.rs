@@ -8,7 +8,7 @@ use serde::Serialize;
 use tch::nn::{OptimizerConfig, Sgd};
 use tch::{Device, Kind, Tensor};
 
-use crate::accel::{self, Precision};
+use crate::accel::{self, MemoryFormat, Precision};
 use crate::data::{self, FashionMnist};
 use crate::models::{self, NetConfig, Network};
 use crate::train::{self, device_name};
@@ -23,7 +23,7 @@ pub struct BenchConfig {
     pub steps: usize,
     pub warmup: usize,
     pub precision: Precision,
-    pub channels_last: bool,
+    pub memory_format: MemoryFormat,
     pub cuda_graphs: bool,
 }
 
@@ -89,7 +89,7 @@ pub fn bench(name: &str, cfg: &BenchConfig, data: &FashionMnist) -> anyhow::Resu
     tch::manual_seed(0);
     let mut net = Network::new(name, NetConfig::default(), cfg.device)?;
     net.set_precision(cfg.precision)?;
-    net.set_channels_last(cfg.channels_last)?;
+    net.set_channels_last(cfg.memory_format.channels_last(cfg.device, info))?;
     net.set_cuda_graphs(cfg.cuda_graphs);
     let mut opt = Sgd::default().build(&net.vs, info.lr)?;
     let x = Tensor::rand([batch as i64, 1, side as i64, side as i64], (Kind::Float, cfg.device));
@@ -162,7 +162,7 @@ pub fn bench(name: &str, cfg: &BenchConfig, data: &FashionMnist) -> anyhow::Resu
         model: name.to_string(),
         device: device_name(cfg.device),
         precision: cfg.precision.name(),
-        channels_last: cfg.channels_last,
+        channels_last: net.channels_last(),
         cuda_graphs,
         batch,
         side,

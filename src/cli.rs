@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use tch::Device;
 
-use crate::accel::Precision;
+use crate::accel::{MemoryFormat, Precision};
 use crate::data::{self, FashionMnist};
 use crate::models::{self, MODELS, NetConfig, Network};
 use crate::summary;
@@ -208,9 +208,10 @@ struct SpeedArgs {
     /// products, float32 weights, gradients and loss).
     #[arg(long, value_parser = parse_precision)]
     precision: Option<Precision>,
-    /// Lay images and convolution weights out channels-last (NHWC).
-    #[arg(long)]
-    channels_last: bool,
+    /// Layout of images and convolution weights: contiguous (NCHW), channels-last (NHWC), or
+    /// auto: channels-last on a GPU for the networks it speeds up there.
+    #[arg(long, default_value = "auto", value_parser = parse_memory_format)]
+    memory_format: MemoryFormat,
     /// On CUDA, run every step eagerly instead of replaying a captured CUDA graph.
     #[arg(long)]
     no_graphs: bool,
@@ -220,9 +221,13 @@ fn parse_precision(s: &str) -> Result<Precision, String> {
     s.parse()
 }
 
+fn parse_memory_format(s: &str) -> Result<MemoryFormat, String> {
+    s.parse()
+}
+
 impl SpeedArgs {
     fn apply(&self, net: &mut Network) -> anyhow::Result<()> {
-        net.set_channels_last(self.channels_last)?;
+        net.set_channels_last(self.memory_format.channels_last(net.device(), net.info))?;
         net.set_cuda_graphs(!self.no_graphs);
         Ok(())
     }
@@ -398,7 +403,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 steps,
                 warmup,
                 precision: speed.precision.unwrap_or_default(),
-                channels_last: speed.channels_last,
+                memory_format: speed.memory_format,
                 cuda_graphs: !speed.no_graphs,
             };
             let mut results = Vec::new();

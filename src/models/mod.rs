@@ -56,6 +56,10 @@ pub struct ModelInfo {
     pub epochs: usize,
     /// `None` for networks d2l does not train (full-width VGG-11).
     pub book: Option<BookResult>,
+    /// Whether channels-last (NHWC) is the faster layout on a GPU, as measured on an H100
+    /// (docs/benchmarks.md): it is for the plain convolution stacks, not for DenseNet, whose
+    /// concatenations cost more in NHWC, nor for LeNet, too small to gain.
+    pub channels_last_on_cuda: bool,
     pub build: fn(&Path, &NetConfig) -> Sequential,
 }
 
@@ -73,6 +77,7 @@ pub static MODELS: &[ModelInfo] = &[
         lr: 0.01,
         epochs: 10,
         book: book(0.327, 0.880, 0.882, 4171.0, (0.877, 0.883)),
+        channels_last_on_cuda: true,
         build: alexnet::alexnet,
     },
     ModelInfo {
@@ -83,6 +88,7 @@ pub static MODELS: &[ModelInfo] = &[
         lr: 0.05,
         epochs: 10,
         book: None,
+        channels_last_on_cuda: true,
         build: |p, cfg| vgg::vgg(p, &vgg::VGG11_ARCH, 1, cfg),
     },
     ModelInfo {
@@ -93,6 +99,7 @@ pub static MODELS: &[ModelInfo] = &[
         lr: 0.05,
         epochs: 10,
         book: book(0.185, 0.931, 0.922, 2551.0, (0.915, 0.924)),
+        channels_last_on_cuda: true,
         build: |p, cfg| vgg::vgg(p, &vgg::VGG11_ARCH, 4, cfg),
     },
     ModelInfo {
@@ -103,6 +110,7 @@ pub static MODELS: &[ModelInfo] = &[
         lr: 0.1,
         epochs: 10,
         book: book(0.591, 0.795, 0.785, 3201.0, (0.449, 0.872)),
+        channels_last_on_cuda: true,
         build: nin::nin,
     },
     ModelInfo {
@@ -113,6 +121,7 @@ pub static MODELS: &[ModelInfo] = &[
         lr: 0.1,
         epochs: 10,
         book: book(0.232, 0.913, 0.883, 3568.0, (0.854, 0.902)),
+        channels_last_on_cuda: true,
         build: googlenet::googlenet,
     },
     ModelInfo {
@@ -123,6 +132,7 @@ pub static MODELS: &[ModelInfo] = &[
         lr: 1.0,
         epochs: 10,
         book: book(0.269, 0.900, 0.838, 34609.0, (0.682, 0.885)),
+        channels_last_on_cuda: false,
         build: |p, cfg| lenet::lenet_bn(p, cfg, lenet::Norm::Scratch),
     },
     ModelInfo {
@@ -133,6 +143,7 @@ pub static MODELS: &[ModelInfo] = &[
         lr: 1.0,
         epochs: 10,
         book: book(0.278, 0.897, 0.836, 63564.0, (0.518, 0.883)),
+        channels_last_on_cuda: false,
         build: |p, cfg| lenet::lenet_bn(p, cfg, lenet::Norm::BuiltIn),
     },
     ModelInfo {
@@ -143,6 +154,7 @@ pub static MODELS: &[ModelInfo] = &[
         lr: 0.05,
         epochs: 10,
         book: book(0.013, 0.997, 0.918, 4672.0, (0.894, 0.924)),
+        channels_last_on_cuda: true,
         build: resnet::resnet18,
     },
     ModelInfo {
@@ -153,6 +165,7 @@ pub static MODELS: &[ModelInfo] = &[
         lr: 0.1,
         epochs: 10,
         book: book(0.139, 0.950, 0.821, 5563.0, (0.821, 0.911)),
+        channels_last_on_cuda: false,
         build: densenet::densenet,
     },
 ];
@@ -262,12 +275,20 @@ impl Network {
         accel::Replayer::new(self.device(), self.cuda_graphs)
     }
 
+    pub fn channels_last(&self) -> bool {
+        self.channels_last
+    }
+
     /// Lays convolution weights and inputs out as channels-last (NHWC), the layout cuDNN's
     /// tensor-core kernels work in. Values and parameter names are unchanged.
     pub fn set_channels_last(&mut self, on: bool) -> anyhow::Result<()> {
+        let mut tensors: Vec<Tensor> = self.vs.variables().into_values().collect();
         if on && !self.channels_last {
-            let mut tensors: Vec<Tensor> = self.vs.variables().into_values().collect();
             accel::set_channels_last(&mut tensors)?;
+        } else if !on && self.channels_last {
+            for t in &mut tensors {
+                t.set_data(&t.contiguous());
+            }
         }
         self.channels_last = on;
         Ok(())

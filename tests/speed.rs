@@ -1,0 +1,190 @@
+//! The speed options compute what d2l computes: bf16 mixed precision stays close to fp32 and is
+//! recorded with the run, channels-last changes no value, and on a CPU everything runs eagerly.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use convnets::accel::{self, CudaGraph, MemoryFormat, Precision, Replayer};
+use convnets::data::{self, FashionMnist, Source, Split};
+use convnets::models::{self, NetConfig, Network};
+use convnets::train::{self, Run, TrainConfig};
+use tch::{Device, Kind, Tensor};
+
+/// libtorch's random generator is global: tests that depend on it take turns.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn small_data(n: usize) -> FashionMnist {
+    let full = FashionMnist::from_source(Source::Embedded).unwrap();
+    let slice = |s: &Split| {
+        let n = n.min(s.len());
+        Split { images: s.images[..n * 784].to_vec(), labels: s.labels[..n].to_vec(), rows: 28, cols: 28 }
+    };
+    FashionMnist { train: Arc::new(slice(&full.train)), test: Arc::new(slice(&full.test)), source: Source::Embedded }
+}
+
+fn train_lenet(precision: Precision, dir: &Path, data: &FashionMnist) -> train::History {
+    let config = TrainConfig { epochs: 2, batch_size: 64, precision, ..TrainConfig::d2l("lenet-bn").unwrap() };
+    tch::manual_seed(0);
+    let mut net = Network::new("lenet-bn", config.net_config(), Device::Cpu).unwrap();
+    net.set_precision(precision).unwrap();
+    let run = Run { config, data, dir: dir.to_path_buf(), verbose: false };
+    train::train(&run, &net, None).unwrap()
+}
+
+#[test]
+fn bf16_trains_close_to_fp32_and_is_kept_with_the_run() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let data = small_data(512);
+    let (fp32_dir, bf16_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let fp32 = train_lenet(Precision::Fp32, fp32_dir.path(), &data);
+    let bf16 = train_lenet(Precision::Bf16, bf16_dir.path(), &data);
+    for (a, b) in fp32.epochs.iter().zip(&bf16.epochs) {
+        // bfloat16 keeps 8 bits of mantissa: the losses differ, but only a little.
+        assert_ne!(a.train_loss, b.train_loss, "bf16 must actually compute in bf16");
+        assert!((a.train_loss - b.train_loss).abs() < 0.05, "fp32 {} vs bf16 {}", a.train_loss, b.train_loss);
+    }
+    assert!(bf16.epochs[1].train_loss < bf16.epochs[0].train_loss);
+
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bf16_dir.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["precision"], "bf16");
+    let checkpoint = train::load_checkpoint(bf16_dir.path(), Device::Cpu).unwrap();
+    assert_eq!(checkpoint.net.precision(), Precision::Bf16);
+    // Weights stay float32 whatever the forward pass computes in.
+    assert!(checkpoint.net.vs.variables().values().all(|t| t.kind() != Kind::BFloat16));
+}
+
+#[test]
+fn runs_saved_before_precision_existed_are_fp32() {
+    let mut config = serde_json::to_value(TrainConfig::d2l("resnet18").unwrap()).unwrap();
+    config.as_object_mut().unwrap().remove("precision");
+    let config: TrainConfig = serde_json::from_value(config).unwrap();
+    assert_eq!(config.precision, Precision::Fp32);
+}
+
+#[test]
+fn a_network_and_its_run_must_agree_on_precision() {
+    let data = small_data(64);
+    let config = TrainConfig { epochs: 1, precision: Precision::Bf16, ..TrainConfig::d2l("lenet-bn").unwrap() };
+    let net = Network::new("lenet-bn", config.net_config(), Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run { config, data: &data, dir: dir.path().join("run"), verbose: false };
+    let err = train::train(&run, &net, None).unwrap_err().to_string();
+    assert!(err.contains("computes in fp32 but the run is configured for bf16"), "{err}");
+    assert!(!dir.path().join("run").exists());
+}
+
+#[test]
+fn bf16_logits_are_float32_and_near_fp32() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(3);
+    let mut net = Network::new("resnet18", NetConfig::default(), Device::Cpu).unwrap();
+    let x = Tensor::rand([2, 1, 64, 64], (Kind::Float, Device::Cpu));
+    let fp32 = tch::no_grad(|| net.forward_t(&x, false)).unwrap();
+    net.set_precision(Precision::Bf16).unwrap();
+    let bf16 = tch::no_grad(|| net.forward_t(&x, false)).unwrap();
+    assert_eq!(bf16.kind(), Kind::Float);
+    let scale = fp32.abs().max().double_value(&[]);
+    let diff = (&fp32 - &bf16).abs().max().double_value(&[]);
+    assert!(diff > 0.0 && diff < 0.05 * scale, "max difference {diff} for logits up to {scale}");
+}
+
+#[test]
+fn channels_last_changes_no_value_and_no_name() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(5);
+    let mut net = Network::new("googlenet", NetConfig::default(), Device::Cpu).unwrap();
+    let x = Tensor::rand([2, 1, 96, 96], (Kind::Float, Device::Cpu));
+    let before = tch::no_grad(|| net.forward_t(&x, false)).unwrap();
+    let names = |n: &Network| {
+        let mut v: Vec<String> = n.vs.variables().into_keys().collect();
+        v.sort();
+        v
+    };
+    let names_before = names(&net);
+    net.set_channels_last(true).unwrap();
+    // A 192x64x3x3 convolution weight, now laid out with the 64 input channels innermost.
+    assert_eq!(net.vs.variables()["1.2.weight"].stride(), [9 * 64, 1, 3 * 64, 64]);
+    let after = tch::no_grad(|| net.forward_t(&x, false)).unwrap();
+    assert!(before.allclose(&after, 1e-5, 1e-5, false), "channels-last changed the outputs");
+    assert_eq!(names(&net), names_before);
+    // Saved weights are plain row-major tensors with the same values.
+    let saved = convnets::weights::state_dict(&net.vs);
+    let (name, tensor) = saved.iter().find(|(n, _)| n == "0.0.weight").unwrap();
+    assert_eq!(name, "0.0.weight");
+    assert!(tensor.is_contiguous());
+    net.set_channels_last(false).unwrap();
+    assert!(net.vs.variables()["0.0.weight"].is_contiguous());
+}
+
+#[test]
+fn the_memory_format_auto_is_channels_last_only_on_a_gpu_for_nets_it_helps() {
+    let resnet = models::find("resnet18").unwrap();
+    let densenet = models::find("densenet").unwrap();
+    assert!(!MemoryFormat::Auto.channels_last(Device::Cpu, resnet));
+    assert!(MemoryFormat::Auto.channels_last(Device::Cuda(0), resnet));
+    assert!(!MemoryFormat::Auto.channels_last(Device::Cuda(0), densenet));
+    assert!(MemoryFormat::ChannelsLast.channels_last(Device::Cpu, densenet));
+    assert!(!MemoryFormat::Contiguous.channels_last(Device::Cuda(0), resnet));
+    assert_eq!("channels-last".parse::<MemoryFormat>(), Ok(MemoryFormat::ChannelsLast));
+    assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Bf16));
+    assert!("fp16".parse::<Precision>().unwrap_err().contains("expected fp32 or bf16"));
+}
+
+#[test]
+fn on_a_cpu_steps_run_eagerly_every_time() {
+    let mut replayer = Replayer::new(Device::Cpu, true);
+    let x = Tensor::from_slice(&[1f32, 2.0, 3.0]);
+    let mut calls = 0;
+    for _ in 0..6 {
+        let out = replayer
+            .run(&[&x], |x| {
+                calls += 1;
+                Ok(vec![x[0] * 2.0])
+            })
+            .unwrap();
+        assert_eq!(Vec::<f32>::try_from(&out[0]).unwrap(), [2.0, 4.0, 6.0]);
+    }
+    assert_eq!(calls, 6);
+    assert!(!replayer.graphed());
+    if !accel::GRAPHS_AVAILABLE {
+        let err = CudaGraph::capture(|| Ok(())).err().unwrap().to_string();
+        assert!(err.contains("need a build with the `cuda` feature"), "{err}");
+    }
+    assert_eq!(accel::peak_memory_mib(Device::Cpu), None);
+}
+
+#[test]
+fn an_empty_batch_has_the_right_shape() {
+    let data = small_data(8);
+    let batch = data::make_batch(&data.train, &[], Some(32));
+    assert_eq!(batch.pixels.size(), [0, 1, 32, 32]);
+    assert_eq!(batch.images(Device::Cpu).size(), [0, 1, 32, 32]);
+}
+
+#[test]
+fn bench_reports_what_it_measured_as_one_json_object_per_network() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_convnets"))
+        .args(["bench", "lenet-bn", "googlenet", "--steps", "1", "--warmup", "0", "--batch-size", "4", "--json"])
+        .args(["--precision", "bf16", "--memory-format", "channels-last"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    for (r, (model, side)) in lines.iter().zip([("lenet-bn", 28), ("googlenet", 96)]) {
+        assert_eq!(r["model"], model);
+        assert_eq!(r["side"], side);
+        assert_eq!((r["batch"].as_u64(), r["steps"].as_u64()), (Some(4), Some(1)));
+        assert_eq!(r["precision"], "bf16");
+        assert_eq!(r["channels_last"], true);
+        assert_eq!(r["cuda_graphs"], false, "no graphs on a CPU");
+        assert_eq!(r["device"], "cpu");
+        assert!(r["peak_gpu_mib"].is_null() && r["peak_rss_mib"].as_f64().unwrap() > 10.0);
+        for rate in ["train_examples_per_s", "epoch_examples_per_s", "eval_examples_per_s", "data_examples_per_s"] {
+            assert!(r[rate].as_f64().unwrap() > 0.0, "{rate}");
+        }
+    }
+    assert_eq!(lines[1]["params"], 5_977_530);
+}
