@@ -12,7 +12,7 @@ set -u
 budget=${1:-500}
 shift
 sections=${*:-smoke variants vs-fp32 train vs-bf16}
-variants=${VARIANTS:-"--no-graphs;;--precision bf16 --channels-last"}
+variants=${VARIANTS:-"--no-graphs;;--precision bf16 --memory-format channels-last"}
 start=$(date +%s)
 left() { echo $((budget - ($(date +%s) - start))); }
 export PYTHONUNBUFFERED=1
@@ -33,7 +33,7 @@ for section in $sections; do
     case $section in
     smoke)
         say "smoke: lenet-bn 2 epochs, eager / graphs / bf16"
-        for variant in "--no-graphs" "" "--precision bf16" "--precision bf16 --channels-last"; do
+        for variant in "--no-graphs" "" "--precision bf16" "--precision bf16 --memory-format channels-last"; do
             # shellcheck disable=SC2086
             "$bin" train lenet-bn --device cuda --epochs 2 --data "$data" --out "/tmp/smoke$RANDOM" $variant 2>&1 \
                 | grep -v "^\s*$" | tail -4 | sed "s/^/[${variant:-graphs}] /" | tee -a "$log"
@@ -70,14 +70,14 @@ for l in sys.stdin:
         [ "$(left)" -lt 100 ] && { say "skip vs-bf16"; continue; }
         say "vs PyTorch: bf16 + channels-last both sides"
         BENCH_JSON=$OUT/vs_bf16.json python3 bench/vs_pytorch.py --device cuda --steps 30 --warmup 5 \
-            --torch-precision bf16 --convnets-args "--precision bf16 --channels-last" 2>&1 | tee -a "$log" ;;
+            --torch-precision bf16 --convnets-args "--precision bf16 --memory-format channels-last" 2>&1 | tee -a "$log" ;;
     train)
         say "bf16 10-epoch trainings (test accuracy vs REFERENCE.md)"
         for pair in ${TRAIN:-lenet-bn:40 lenet-bn-scratch:40 resnet18:90 densenet:90 googlenet:120 nin:150 alexnet:150 vgg11-small:200}; do
             net=${pair%%:*}; need=${pair##*:}
             if [ "$(left)" -lt "$need" ]; then say "skip $net (needs ~$need s)"; continue; fi
             t0=$(date +%s)
-            "$bin" train "$net" --device cuda --data "$data" --precision bf16 --channels-last --out "/tmp/bf16-$net" \
+            "$bin" train "$net" --device cuda --data "$data" --precision bf16 --memory-format channels-last --out "/tmp/bf16-$net" \
                 2>&1 | grep -E "^epoch|test acc|examples/sec" | tr '\n' ' ' | sed "s/^/$net: /" | tee -a "$log"
             echo " [$(( $(date +%s) - t0 )) s]" | tee -a "$log"
         done ;;

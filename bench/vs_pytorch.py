@@ -183,7 +183,7 @@ def main():
     p.add_argument("--torch-precision", default="fp32", choices=["fp32", "bf16"],
                    help="PyTorch's side: fp32, or bf16 autocast with channels-last")
     p.add_argument("--convnets-args", default="",
-                   help="extra `convnets bench` options, e.g. '--precision bf16 --channels-last'")
+                   help="extra `convnets bench` options, e.g. '--precision bf16 --memory-format channels-last'")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:

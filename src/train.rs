@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{Optimizer, OptimizerConfig, Sgd};
 use tch::{Device, Kind, Tensor};
 
-use crate::accel::Precision;
+use crate::accel::{MemoryFormat, Precision};
 use crate::chart;
 use crate::data::{self, CLASSES, FashionMnist, Split};
 use crate::models::{self, NetConfig, Network};
@@ -229,6 +229,7 @@ pub fn load_checkpoint(run_or_file: &Path, device: Device) -> anyhow::Result<Che
     }
     let mut net = Network::new(&state.config.net, state.config.net_config(), device)?;
     net.set_precision(state.config.precision)?;
+    net.set_channels_last(MemoryFormat::Auto.channels_last(device, net.info))?;
     let tensors = weights::parse_safetensors(&bytes, &file)?;
     weights::load_state_dict(&net.vs, &state.config.net, &tensors, false)?;
     Ok(Checkpoint { net, state })
