@@ -39,14 +39,14 @@ static char *error_message(const char *what) {
 
 extern "C" {
 
-// Turns autocast on or off for `cuda` (else the CPU) on this thread, with `bf16` (else float16)
-// as the lower precision. The weight-cast cache stays off: weights change in place every step,
-// and CUDA graphs forbid it.
-char *convnets_autocast(int cuda, int enabled, int bf16) {
+// Turns autocast on or off for `cuda` (else the CPU) on this thread, with bfloat16 as the lower
+// precision. The weight-cast cache stays off: weights change in place every step, and CUDA
+// graphs forbid it.
+char *convnets_autocast_bf16(int cuda, int enabled) {
   GUARD({
     auto device = cuda ? at::kCUDA : at::kCPU;
     at::autocast::set_autocast_cache_enabled(false);
-    at::autocast::set_autocast_dtype(device, bf16 ? at::kBFloat16 : at::kHalf);
+    at::autocast::set_autocast_dtype(device, at::kBFloat16);
     at::autocast::set_autocast_enabled(device, enabled != 0);
   })
 }
