@@ -287,6 +287,13 @@ impl Replayer {
     }
 }
 
+/// Waits until `device` has finished the work queued so far (a no-op on the CPU).
+pub fn synchronize(device: Device) {
+    if let Device::Cuda(index) = device {
+        tch::Cuda::synchronize(index as i64);
+    }
+}
+
 /// The most memory tensors held on `device` since the last [`reset_peak_memory`], in MiB (CUDA
 /// only; on the CPU the process's peak resident size is the figure, see `bench`).
 pub fn peak_memory_mib(device: Device) -> Option<f64> {

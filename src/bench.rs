@@ -11,6 +11,7 @@ use tch::{Device, Kind, Tensor};
 use crate::accel::{self, MemoryFormat, Precision};
 use crate::data::{self, FashionMnist};
 use crate::models::{self, NetConfig, Network};
+use crate::trace::{Record, Tracer};
 use crate::train::{self, device_name};
 
 /// What to measure.
@@ -71,12 +72,6 @@ fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
-}
-
-fn sync(device: Device) {
-    if let Device::Cuda(_) = device {
-        tch::Cuda::synchronize(0);
-    }
 }
 
 /// Measures one network.
@@ -150,7 +145,7 @@ pub fn bench(name: &str, cfg: &BenchConfig, data: &FashionMnist) -> anyhow::Resu
         for _ in 0..warmup {
             predict()?;
         }
-        sync(cfg.device);
+        accel::synchronize(cfg.device);
         let t = Instant::now();
         for _ in 0..cfg.steps {
             predict()?;
@@ -203,5 +198,108 @@ pub fn table(results: &[BenchResult]) -> String {
             r.peak_rss_mib.or(r.peak_gpu_mib).map_or("-".into(), |m| format!("{m:.0}"))
         );
     }
+    out
+}
+
+/// Where one d2l training step spends its time: every layer call of the forward pass, then the
+/// backward pass and the SGD step, averaged over `passes` steps (after one untimed step). Steps
+/// run eagerly, waiting for the device around each layer, so the parts add up to more than a
+/// graph-replayed step takes.
+pub struct Profile {
+    pub model: String,
+    pub device: String,
+    pub batch: usize,
+    pub side: usize,
+    /// The forward pass's calls, with `seconds` averaged over the passes.
+    pub records: Vec<Record>,
+    pub forward_seconds: f64,
+    pub backward_seconds: f64,
+    pub step_seconds: f64,
+}
+
+/// Profiles `name` at its d2l settings (or `cfg.batch_size`) with `cfg`'s precision and layout.
+pub fn profile(name: &str, cfg: &BenchConfig, passes: usize) -> anyhow::Result<Profile> {
+    let info = models::find(name)?;
+    let batch = cfg.batch_size.unwrap_or(info.batch_size as usize);
+    let side = info.input_size as usize;
+    tch::manual_seed(0);
+    let mut net = Network::new(name, NetConfig::default(), cfg.device)?;
+    net.set_precision(cfg.precision)?;
+    net.set_channels_last(cfg.memory_format.channels_last(cfg.device, info))?;
+    let mut opt = Sgd::default().build(&net.vs, info.lr)?;
+    let x = Tensor::rand([batch as i64, 1, side as i64, side as i64], (Kind::Float, cfg.device));
+    let y = Tensor::randint(10, [batch as i64], (Kind::Int64, cfg.device));
+    let mut total: Option<Vec<Record>> = None;
+    let (mut forward_seconds, mut backward_seconds, mut step_seconds) = (0.0, 0.0, 0.0);
+    for pass in 0..=passes {
+        opt.zero_grad();
+        accel::synchronize(cfg.device);
+        let mut tracer = Tracer::timed(cfg.device);
+        let started = Instant::now();
+        let loss = net.forward_traced(&x, true, &mut tracer)?.cross_entropy_for_logits(&y);
+        accel::synchronize(cfg.device);
+        let forward = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        loss.backward();
+        accel::synchronize(cfg.device);
+        let backward = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        opt.step();
+        accel::synchronize(cfg.device);
+        let step = started.elapsed().as_secs_f64();
+        if pass == 0 {
+            continue; // lazy initialisation and cuDNN's autotuning
+        }
+        forward_seconds += forward / passes as f64;
+        backward_seconds += backward / passes as f64;
+        step_seconds += step / passes as f64;
+        match &mut total {
+            None => total = Some(tracer.records),
+            Some(sum) => sum.iter_mut().zip(&tracer.records).for_each(|(s, r)| s.seconds += r.seconds),
+        }
+    }
+    let mut records = total.unwrap_or_default();
+    records.iter_mut().for_each(|r| r.seconds /= passes as f64);
+    Ok(Profile {
+        model: name.to_string(),
+        device: device_name(cfg.device),
+        batch,
+        side,
+        records,
+        forward_seconds,
+        backward_seconds,
+        step_seconds,
+    })
+}
+
+/// The profile as a table: each layer that computes (blocks are the sum of their layers), in
+/// torchsummary's order and names, with its share of the forward pass; then the step's parts.
+pub fn profile_table(p: &Profile) -> String {
+    let mut out = format!(
+        "{} on {}, batch {} of 1x{}x{}, one training step\n{:>20}  {:>25} {:>10} {:>8}\n",
+        p.model, p.device, p.batch, p.side, p.side, "Layer (type)", "Output Shape", "ms", "forward"
+    );
+    let mut rows: Vec<&Record> = p.records.iter().filter(|r| !r.container).collect();
+    rows.sort_by_key(|r| r.finished);
+    for (i, r) in rows.iter().enumerate().filter(|(_, r)| !r.has_children) {
+        out += &format!(
+            "{:>20}  {:>25} {:>10.3} {:>7.1}%\n",
+            format!("{}-{}", r.type_name, i + 1),
+            format!("{:?}", r.output),
+            r.seconds * 1e3,
+            100.0 * r.seconds / p.forward_seconds.max(f64::MIN_POSITIVE)
+        );
+    }
+    let total = p.forward_seconds + p.backward_seconds + p.step_seconds;
+    for (part, seconds) in
+        [("forward", p.forward_seconds), ("backward", p.backward_seconds), ("SGD step", p.step_seconds)]
+    {
+        out += &format!("{part:<9} {:>10.3} ms {:>6.1}% of the step\n", seconds * 1e3, 100.0 * seconds / total);
+    }
+    out += &format!(
+        "step      {:>10.3} ms, {:.1} examples/s (eager, timed layer by layer)\n",
+        total * 1e3,
+        p.batch as f64 / total
+    );
     out
 }

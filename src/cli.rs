@@ -155,6 +155,20 @@ enum Command {
         #[command(flatten)]
         data: DataArgs,
     },
+    /// Where a training step spends its time: each layer of the forward pass, backward, SGD step.
+    Profile {
+        net: String,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Default: d2l's batch size for the network.
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Timed steps to average (after one untimed step).
+        #[arg(long, default_value_t = 3)]
+        passes: usize,
+        #[command(flatten)]
+        speed: SpeedArgs,
+    },
     /// Fashion-MNIST: download the official files or describe the data in use.
     Data {
         #[command(subcommand)]
@@ -419,6 +433,24 @@ fn run(command: Command) -> anyhow::Result<()> {
             if !json {
                 print!("{}", crate::bench::table(&results));
             }
+        }
+        Command::Profile { net, device, batch_size, passes, speed } => {
+            let device = train::parse_device(&device).map_err(usage)?;
+            if passes == 0 || batch_size == Some(0) {
+                return Err(usage("--passes and --batch-size must be at least 1"));
+            }
+            models::find(&net).map_err(|e| usage(e.to_string()))?;
+            let config = crate::bench::BenchConfig {
+                device,
+                batch_size,
+                steps: passes,
+                warmup: 1,
+                precision: speed.precision.unwrap_or_default(),
+                memory_format: speed.memory_format,
+                cuda_graphs: false,
+            };
+            let profile = crate::bench::profile(&net, &config, passes)?;
+            print!("{}", crate::bench::profile_table(&profile));
         }
         Command::Data { command: DataCommand::Download { dir } } => {
             let dir =

@@ -1,6 +1,12 @@
 //! What a traced forward pass recorded: one [`Record`] per layer call, in the order the calls
-//! started. Summaries and shape traces are rendered from it (see `summary`).
+//! started. Summaries and shape traces are rendered from it (see `summary`), and, with a clock
+//! attached, where a forward pass spends its time (`convnets profile`).
 
+use std::time::Instant;
+
+use tch::Device;
+
+use crate::accel;
 use crate::nn::Layer;
 
 /// One call of one layer.
@@ -22,6 +28,8 @@ pub struct Record {
     pub has_children: bool,
     /// Position in the order calls finished (torchsummary numbers rows by it).
     pub finished: usize,
+    /// Wall time of the call, children included (0 unless the tracer was timed).
+    pub seconds: f64,
 }
 
 /// Collects [`Record`]s while a forward pass runs through `Ctx::call`.
@@ -30,11 +38,19 @@ pub struct Tracer {
     pub records: Vec<Record>,
     open: Vec<usize>,
     finished: usize,
+    /// When timing: the device to wait for around each call, and each open call's start.
+    clock: Option<(Device, Vec<Instant>)>,
 }
 
 impl Tracer {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A tracer that also times every call, waiting for `device` before and after each so that
+    /// a GPU's asynchronous work is charged to the layer that queued it.
+    pub fn timed(device: Device) -> Self {
+        Tracer { clock: Some((device, Vec::new())), ..Self::default() }
     }
 
     /// A call of `layer` starts; returns the handle for [`Tracer::exit`].
@@ -51,7 +67,12 @@ impl Tracer {
             container: layer.is_container(),
             has_children: false,
             finished: 0,
+            seconds: 0.0,
         });
+        if let Some((device, starts)) = &mut self.clock {
+            accel::synchronize(*device);
+            starts.push(Instant::now());
+        }
         self.open.push(self.records.len() - 1);
         self.records.len() - 1
     }
@@ -61,6 +82,10 @@ impl Tracer {
         let popped = self.open.pop();
         debug_assert_eq!(popped, Some(entry));
         let record = &mut self.records[entry];
+        if let Some((device, starts)) = &mut self.clock {
+            accel::synchronize(*device);
+            record.seconds = starts.pop().map_or(0.0, |start| start.elapsed().as_secs_f64());
+        }
         record.output = output.to_vec();
         let mut one_example = output.to_vec();
         if let Some(batch) = one_example.first_mut() {

@@ -188,3 +188,33 @@ fn bench_reports_what_it_measured_as_one_json_object_per_network() {
     }
     assert_eq!(lines[1]["params"], 5_977_530);
 }
+
+#[test]
+fn profile_times_every_layer_of_a_training_step() {
+    let config = convnets::bench::BenchConfig {
+        device: Device::Cpu,
+        batch_size: Some(16),
+        steps: 2,
+        warmup: 1,
+        precision: Precision::Fp32,
+        memory_format: MemoryFormat::Auto,
+        cuda_graphs: false,
+    };
+    let profile = convnets::bench::profile("lenet-bn", &config, 2).unwrap();
+    let leaves: Vec<_> = profile.records.iter().filter(|r| !r.container && !r.has_children).collect();
+    assert_eq!(leaves.len(), 16);
+    assert!(leaves.iter().all(|r| r.seconds > 0.0));
+    let layers: f64 = leaves.iter().map(|r| r.seconds).sum();
+    assert!(
+        layers <= profile.forward_seconds,
+        "layers {layers} s within the forward pass {} s",
+        profile.forward_seconds
+    );
+    assert!(profile.backward_seconds > 0.0 && profile.step_seconds > 0.0);
+
+    let table = convnets::bench::profile_table(&profile);
+    let rows: Vec<&str> = table.lines().skip(2).take(16).collect();
+    assert!(rows[0].trim_start().starts_with("Conv2d-1 ") && rows[0].contains("[16, 6, 24, 24]"), "{table}");
+    assert!(rows[15].trim_start().starts_with("Linear-16 ") && rows[15].contains("[16, 10]"), "{table}");
+    assert!(table.contains("% of the step") && table.contains("examples/s (eager, timed layer by layer)"));
+}

@@ -310,8 +310,17 @@ impl Network {
 
     /// Runs the network on a batch; `train` selects batch statistics and active dropout.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Fwd {
+        self.forward_with(x, Ctx::new(train))
+    }
+
+    /// One forward pass on `x` recorded by `tracer` (a timed tracer times every layer call).
+    pub fn forward_traced(&self, x: &Tensor, train: bool, tracer: &mut Tracer) -> Fwd {
+        self.forward_with(x, Ctx::traced(train, tracer))
+    }
+
+    fn forward_with(&self, x: &Tensor, mut cx: Ctx) -> Fwd {
         if self.precision == Precision::Fp32 && !self.channels_last {
-            return Ctx::new(train).call(&self.body, x);
+            return cx.call(&self.body, x);
         }
         let x = if self.channels_last {
             accel::channels_last(x).expect("a channels-last copy of a dense tensor")
@@ -319,7 +328,7 @@ impl Network {
             x.shallow_clone()
         };
         let autocast = Autocast::enter(self.device(), self.precision).expect("autocast was checked by set_precision");
-        let logits = Ctx::new(train).call(&self.body, &x)?;
+        let logits = cx.call(&self.body, &x)?;
         drop(autocast);
         // The loss and everything read from the logits stay in float32, as under autocast.
         Ok(logits.to_kind(Kind::Float))
