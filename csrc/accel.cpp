@@ -1,5 +1,5 @@
-// What tch 0.24 does not expose and convnets needs for speed: libtorch's autocast with a chosen
-// dtype (tch's `autocast` is CUDA-only and fixed to float16), channels-last memory format, and,
+// What tch 0.24 does not expose and convnets needs for speed: libtorch's autocast in bfloat16, on
+// the CPU too (tch's `autocast` is CUDA-only and float16), the channels-last memory format, and,
 // in a CUDA build, graph capture/replay and the CUDA allocator's peak statistics.
 //
 // Every function returns NULL on success or a malloc'ed error message (freed by the caller), so
@@ -8,8 +8,8 @@
 #include <ATen/autocast_mode.h>
 #include <array>
 #include <cstdlib>
-#include <mutex>
 #include <cstring>
+#include <mutex>
 #include <string>
 
 #ifdef CONVNETS_CUDA
