@@ -113,6 +113,7 @@ fn bad_arguments_get_one_line_with_the_fix_and_exit_code_2() {
         (&["train", "lenet-bn", "--precision", "fp16"], "unknown precision \"fp16\": expected fp32 or bf16"),
         (&["bench", "lenet-bn", "--memory-format", "nhwc"], "unknown memory format \"nhwc\": expected auto"),
         (&["profile", "lenet-bn", "--passes", "0"], "--passes and --batch-size must be at least 1"),
+        (&["train", "--resume", out, "--precision", "bf16"], "'--resume <DIR>' cannot be used with '--precision"),
         (&["profile", "lenet"], "unknown network 'lenet'; valid names:"),
     ];
     for (args, expected) in cases {
