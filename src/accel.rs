@@ -244,6 +244,11 @@ impl Replayer {
         }
     }
 
+    /// Whether this replayer will capture graphs (a CUDA device, graphs asked for and built in).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     pub fn graphed(&self) -> bool {
         self.captured.is_some()
     }

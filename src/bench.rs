@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use serde::Serialize;
-use tch::nn::{OptimizerConfig, Sgd};
+use tch::nn::{Optimizer, OptimizerConfig, Sgd};
 use tch::{Device, Kind, Tensor};
 
 use crate::accel::{self, MemoryFormat, Precision};
@@ -74,25 +74,43 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// Measures one network.
-pub fn bench(name: &str, cfg: &BenchConfig, data: &FashionMnist) -> anyhow::Result<BenchResult> {
+/// A network ready to be measured: built with seed 0 and `cfg`'s settings, d2l's SGD, and a
+/// fixed random batch at d2l's input size and batch size (or `cfg`'s).
+struct Setup {
+    batch: usize,
+    side: usize,
+    net: Network,
+    opt: Optimizer,
+    x: Tensor,
+    y: Tensor,
+}
+
+fn setup(name: &str, cfg: &BenchConfig) -> anyhow::Result<Setup> {
     let info = models::find(name)?;
     let batch = cfg.batch_size.unwrap_or(info.batch_size as usize);
     let side = info.input_size as usize;
-    reset_peak_rss();
-    accel::reset_peak_memory(cfg.device);
     tch::manual_seed(0);
     let mut net = Network::new(name, NetConfig::default(), cfg.device)?;
     net.set_precision(cfg.precision)?;
     net.set_channels_last(cfg.memory_format.channels_last(cfg.device, info))?;
     net.set_cuda_graphs(cfg.cuda_graphs);
-    let mut opt = Sgd::default().build(&net.vs, info.lr)?;
+    let opt = Sgd::default().build(&net.vs, info.lr)?;
     let x = Tensor::rand([batch as i64, 1, side as i64, side as i64], (Kind::Float, cfg.device));
     let y = Tensor::randint(10, [batch as i64], (Kind::Int64, cfg.device));
+    Ok(Setup { batch, side, net, opt, x, y })
+}
+
+/// Measures one network.
+pub fn bench(name: &str, cfg: &BenchConfig, data: &FashionMnist) -> anyhow::Result<BenchResult> {
+    reset_peak_rss();
+    accel::reset_peak_memory(cfg.device);
+    let Setup { batch, side, net, mut opt, x, y } = setup(name, cfg)?;
 
     // d2l's step (zero grad, forward, loss, backward, step) as `train` runs it, the loss read
     // back (which waits for a GPU).
     let mut replayer = net.replayer();
+    // Graph capture happens in the warm-up, never in the timed steps.
+    let warmup = if replayer.enabled() { cfg.warmup.max(accel::Replayer::EAGER_CALLS + 1) } else { cfg.warmup };
     let mut step = |x: &Tensor, y: &Tensor| -> anyhow::Result<f64> {
         let out = replayer.run(&[x, y], |xy| {
             let (loss, correct) = train::train_step(&net, &mut opt, xy[0], xy[1])?;
@@ -100,8 +118,6 @@ pub fn bench(name: &str, cfg: &BenchConfig, data: &FashionMnist) -> anyhow::Resu
         })?;
         Ok(out[0].double_value(&[]))
     };
-    // Graph capture happens in the warm-up, never in the timed steps.
-    let warmup = if cfg.cuda_graphs { cfg.warmup.max(accel::Replayer::EAGER_CALLS + 1) } else { cfg.warmup };
     let mut timed = 0.0;
     let mut warmup_gpu_mib = None;
     for i in 0..warmup + cfg.steps {
@@ -202,9 +218,9 @@ pub fn table(results: &[BenchResult]) -> String {
 }
 
 /// Where one d2l training step spends its time: every layer call of the forward pass, then the
-/// backward pass and the SGD step, averaged over `passes` steps (after one untimed step). Steps
-/// run eagerly, waiting for the device around each layer, so the parts add up to more than a
-/// graph-replayed step takes.
+/// backward pass and the SGD step, averaged over `cfg.steps` steps (after one untimed step).
+/// Steps run eagerly whatever `cfg.cuda_graphs` says, waiting for the device around each layer,
+/// so the parts add up to more than a graph-replayed step takes.
 pub struct Profile {
     pub model: String,
     pub device: String,
@@ -218,17 +234,9 @@ pub struct Profile {
 }
 
 /// Profiles `name` at its d2l settings (or `cfg.batch_size`) with `cfg`'s precision and layout.
-pub fn profile(name: &str, cfg: &BenchConfig, passes: usize) -> anyhow::Result<Profile> {
-    let info = models::find(name)?;
-    let batch = cfg.batch_size.unwrap_or(info.batch_size as usize);
-    let side = info.input_size as usize;
-    tch::manual_seed(0);
-    let mut net = Network::new(name, NetConfig::default(), cfg.device)?;
-    net.set_precision(cfg.precision)?;
-    net.set_channels_last(cfg.memory_format.channels_last(cfg.device, info))?;
-    let mut opt = Sgd::default().build(&net.vs, info.lr)?;
-    let x = Tensor::rand([batch as i64, 1, side as i64, side as i64], (Kind::Float, cfg.device));
-    let y = Tensor::randint(10, [batch as i64], (Kind::Int64, cfg.device));
+pub fn profile(name: &str, cfg: &BenchConfig) -> anyhow::Result<Profile> {
+    let Setup { batch, side, net, mut opt, x, y } = setup(name, cfg)?;
+    let passes = cfg.steps;
     let mut total: Option<Vec<Record>> = None;
     let (mut forward_seconds, mut backward_seconds, mut step_seconds) = (0.0, 0.0, 0.0);
     for pass in 0..=passes {

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tch::Device;
 
 use crate::accel::{MemoryFormat, Precision};
+use crate::bench::BenchConfig;
 use crate::data::{self, FashionMnist};
 use crate::models::{self, MODELS, NetConfig, Network};
 use crate::summary;
@@ -220,26 +221,30 @@ struct TrainArgs {
 struct SpeedArgs {
     /// fp32 (d2l), or bf16: autocast-style mixed precision (bfloat16 convolutions and matrix
     /// products, float32 weights, gradients and loss).
-    #[arg(long, value_parser = parse_precision)]
+    #[arg(long)]
     precision: Option<Precision>,
     /// Layout of images and convolution weights: contiguous (NCHW), channels-last (NHWC), or
     /// auto: channels-last on a GPU for the networks it speeds up there.
-    #[arg(long, default_value = "auto", value_parser = parse_memory_format)]
+    #[arg(long, default_value = "auto")]
     memory_format: MemoryFormat,
     /// On CUDA, run every step eagerly instead of replaying a captured CUDA graph.
     #[arg(long)]
     no_graphs: bool,
 }
 
-fn parse_precision(s: &str) -> Result<Precision, String> {
-    s.parse()
-}
-
-fn parse_memory_format(s: &str) -> Result<MemoryFormat, String> {
-    s.parse()
-}
-
 impl SpeedArgs {
+    fn bench_config(&self, device: Device, batch_size: Option<usize>, steps: usize, warmup: usize) -> BenchConfig {
+        BenchConfig {
+            device,
+            batch_size,
+            steps,
+            warmup,
+            precision: self.precision.unwrap_or_default(),
+            memory_format: self.memory_format,
+            cuda_graphs: !self.no_graphs,
+        }
+    }
+
     fn apply(&self, net: &mut Network) -> anyhow::Result<()> {
         net.set_channels_last(self.memory_format.channels_last(net.device(), net.info))?;
         net.set_cuda_graphs(!self.no_graphs);
@@ -411,15 +416,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 models::find(net).map_err(|e| usage(e.to_string()))?;
             }
             let data = load_data(data.dir.as_deref())?;
-            let config = crate::bench::BenchConfig {
-                device,
-                batch_size,
-                steps,
-                warmup,
-                precision: speed.precision.unwrap_or_default(),
-                memory_format: speed.memory_format,
-                cuda_graphs: !speed.no_graphs,
-            };
+            let config = speed.bench_config(device, batch_size, steps, warmup);
             let mut results = Vec::new();
             for net in &nets {
                 let result = crate::bench::bench(net, &config, &data)?;
@@ -440,16 +437,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 return Err(usage("--passes and --batch-size must be at least 1"));
             }
             models::find(&net).map_err(|e| usage(e.to_string()))?;
-            let config = crate::bench::BenchConfig {
-                device,
-                batch_size,
-                steps: passes,
-                warmup: 1,
-                precision: speed.precision.unwrap_or_default(),
-                memory_format: speed.memory_format,
-                cuda_graphs: false,
-            };
-            let profile = crate::bench::profile(&net, &config, passes)?;
+            let profile = crate::bench::profile(&net, &speed.bench_config(device, batch_size, passes, 1))?;
             print!("{}", crate::bench::profile_table(&profile));
         }
         Command::Data { command: DataCommand::Download { dir } } => {

@@ -2,25 +2,14 @@
 //! recorded with the run, channels-last changes no value, and on a CPU everything runs eagerly.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use convnets::accel::{self, CudaGraph, MemoryFormat, Precision, Replayer};
-use convnets::data::{self, FashionMnist, Source, Split};
+mod common;
+use common::{RNG, small_data};
+use convnets::data::{self, FashionMnist};
 use convnets::models::{self, NetConfig, Network};
 use convnets::train::{self, Run, TrainConfig};
 use tch::{Device, Kind, Tensor};
-
-/// libtorch's random generator is global: tests that depend on it take turns.
-static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn small_data(n: usize) -> FashionMnist {
-    let full = FashionMnist::from_source(Source::Embedded).unwrap();
-    let slice = |s: &Split| {
-        let n = n.min(s.len());
-        Split { images: s.images[..n * 784].to_vec(), labels: s.labels[..n].to_vec(), rows: 28, cols: 28 }
-    };
-    FashionMnist { train: Arc::new(slice(&full.train)), test: Arc::new(slice(&full.test)), source: Source::Embedded }
-}
 
 fn train_lenet(precision: Precision, dir: &Path, data: &FashionMnist) -> train::History {
     let config = TrainConfig { epochs: 2, batch_size: 64, precision, ..TrainConfig::d2l("lenet-bn").unwrap() };
@@ -34,7 +23,7 @@ fn train_lenet(precision: Precision, dir: &Path, data: &FashionMnist) -> train::
 #[test]
 fn bf16_trains_close_to_fp32_and_is_kept_with_the_run() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
-    let data = small_data(512);
+    let data = small_data(512, 500);
     let (fp32_dir, bf16_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let fp32 = train_lenet(Precision::Fp32, fp32_dir.path(), &data);
     let bf16 = train_lenet(Precision::Bf16, bf16_dir.path(), &data);
@@ -64,7 +53,7 @@ fn runs_saved_before_precision_existed_are_fp32() {
 
 #[test]
 fn a_network_and_its_run_must_agree_on_precision() {
-    let data = small_data(64);
+    let data = small_data(64, 64);
     let config = TrainConfig { epochs: 1, precision: Precision::Bf16, ..TrainConfig::d2l("lenet-bn").unwrap() };
     let net = Network::new("lenet-bn", config.net_config(), Device::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -156,7 +145,7 @@ fn on_a_cpu_steps_run_eagerly_every_time() {
 
 #[test]
 fn an_empty_batch_has_the_right_shape() {
-    let data = small_data(8);
+    let data = small_data(8, 8);
     let batch = data::make_batch(&data.train, &[], Some(32));
     assert_eq!(batch.pixels.size(), [0, 1, 32, 32]);
     assert_eq!(batch.images(Device::Cpu).size(), [0, 1, 32, 32]);
@@ -164,14 +153,24 @@ fn an_empty_batch_has_the_right_shape() {
 
 #[test]
 fn bench_reports_what_it_measured_as_one_json_object_per_network() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_convnets"))
-        .args(["bench", "lenet-bn", "googlenet", "--steps", "1", "--warmup", "0", "--batch-size", "4", "--json"])
-        .args(["--precision", "bf16", "--memory-format", "channels-last"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (code, stdout, stderr) = common::convnets(&[
+        "bench",
+        "lenet-bn",
+        "googlenet",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--batch-size",
+        "4",
+        "--json",
+        "--precision",
+        "bf16",
+        "--memory-format",
+        "channels-last",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);
     for (r, (model, side)) in lines.iter().zip([("lenet-bn", 28), ("googlenet", 96)]) {
         assert_eq!(r["model"], model);
@@ -195,12 +194,12 @@ fn profile_times_every_layer_of_a_training_step() {
         device: Device::Cpu,
         batch_size: Some(16),
         steps: 2,
-        warmup: 1,
+        warmup: 0,
         precision: Precision::Fp32,
         memory_format: MemoryFormat::Auto,
         cuda_graphs: false,
     };
-    let profile = convnets::bench::profile("lenet-bn", &config, 2).unwrap();
+    let profile = convnets::bench::profile("lenet-bn", &config).unwrap();
     let leaves: Vec<_> = profile.records.iter().filter(|r| !r.container && !r.has_children).collect();
     assert_eq!(leaves.len(), 16);
     assert!(leaves.iter().all(|r| r.seconds > 0.0));

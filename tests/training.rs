@@ -4,28 +4,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use convnets::data::{FashionMnist, Source, Split};
+mod common;
+use common::{RNG, small_data};
+use convnets::data::{FashionMnist, Split};
 use convnets::models::Network;
 use convnets::train::{self, Diverged, History, Run, TrainConfig};
 use tch::{Device, Kind, Tensor};
-
-fn slice(split: &Split, n: usize) -> Split {
-    Split {
-        images: split.images[..n * split.rows * split.cols].to_vec(),
-        labels: split.labels[..n].to_vec(),
-        rows: split.rows,
-        cols: split.cols,
-    }
-}
-
-fn small_data(train: usize, test: usize) -> FashionMnist {
-    let full = FashionMnist::from_source(Source::Embedded).unwrap();
-    FashionMnist {
-        train: Arc::new(slice(&full.train, train)),
-        test: Arc::new(slice(&full.test, test)),
-        source: Source::Embedded,
-    }
-}
 
 fn config(net: &str, epochs: usize, batch_size: usize) -> TrainConfig {
     TrainConfig { epochs, batch_size, ..TrainConfig::d2l(net).unwrap() }
@@ -49,9 +33,6 @@ fn timeless(h: &History) -> History {
     }
     h
 }
-
-/// libtorch's random generator is global: tests that depend on it take turns.
-static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn weights_equal(a: &Network, b: &Network) -> bool {
     let (va, vb) = (a.vs.variables(), b.vs.variables());

@@ -4,6 +4,32 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+
+use convnets::data::{FashionMnist, Source, Split};
+
+/// libtorch's random generator is global: tests that depend on it take turns.
+pub static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The first `n` examples of a split.
+pub fn slice(split: &Split, n: usize) -> Split {
+    Split {
+        images: split.images[..n * split.rows * split.cols].to_vec(),
+        labels: split.labels[..n].to_vec(),
+        rows: split.rows,
+        cols: split.cols,
+    }
+}
+
+/// The first `train` and `test` examples of the embedded sample.
+pub fn small_data(train: usize, test: usize) -> FashionMnist {
+    let full = FashionMnist::from_source(Source::Embedded).unwrap();
+    FashionMnist {
+        train: Arc::new(slice(&full.train, train)),
+        test: Arc::new(slice(&full.test, test)),
+        source: Source::Embedded,
+    }
+}
 
 /// A file of `tests/golden/`.
 pub fn golden(file: &str) -> PathBuf {
