@@ -77,7 +77,7 @@ for l in sys.stdin:
             net=${pair%%:*}; need=${pair##*:}
             if [ "$(left)" -lt "$need" ]; then say "skip $net (needs ~$need s)"; continue; fi
             t0=$(date +%s)
-            "$bin" train "$net" --device cuda --data "$data" --precision bf16 --memory-format channels-last --out "/tmp/bf16-$net" \
+            "$bin" train "$net" --device cuda --data "$data" --precision bf16 --out "/tmp/bf16-$net" \
                 2>&1 | grep -E "^epoch|test acc|examples/sec" | tr '\n' ' ' | sed "s/^/$net: /" | tee -a "$log"
             echo " [$(( $(date +%s) - t0 )) s]" | tee -a "$log"
         done ;;

@@ -1,6 +1,7 @@
 // What tch 0.24 does not expose and convnets needs for speed: libtorch's autocast in bfloat16, on
 // the CPU too (tch's `autocast` is CUDA-only and float16), the channels-last memory format, and,
-// in a CUDA build, graph capture/replay and the CUDA allocator's peak statistics.
+// in a CUDA build, graph capture/replay, host-to-device copies on a side stream and the CUDA
+// allocator's peak statistics.
 //
 // Every function returns NULL on success or a malloc'ed error message (freed by the caller), so
 // no C++ exception crosses into Rust.
@@ -16,6 +17,7 @@
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAEvent.h>
 #endif
@@ -69,14 +71,59 @@ char *convnets_channels_last(const at::Tensor *t, at::Tensor **out) {
 #ifdef CONVNETS_CUDA
 // One capture stream per device for the whole process: libtorch keeps a cuBLAS workspace per
 // stream, so a fresh pool stream per capture would leave one more workspace behind each time.
+// Likewise one stream per device for host-to-device copies that overlap the running step.
+struct StreamPerDevice {
+  std::mutex lock;
+  std::array<c10::optional<c10::cuda::CUDAStream>, 64> streams;
+
+  c10::cuda::CUDAStream get(c10::DeviceIndex device) {
+    std::lock_guard<std::mutex> guard(lock);
+    auto &stream = streams.at(static_cast<size_t>(device));
+    if (!stream) stream = c10::cuda::getStreamFromPool(false, device);
+    return *stream;
+  }
+};
+
 static c10::cuda::CUDAStream capture_stream() {
-  static std::mutex lock;
-  static std::array<c10::optional<c10::cuda::CUDAStream>, 64> streams;
-  std::lock_guard<std::mutex> guard(lock);
-  auto device = c10::cuda::current_device();
-  auto &stream = streams.at(static_cast<size_t>(device));
-  if (!stream) stream = c10::cuda::getStreamFromPool(false, device);
-  return *stream;
+  static StreamPerDevice streams;
+  return streams.get(c10::cuda::current_device());
+}
+
+static c10::cuda::CUDAStream copy_stream(c10::DeviceIndex device) {
+  static StreamPerDevice streams;
+  return streams.get(device);
+}
+
+// An uninitialised uint8 CPU tensor in page-locked memory (from libtorch's caching host
+// allocator), which the GPU can copy from while the host goes on.
+char *convnets_empty_pinned_u8(const int64_t *sizes, int ndim, at::Tensor **out) {
+  GUARD({
+    auto options = at::TensorOptions().dtype(at::kByte).pinned_memory(true);
+    *out = new at::Tensor(at::empty(at::IntArrayRef(sizes, static_cast<size_t>(ndim)), options));
+  })
+}
+
+// Starts copying `host` to GPU `device` on the copy stream and returns at once; the result must
+// go through convnets_wait_copied before use.
+char *convnets_copy_to_cuda_async(const at::Tensor *host, int device, at::Tensor **out) {
+  GUARD({
+    auto index = static_cast<c10::DeviceIndex>(device);
+    c10::cuda::CUDAStreamGuard on_copy_stream(copy_stream(index));
+    *out = new at::Tensor(host->to(at::Device(at::kCUDA, index), /*non_blocking=*/true));
+  })
+}
+
+// Makes the current stream wait for the copies queued so far, and tells the allocator that `t`
+// (allocated on the copy stream) is used on the current stream, as PyTorch's record_stream.
+char *convnets_wait_copied(at::Tensor *t) {
+  GUARD({
+    auto index = t->device().index();
+    auto current = c10::cuda::getCurrentCUDAStream(index);
+    c10::cuda::CUDAEvent copied;
+    copied.record(copy_stream(index));
+    copied.block(current);
+    t->record_stream(current.unwrap());
+  })
 }
 
 struct Graph {

@@ -28,6 +28,9 @@ unsafe extern "C" {
     fn convnets_graph_replay(g: *mut c_void) -> *mut c_char;
     fn convnets_cuda_peak_allocated(device: i32, out: *mut i64) -> *mut c_char;
     fn convnets_cuda_reset_peak(device: i32) -> *mut c_char;
+    fn convnets_empty_pinned_u8(sizes: *const i64, ndim: i32, out: *mut *mut C_tensor) -> *mut c_char;
+    fn convnets_copy_to_cuda_async(host: *const C_tensor, device: i32, out: *mut *mut C_tensor) -> *mut c_char;
+    fn convnets_wait_copied(t: *mut C_tensor) -> *mut c_char;
 }
 
 /// Turns the shim's error convention (NULL or a malloc'ed message) into a `Result`.
@@ -290,6 +293,46 @@ impl Replayer {
         self.captured = Some(Captured { graph, inputs: statics, outputs });
         Ok(result)
     }
+}
+
+/// An uninitialised uint8 CPU tensor of `shape` that `device` copies from fastest: page-locked
+/// memory when `device` is a GPU (the copy then runs while the host goes on), ordinary memory
+/// otherwise.
+pub fn empty_host_u8(shape: &[i64], device: Device) -> anyhow::Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        let mut out: *mut C_tensor = std::ptr::null_mut();
+        check(unsafe { convnets_empty_pinned_u8(shape.as_ptr(), shape.len() as i32, &mut out) })?;
+        // SAFETY: on success the shim stored a new, owned at::Tensor.
+        return Ok(unsafe { Tensor::from_ptr(out) });
+    }
+    let _ = device;
+    Ok(Tensor::empty(shape, (tch::Kind::Uint8, Device::Cpu)))
+}
+
+/// A copy of the CPU tensor `host` on `device` that may still be in flight: on a GPU it is
+/// queued on a copy stream of its own, so it overlaps the step the GPU is running, and must pass
+/// through [`wait_copied`] before it is used.
+pub fn copy_async(host: &Tensor, device: Device) -> anyhow::Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(index) = device {
+        let mut out: *mut C_tensor = std::ptr::null_mut();
+        check(unsafe { convnets_copy_to_cuda_async(host.as_ptr(), index as i32, &mut out) })?;
+        // SAFETY: on success the shim stored a new, owned at::Tensor.
+        return Ok(unsafe { Tensor::from_ptr(out) });
+    }
+    Ok(host.to_device(device))
+}
+
+/// Makes the work queued from now on wait for the [`copy_async`] copies queued so far (a no-op
+/// on the CPU, where copies are done when they return).
+pub fn wait_copied(copied: &mut Tensor) -> anyhow::Result<()> {
+    #[cfg(feature = "cuda")]
+    if copied.device().is_cuda() {
+        check(unsafe { convnets_wait_copied(copied.as_mut_ptr()) })?;
+    }
+    let _ = copied;
+    Ok(())
 }
 
 /// Waits until `device` has finished the work queued so far (a no-op on the CPU).

@@ -139,8 +139,9 @@ pub fn bench(name: &str, cfg: &BenchConfig, data: &FashionMnist) -> anyhow::Resu
     let resize = (side != data.train.rows).then_some(side);
     let order: Vec<usize> = (0..batch * cfg.steps).map(|i| i % data.train.len()).collect();
     let started = Instant::now();
-    for b in data::batches(data.train.clone(), order.clone(), batch, resize) {
-        step(&b.images(cfg.device), &b.labels.to_device(cfg.device))?;
+    for b in data::device_batches(data.train.clone(), order.clone(), batch, resize, cfg.device) {
+        let b = b?;
+        step(&b.images, &b.labels)?;
     }
     let epoch_examples_per_s = (batch * cfg.steps) as f64 / started.elapsed().as_secs_f64();
 

@@ -302,11 +302,11 @@ pub fn evaluate(
     let order: Vec<usize> = (0..split.len()).collect();
     let _guard = tch::no_grad_guard();
     let mut replayer = net.replayer();
-    for batch in data::batches(split.clone(), order, batch_size, resize) {
-        let x = batch.images(net.device());
-        let predicted = replayer.run(&[&x], |x| Ok(vec![net.forward_t(x[0], false)?.argmax(1, false)]))?;
+    for batch in data::device_batches(split.clone(), order, batch_size, resize, net.device()) {
+        let batch = batch?;
+        let predicted = replayer.run(&[&batch.images], |x| Ok(vec![net.forward_t(x[0], false)?.argmax(1, false)]))?;
         let predicted = Vec::<i64>::try_from(predicted[0].to_device(Device::Cpu))?;
-        let truth = Vec::<i64>::try_from(&batch.labels)?;
+        let truth = Vec::<i64>::try_from(&batch.host_labels)?;
         for (t, p) in truth.iter().zip(&predicted) {
             confusion[*t as usize][*p as usize] += 1;
         }
@@ -403,17 +403,16 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         let bar = progress_bar(num_batches as u64, epoch, cfg.epochs);
         let (mut loss_sum, mut correct, mut seen, mut step_seconds) = (0f64, 0i64, 0usize, 0f64);
         let order = data::epoch_order(train_split.len(), cfg.seed, epoch);
-        for (i, batch) in data::batches(train_split.clone(), order, cfg.batch_size, cfg.resize).into_iter().enumerate()
-        {
+        let batches = data::device_batches(train_split.clone(), order, cfg.batch_size, cfg.resize, device);
+        for (i, batch) in batches.enumerate() {
             let timer = Instant::now();
-            let (loss_value, batch_correct) = out_of_memory_hint(cfg.batch_size, device, || {
-                let x = batch.images(device);
-                let y = batch.labels.to_device(device);
-                let out = replayer.run(&[&x, &y], |xy| {
+            let (loss_value, batch_correct, n) = out_of_memory_hint(cfg.batch_size, device, || {
+                let batch = batch?;
+                let out = replayer.run(&[&batch.images, &batch.labels], |xy| {
                     let (loss, correct) = train_step(net, &mut opt, xy[0], xy[1])?;
                     Ok(vec![loss, correct])
                 })?;
-                Ok((out[0].double_value(&[]), out[1].int64_value(&[])))
+                Ok((out[0].double_value(&[]), out[1].int64_value(&[]), batch.host_labels.size()[0] as usize))
             })?;
             step_seconds += timer.elapsed().as_secs_f64();
             if !loss_value.is_finite() {
@@ -423,7 +422,6 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
                 );
             }
             last_finite = Some(loss_value);
-            let n = batch.labels.size()[0] as usize;
             loss_sum += loss_value * n as f64;
             correct += batch_correct;
             seen += n;

@@ -235,6 +235,23 @@ fn batches_cover_every_example_once_in_a_seeded_order() {
     assert_eq!(floats, expected);
 }
 
+#[test]
+fn device_batches_deliver_the_same_batches_as_inputs() {
+    let sample = FashionMnist::from_source(Source::Embedded).unwrap();
+    let order: Vec<usize> = (0..300).rev().collect();
+    let host: Vec<_> = data::batches(sample.train.clone(), order.clone(), 128, Some(32)).into_iter().collect();
+    let on_device: Vec<_> = data::device_batches(sample.train.clone(), order, 128, Some(32), tch::Device::Cpu)
+        .collect::<anyhow::Result<_>>()
+        .unwrap();
+    assert_eq!(on_device.len(), 3, "the last partial batch is kept");
+    for (h, d) in host.iter().zip(&on_device) {
+        assert_eq!(d.images.kind(), tch::Kind::Float);
+        assert!(d.images.equal(&h.images(tch::Device::Cpu)));
+        assert!(d.labels.equal(&h.labels) && d.host_labels.equal(&h.labels));
+    }
+    assert_eq!(on_device[2].images.size(), [44, 1, 32, 32]);
+}
+
 /// Serves `files` over HTTP on 127.0.0.1 for `requests` requests; other paths get 404.
 fn serve(files: Vec<(String, Vec<u8>)>, requests: usize) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
