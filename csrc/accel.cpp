@@ -53,19 +53,24 @@ char *convnets_autocast_bf16(int cuda, int enabled) {
   })
 }
 
+// `t` with channels-last strides, as PyTorch's `.to(memory_format=torch.channels_last)` makes
+// them. Not `.contiguous(channels_last)`: with one channel (the images, the first convolution's
+// weights) that accepts NCHW strides as they are, and the first layers then run NCHW kernels.
+static at::Tensor with_channels_last(const at::Tensor &t) {
+  return t.to(t.options(), /*non_blocking=*/false, /*copy=*/false, at::MemoryFormat::ChannelsLast);
+}
+
 // Re-lays a 4-d tensor out as channels-last (NHWC) in place, keeping its identity (a parameter
 // stays the same leaf of the autograd graph and the same variable of the optimizer).
 char *convnets_set_channels_last(at::Tensor *t) {
   GUARD({
-    if (t->dim() == 4) t->set_data(t->contiguous(at::MemoryFormat::ChannelsLast));
+    if (t->dim() == 4) t->set_data(with_channels_last(*t));
   })
 }
 
 // A channels-last copy of a 4-d tensor (others are returned as they are) in *out.
 char *convnets_channels_last(const at::Tensor *t, at::Tensor **out) {
-  GUARD({
-    *out = new at::Tensor(t->dim() == 4 ? t->contiguous(at::MemoryFormat::ChannelsLast) : *t);
-  })
+  GUARD({ *out = new at::Tensor(t->dim() == 4 ? with_channels_last(*t) : *t); })
 }
 
 #ifdef CONVNETS_CUDA
