@@ -88,10 +88,11 @@ impl FromStr for Precision {
 }
 
 /// How images and convolution weights are laid out in memory.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum MemoryFormat {
-    /// Channels-last on a GPU for the networks it speeds up there, contiguous (NCHW) otherwise
-    /// (on these CPUs channels-last measured slower).
+    /// Channels-last for the networks it speeds up on the device (see
+    /// `ModelInfo::channels_last_on_cuda` and `channels_last_on_cpu`), contiguous (NCHW) otherwise.
     #[default]
     Auto,
     /// NCHW, PyTorch's default.
@@ -104,7 +105,8 @@ impl MemoryFormat {
     /// Whether `net` on `device` runs channels-last.
     pub fn channels_last(self, device: Device, info: &ModelInfo) -> bool {
         match self {
-            MemoryFormat::Auto => device.is_cuda() && info.channels_last_on_cuda,
+            MemoryFormat::Auto if device.is_cuda() => info.channels_last_on_cuda,
+            MemoryFormat::Auto => info.channels_last_on_cpu,
             MemoryFormat::Contiguous => false,
             MemoryFormat::ChannelsLast => true,
         }

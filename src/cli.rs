@@ -210,7 +210,7 @@ struct TrainArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue the run in this directory from its last complete epoch.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["net", "lr", "batch_size", "resize", "seed", "out", "precision"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["net", "lr", "batch_size", "resize", "seed", "out", "precision", "memory_format"])]
     resume: Option<PathBuf>,
     #[command(flatten)]
     speed: SpeedArgs,
@@ -224,7 +224,8 @@ struct SpeedArgs {
     #[arg(long)]
     precision: Option<Precision>,
     /// Layout of images and convolution weights: contiguous (NCHW), channels-last (NHWC), or
-    /// auto: channels-last on a GPU for the networks it speeds up there.
+    /// auto: channels-last where it speeds the network up on the device (all but LeNet on a
+    /// CPU; on a GPU, not DenseNet either).
     #[arg(long, default_value = "auto")]
     memory_format: MemoryFormat,
     /// On CUDA, run every step eagerly instead of replaying a captured CUDA graph.
@@ -488,8 +489,9 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
                 )));
             }
             eprintln!("resuming {} after epoch {}", dir.display(), checkpoint.state.epoch);
+            // Precision and layout come from the run's configuration (load_checkpoint).
             let mut net = checkpoint.net;
-            args.speed.apply(&mut net)?;
+            net.set_cuda_graphs(!args.speed.no_graphs);
             (net, config, Some(checkpoint.state), dir.clone())
         }
         None => {
@@ -511,6 +513,7 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             config.seed = args.seed;
             config.device = train::device_name(device);
             config.precision = args.speed.precision.unwrap_or_default();
+            config.memory_format = args.speed.memory_format;
             let dir = args.out.clone().unwrap_or_else(|| {
                 PathBuf::from("runs").join(format!("{name}-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S")))
             });

@@ -36,6 +36,10 @@ pub struct TrainConfig {
     /// The forward pass's arithmetic (d2l: fp32); runs saved before it existed are fp32.
     #[serde(default)]
     pub precision: Precision,
+    /// The layout asked for (resolved per device, so a resumed run lays its tensors out as the
+    /// uninterrupted run did); runs saved before it existed are `auto`.
+    #[serde(default)]
+    pub memory_format: MemoryFormat,
 }
 
 impl TrainConfig {
@@ -54,6 +58,7 @@ impl TrainConfig {
             seed: 0,
             device: "cpu".into(),
             precision: Precision::Fp32,
+            memory_format: MemoryFormat::Auto,
         })
     }
 
@@ -229,7 +234,7 @@ pub fn load_checkpoint(run_or_file: &Path, device: Device) -> anyhow::Result<Che
     }
     let mut net = Network::new(&state.config.net, state.config.net_config(), device)?;
     net.set_precision(state.config.precision)?;
-    net.set_channels_last(MemoryFormat::Auto.channels_last(device, net.info))?;
+    net.set_channels_last(state.config.memory_format.channels_last(device, net.info))?;
     let tensors = weights::parse_safetensors(&bytes, &file)?;
     weights::load_state_dict(&net.vs, &state.config.net, &tensors, false)?;
     Ok(Checkpoint { net, state })
@@ -365,6 +370,13 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         cfg.precision
     );
     let device = net.device();
+    let channels_last = cfg.memory_format.channels_last(device, net.info);
+    anyhow::ensure!(
+        net.channels_last() == channels_last,
+        "the network is laid out {} but the run is configured for {}: call Network::set_channels_last first",
+        layout_name(net.channels_last()),
+        layout_name(channels_last)
+    );
     let train_split = run.data.train.clone();
     let input = cfg.input_shape(&train_split);
     if let Some(available) = available_memory() {
@@ -475,6 +487,10 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         println!("{:.1} examples/sec on {}", history.examples_per_sec(), device_name(device));
     }
     Ok(history)
+}
+
+fn layout_name(channels_last: bool) -> &'static str {
+    if channels_last { "channels-last" } else { "contiguous" }
 }
 
 /// d2l's training step: zero the gradients, forward, cross-entropy, backward, SGD step. Returns

@@ -114,6 +114,10 @@ fn bad_arguments_get_one_line_with_the_fix_and_exit_code_2() {
         (&["bench", "lenet-bn", "--memory-format", "nhwc"], "unknown memory format \"nhwc\": expected auto"),
         (&["profile", "lenet-bn", "--passes", "0"], "--passes and --batch-size must be at least 1"),
         (&["train", "--resume", out, "--precision", "bf16"], "'--resume <DIR>' cannot be used with '--precision"),
+        (
+            &["train", "--resume", out, "--memory-format", "contiguous"],
+            "'--resume <DIR>' cannot be used with '--memory-format",
+        ),
         (&["profile", "lenet"], "unknown network 'lenet'; valid names:"),
     ];
     for (args, expected) in cases {

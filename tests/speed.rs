@@ -44,11 +44,27 @@ fn bf16_trains_close_to_fp32_and_is_kept_with_the_run() {
 }
 
 #[test]
-fn runs_saved_before_precision_existed_are_fp32() {
+fn runs_saved_before_precision_and_layout_existed_are_fp32_and_auto() {
     let mut config = serde_json::to_value(TrainConfig::d2l("resnet18").unwrap()).unwrap();
+    assert_eq!(config["memory_format"], "auto");
     config.as_object_mut().unwrap().remove("precision");
+    config.as_object_mut().unwrap().remove("memory_format");
     let config: TrainConfig = serde_json::from_value(config).unwrap();
     assert_eq!(config.precision, Precision::Fp32);
+    assert_eq!(config.memory_format, MemoryFormat::Auto);
+}
+
+#[test]
+fn a_network_and_its_run_must_agree_on_layout() {
+    let data = small_data(64, 64);
+    // Auto lays NiN out channels-last on a CPU; this network was left NCHW.
+    let config = TrainConfig { epochs: 1, resize: Some(67), ..TrainConfig::d2l("nin").unwrap() };
+    let net = Network::new("nin", config.net_config(), Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run { config, data: &data, dir: dir.path().join("run"), verbose: false };
+    let err = train::train(&run, &net, None).unwrap_err().to_string();
+    assert!(err.contains("laid out contiguous but the run is configured for channels-last"), "{err}");
+    assert!(!dir.path().join("run").exists());
 }
 
 #[test]
@@ -94,6 +110,10 @@ fn channels_last_changes_no_value_and_no_name() {
     net.set_channels_last(true).unwrap();
     // A 192x64x3x3 convolution weight, now laid out with the 64 input channels innermost.
     assert_eq!(net.vs.variables()["1.2.weight"].stride(), [9 * 64, 1, 3 * 64, 64]);
+    // With one channel, NCHW strides would pass for channels-last; the first convolution then
+    // ran NCHW kernels (and made NCHW outputs). Its weight and the images get NHWC strides.
+    assert_eq!(net.vs.variables()["0.0.weight"].stride(), [49, 1, 7, 1]);
+    assert_eq!(convnets::accel::channels_last(&x).unwrap().stride(), [96 * 96, 1, 96, 1]);
     let after = tch::no_grad(|| net.forward_t(&x, false)).unwrap();
     assert!(before.allclose(&after, 1e-5, 1e-5, false), "channels-last changed the outputs");
     assert_eq!(names(&net), names_before);
@@ -107,13 +127,17 @@ fn channels_last_changes_no_value_and_no_name() {
 }
 
 #[test]
-fn the_memory_format_auto_is_channels_last_only_on_a_gpu_for_nets_it_helps() {
+fn the_memory_format_auto_is_channels_last_for_the_nets_it_helps_on_the_device() {
     let resnet = models::find("resnet18").unwrap();
     let densenet = models::find("densenet").unwrap();
-    assert!(!MemoryFormat::Auto.channels_last(Device::Cpu, resnet));
+    let lenet = models::find("lenet-bn").unwrap();
+    assert!(MemoryFormat::Auto.channels_last(Device::Cpu, resnet));
     assert!(MemoryFormat::Auto.channels_last(Device::Cuda(0), resnet));
+    assert!(MemoryFormat::Auto.channels_last(Device::Cpu, densenet));
     assert!(!MemoryFormat::Auto.channels_last(Device::Cuda(0), densenet));
-    assert!(MemoryFormat::ChannelsLast.channels_last(Device::Cpu, densenet));
+    assert!(!MemoryFormat::Auto.channels_last(Device::Cpu, lenet));
+    assert!(!MemoryFormat::Auto.channels_last(Device::Cuda(0), lenet));
+    assert!(MemoryFormat::ChannelsLast.channels_last(Device::Cpu, lenet));
     assert!(!MemoryFormat::Contiguous.channels_last(Device::Cuda(0), resnet));
     assert_eq!("channels-last".parse::<MemoryFormat>(), Ok(MemoryFormat::ChannelsLast));
     assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Bf16));

@@ -17,7 +17,9 @@ fn config(net: &str, epochs: usize, batch_size: usize) -> TrainConfig {
 
 fn fresh(config: &TrainConfig) -> Network {
     tch::manual_seed(config.seed as i64);
-    Network::new(&config.net, config.net_config(), Device::Cpu).unwrap()
+    let mut net = Network::new(&config.net, config.net_config(), Device::Cpu).unwrap();
+    net.set_channels_last(config.memory_format.channels_last(Device::Cpu, net.info)).unwrap();
+    net
 }
 
 fn run<'a>(config: &TrainConfig, data: &'a FashionMnist, dir: &Path) -> Run<'a> {

@@ -60,6 +60,9 @@ pub struct ModelInfo {
     /// (docs/benchmarks.md): it is for the plain convolution stacks, not for DenseNet, whose
     /// concatenations cost more in NHWC, nor for LeNet, too small to gain.
     pub channels_last_on_cuda: bool,
+    /// The same on a CPU (oneDNN; NCHW max pooling in particular is several times slower):
+    /// faster for every network but LeNet, whose 6- and 16-channel maps are too thin for it.
+    pub channels_last_on_cpu: bool,
     pub build: fn(&Path, &NetConfig) -> Sequential,
 }
 
@@ -78,6 +81,7 @@ pub static MODELS: &[ModelInfo] = &[
         epochs: 10,
         book: book(0.327, 0.880, 0.882, 4171.0, (0.877, 0.883)),
         channels_last_on_cuda: true,
+        channels_last_on_cpu: true,
         build: alexnet::alexnet,
     },
     ModelInfo {
@@ -89,6 +93,7 @@ pub static MODELS: &[ModelInfo] = &[
         epochs: 10,
         book: None,
         channels_last_on_cuda: true,
+        channels_last_on_cpu: true,
         build: |p, cfg| vgg::vgg(p, &vgg::VGG11_ARCH, 1, cfg),
     },
     ModelInfo {
@@ -100,6 +105,7 @@ pub static MODELS: &[ModelInfo] = &[
         epochs: 10,
         book: book(0.185, 0.931, 0.922, 2551.0, (0.915, 0.924)),
         channels_last_on_cuda: true,
+        channels_last_on_cpu: true,
         build: |p, cfg| vgg::vgg(p, &vgg::VGG11_ARCH, 4, cfg),
     },
     ModelInfo {
@@ -111,6 +117,7 @@ pub static MODELS: &[ModelInfo] = &[
         epochs: 10,
         book: book(0.591, 0.795, 0.785, 3201.0, (0.449, 0.872)),
         channels_last_on_cuda: true,
+        channels_last_on_cpu: true,
         build: nin::nin,
     },
     ModelInfo {
@@ -122,6 +129,7 @@ pub static MODELS: &[ModelInfo] = &[
         epochs: 10,
         book: book(0.232, 0.913, 0.883, 3568.0, (0.854, 0.902)),
         channels_last_on_cuda: true,
+        channels_last_on_cpu: true,
         build: googlenet::googlenet,
     },
     ModelInfo {
@@ -133,6 +141,7 @@ pub static MODELS: &[ModelInfo] = &[
         epochs: 10,
         book: book(0.269, 0.900, 0.838, 34609.0, (0.682, 0.885)),
         channels_last_on_cuda: false,
+        channels_last_on_cpu: false,
         build: |p, cfg| lenet::lenet_bn(p, cfg, lenet::Norm::Scratch),
     },
     ModelInfo {
@@ -144,6 +153,7 @@ pub static MODELS: &[ModelInfo] = &[
         epochs: 10,
         book: book(0.278, 0.897, 0.836, 63564.0, (0.518, 0.883)),
         channels_last_on_cuda: false,
+        channels_last_on_cpu: false,
         build: |p, cfg| lenet::lenet_bn(p, cfg, lenet::Norm::BuiltIn),
     },
     ModelInfo {
@@ -155,6 +165,7 @@ pub static MODELS: &[ModelInfo] = &[
         epochs: 10,
         book: book(0.013, 0.997, 0.918, 4672.0, (0.894, 0.924)),
         channels_last_on_cuda: true,
+        channels_last_on_cpu: true,
         build: resnet::resnet18,
     },
     ModelInfo {
@@ -166,6 +177,7 @@ pub static MODELS: &[ModelInfo] = &[
         epochs: 10,
         book: book(0.139, 0.950, 0.821, 5563.0, (0.821, 0.911)),
         channels_last_on_cuda: false,
+        channels_last_on_cpu: true,
         build: densenet::densenet,
     },
 ];
