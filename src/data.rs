@@ -546,6 +546,7 @@ pub fn device_batches(
     DeviceBatches { host: host_batches(split, order, batch_size, size, device), device, in_flight: None }
 }
 
+/// The iterator [`device_batches`] returns.
 pub struct DeviceBatches {
     host: Receiver<Batch>,
     device: Device,
@@ -580,7 +581,11 @@ impl DeviceBatches {
         // Only this batch's copy is queued yet, so the step waits for it and for no other.
         accel::wait_copied(&mut pixels)?;
         accel::wait_copied(&mut labels)?;
-        if let Ok(batch) = self.host.recv() {
+        // On a CPU a copy is done when it returns: nothing to overlap, so no reason to wait for
+        // the next batch before handing this one out.
+        if self.device.is_cuda()
+            && let Ok(batch) = self.host.recv()
+        {
             self.in_flight = Some(self.start_copy(batch)?);
         }
         Ok(Some(DeviceBatch { images: to_input(&pixels)?, labels, host_labels }))
