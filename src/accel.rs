@@ -337,6 +337,33 @@ pub fn wait_copied(copied: &mut Tensor) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes glibc's malloc serve allocations below 64 MiB from its heap instead of a fresh `mmap`
+/// each time. By default, blocks over an adaptive threshold (at most 32 MiB) are mapped and
+/// unmapped on every use, and each reuse then pays a page fault and zeroing per 4 KiB page: on a
+/// CPU, a training step allocates its activations and gradients anew every time. Returns whether
+/// malloc took the setting (glibc only; elsewhere nothing changes). The price is a higher
+/// resident peak, as freed heap memory is reused rather than returned: 64 MiB is the largest
+/// threshold that kept every network's peak below PyTorch's at d2l's settings (at 128 MiB VGG's
+/// was above it; docs/benchmarks.md).
+pub fn keep_large_allocations_on_the_heap() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_MMAP_THRESHOLD: i32 = -3;
+        // Setting the threshold stops glibc adapting it, and with it the trim threshold, which
+        // glibc would keep at twice the mmap threshold; left at its 128 KiB default, the heap's
+        // top is handed back and faulted in again every step (LeNet: 12-13k -> 14.5-16k
+        // examples/s with it).
+        // SAFETY: mallopt only sets malloc parameters; it is safe to call at any time.
+        unsafe { mallopt(M_MMAP_THRESHOLD, 64 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, 128 << 20) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    false
+}
+
 /// Waits until `device` has finished the work queued so far (a no-op on the CPU).
 pub fn synchronize(device: Device) {
     if let Device::Cuda(index) = device {

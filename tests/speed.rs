@@ -145,6 +145,12 @@ fn the_memory_format_auto_is_channels_last_for_the_nets_it_helps_on_the_device()
 }
 
 #[test]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn glibc_accepts_keeping_large_allocations_on_the_heap() {
+    assert!(accel::keep_large_allocations_on_the_heap());
+}
+
+#[test]
 fn on_a_cpu_steps_run_eagerly_every_time() {
     let mut replayer = Replayer::new(Device::Cpu, true);
     let x = Tensor::from_slice(&[1f32, 2.0, 3.0]);
