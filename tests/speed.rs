@@ -145,6 +145,28 @@ fn the_memory_format_auto_is_channels_last_for_the_nets_it_helps_on_the_device()
 }
 
 #[test]
+fn a_checkpoint_is_laid_out_as_its_run_was() {
+    let data = small_data(64, 64);
+    let config = TrainConfig {
+        epochs: 1,
+        batch_size: 32,
+        resize: Some(67),
+        memory_format: MemoryFormat::Contiguous,
+        ..TrainConfig::d2l("nin").unwrap()
+    };
+    let net = Network::new("nin", config.net_config(), Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = Run { config, data: &data, dir: dir.path().to_path_buf(), verbose: false };
+    train::train(&run, &net, None).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["memory_format"], "contiguous");
+    // Auto would lay NiN out channels-last on a CPU; the run asked for NCHW and gets it back.
+    let checkpoint = train::load_checkpoint(dir.path(), Device::Cpu).unwrap();
+    assert!(!checkpoint.net.channels_last());
+}
+
+#[test]
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn glibc_accepts_keeping_large_allocations_on_the_heap() {
     assert!(accel::keep_large_allocations_on_the_heap());
