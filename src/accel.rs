@@ -159,12 +159,18 @@ pub fn set_channels_last(tensors: &mut [Tensor]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A channels-last copy of a batch of images (other tensors come back as they are).
-pub fn channels_last(t: &Tensor) -> anyhow::Result<Tensor> {
+/// The tensor a shim function makes: `call` passes its out-parameter on and returns the shim's
+/// result.
+fn new_tensor(call: impl FnOnce(*mut *mut C_tensor) -> *mut c_char) -> anyhow::Result<Tensor> {
     let mut out: *mut C_tensor = std::ptr::null_mut();
-    check(unsafe { convnets_channels_last(t.as_ptr(), &mut out) })?;
+    check(call(&mut out))?;
     // SAFETY: on success the shim stored a new, owned at::Tensor.
     Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// A channels-last copy of a batch of images (other tensors come back as they are).
+pub fn channels_last(t: &Tensor) -> anyhow::Result<Tensor> {
+    new_tensor(|out| unsafe { convnets_channels_last(t.as_ptr(), out) })
 }
 
 /// Whether this build can capture CUDA graphs.
@@ -299,17 +305,17 @@ impl Replayer {
 
 /// An uninitialised uint8 CPU tensor of `shape` that `device` copies from fastest: page-locked
 /// memory when `device` is a GPU (the copy then runs while the host goes on), ordinary memory
-/// otherwise.
-pub fn empty_host_u8(shape: &[i64], device: Device) -> anyhow::Result<Tensor> {
+/// otherwise, or when no page-locked memory is left (it only makes the copy faster).
+pub fn empty_host_u8(shape: &[i64], device: Device) -> Tensor {
     #[cfg(feature = "cuda")]
-    if device.is_cuda() {
-        let mut out: *mut C_tensor = std::ptr::null_mut();
-        check(unsafe { convnets_empty_pinned_u8(shape.as_ptr(), shape.len() as i32, &mut out) })?;
-        // SAFETY: on success the shim stored a new, owned at::Tensor.
-        return Ok(unsafe { Tensor::from_ptr(out) });
+    if device.is_cuda()
+        && let Ok(pinned) =
+            new_tensor(|out| unsafe { convnets_empty_pinned_u8(shape.as_ptr(), shape.len() as i32, out) })
+    {
+        return pinned;
     }
     let _ = device;
-    Ok(Tensor::empty(shape, (tch::Kind::Uint8, Device::Cpu)))
+    Tensor::empty(shape, (tch::Kind::Uint8, Device::Cpu))
 }
 
 /// A copy of the CPU tensor `host` on `device` that may still be in flight: on a GPU it is
@@ -318,10 +324,7 @@ pub fn empty_host_u8(shape: &[i64], device: Device) -> anyhow::Result<Tensor> {
 pub fn copy_async(host: &Tensor, device: Device) -> anyhow::Result<Tensor> {
     #[cfg(feature = "cuda")]
     if let Device::Cuda(index) = device {
-        let mut out: *mut C_tensor = std::ptr::null_mut();
-        check(unsafe { convnets_copy_to_cuda_async(host.as_ptr(), index as i32, &mut out) })?;
-        // SAFETY: on success the shim stored a new, owned at::Tensor.
-        return Ok(unsafe { Tensor::from_ptr(out) });
+        return new_tensor(|out| unsafe { convnets_copy_to_cuda_async(host.as_ptr(), index as i32, out) });
     }
     Ok(host.to_device(device))
 }

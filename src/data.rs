@@ -466,9 +466,7 @@ pub fn make_batch(split: &Split, indices: &[usize], size: Option<usize>) -> Batc
 fn make_batch_for(split: &Split, indices: &[usize], size: Option<usize>, device: Device) -> Batch {
     let (h, w) = size.map_or((split.rows, split.cols), |s| (s, s));
     let shape = [indices.len() as i64, 1, h as i64, w as i64];
-    // Page-locked memory only makes the copy faster: ordinary memory does if there is none left.
-    let images =
-        accel::empty_host_u8(&shape, device).unwrap_or_else(|_| Tensor::empty(shape, (Kind::Uint8, Device::Cpu)));
+    let images = accel::empty_host_u8(&shape, device);
     // SAFETY: a new, contiguous uint8 CPU tensor of exactly this many bytes, owned here alone;
     // writing the pixels in place saves a copy of the whole batch (12 MB at 224x224).
     // (An empty tensor may have no storage: a slice then needs a dangling, non-null pointer.)
