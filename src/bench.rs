@@ -112,11 +112,7 @@ pub fn bench(name: &str, cfg: &BenchConfig, data: &FashionMnist) -> anyhow::Resu
     // Graph capture happens in the warm-up, never in the timed steps.
     let warmup = if replayer.enabled() { cfg.warmup.max(accel::Replayer::EAGER_CALLS + 1) } else { cfg.warmup };
     let mut step = |x: &Tensor, y: &Tensor| -> anyhow::Result<f64> {
-        let out = replayer.run(&[x, y], |xy| {
-            let (loss, correct) = train::train_step(&net, &mut opt, xy[0], xy[1])?;
-            Ok(vec![loss, correct])
-        })?;
-        Ok(out[0].double_value(&[]))
+        Ok(train::replayed_train_step(&mut replayer, &net, &mut opt, x, y)?.0.double_value(&[]))
     };
     let mut timed = 0.0;
     let mut warmup_gpu_mib = None;
@@ -156,8 +152,7 @@ pub fn bench(name: &str, cfg: &BenchConfig, data: &FashionMnist) -> anyhow::Resu
     let eval_examples_per_s = tch::no_grad(|| -> anyhow::Result<f64> {
         // Predictions read back, as `evaluate` does.
         let mut predict = || -> anyhow::Result<i64> {
-            let out = replayer.run(&[&x], |x| Ok(vec![net.forward_t(x[0], false)?.argmax(1, false)]))?;
-            Ok(out[0].sum(Kind::Int64).int64_value(&[]))
+            Ok(train::predict(&mut replayer, &net, &x)?.sum(Kind::Int64).int64_value(&[]))
         };
         for _ in 0..warmup {
             predict()?;
@@ -244,18 +239,12 @@ pub fn profile(name: &str, cfg: &BenchConfig) -> anyhow::Result<Profile> {
         opt.zero_grad();
         accel::synchronize(cfg.device);
         let mut tracer = Tracer::timed(cfg.device);
-        let started = Instant::now();
-        let loss = net.forward_traced(&x, true, &mut tracer)?.cross_entropy_for_logits(&y);
-        accel::synchronize(cfg.device);
-        let forward = started.elapsed().as_secs_f64();
-        let started = Instant::now();
-        loss.backward();
-        accel::synchronize(cfg.device);
-        let backward = started.elapsed().as_secs_f64();
-        let started = Instant::now();
-        opt.step();
-        accel::synchronize(cfg.device);
-        let step = started.elapsed().as_secs_f64();
+        let (loss, forward) = timed(cfg.device, || {
+            net.forward_traced(&x, true, &mut tracer).map(|y_hat| y_hat.cross_entropy_for_logits(&y))
+        });
+        let loss = loss?;
+        let ((), backward) = timed(cfg.device, || loss.backward());
+        let ((), step) = timed(cfg.device, || opt.step());
         if pass == 0 {
             continue; // lazy initialisation and cuDNN's autotuning
         }
@@ -279,6 +268,14 @@ pub fn profile(name: &str, cfg: &BenchConfig) -> anyhow::Result<Profile> {
         backward_seconds,
         step_seconds,
     })
+}
+
+/// `f()` and its wall time, the work it queued on `device` included.
+fn timed<T>(device: Device, f: impl FnOnce() -> T) -> (T, f64) {
+    let started = Instant::now();
+    let value = f();
+    accel::synchronize(device);
+    (value, started.elapsed().as_secs_f64())
 }
 
 /// The profile as a table: each layer that computes (blocks are the sum of their layers), in

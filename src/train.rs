@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{Optimizer, OptimizerConfig, Sgd};
 use tch::{Device, Kind, Tensor};
 
-use crate::accel::{MemoryFormat, Precision};
+use crate::accel::{MemoryFormat, Precision, Replayer};
 use crate::chart;
 use crate::data::{self, CLASSES, FashionMnist, Split};
 use crate::models::{self, NetConfig, Network};
@@ -309,8 +309,8 @@ pub fn evaluate(
     let mut replayer = net.replayer();
     for batch in data::device_batches(split.clone(), order, batch_size, resize, net.device()) {
         let batch = batch?;
-        let predicted = replayer.run(&[&batch.images], |x| Ok(vec![net.forward_t(x[0], false)?.argmax(1, false)]))?;
-        let predicted = Vec::<i64>::try_from(predicted[0].to_device(Device::Cpu))?;
+        let predicted = predict(&mut replayer, net, &batch.images)?;
+        let predicted = Vec::<i64>::try_from(predicted.to_device(Device::Cpu))?;
         let truth = Vec::<i64>::try_from(&batch.host_labels)?;
         for (t, p) in truth.iter().zip(&predicted) {
             confusion[*t as usize][*p as usize] += 1;
@@ -420,11 +420,8 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
             let timer = Instant::now();
             let (loss_value, batch_correct, n) = out_of_memory_hint(cfg.batch_size, device, || {
                 let batch = batch?;
-                let out = replayer.run(&[&batch.images, &batch.labels], |xy| {
-                    let (loss, correct) = train_step(net, &mut opt, xy[0], xy[1])?;
-                    Ok(vec![loss, correct])
-                })?;
-                Ok((out[0].double_value(&[]), out[1].int64_value(&[]), batch.host_labels.size()[0] as usize))
+                let (loss, correct) = replayed_train_step(&mut replayer, net, &mut opt, &batch.images, &batch.labels)?;
+                Ok((loss.double_value(&[]), correct.int64_value(&[]), batch.host_labels.size()[0] as usize))
             })?;
             step_seconds += timer.elapsed().as_secs_f64();
             if !loss_value.is_finite() {
@@ -504,6 +501,28 @@ pub fn train_step(net: &Network, opt: &mut Optimizer, x: &Tensor, y: &Tensor) ->
     opt.step();
     let correct = tch::no_grad(|| y_hat.argmax(1, false).eq_tensor(y).sum(Kind::Int64));
     Ok((loss.detach(), correct))
+}
+
+/// [`train_step`] through `replayer`: replayed from a captured CUDA graph once the shapes repeat.
+/// Read the results before the next call (a replay rewrites them).
+pub fn replayed_train_step(
+    replayer: &mut Replayer,
+    net: &Network,
+    opt: &mut Optimizer,
+    x: &Tensor,
+    y: &Tensor,
+) -> anyhow::Result<(Tensor, Tensor)> {
+    let out = replayer.run(&[x, y], |xy| {
+        let (loss, correct) = train_step(net, opt, xy[0], xy[1])?;
+        Ok(vec![loss, correct])
+    })?;
+    Ok((out[0].shallow_clone(), out[1].shallow_clone()))
+}
+
+/// Eval-mode predictions (the argmax class of each image) for the batch `x`, through `replayer`.
+pub fn predict(replayer: &mut Replayer, net: &Network, x: &Tensor) -> anyhow::Result<Tensor> {
+    let out = replayer.run(&[x], |x| Ok(vec![net.forward_t(x[0], false)?.argmax(1, false)]))?;
+    Ok(out[0].shallow_clone())
 }
 
 /// Memory the kernel says is available (`MemAvailable` in /proc/meminfo), in bytes.
