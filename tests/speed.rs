@@ -54,29 +54,30 @@ fn runs_saved_before_precision_and_layout_existed_are_fp32_and_auto() {
     assert_eq!(config.memory_format, MemoryFormat::Auto);
 }
 
-#[test]
-fn a_network_and_its_run_must_agree_on_layout() {
+/// Trains a fresh network (fp32, NCHW) under `config`, which must refuse it; returns the error,
+/// after checking that nothing was written.
+fn refused_run(config: TrainConfig) -> String {
     let data = small_data(64, 64);
-    // Auto lays NiN out channels-last on a CPU; this network was left NCHW.
-    let config = TrainConfig { epochs: 1, resize: Some(67), ..TrainConfig::d2l("nin").unwrap() };
-    let net = Network::new("nin", config.net_config(), Device::Cpu).unwrap();
+    let net = Network::new(&config.net, config.net_config(), Device::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let run = Run { config, data: &data, dir: dir.path().join("run"), verbose: false };
     let err = train::train(&run, &net, None).unwrap_err().to_string();
-    assert!(err.contains("laid out contiguous but the run is configured for channels-last"), "{err}");
     assert!(!dir.path().join("run").exists());
+    err
+}
+
+#[test]
+fn a_network_and_its_run_must_agree_on_layout() {
+    // Auto lays NiN out channels-last on a CPU; this network was left NCHW.
+    let err = refused_run(TrainConfig { epochs: 1, resize: Some(67), ..TrainConfig::d2l("nin").unwrap() });
+    assert!(err.contains("laid out contiguous but the run is configured for channels-last"), "{err}");
 }
 
 #[test]
 fn a_network_and_its_run_must_agree_on_precision() {
-    let data = small_data(64, 64);
-    let config = TrainConfig { epochs: 1, precision: Precision::Bf16, ..TrainConfig::d2l("lenet-bn").unwrap() };
-    let net = Network::new("lenet-bn", config.net_config(), Device::Cpu).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let run = Run { config, data: &data, dir: dir.path().join("run"), verbose: false };
-    let err = train::train(&run, &net, None).unwrap_err().to_string();
+    let err =
+        refused_run(TrainConfig { epochs: 1, precision: Precision::Bf16, ..TrainConfig::d2l("lenet-bn").unwrap() });
     assert!(err.contains("computes in fp32 but the run is configured for bf16"), "{err}");
-    assert!(!dir.path().join("run").exists());
 }
 
 #[test]
