@@ -154,7 +154,15 @@ char *convnets_graph_begin(void *g) {
     ready.block(side);
     graph->previous = current;
     c10::cuda::setCurrentCUDAStream(side);
-    graph->graph.capture_begin();
+    // Thread-local capture, not PyTorch's default (global): the data pipeline's thread keeps
+    // running during a capture, and each page-locked batch it allocates goes through libtorch's
+    // caching host allocator, which queries CUDA events (cudaEventQuery) of earlier copies. In
+    // global mode CUDA forbids such calls on *any* thread while a capture is under way and
+    // invalidates the capture: the capture's next operation then fails with "operation failed
+    // due to a previous error during capture", or cuDNN with CUDNN_STATUS_BAD_PARAM_STREAM_MISMATCH
+    // (issue 11: ResNet-18 crashed in epoch 5 or 10 of 10, at a random eval or train capture).
+    // Thread-local mode still forbids those calls on this thread, where nothing makes them.
+    graph->graph.capture_begin(/*pool=*/{0, 0}, cudaStreamCaptureModeThreadLocal);
   })
 }
 

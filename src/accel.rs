@@ -41,7 +41,7 @@ fn check(message: *mut c_char) -> anyhow::Result<()> {
     // SAFETY: the shim returns a NUL-terminated string from malloc, ours to free.
     let text = unsafe { CStr::from_ptr(message) }.to_string_lossy().into_owned();
     unsafe { libc_free(message.cast()) };
-    Err(anyhow::anyhow!("libtorch: {}", text.lines().next().unwrap_or("")))
+    Err(anyhow::anyhow!("libtorch: {}", crate::libtorch_message(&text)))
 }
 
 unsafe extern "C" {
@@ -199,7 +199,7 @@ impl CudaGraph {
             Ok(value) => value?,
             Err(panic) => std::panic::resume_unwind(panic),
         };
-        ended.map_err(|e| e.context("capturing a CUDA graph failed (--no-graphs runs without)"))?;
+        ended?;
         Ok((graph, value))
     }
 
@@ -227,7 +227,8 @@ impl Drop for CudaGraph {
 /// same input shapes have come [`Replayer::EAGER_CALLS`] times in a row (cuDNN's autotuner and lazy
 /// initialisation happen in those eager calls). Inputs of another shape, such as an epoch's
 /// short last batch, run eagerly. d2l's shapes are static, so nearly every step is a replay:
-/// one launch instead of hundreds.
+/// one launch instead of hundreds. Off unless asked for (`--cuda-graphs`): a capture or replay
+/// that fails is reported once, and the replayer goes on eagerly.
 pub struct Replayer {
     enabled: bool,
     last_shapes: Vec<Vec<i64>>,
@@ -274,16 +275,38 @@ impl Replayer {
         if !self.enabled {
             return f(inputs);
         }
+        match self.graphed_run(inputs, &mut f) {
+            Ok(Some(outputs)) => Ok(outputs),
+            Ok(None) => f(inputs),
+            Err(GraphFailure(error)) => {
+                // Neither a failed capture nor a failed launch has run the step: running it
+                // eagerly now gives the numbers the graph would have.
+                eprintln!("warning: {}; continuing without CUDA graphs", crate::error_line(&error));
+                self.enabled = false;
+                self.captured = None;
+                f(inputs)
+            }
+        }
+    }
+
+    /// The replayed (or just captured) outputs, `None` when this call runs eagerly, or the
+    /// failure of the graph machinery. A failure of `f` during a capture counts as one (work a
+    /// capture forbids fails there); run eagerly again, `f` reports its own errors.
+    fn graphed_run(
+        &mut self,
+        inputs: &[&Tensor],
+        f: &mut impl FnMut(&[&Tensor]) -> anyhow::Result<Vec<Tensor>>,
+    ) -> Result<Option<Vec<Tensor>>, GraphFailure> {
         let shapes: Vec<Vec<i64>> = inputs.iter().map(|t| t.size()).collect();
         if let Some(c) = &self.captured {
-            if c.inputs.iter().map(|t| t.size()).eq(shapes.iter().cloned()) {
-                for (to, from) in c.inputs.iter().zip(inputs) {
-                    to.shallow_clone().copy_(from);
-                }
-                c.graph.replay()?;
-                return Ok(c.outputs.iter().map(|t| t.shallow_clone()).collect());
+            if !c.inputs.iter().map(|t| t.size()).eq(shapes.iter().cloned()) {
+                return Ok(None);
             }
-            return f(inputs);
+            for (to, from) in c.inputs.iter().zip(inputs) {
+                to.shallow_clone().f_copy_(from).map_err(|e| GraphFailure(e.into()))?;
+            }
+            c.graph.replay().map_err(|e| GraphFailure(e.context("replaying a CUDA graph failed")))?;
+            return Ok(Some(c.outputs.iter().map(|t| t.shallow_clone()).collect()));
         }
         if shapes == self.last_shapes {
             self.repeats += 1;
@@ -292,30 +315,38 @@ impl Replayer {
             self.repeats = 1;
         }
         if self.repeats <= Self::EAGER_CALLS {
-            return f(inputs);
+            return Ok(None);
         }
-        let statics: Vec<Tensor> = inputs.iter().map(|t| t.copy()).collect();
-        let (graph, outputs) = CudaGraph::capture(|| f(&statics.iter().collect::<Vec<_>>()))?;
-        graph.replay()?;
+        let statics = inputs
+            .iter()
+            .map(|t| t.f_zeros_like().and_then(|mut s| s.f_copy_(t).map(|_| s)))
+            .collect::<Result<Vec<Tensor>, _>>()
+            .map_err(|e| GraphFailure(e.into()))?;
+        let (graph, outputs) = CudaGraph::capture(|| f(&statics.iter().collect::<Vec<_>>()))
+            .map_err(|e| GraphFailure(e.context("capturing a CUDA graph failed")))?;
+        graph.replay().map_err(|e| GraphFailure(e.context("replaying a CUDA graph failed")))?;
         let result = outputs.iter().map(|t| t.shallow_clone()).collect();
         self.captured = Some(Captured { graph, inputs: statics, outputs });
-        Ok(result)
+        Ok(Some(result))
     }
 }
+
+/// The graph machinery failed (not the function captured): the replayer falls back to eager.
+struct GraphFailure(anyhow::Error);
 
 /// An uninitialised uint8 CPU tensor of `shape` that `device` copies from fastest: page-locked
 /// memory when `device` is a GPU (the copy then runs while the host goes on), ordinary memory
 /// otherwise, or when no page-locked memory is left (it only makes the copy faster).
-pub fn empty_host_u8(shape: &[i64], device: Device) -> Tensor {
+pub fn empty_host_u8(shape: &[i64], device: Device) -> anyhow::Result<Tensor> {
     #[cfg(feature = "cuda")]
     if device.is_cuda()
         && let Ok(pinned) =
             new_tensor(|out| unsafe { convnets_empty_pinned_u8(shape.as_ptr(), shape.len() as i32, out) })
     {
-        return pinned;
+        return Ok(pinned);
     }
     let _ = device;
-    Tensor::empty(shape, (tch::Kind::Uint8, Device::Cpu))
+    Ok(Tensor::f_empty(shape, (tch::Kind::Uint8, Device::Cpu))?)
 }
 
 /// A copy of the CPU tensor `host` on `device` that may still be in flight: on a GPU it is
@@ -326,7 +357,7 @@ pub fn copy_async(host: &Tensor, device: Device) -> anyhow::Result<Tensor> {
     if let Device::Cuda(index) = device {
         return new_tensor(|out| unsafe { convnets_copy_to_cuda_async(host.as_ptr(), index as i32, out) });
     }
-    Ok(host.to_device(device))
+    Ok(host.f_to_device(device)?)
 }
 
 /// Makes the work queued from now on wait for the [`copy_async`] copies queued so far (a no-op

@@ -4,15 +4,15 @@
 
 use std::time::Instant;
 
+use anyhow::Context;
 use serde::Serialize;
-use tch::nn::{Optimizer, OptimizerConfig, Sgd};
 use tch::{Device, Kind, Tensor};
 
 use crate::accel::{self, MemoryFormat, Precision};
 use crate::data::{self, FashionMnist};
 use crate::models::{self, NetConfig, Network};
 use crate::trace::{Record, Tracer};
-use crate::train::{self, device_name};
+use crate::train::{self, Sgd, device_name};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -80,7 +80,7 @@ struct Setup {
     batch: usize,
     side: usize,
     net: Network,
-    opt: Optimizer,
+    opt: Sgd,
     x: Tensor,
     y: Tensor,
 }
@@ -94,14 +94,18 @@ fn setup(name: &str, cfg: &BenchConfig) -> anyhow::Result<Setup> {
     net.set_precision(cfg.precision)?;
     net.set_channels_last(cfg.memory_format.channels_last(cfg.device, info))?;
     net.set_cuda_graphs(cfg.cuda_graphs);
-    let opt = Sgd::default().build(&net.vs, info.lr)?;
-    let x = Tensor::rand([batch as i64, 1, side as i64, side as i64], (Kind::Float, cfg.device));
-    let y = Tensor::randint(10, [batch as i64], (Kind::Int64, cfg.device));
+    let opt = Sgd::new(&net.vs, info.lr)?;
+    let x = Tensor::f_rand([batch as i64, 1, side as i64, side as i64], (Kind::Float, cfg.device))?;
+    let y = Tensor::f_randint(10, [batch as i64], (Kind::Int64, cfg.device))?;
     Ok(Setup { batch, side, net, opt, x, y })
 }
 
-/// Measures one network.
+/// Measures one network; a failure names it.
 pub fn bench(name: &str, cfg: &BenchConfig, data: &FashionMnist) -> anyhow::Result<BenchResult> {
+    measure(name, cfg, data).with_context(|| format!("bench {name} on {}", device_name(cfg.device)))
+}
+
+fn measure(name: &str, cfg: &BenchConfig, data: &FashionMnist) -> anyhow::Result<BenchResult> {
     reset_peak_rss();
     accel::reset_peak_memory(cfg.device);
     let Setup { batch, side, net, mut opt, x, y } = setup(name, cfg)?;
@@ -112,7 +116,7 @@ pub fn bench(name: &str, cfg: &BenchConfig, data: &FashionMnist) -> anyhow::Resu
     // Graph capture happens in the warm-up, never in the timed steps.
     let warmup = if replayer.enabled() { cfg.warmup.max(accel::Replayer::EAGER_CALLS + 1) } else { cfg.warmup };
     let mut step = |x: &Tensor, y: &Tensor| -> anyhow::Result<f64> {
-        Ok(train::replayed_train_step(&mut replayer, &net, &mut opt, x, y)?.0.double_value(&[]))
+        Ok(train::replayed_train_step(&mut replayer, &net, &mut opt, x, y)?.0.f_double_value(&[])?)
     };
     let mut timed = 0.0;
     let mut warmup_gpu_mib = None;
@@ -143,8 +147,10 @@ pub fn bench(name: &str, cfg: &BenchConfig, data: &FashionMnist) -> anyhow::Resu
 
     // The pipeline alone.
     let started = Instant::now();
-    let produced: usize =
-        data::batches(data.train.clone(), order, batch, resize).into_iter().map(|b| b.labels.size()[0] as usize).sum();
+    let mut produced = 0;
+    for b in data::batches(data.train.clone(), order, batch, resize) {
+        produced += b?.labels.size()[0] as usize;
+    }
     let data_examples_per_s = produced as f64 / started.elapsed().as_secs_f64();
 
     let cuda_graphs = replayer.graphed();
@@ -152,7 +158,7 @@ pub fn bench(name: &str, cfg: &BenchConfig, data: &FashionMnist) -> anyhow::Resu
     let eval_examples_per_s = tch::no_grad(|| -> anyhow::Result<f64> {
         // Predictions read back, as `evaluate` does.
         let mut predict = || -> anyhow::Result<i64> {
-            Ok(train::predict(&mut replayer, &net, &x)?.sum(Kind::Int64).int64_value(&[]))
+            Ok(train::predict(&mut replayer, &net, &x)?.f_sum(Kind::Int64)?.f_int64_value(&[])?)
         };
         for _ in 0..warmup {
             predict()?;
@@ -231,20 +237,26 @@ pub struct Profile {
 
 /// Profiles `name` at its d2l settings (or `cfg.batch_size`) with `cfg`'s precision and layout.
 pub fn profile(name: &str, cfg: &BenchConfig) -> anyhow::Result<Profile> {
+    profile_steps(name, cfg).with_context(|| format!("profile {name} on {}", device_name(cfg.device)))
+}
+
+fn profile_steps(name: &str, cfg: &BenchConfig) -> anyhow::Result<Profile> {
     let Setup { batch, side, net, mut opt, x, y } = setup(name, cfg)?;
     let passes = cfg.steps;
     let mut total: Option<Vec<Record>> = None;
     let (mut forward_seconds, mut backward_seconds, mut step_seconds) = (0.0, 0.0, 0.0);
     for pass in 0..=passes {
-        opt.zero_grad();
+        opt.zero_grad()?;
         accel::synchronize(cfg.device);
         let mut tracer = Tracer::timed(cfg.device);
-        let (loss, forward) = timed(cfg.device, || {
-            net.forward_traced(&x, true, &mut tracer).map(|y_hat| y_hat.cross_entropy_for_logits(&y))
+        let (loss, forward) = timed(cfg.device, || -> anyhow::Result<Tensor> {
+            Ok(train::cross_entropy(&net.forward_traced(&x, true, &mut tracer)?, &y)?)
         });
         let loss = loss?;
-        let ((), backward) = timed(cfg.device, || loss.backward());
-        let ((), step) = timed(cfg.device, || opt.step());
+        let (backward_done, backward) = timed(cfg.device, || loss.f_backward());
+        backward_done?;
+        let (step_done, step) = timed(cfg.device, || opt.step());
+        step_done?;
         if pass == 0 {
             continue; // lazy initialisation and cuDNN's autotuning
         }

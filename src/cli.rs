@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tch::Device;
 
@@ -228,8 +229,12 @@ struct SpeedArgs {
     /// CPU; on a GPU, not DenseNet either).
     #[arg(long, default_value = "auto")]
     memory_format: MemoryFormat,
-    /// On CUDA, run every step eagerly instead of replaying a captured CUDA graph.
+    /// On CUDA, replay each training and evaluation step from a captured CUDA graph (fewer
+    /// launches; experimental: off until a GPU soak passes with it, see issue 11).
     #[arg(long)]
+    cuda_graphs: bool,
+    /// Run every step eagerly: the default; kept so that older scripts still run.
+    #[arg(long, hide = true, conflicts_with = "cuda_graphs")]
     no_graphs: bool,
 }
 
@@ -242,13 +247,13 @@ impl SpeedArgs {
             warmup,
             precision: self.precision.unwrap_or_default(),
             memory_format: self.memory_format,
-            cuda_graphs: !self.no_graphs,
+            cuda_graphs: self.cuda_graphs,
         }
     }
 
     fn apply(&self, net: &mut Network) -> anyhow::Result<()> {
         net.set_channels_last(self.memory_format.channels_last(net.device(), net.info))?;
-        net.set_cuda_graphs(!self.no_graphs);
+        net.set_cuda_graphs(self.cuda_graphs);
         Ok(())
     }
 }
@@ -269,12 +274,13 @@ enum DataCommand {
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
-    // Out-of-memory panics inside libtorch become errors with a hint (train::out_of_memory_hint);
-    // keep the panic report for everything else.
+    // Every libtorch call on the paths a command takes is fallible, but a panic raised with one
+    // of libtorch's errors (inside tch, or a call missed) must still end as one line, not as a
+    // panic report with a C++ stack: the hook stays quiet for those, and `run_guarded` turns
+    // them into errors. Any other panic is a bug and is reported as usual.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let message = info.payload().downcast_ref::<String>().map(String::as_str).unwrap_or("");
-        if !train::is_out_of_memory(message) {
+        if libtorch_panic(info.payload()).is_none() {
             default_hook(info);
         }
     }));
@@ -291,13 +297,35 @@ pub fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    match run(cli.command) {
+    match run_guarded(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::error_line(&e));
             ExitCode::from(if e.downcast_ref::<UsageError>().is_some() { 2 } else { 1 })
         }
     }
+}
+
+/// [`run`], with a panic that carries a libtorch error turned into that error.
+fn run_guarded(command: Command) -> anyhow::Result<()> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(command))) {
+        Ok(result) => result,
+        Err(payload) => match libtorch_panic(payload.as_ref()) {
+            Some(message) => Err(anyhow::anyhow!("libtorch: {}", crate::libtorch_message(&message))),
+            None => std::panic::resume_unwind(payload),
+        },
+    }
+}
+
+/// libtorch's message, when a panic's payload is tch unwrapping one of its errors.
+fn libtorch_panic(payload: &(dyn std::any::Any + Send)) -> Option<String> {
+    let text =
+        payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied())?;
+    // tch's `unwrap()`s read: called `Result::unwrap()` on an `Err` value: Torch("...")
+    let start = text.find("Torch(\"")? + "Torch(\"".len();
+    let message = text[start..].trim_end_matches(')').trim_end_matches('"');
+    // Debug formatting escaped the message's line breaks and quotes.
+    Some(message.replace("\\n", "\n").replace("\\\"", "\""))
 }
 
 /// Builds `name` for `input` (its channels set the network's) and checks the input fits.
@@ -491,7 +519,7 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             eprintln!("resuming {} after epoch {}", dir.display(), checkpoint.state.epoch);
             // Precision and layout come from the run's configuration (load_checkpoint).
             let mut net = checkpoint.net;
-            net.set_cuda_graphs(!args.speed.no_graphs);
+            net.set_cuda_graphs(args.speed.cuda_graphs);
             (net, config, Some(checkpoint.state), dir.clone())
         }
         None => {
@@ -548,8 +576,8 @@ fn predict_test(
     let config = &checkpoint.state.config;
     let count = count.min(data.test.len());
     let indices: Vec<usize> = (0..count).collect();
-    let batch = data::make_batch(&data.test, &indices, config.resize);
-    let predicted = classify(&checkpoint.net, &batch.images(Device::Cpu))?;
+    let batch = data::make_batch(&data.test, &indices, config.resize)?;
+    let predicted = classify(&checkpoint.net, &batch.images(Device::Cpu)?)?;
     let mut tiles = Vec::new();
     for (i, p) in predicted.iter().enumerate() {
         let truth = data::CLASSES[data.test.labels[i] as usize];
@@ -579,7 +607,7 @@ fn predict_files(checkpoint: &train::Checkpoint, files: &[PathBuf]) -> anyhow::R
         let resized = data::Resize::new(h, w, size, size).apply(&grey);
         pixels.extend(resized.iter().map(|&b| b as f32 / 255.0));
     }
-    let images = tch::Tensor::from_slice(&pixels).view([files.len() as i64, 1, size as i64, size as i64]);
+    let images = tch::Tensor::f_from_slice(&pixels)?.f_view([files.len() as i64, 1, size as i64, size as i64])?;
     for (file, p) in files.iter().zip(classify(&checkpoint.net, &images)?) {
         println!("{}: {}", file.display(), data::CLASSES.get(p).copied().unwrap_or("?"));
     }
@@ -587,7 +615,11 @@ fn predict_files(checkpoint: &train::Checkpoint, files: &[PathBuf]) -> anyhow::R
 }
 
 fn classify(net: &Network, images: &tch::Tensor) -> anyhow::Result<Vec<usize>> {
-    let logits = tch::no_grad(|| net.forward_t(&images.to_device(net.device()), false))?;
-    let predicted = Vec::<i64>::try_from(logits.argmax(1, false).to_device(Device::Cpu))?;
+    let classified = || -> anyhow::Result<Vec<i64>> {
+        let images = images.f_to_device(net.device())?;
+        let logits = tch::no_grad(|| net.forward_t(&images, false))?;
+        Ok(Vec::<i64>::try_from(logits.f_argmax(1, false)?.f_to_device(Device::Cpu)?)?)
+    };
+    let predicted = classified().with_context(|| format!("{}: prediction failed", net.info.name))?;
     Ok(predicted.into_iter().map(|p| p as usize).collect())
 }

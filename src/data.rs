@@ -447,8 +447,8 @@ pub struct Batch {
 impl Batch {
     /// The network's input on `device`: ToTensor's floats in [0, 1] (`pixel / 255`, exactly as
     /// torchvision computes them), converted where they are used.
-    pub fn images(&self, device: Device) -> Tensor {
-        to_input(&self.pixels.to_device(device)).expect("converting uint8 pixels to floats")
+    pub fn images(&self, device: Device) -> Result<Tensor, tch::TchError> {
+        to_input(&self.pixels.f_to_device(device)?)
     }
 }
 
@@ -458,15 +458,15 @@ fn to_input(pixels: &Tensor) -> Result<Tensor, tch::TchError> {
 }
 
 /// Builds the batch of `indices` from `split`, resized to `size` x `size` when given.
-pub fn make_batch(split: &Split, indices: &[usize], size: Option<usize>) -> Batch {
+pub fn make_batch(split: &Split, indices: &[usize], size: Option<usize>) -> anyhow::Result<Batch> {
     make_batch_for(split, indices, size, Device::Cpu)
 }
 
 /// [`make_batch`] in the host memory `device` copies from fastest (page-locked for a GPU).
-fn make_batch_for(split: &Split, indices: &[usize], size: Option<usize>, device: Device) -> Batch {
+fn make_batch_for(split: &Split, indices: &[usize], size: Option<usize>, device: Device) -> anyhow::Result<Batch> {
     let (h, w) = size.map_or((split.rows, split.cols), |s| (s, s));
     let shape = [indices.len() as i64, 1, h as i64, w as i64];
-    let images = accel::empty_host_u8(&shape, device);
+    let images = accel::empty_host_u8(&shape, device)?;
     // SAFETY: a new, contiguous uint8 CPU tensor of exactly this many bytes, owned here alone;
     // writing the pixels in place saves a copy of the whole batch (12 MB at 224x224).
     // (An empty tensor may have no storage: a slice then needs a dangling, non-null pointer.)
@@ -486,7 +486,7 @@ fn make_batch_for(split: &Split, indices: &[usize], size: Option<usize>, device:
         None => pixels.chunks_mut(h * w).zip(indices).for_each(|(out, &i)| out.copy_from_slice(split.image(i))),
     }
     let labels: Vec<i64> = indices.iter().map(|&i| split.labels[i] as i64).collect();
-    Batch { pixels: images, labels: Tensor::from_slice(&labels) }
+    Ok(Batch { pixels: images, labels: Tensor::f_from_slice(&labels)? })
 }
 
 /// The order of the training set in `epoch`: a shuffle that depends only on the seed and the
@@ -500,7 +500,12 @@ pub fn epoch_order(len: usize, seed: u64, epoch: usize) -> Vec<usize> {
 
 /// Batches of `order` (the last one partial), prepared on a background thread a few batches
 /// ahead so the network does not wait for resizing.
-pub fn batches(split: Arc<Split>, order: Vec<usize>, batch_size: usize, size: Option<usize>) -> Receiver<Batch> {
+pub fn batches(
+    split: Arc<Split>,
+    order: Vec<usize>,
+    batch_size: usize,
+    size: Option<usize>,
+) -> Receiver<anyhow::Result<Batch>> {
     host_batches(split, order, batch_size, size, Device::Cpu)
 }
 
@@ -511,12 +516,14 @@ fn host_batches(
     batch_size: usize,
     size: Option<usize>,
     device: Device,
-) -> Receiver<Batch> {
+) -> Receiver<anyhow::Result<Batch>> {
     let (tx, rx) = sync_channel(3);
     std::thread::spawn(move || {
         for chunk in order.chunks(batch_size) {
-            if tx.send(make_batch_for(&split, chunk, size, device)).is_err() {
-                return; // the consumer stopped early
+            let batch = make_batch_for(&split, chunk, size, device);
+            let failed = batch.is_err();
+            if tx.send(batch).is_err() || failed {
+                return; // the consumer stopped early, or will stop at this error
             }
         }
     });
@@ -546,7 +553,7 @@ pub fn device_batches(
 
 /// The iterator [`device_batches`] returns.
 pub struct DeviceBatches {
-    host: Receiver<Batch>,
+    host: Receiver<anyhow::Result<Batch>>,
     device: Device,
     in_flight: Option<InFlight>,
 }
@@ -571,7 +578,7 @@ impl DeviceBatches {
         let current = match self.in_flight.take() {
             Some(copying) => copying,
             None => match self.host.recv() {
-                Ok(batch) => self.start_copy(batch)?,
+                Ok(batch) => self.start_copy(batch?)?,
                 Err(_) => return Ok(None),
             },
         };
@@ -584,7 +591,7 @@ impl DeviceBatches {
         if self.device.is_cuda()
             && let Ok(batch) = self.host.recv()
         {
-            self.in_flight = Some(self.start_copy(batch)?);
+            self.in_flight = Some(self.start_copy(batch?)?);
         }
         Ok(Some(DeviceBatch { images: to_input(&pixels)?, labels, host_labels }))
     }

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use tch::{Device, Kind, Tensor};
+use anyhow::Context;
+use tch::{Device, Kind, TchError, Tensor};
 
 use crate::models::{NetConfig, Network};
 use crate::weights;
@@ -85,33 +86,37 @@ impl fmt::Display for Report {
     }
 }
 
-fn max_abs(t: &Tensor) -> f64 {
-    if t.numel() == 0 { 0.0 } else { t.abs().max().to_kind(Kind::Double).double_value(&[]) }
+fn max_abs(t: &Tensor) -> Result<f64, TchError> {
+    if t.numel() == 0 { Ok(0.0) } else { t.f_abs()?.f_max()?.f_to_kind(Kind::Double)?.f_double_value(&[]) }
 }
 
 /// Compares `ours` with PyTorch's `theirs` elementwise, relative to `|theirs|` but never to
 /// less than `floor` (or the item's own largest magnitude, when larger).
-pub fn compare(name: &str, ours: &Tensor, theirs: &Tensor, tolerance: f64, floor: f64) -> Item {
-    let (a, b) = (ours.to_device(Device::Cpu).to_kind(Kind::Double), theirs.to_kind(Kind::Double));
+pub fn compare(name: &str, ours: &Tensor, theirs: &Tensor, tolerance: f64, floor: f64) -> Result<Item, TchError> {
+    let (a, b) = (ours.f_to_device(Device::Cpu)?.f_to_kind(Kind::Double)?, theirs.f_to_kind(Kind::Double)?);
     // The from-scratch batch norm keeps (C) values as (1, C) or (1, C, 1, 1).
-    let a = if a.size() != b.size() && a.numel() == b.numel() { a.reshape(b.size()) } else { a };
+    let a = if a.size() != b.size() && a.numel() == b.numel() { a.f_reshape(b.size())? } else { a };
     if a.size() != b.size() {
         let reason = format!("shape {:?} vs PyTorch's {:?}", a.size(), b.size());
-        return Item {
+        return Ok(Item {
             name: name.into(),
             max_abs: f64::INFINITY,
             max_rel: f64::INFINITY,
             tolerance,
             status: Status::Fail,
         }
-        .with_reason(reason);
+        .with_reason(reason));
     }
-    let diff = (&a - &b).abs();
-    let max_abs = max_abs(&diff);
-    let floor = floor.max(self::max_abs(&b)).max(f64::MIN_POSITIVE);
-    let max_rel = if diff.numel() == 0 { 0.0 } else { (diff / b.abs().clamp_min(floor)).max().double_value(&[]) };
+    let diff = a.f_sub(&b)?.f_abs()?;
+    let max_abs = max_abs(&diff)?;
+    let floor = floor.max(self::max_abs(&b)?).max(f64::MIN_POSITIVE);
+    let max_rel = if diff.numel() == 0 {
+        0.0
+    } else {
+        diff.f_div(&b.f_abs()?.f_clamp_min(floor)?)?.f_max()?.f_double_value(&[])?
+    };
     let status = if max_rel <= tolerance { Status::Pass } else { Status::Fail };
-    Item { name: name.into(), max_abs, max_rel, tolerance, status }
+    Ok(Item { name: name.into(), max_abs, max_rel, tolerance, status })
 }
 
 impl Item {
@@ -137,8 +142,8 @@ fn exact_gradients(
     let mut net = Network::new(name, config, Device::Cpu)?;
     weights::load_state_dict(&net.vs, name, params, false)?;
     net.vs.double();
-    let loss = net.forward_t(&input.to_kind(Kind::Double), true)?.cross_entropy_for_logits(target);
-    loss.backward();
+    let loss = crate::train::cross_entropy(&net.forward_t(&input.f_to_kind(Kind::Double)?, true)?, target)?;
+    loss.f_backward()?;
     Ok(net.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).map(|(k, v)| (k, v.grad())).collect())
 }
 
@@ -154,14 +159,18 @@ fn uses_dropout(net: &Network) -> bool {
     walk(&net.body)
 }
 
-/// Replays the parity file at `path` on the network `name`.
+/// Replays the parity file at `path` on the network `name`; a failure names the network.
 pub fn run(path: &Path, name: &str) -> anyhow::Result<Report> {
+    replay(path, name).with_context(|| format!("parity {name}"))
+}
+
+fn replay(path: &Path, name: &str) -> anyhow::Result<Report> {
     let tensors: BTreeMap<String, Tensor> = weights::read_tensors(path)?.into_iter().collect();
     let file = path.display();
     let get =
         |key: &str| tensors.get(key).ok_or_else(|| anyhow::anyhow!("{file}: no '{key}' tensor; not a parity file"));
     let input = get("input")?;
-    let target = get("target")?.to_kind(Kind::Int64);
+    let target = get("target")?.f_to_kind(Kind::Int64)?;
     if input.dim() != 4 {
         anyhow::bail!("{file}: 'input' has shape {:?}, expected (N, C, H, W)", input.size());
     }
@@ -176,11 +185,11 @@ pub fn run(path: &Path, name: &str) -> anyhow::Result<Report> {
 
     let mut items = Vec::new();
     let logits_eval = tch::no_grad(|| net.forward_t(input, false))?;
-    items.push(compare("logits_eval", &logits_eval, get("logits_eval")?, OUTPUT_TOLERANCE, 0.0));
+    items.push(compare("logits_eval", &logits_eval, get("logits_eval")?, OUTPUT_TOLERANCE, 0.0)?);
 
     let logits_train = net.forward_t(input, true)?;
-    let loss = logits_train.cross_entropy_for_logits(&target);
-    loss.backward();
+    let loss = crate::train::cross_entropy(&logits_train, &target)?;
+    loss.f_backward()?;
     let grads: Vec<&String> = tensors.keys().filter(|k| k.starts_with("grad.")).collect();
     if uses_dropout(&net) {
         let why = "dropout draws different masks in PyTorch and libtorch";
@@ -188,31 +197,34 @@ pub fn run(path: &Path, name: &str) -> anyhow::Result<Report> {
         items.push(Item::skipped("loss_train", why));
         items.extend(grads.iter().map(|k| Item::skipped(k, why)));
     } else {
-        items.push(compare("logits_train", &logits_train, get("logits_train")?, OUTPUT_TOLERANCE, 0.0));
+        items.push(compare("logits_train", &logits_train, get("logits_train")?, OUTPUT_TOLERANCE, 0.0)?);
         items.push(compare(
             "loss_train",
-            &loss.reshape([-1]),
-            &get("loss_train")?.reshape([-1]),
+            &loss.f_reshape([-1])?,
+            &get("loss_train")?.f_reshape([-1])?,
             OUTPUT_TOLERANCE,
             0.0,
-        ));
+        )?);
         let variables = net.vs.variables();
-        let gradient_scale = grads.iter().map(|k| max_abs(&tensors[k.as_str()])).fold(0.0, f64::max);
+        let mut gradient_scale = 0.0f64;
+        for key in &grads {
+            gradient_scale = gradient_scale.max(max_abs(&tensors[key.as_str()])?);
+        }
         let exact = exact_gradients(name, config, &params, input, &target)?;
         for key in grads {
             let param = &key["grad.".len()..];
-            let exact_size = find(&exact, param).map(max_abs);
+            let exact_size = find(&exact, param).map(max_abs).transpose()?;
             if exact_size.is_some_and(|size| size <= 1e-9 * gradient_scale) {
                 let why = format!(
                     "zero in exact arithmetic (float64 gives {:.1e}; e.g. a bias feeding a batch norm, which removes constants): both float32 values are rounding noise (PyTorch's up to {:.1e})",
                     exact_size.unwrap_or(0.0),
-                    max_abs(&tensors[key.as_str()])
+                    max_abs(&tensors[key.as_str()])?
                 );
                 items.push(Item::skipped(key, &why));
                 continue;
             }
             let item = match find(&variables, param) {
-                Some(var) => compare(key, &var.grad(), &tensors[key.as_str()], GRADIENT_TOLERANCE, gradient_scale),
+                Some(var) => compare(key, &var.grad(), &tensors[key.as_str()], GRADIENT_TOLERANCE, gradient_scale)?,
                 None => Item {
                     name: key.clone(),
                     max_abs: f64::NAN,
@@ -234,7 +246,7 @@ pub fn run(path: &Path, name: &str) -> anyhow::Result<Report> {
             continue;
         }
         items.push(match find(&variables, state) {
-            Some(ours) => compare(key, ours, theirs, OUTPUT_TOLERANCE, 0.0),
+            Some(ours) => compare(key, ours, theirs, OUTPUT_TOLERANCE, 0.0)?,
             None => {
                 Item { name: key.clone(), max_abs: f64::NAN, max_rel: f64::NAN, tolerance: 0.0, status: Status::Fail }
                     .with_reason(format!("{name} has no state {state}"))

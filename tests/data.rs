@@ -214,7 +214,8 @@ fn batches_cover_every_example_once_in_a_seeded_order() {
 
     let sample = FashionMnist::from_source(Source::Embedded).unwrap();
     let order: Vec<usize> = (0..300).rev().collect();
-    let batches: Vec<_> = data::batches(sample.train.clone(), order, 128, Some(32)).into_iter().collect();
+    let batches: Vec<_> =
+        data::batches(sample.train.clone(), order, 128, Some(32)).into_iter().collect::<anyhow::Result<_>>().unwrap();
     let sizes: Vec<i64> = batches.iter().map(|b| b.pixels.size()[0]).collect();
     assert_eq!(sizes, [128, 128, 44], "the last partial batch is kept");
     assert_eq!(batches[0].pixels.size(), [128, 1, 32, 32]);
@@ -224,12 +225,12 @@ fn batches_cover_every_example_once_in_a_seeded_order() {
     // The first batch's first image is training image 299, resized as Resize does it.
     let resized = data::Resize::new(28, 28, 32, 32).apply(sample.train.image(299));
     assert_eq!(Vec::<u8>::try_from(batches[0].pixels.get(0).flatten(0, -1)).unwrap(), resized);
-    let images = batches[0].images(tch::Device::Cpu);
+    let images = batches[0].images(tch::Device::Cpu).unwrap();
     assert_eq!(images.kind(), tch::Kind::Float);
     let max = images.max().double_value(&[]);
     assert!(max <= 1.0 && max > 0.9 && images.min().double_value(&[]) >= 0.0);
     // Unresized pixels are exactly ToTensor's byte / 255 in float32.
-    let plain = data::make_batch(&sample.train, &[0], None).images(tch::Device::Cpu);
+    let plain = data::make_batch(&sample.train, &[0], None).unwrap().images(tch::Device::Cpu).unwrap();
     let floats = Vec::<f32>::try_from(plain.flatten(0, -1)).unwrap();
     let expected: Vec<f32> = sample.train.image(0).iter().map(|&b| b as f32 / 255.0).collect();
     assert_eq!(floats, expected);
@@ -239,14 +240,17 @@ fn batches_cover_every_example_once_in_a_seeded_order() {
 fn device_batches_deliver_the_same_batches_as_inputs() {
     let sample = FashionMnist::from_source(Source::Embedded).unwrap();
     let order: Vec<usize> = (0..300).rev().collect();
-    let host: Vec<_> = data::batches(sample.train.clone(), order.clone(), 128, Some(32)).into_iter().collect();
+    let host: Vec<_> = data::batches(sample.train.clone(), order.clone(), 128, Some(32))
+        .into_iter()
+        .collect::<anyhow::Result<_>>()
+        .unwrap();
     let on_device: Vec<_> = data::device_batches(sample.train.clone(), order, 128, Some(32), tch::Device::Cpu)
         .collect::<anyhow::Result<_>>()
         .unwrap();
     assert_eq!(on_device.len(), 3, "the last partial batch is kept");
     for (h, d) in host.iter().zip(&on_device) {
         assert_eq!(d.images.kind(), tch::Kind::Float);
-        assert!(d.images.equal(&h.images(tch::Device::Cpu)));
+        assert!(d.images.equal(&h.images(tch::Device::Cpu).unwrap()));
         assert!(d.labels.equal(&h.labels) && d.host_labels.equal(&h.labels));
     }
     assert_eq!(on_device[2].images.size(), [44, 1, 32, 32]);

@@ -236,3 +236,109 @@ fn a_full_disk_is_reported_and_keeps_the_previous_checkpoint() {
         .count();
     assert_eq!(leftovers, 0, "the failed temporary file is removed");
 }
+
+#[test]
+fn a_libtorch_failure_mid_run_is_one_line_and_the_run_resumes_from_the_last_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(&tmp.path().join("data"), 200);
+    let data = data.to_str().unwrap();
+    let common = ["--epochs", "3", "--batch-size", "50", "--data", data, "--device", "cpu"];
+    let dir = tmp.path().join("run");
+    let dir_str = dir.to_str().unwrap();
+
+    // Epoch 2's third step fails inside libtorch (CONVNETS_FAIL_AT injects a real libtorch error).
+    let out = Command::new(bin())
+        .args([&["train", "lenet-bn", "--out", dir_str][..], &common].concat())
+        .env("CONVNETS_FAIL_AT", "2:3")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(
+        errors,
+        [format!(
+            "error: lenet-bn: training failed at epoch 2, batch 3 of 4: libtorch: zeros: Dimension size must be non-negative. The checkpoint of epoch 1 is kept: `convnets train --resume {dir_str}` continues from it."
+        )],
+        "{err}"
+    );
+    assert_eq!(err.lines().last(), errors.first().copied(), "the error is the last line: {err}");
+    for noise in ["panicked", "frame #", "Exception raised from", "backtrace"] {
+        assert!(!err.contains(noise), "no {noise:?} in {err}");
+    }
+    assert_eq!(train::load_checkpoint(&dir, Device::Cpu).unwrap().state.epoch, 1, "epoch 1's checkpoint is kept");
+
+    // Resumed, the run ends exactly where an uninterrupted one does.
+    let (code, err) = run(&[&["train", "--resume", dir_str][..], &common[..2], &common[4..]].concat());
+    assert_eq!(code, 0, "{err}");
+    let straight = tmp.path().join("straight");
+    let (code, err) = run(&[&["train", "lenet-bn", "--out", straight.to_str().unwrap()][..], &common].concat());
+    assert_eq!(code, 0, "{err}");
+    for ((name, resumed), (_, uninterrupted)) in weights_of(&dir).iter().zip(&weights_of(&straight)) {
+        assert!(resumed.equal(uninterrupted), "{name} differs after the failure and --resume");
+    }
+
+    // With RUST_BACKTRACE set, libtorch's whole message (its C++ stack) is kept for a bug report.
+    let out = Command::new(bin())
+        .args([&["train", "lenet-bn", "--out", tmp.path().join("traced").to_str().unwrap()][..], &common].concat())
+        .env("CONVNETS_FAIL_AT", "1:1")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("Dimension size must be non-negative") && err.contains("No epoch had completed"), "{err}");
+    assert!(err.contains("Exception raised from"), "the C++ stack is shown when asked for: {err}");
+
+    let out = Command::new(bin())
+        .args(["train", "lenet-bn", "--epochs", "1", "--out", tmp.path().join("x").to_str().unwrap()])
+        .env("CONVNETS_FAIL_AT", "soon")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("CONVNETS_FAIL_AT=soon: expected EPOCH:BATCH"), "{err}");
+    assert!(!tmp.path().join("x").exists(), "nothing is written before the checks pass");
+}
+
+#[test]
+fn labels_the_network_cannot_classify_are_an_error_naming_the_batch_not_a_panic() {
+    let sample = FashionMnist::from_source(Source::Embedded).unwrap();
+    let mut test = common::slice(&sample.test, 100);
+    test.labels[70] = 12; // batch 3 of 4 at batch size 32
+    let net = convnets::models::Network::new("lenet-bn", Default::default(), Device::Cpu).unwrap();
+    let err = train::evaluate(&net, &std::sync::Arc::new(test.clone()), 32, None).err().unwrap().to_string();
+    assert_eq!(err, "lenet-bn: evaluation failed at batch 3 of 4: label 12 is not one of the network's 10 classes");
+
+    // In training the loss meets it first: libtorch's own refusal, as a value, with where it was.
+    let dir = tempfile::tempdir().unwrap();
+    let config = train::TrainConfig { epochs: 1, batch_size: 32, ..train::TrainConfig::d2l("lenet-bn").unwrap() };
+    let data = FashionMnist { train: std::sync::Arc::new(test.clone()), test: std::sync::Arc::new(test), ..sample };
+    let run = train::Run { config, data: &data, dir: dir.path().to_path_buf(), verbose: false };
+    let err = train::train(&run, &net, None).err().unwrap();
+    let line = convnets::error_line(&err);
+    let batch = data::epoch_order(100, 0, 0).iter().position(|&i| i == 70).unwrap() / 32 + 1;
+    assert!(
+        line.starts_with(&format!("lenet-bn: training failed at epoch 1, batch {batch} of 4: libtorch: ")),
+        "{line}"
+    );
+    assert!(line.lines().next().unwrap().contains("libtorch: Target 12 is out of bounds"), "{line}");
+    assert!(line.ends_with("No epoch had completed, so there is no checkpoint."), "{line}");
+    assert_eq!(line.contains('\n'), convnets::backtraces_wanted(), "libtorch's C++ stack only when asked for");
+}
+
+#[test]
+fn after_running_out_of_memory_the_hint_is_a_batch_size_whose_step_ran() {
+    // Steps of more than 37 examples fail: halving from 256 finds 32.
+    let mut tried = Vec::new();
+    let fits = train::fitting_batch_size(256, |b| {
+        tried.push(b);
+        if b > 37 { anyhow::bail!("out of memory") } else { Ok(()) }
+    });
+    assert_eq!(fits, Some(32));
+    assert_eq!(tried, [128, 64, 32]);
+    assert_eq!(train::fitting_batch_size(8, |_| anyhow::bail!("out of memory")), None);
+    assert_eq!(train::fitting_batch_size(1, |_| Ok(())), None, "nothing below one example");
+    assert!(train::is_out_of_memory("CUDA out of memory. Tried to allocate 2.00 GiB"));
+}

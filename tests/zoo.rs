@@ -293,6 +293,32 @@ fn inputs_a_network_cannot_take_are_reported_with_sizes_that_work() {
 }
 
 #[test]
+fn what_libtorch_refuses_inside_a_layer_is_an_error_naming_the_layer() {
+    // Integer images pass every shape check but no convolution kernel takes them.
+    for name in ["lenet-bn", "lenet-bn-scratch", "resnet18", "googlenet", "densenet"] {
+        let network = net(name);
+        let [c, h, w] = network.default_input();
+        let err = network.forward_t(&Tensor::zeros([2, c, h, w], (Kind::Int64, Device::Cpu)), true).unwrap_err();
+        assert_eq!(err.layer, "Conv2d-1", "{name}: {err}");
+        assert_eq!(err.shape, [2, c, h, w]);
+        let first_line = err.reason.lines().next().unwrap();
+        assert_eq!(first_line, "libtorch: Input type (long int) and bias type (float) should be the same", "{name}");
+        // libtorch's C++ stack only when asked for (the CLI's one-line errors are tested unset).
+        assert_eq!(err.reason.contains('\n'), convnets::backtraces_wanted(), "{err}");
+    }
+    // Inside a block: a batch norm that is handed a tensor on which libtorch cannot normalise.
+    let (_vs, built_in, scratch) = batch_norm_pair(3, 4);
+    let ints = Tensor::ones([4, 3, 2, 2], (Kind::Int64, Device::Cpu));
+    for (layer, err) in [
+        ("BatchNorm2d", Ctx::new(true).call(&built_in, &ints).unwrap_err()),
+        ("BatchNorm", Ctx::new(true).call(&scratch, &ints).unwrap_err()),
+    ] {
+        assert_eq!(err.layer, format!("{layer}-1"));
+        assert!(err.reason.starts_with("libtorch: "), "{err}");
+    }
+}
+
+#[test]
 fn cli_summary_and_errors() {
     let (code, out, _) = convnets(&["summary", "resnet18", "--batch-size", "256"]);
     assert_eq!(code, 0);

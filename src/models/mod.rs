@@ -15,7 +15,7 @@ use tch::nn::{Path, VarStore};
 use tch::{Device, Kind, Tensor};
 
 use crate::accel::{self, Autocast, Precision};
-use crate::nn::{Ctx, Fwd, Sequential, ShapeError, count_parameters};
+use crate::nn::{Ctx, Fwd, InLayer, LayerError, Sequential, count_parameters};
 use crate::trace::{Record, Tracer};
 
 /// What every network is built for: input channels and number of classes.
@@ -202,7 +202,7 @@ pub struct InputError {
     pub network: String,
     /// The rejected (C, H, W).
     pub input: Vec<i64>,
-    pub error: ShapeError,
+    pub error: LayerError,
     /// Square sizes (H = W) that pass, up to [`InputError::SCAN_LIMIT`].
     pub working_sizes: Vec<RangeInclusive<i64>>,
 }
@@ -261,7 +261,7 @@ impl Network {
             // d2l's shapes are static: cuDNN's autotuner pays for itself within the first steps.
             tch::Cuda::cudnn_set_benchmark(true);
         }
-        Network { info, config, vs, body, precision: Precision::Fp32, channels_last: false, cuda_graphs: true }
+        Network { info, config, vs, body, precision: Precision::Fp32, channels_last: false, cuda_graphs: false }
     }
 
     /// Computes forward passes in `precision` (weights stay float32).
@@ -276,8 +276,8 @@ impl Network {
         self.precision
     }
 
-    /// Whether training and evaluation on CUDA replay captured graphs (on by default; see
-    /// [`accel::Replayer`]).
+    /// Whether training and evaluation on CUDA replay captured graphs (off by default until a GPU
+    /// soak has passed with them; see [`accel::Replayer`]).
     pub fn set_cuda_graphs(&mut self, on: bool) {
         self.cuda_graphs = on;
     }
@@ -334,16 +334,14 @@ impl Network {
         if self.precision == Precision::Fp32 && !self.channels_last {
             return cx.call(&self.body, x);
         }
-        let x = if self.channels_last {
-            accel::channels_last(x).expect("a channels-last copy of a dense tensor")
-        } else {
-            x.shallow_clone()
-        };
-        let autocast = Autocast::enter(self.device(), self.precision).expect("autocast was checked by set_precision");
+        // Failures here (the copy, autocast) are the input's: report them as such.
+        let at_input = |e: anyhow::Error| LayerError { layer: "input".into(), shape: x.size(), reason: e.to_string() };
+        let x = if self.channels_last { accel::channels_last(x).map_err(at_input)? } else { x.shallow_clone() };
+        let autocast = Autocast::enter(self.device(), self.precision).map_err(at_input)?;
         let logits = cx.call(&self.body, &x)?;
         drop(autocast);
         // The loss and everything read from the logits stay in float32, as under autocast.
-        Ok(logits.to_kind(Kind::Float))
+        logits.f_to_kind(Kind::Float).in_layer(&logits).map_err(|e| LayerError { layer: "output".into(), ..e })
     }
 
     /// Records every layer call of one forward pass on an input of shape (C, H, W), without
@@ -359,16 +357,20 @@ impl Network {
         self.dry_run(input, None).map_err(|error| self.input_error(input, error))
     }
 
-    fn dry_run(&self, input: &[i64], tracer: Option<&mut Tracer>) -> Result<(), ShapeError> {
+    fn dry_run(&self, input: &[i64], tracer: Option<&mut Tracer>) -> Result<(), LayerError> {
         let shape: Vec<i64> = std::iter::once(0).chain(input.iter().copied()).collect();
         if input.len() != 3 || input.iter().any(|&d| d < 1) {
-            return Err(ShapeError {
+            return Err(LayerError {
                 layer: "input".into(),
                 shape,
                 reason: "expects (C, H, W) with every size at least 1".into(),
             });
         }
-        let x = Tensor::zeros(&shape, (Kind::Float, self.device()));
+        let x = Tensor::f_zeros(&shape, (Kind::Float, self.device())).map_err(|e| LayerError {
+            layer: "input".into(),
+            shape: shape.clone(),
+            reason: crate::torch_error(&e),
+        })?;
         tch::no_grad(|| {
             let mut cx = match tracer {
                 Some(t) => Ctx::traced(false, t),
@@ -378,7 +380,7 @@ impl Network {
         })
     }
 
-    fn input_error(&self, input: &[i64], mut error: ShapeError) -> Box<InputError> {
+    fn input_error(&self, input: &[i64], mut error: LayerError) -> Box<InputError> {
         // The dry run's batch is empty; report shapes as for one example.
         if let Some(batch) = error.shape.first_mut() {
             *batch = 1;

@@ -1,6 +1,8 @@
 //! d2l's `train_ch6`, step for step, and what a user expects around it: a run directory with
 //! config, metrics, chart and an atomic checkpoint after every epoch, exact resumption, and a
-//! clear stop when the loss diverges.
+//! clear stop when the loss diverges or libtorch fails.
+
+pub mod optimizer;
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -10,7 +12,6 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use tch::nn::{Optimizer, OptimizerConfig, Sgd};
 use tch::{Device, Kind, Tensor};
 
 use crate::accel::{MemoryFormat, Precision, Replayer};
@@ -18,6 +19,7 @@ use crate::chart;
 use crate::data::{self, CLASSES, FashionMnist, Split};
 use crate::models::{self, NetConfig, Network};
 use crate::weights::{self, write_atomic};
+pub use optimizer::Sgd;
 
 /// Everything that defines a run; saved as `config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -269,6 +271,18 @@ pub fn write_results(dir: &Path, history: &History, epochs: usize) -> anyhow::Re
     Ok(())
 }
 
+/// What a failed run leaves behind, for the end of its error message.
+fn kept_checkpoint(completed_epochs: usize, dir: &Path) -> String {
+    if completed_epochs > 0 {
+        format!(
+            "The checkpoint of epoch {completed_epochs} is kept: `convnets train --resume {}` continues from it.",
+            dir.display()
+        )
+    } else {
+        "No epoch had completed, so there is no checkpoint.".to_string()
+    }
+}
+
 /// The loss stopped being a number.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -289,6 +303,32 @@ pub struct Diverged {
     pub lr: f64,
 }
 
+/// libtorch (or the data pipeline) failed during a run: which network, where, why, and what is
+/// kept. One line: libtorch's message without its C++ stack (see [`crate::libtorch_message`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{net}: {phase} failed at {at}: {cause}{note}",
+    cause = if .note.is_empty() { .cause.as_str() } else { .cause.trim_end_matches('.') },
+    note = if .note.is_empty() { String::new() } else { format!(". {}", .note) }
+)]
+pub struct RunFailed {
+    pub net: String,
+    /// `training` or `evaluation`.
+    pub phase: &'static str,
+    /// Where: `epoch 3, batch 17 of 235`, `batch 2 of 40`.
+    pub at: String,
+    pub cause: String,
+    /// What the user can do next (resume, a batch size that fits); may be empty.
+    pub note: String,
+}
+
+/// The batch of an evaluation that failed, and why.
+struct EvalFailed {
+    batch: usize,
+    batches: usize,
+    error: anyhow::Error,
+}
+
 /// Accuracy and confusion matrix (rows: true class, columns: predicted) of a split.
 pub struct Evaluation {
     pub accuracy: f64,
@@ -302,19 +342,45 @@ pub fn evaluate(
     batch_size: usize,
     resize: Option<usize>,
 ) -> anyhow::Result<Evaluation> {
+    evaluate_with(&mut net.replayer(), net, split, batch_size, resize).map_err(|failed| {
+        RunFailed {
+            net: net.info.name.to_string(),
+            phase: "evaluation",
+            at: format!("batch {} of {}", failed.batch, failed.batches),
+            cause: crate::error_line(&failed.error),
+            note: String::new(),
+        }
+        .into()
+    })
+}
+
+/// [`evaluate`] through `replayer`, which a training run keeps from epoch to epoch (one graph
+/// capture per run, not one per epoch).
+fn evaluate_with(
+    replayer: &mut Replayer,
+    net: &Network,
+    split: &Arc<Split>,
+    batch_size: usize,
+    resize: Option<usize>,
+) -> Result<Evaluation, EvalFailed> {
     let classes = net.config.num_classes as usize;
     let mut confusion = vec![vec![0u64; classes]; classes];
     let order: Vec<usize> = (0..split.len()).collect();
+    let batches = split.len().div_ceil(batch_size);
     let _guard = tch::no_grad_guard();
-    let mut replayer = net.replayer();
-    for batch in data::device_batches(split.clone(), order, batch_size, resize, net.device()) {
-        let batch = batch?;
-        let predicted = predict(&mut replayer, net, &batch.images)?;
-        let predicted = Vec::<i64>::try_from(predicted.to_device(Device::Cpu))?;
-        let truth = Vec::<i64>::try_from(&batch.host_labels)?;
-        for (t, p) in truth.iter().zip(&predicted) {
-            confusion[*t as usize][*p as usize] += 1;
-        }
+    for (i, batch) in data::device_batches(split.clone(), order, batch_size, resize, net.device()).enumerate() {
+        let counted = batch.and_then(|batch| {
+            let predicted = predict(replayer, net, &batch.images)?;
+            let predicted = Vec::<i64>::try_from(predicted.f_to_device(Device::Cpu)?)?;
+            let truth = Vec::<i64>::try_from(&batch.host_labels)?;
+            for (&t, &p) in truth.iter().zip(&predicted) {
+                let (t, p) = (t as usize, p as usize);
+                anyhow::ensure!(t < classes, "label {t} is not one of the network's {classes} classes");
+                confusion[t][p] += 1;
+            }
+            Ok(())
+        });
+        counted.map_err(|error| EvalFailed { batch: i + 1, batches, error })?;
     }
     let correct: u64 = (0..classes).map(|c| confusion[c][c]).sum();
     Ok(Evaluation { accuracy: correct as f64 / split.len().max(1) as f64, confusion })
@@ -363,6 +429,7 @@ pub struct Run<'a> {
 pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow::Result<History> {
     let cfg = &run.config;
     cfg.validate().map_err(crate::usage)?;
+    let fault = injected_fault()?;
     anyhow::ensure!(
         net.precision() == cfg.precision,
         "the network computes in {} but the run is configured for {}: call Network::set_precision first",
@@ -400,12 +467,13 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         Some(state) => (state.epoch, state.history),
         None => (0, History::default()),
     };
-    let mut opt = Sgd::default().build(&net.vs, cfg.lr)?;
+    let mut opt = Sgd::new(&net.vs, cfg.lr)?;
     if run.verbose {
         println!("training on {}", device_name(device));
     }
     let num_batches = train_split.len().div_ceil(cfg.batch_size);
     let mut replayer = net.replayer();
+    let mut eval_replayer = net.replayer();
     let mut last_finite: Option<f64> = history.epochs.last().map(|e| e.train_loss);
     for epoch in first_epoch..cfg.epochs {
         // Every epoch's randomness (shuffle, dropout) depends only on the seed and the epoch, so
@@ -416,13 +484,42 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         let (mut loss_sum, mut correct, mut seen, mut step_seconds) = (0f64, 0i64, 0usize, 0f64);
         let order = data::epoch_order(train_split.len(), cfg.seed, epoch);
         let batches = data::device_batches(train_split.clone(), order, cfg.batch_size, cfg.resize, device);
+        // What a failure at batch `i` of this epoch reports.
+        let failed = |i: usize, error: anyhow::Error, note: String| RunFailed {
+            net: cfg.net.clone(),
+            phase: "training",
+            at: format!("epoch {}, batch {} of {num_batches}", epoch + 1, i + 1),
+            cause: crate::error_line(&error),
+            note: [note, kept_checkpoint(epoch, &run.dir)].join(" ").trim().to_string(),
+        };
         for (i, batch) in batches.enumerate() {
             let timer = Instant::now();
-            let (loss_value, batch_correct, n) = out_of_memory_hint(cfg.batch_size, device, || {
-                let batch = batch?;
-                let (loss, correct) = replayed_train_step(&mut replayer, net, &mut opt, &batch.images, &batch.labels)?;
-                Ok((loss.double_value(&[]), correct.int64_value(&[]), batch.host_labels.size()[0] as usize))
-            })?;
+            let step = batch.and_then(|batch| {
+                if fault == Some((epoch + 1, i + 1)) {
+                    // A real libtorch error (a negative size), raised where a step's would be.
+                    Tensor::f_zeros([-1], (Kind::Float, device)).map(drop)?;
+                }
+                let (loss, correct) = replayed_train_step(&mut replayer, net, &mut opt, &batch.images, &batch.labels)
+                    .map_err(|error| {
+                    if is_out_of_memory(&crate::error_line(&error)) {
+                        OutOfMemory { error, input: batch.images.size() }.into()
+                    } else {
+                        error
+                    }
+                })?;
+                Ok((loss.f_double_value(&[])?, correct.f_int64_value(&[])?, batch.host_labels.size()[0] as usize))
+            });
+            let (loss_value, batch_correct, n) = match step {
+                Ok(values) => values,
+                Err(error) => {
+                    bar.abandon();
+                    let note = match error.downcast_ref::<OutOfMemory>() {
+                        Some(oom) => out_of_memory_note(net, &mut opt, &oom.input, device),
+                        None => String::new(),
+                    };
+                    return Err(failed(i, error, note).into());
+                }
+            };
             step_seconds += timer.elapsed().as_secs_f64();
             if !loss_value.is_finite() {
                 bar.abandon();
@@ -450,7 +547,16 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
             ));
             bar.inc(1);
         }
-        let test = evaluate(net, &run.data.test, cfg.batch_size, cfg.resize)?;
+        let test = evaluate_with(&mut eval_replayer, net, &run.data.test, cfg.batch_size, cfg.resize).map_err(|f| {
+            bar.abandon();
+            RunFailed {
+                net: cfg.net.clone(),
+                phase: "evaluation",
+                at: format!("epoch {}, test batch {} of {}", epoch + 1, f.batch, f.batches),
+                cause: crate::error_line(&f.error),
+                note: kept_checkpoint(epoch, &run.dir),
+            }
+        })?;
         history.points.push(Point {
             x: (epoch + 1) as f64,
             train_loss: None,
@@ -493,14 +599,19 @@ fn layout_name(channels_last: bool) -> &'static str {
 /// d2l's training step: zero the gradients, forward, cross-entropy, backward, SGD step. Returns
 /// the loss and the number of correct predictions as tensors on the device, so that the step
 /// queues work without waiting for it (what a CUDA graph capture needs); the caller reads them.
-pub fn train_step(net: &Network, opt: &mut Optimizer, x: &Tensor, y: &Tensor) -> anyhow::Result<(Tensor, Tensor)> {
-    opt.zero_grad();
+pub fn train_step(net: &Network, opt: &mut Sgd, x: &Tensor, y: &Tensor) -> anyhow::Result<(Tensor, Tensor)> {
+    opt.zero_grad()?;
     let y_hat = net.forward_t(x, true)?;
-    let loss = y_hat.cross_entropy_for_logits(y);
-    loss.backward();
-    opt.step();
-    let correct = tch::no_grad(|| y_hat.argmax(1, false).eq_tensor(y).sum(Kind::Int64));
+    let loss = cross_entropy(&y_hat, y)?;
+    loss.f_backward()?;
+    opt.step()?;
+    let correct = tch::no_grad(|| y_hat.f_argmax(1, false)?.f_eq_tensor(y)?.f_sum(Kind::Int64))?;
     Ok((loss.detach(), correct))
+}
+
+/// `nn.CrossEntropyLoss()` of logits and class indices (mean over the batch).
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor, tch::TchError> {
+    logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss(labels, None::<Tensor>, tch::Reduction::Mean, -100)
 }
 
 /// [`train_step`] through `replayer`: replayed from a captured CUDA graph once the shapes repeat.
@@ -508,7 +619,7 @@ pub fn train_step(net: &Network, opt: &mut Optimizer, x: &Tensor, y: &Tensor) ->
 pub fn replayed_train_step(
     replayer: &mut Replayer,
     net: &Network,
-    opt: &mut Optimizer,
+    opt: &mut Sgd,
     x: &Tensor,
     y: &Tensor,
 ) -> anyhow::Result<(Tensor, Tensor)> {
@@ -521,8 +632,48 @@ pub fn replayed_train_step(
 
 /// Eval-mode predictions (the argmax class of each image) for the batch `x`, through `replayer`.
 pub fn predict(replayer: &mut Replayer, net: &Network, x: &Tensor) -> anyhow::Result<Tensor> {
-    let out = replayer.run(&[x], |x| Ok(vec![net.forward_t(x[0], false)?.argmax(1, false)]))?;
+    let out = replayer.run(&[x], |x| Ok(vec![net.forward_t(x[0], false)?.f_argmax(1, false)?]))?;
     Ok(out[0].shallow_clone())
+}
+
+/// A training step ran out of memory on a batch of shape `input`.
+#[derive(Debug, thiserror::Error)]
+#[error("{error:#}")]
+struct OutOfMemory {
+    error: anyhow::Error,
+    input: Vec<i64>,
+}
+
+/// What to tell a user whose step ran out of memory: a batch size whose training step was just
+/// run and fitted. (The run is over: these trial steps change nothing that is kept.)
+fn out_of_memory_note(net: &Network, opt: &mut Sgd, input: &[i64], device: Device) -> String {
+    let batch_size = input[0] as usize;
+    let fits = fitting_batch_size(batch_size, |b| {
+        let shape: Vec<i64> = std::iter::once(b as i64).chain(input[1..].iter().copied()).collect();
+        let x = Tensor::f_zeros(&shape, (Kind::Float, device))?;
+        let y = Tensor::f_zeros([b as i64], (Kind::Int64, device))?;
+        train_step(net, opt, &x, &y)?.0.f_double_value(&[])?;
+        Ok(())
+    });
+    match fits {
+        Some(b) => format!("A training step with --batch-size {b} fits on {}: rerun with it.", device_name(device)),
+        None => format!("Not even one example fits on {}; free its memory or use --device cpu.", device_name(device)),
+    }
+}
+
+/// The largest of `batch_size / 2`, `/ 4`, ... down to 1 for which `try_step` succeeds.
+pub fn fitting_batch_size(batch_size: usize, mut try_step: impl FnMut(usize) -> anyhow::Result<()>) -> Option<usize> {
+    std::iter::successors(Some(batch_size / 2), |&b| (b > 1).then_some(b / 2))
+        .filter(|&b| b >= 1)
+        .find(|&b| try_step(b).is_ok())
+}
+
+/// `CONVNETS_FAIL_AT=EPOCH:BATCH` makes that training step fail inside libtorch, so that the
+/// error path (one line, the checkpoint kept, `--resume`) can be tested on any machine.
+fn injected_fault() -> anyhow::Result<Option<(usize, usize)>> {
+    let Ok(value) = std::env::var("CONVNETS_FAIL_AT") else { return Ok(None) };
+    let parsed = value.split_once(':').and_then(|(e, b)| Some((e.parse().ok()?, b.parse().ok()?)));
+    parsed.map(Some).ok_or_else(|| crate::usage(format!("CONVNETS_FAIL_AT={value}: expected EPOCH:BATCH, e.g. 2:3")))
 }
 
 /// Memory the kernel says is available (`MemAvailable` in /proc/meminfo), in bytes.
@@ -539,33 +690,6 @@ fn remove_stale_temporaries(dir: &Path) {
         let name = entry.file_name();
         if name.to_string_lossy().starts_with('.') && name.to_string_lossy().contains(".tmp-") {
             let _ = std::fs::remove_file(entry.path());
-        }
-    }
-}
-
-/// Runs `f`, turning libtorch's out-of-memory failure (a panic in tch) into an error that says
-/// which batch size to try.
-pub fn out_of_memory_hint<T>(
-    batch_size: usize,
-    device: Device,
-    f: impl FnOnce() -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        Ok(result) => result,
-        Err(payload) => {
-            let message = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("");
-            if is_out_of_memory(message) {
-                anyhow::bail!(
-                    "out of memory on {} at batch size {batch_size}: try --batch-size {}",
-                    device_name(device),
-                    (batch_size / 2).max(1)
-                );
-            }
-            std::panic::resume_unwind(payload)
         }
     }
 }
