@@ -59,7 +59,12 @@ enum SummaryStyle {
 #[derive(Subcommand)]
 enum Command {
     /// List every network with its d2l input size, parameter count and description.
-    Models,
+    Models {
+        /// One JSON object per network, with d2l's settings and the book's results (the GPU soak
+        /// checks test accuracy against `test_acc_band`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a network's summary table, as torchsummary (default) or as a torchinfo-like tree.
     Summary {
         /// Network name (see `convnets models`).
@@ -343,12 +348,35 @@ fn network_for(name: &str, input: Option<InputShape>) -> anyhow::Result<(Network
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Models => {
-            println!("{:<18} {:<11} {:>12}  description", "name", "input", "params");
+        Command::Models { json } => {
+            if !json {
+                println!("{:<18} {:<11} {:>12}  description", "name", "input", "params");
+            }
             for info in MODELS {
                 let net = Network::from_info(info, NetConfig::default(), Device::Cpu);
                 let [c, h, w] = net.default_input();
                 let input = format!("{c}x{h}x{w}");
+                if json {
+                    let book = info.book.map(|b| {
+                        serde_json::json!({
+                            "loss": b.loss,
+                            "train_acc": b.train_acc,
+                            "test_acc": b.test_acc,
+                            "test_acc_band": [b.test_acc_band.0, b.test_acc_band.1],
+                        })
+                    });
+                    let line = serde_json::json!({
+                        "name": info.name,
+                        "input": input,
+                        "params": net.num_parameters(),
+                        "batch_size": info.batch_size,
+                        "lr": info.lr,
+                        "epochs": info.epochs,
+                        "book": book,
+                    });
+                    println!("{line}");
+                    continue;
+                }
                 println!(
                     "{:<18} {:<11} {:>12}  {}",
                     info.name,

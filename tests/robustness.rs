@@ -119,6 +119,7 @@ fn bad_arguments_get_one_line_with_the_fix_and_exit_code_2() {
             "'--resume <DIR>' cannot be used with '--memory-format",
         ),
         (&["profile", "lenet"], "unknown network 'lenet'; valid names:"),
+        (&["train", "lenet-bn", "--cuda-graphs", "--no-graphs"], "'--cuda-graphs' cannot be used with '--no-graphs'"),
     ];
     for (args, expected) in cases {
         let (code, err) = run(args);

@@ -354,6 +354,16 @@ fn cli_lists_models_and_traces_shapes() {
     assert_eq!(code, 0);
     assert_eq!(out.lines().count(), 10);
     assert!(out.contains("resnet18           1x96x96       11,178,378  ResNet-18"), "{out}");
+    let (code, out, _) = convnets(&["models", "--json"]);
+    assert_eq!(code, 0);
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 9);
+    let resnet = lines.iter().find(|l| l["name"] == "resnet18").unwrap();
+    assert_eq!(resnet["params"], 11_178_378);
+    assert_eq!(resnet["batch_size"], 256);
+    assert_eq!(resnet["book"]["test_acc_band"], serde_json::json!([0.894, 0.924]));
+    let full_vgg = lines.iter().find(|l| l["name"] == "vgg11").unwrap();
+    assert!(full_vgg["book"].is_null(), "d2l does not train full-width VGG");
     let (code, out, _) = convnets(&["shapes", "nin"]);
     assert_eq!(code, 0);
     assert!(
