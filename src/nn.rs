@@ -112,6 +112,20 @@ impl<'t> Ctx<'t> {
     }
 }
 
+impl Ctx<'_> {
+    /// Runs `f`, which calls the children of `container` without calling `container` itself (as
+    /// `DenseBlock` iterates over its `net`). PyTorch's module tree still holds that level, and
+    /// torchinfo lists it (with no output), so the trace records it as an uncalled container.
+    pub fn within<T>(&mut self, container: &dyn Layer, f: impl FnOnce(&mut Self) -> T) -> T {
+        let entry = self.tracer.as_deref_mut().map(|t| t.enter_uncalled(container));
+        let result = f(self);
+        if let (Some(t), Some(entry)) = (self.tracer.as_deref_mut(), entry) {
+            t.leave(entry);
+        }
+        result
+    }
+}
+
 fn shape_error(x: &Tensor, reason: impl Into<String>) -> LayerError {
     LayerError { layer: String::new(), shape: x.size(), reason: reason.into() }
 }

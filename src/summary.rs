@@ -101,7 +101,8 @@ pub fn torchinfo(records: &[Record], input: &[i64], batch_size: i64) -> String {
                 if r.depth == 1 { "├─".to_string() } else { format!("{}└─", "│    ".repeat(r.depth - 1)) };
             format!("{branch}{}: {}-{}", r.type_name, r.depth, index_at_depth[r.depth - 1])
         };
-        let shape = shape_list(&r.output, batch_size);
+        // A container that was never called has no output: torchinfo prints "--".
+        let shape = if r.called { shape_list(&r.output, batch_size) } else { "--".to_string() };
         let mult_adds = r.mult_adds * batch_size;
         row(&mut out, [&name, &shape, &dashed(r.params), &dashed(mult_adds)]);
         total_params += r.params;

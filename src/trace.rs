@@ -30,6 +30,9 @@ pub struct Record {
     pub finished: usize,
     /// Wall time of the call, children included (0 unless the tracer was timed).
     pub seconds: f64,
+    /// `false` for a container the forward pass never calls but runs the children of (see
+    /// `Ctx::within`): it has no output, and torchinfo shows it as a level of the tree.
+    pub called: bool,
 }
 
 /// Collects [`Record`]s while a forward pass runs through `Ctx::call`.
@@ -55,6 +58,27 @@ impl Tracer {
 
     /// A call of `layer` starts; returns the handle for [`Tracer::exit`].
     pub fn enter(&mut self, layer: &dyn Layer) -> usize {
+        let entry = self.open_record(layer, true);
+        if let Some((device, starts)) = &mut self.clock {
+            accel::synchronize(*device);
+            starts.push(Instant::now());
+        }
+        entry
+    }
+
+    /// The children of `container`, which is not itself called, are about to run; returns the
+    /// handle for [`Tracer::leave`].
+    pub fn enter_uncalled(&mut self, container: &dyn Layer) -> usize {
+        self.open_record(container, false)
+    }
+
+    /// The children of the uncalled container `entry` have run.
+    pub fn leave(&mut self, entry: usize) {
+        let popped = self.open.pop();
+        debug_assert_eq!(popped, Some(entry));
+    }
+
+    fn open_record(&mut self, layer: &dyn Layer, called: bool) -> usize {
         if let Some(&parent) = self.open.last() {
             self.records[parent].has_children = true;
         }
@@ -68,11 +92,8 @@ impl Tracer {
             has_children: false,
             finished: 0,
             seconds: 0.0,
+            called,
         });
-        if let Some((device, starts)) = &mut self.clock {
-            accel::synchronize(*device);
-            starts.push(Instant::now());
-        }
         self.open.push(self.records.len() - 1);
         self.records.len() - 1
     }

@@ -137,6 +137,37 @@ fn torchinfo_trees_match_torchinfo() {
 }
 
 #[test]
+fn torchinfo_lists_the_dense_blocks_uncalled_net_container_as_torchinfo_does() {
+    // DenseBlock runs the conv blocks of its `net` one by one and never calls `net`; torchinfo
+    // 1.8 still inserts that Sequential (add_missing_container_layers) with no output, one
+    // level above the conv blocks, and numbers every depth across the whole tree.
+    let n = net("densenet");
+    let records = n.trace(&n.default_input()).unwrap();
+    let tree = summary::torchinfo(&records, &n.default_input(), 256);
+    let rows: Vec<&str> = tree.lines().skip(9).take(6).collect();
+    assert_eq!(
+        rows,
+        [
+            "├─DenseBlock: 1-2                        [256, 192, 24, 24]        --                        --",
+            "│    └─Sequential: 2-5                   --                        --                        --",
+            "│    │    └─Sequential: 3-1              [256, 32, 24, 24]         --                        --",
+            "│    │    │    └─BatchNorm2d: 4-1        [256, 64, 24, 24]         128                       32,768",
+            "│    │    │    └─ReLU: 4-2               [256, 64, 24, 24]         --                        --",
+            "│    │    │    └─Conv2d: 4-3             [256, 32, 24, 24]         18,464                    2,722,627,584",
+        ],
+        "{tree}"
+    );
+    // The second block's container is the next at depth 2, after the transition block's layers.
+    assert!(tree.contains("├─DenseBlock: 1-4                        [256, 224, 12, 12]        --                        --\n│    └─Sequential: 2-10                  --"), "{tree}");
+    // Totals are unchanged: the container owns nothing and computes nothing.
+    assert!(tree.contains("Total params: 758,226\n"), "{tree}");
+    // torchsummary lists no container, called or not.
+    let table = summary::torchsummary(&records, &n.default_input(), -1);
+    assert!(!table.contains("Sequential"), "{table}");
+    assert!(table.contains("Total params: 758,226"), "{table}");
+}
+
+#[test]
 fn shape_trace_prints_top_level_layers_like_the_seed() {
     let n = net("alexnet");
     let text = summary::shapes(&n.trace(&[1, 224, 224]).unwrap());

@@ -38,13 +38,16 @@ impl Layer for DenseBlock {
         "DenseBlock"
     }
     fn forward(&self, x: &Tensor, cx: &mut Ctx) -> Fwd {
-        let mut x = x.shallow_clone();
-        for block in &self.net.layers {
-            let y = cx.call(block.as_ref(), &x)?;
-            // Concatenate each block's input and output on the channel axis.
-            x = Tensor::f_cat(&[&x, &y], 1).in_layer(&x)?;
-        }
-        Ok(x)
+        // The blocks of `net` run one by one; `net` itself is never called.
+        cx.within(&self.net, |cx| {
+            let mut x = x.shallow_clone();
+            for block in &self.net.layers {
+                let y = cx.call(block.as_ref(), &x)?;
+                // Concatenate each block's input and output on the channel axis.
+                x = Tensor::f_cat(&[&x, &y], 1).in_layer(&x)?;
+            }
+            Ok(x)
+        })
     }
     fn children(&self) -> Vec<&dyn Layer> {
         vec![&self.net]
