@@ -56,6 +56,14 @@ enum SummaryStyle {
     Tree,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ExportFormat {
+    /// The eval-mode network as an ONNX model (opset 17, dynamic batch).
+    Onnx,
+    /// The weights under PyTorch's state_dict names.
+    Safetensors,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// List every network with its d2l input size, parameter count and description.
@@ -126,12 +134,16 @@ enum Command {
         #[arg(long)]
         allow_partial: bool,
     },
-    /// Write a run's weights as a PyTorch state_dict in safetensors (load_state_dict accepts it).
+    /// Write a trained network as ONNX (any ONNX runtime) or its weights as a PyTorch state_dict
+    /// in safetensors (load_state_dict accepts it).
     Export {
         /// A run directory or its checkpoint.safetensors.
         run: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Default: onnx when --out ends in .onnx, else safetensors.
+        #[arg(long, value_enum)]
+        format: Option<ExportFormat>,
     },
     /// Compare a network with PyTorch on a parity file (weights, input, outputs, gradients).
     Parity {
@@ -442,8 +454,32 @@ fn run(command: Command) -> anyhow::Result<()> {
             train::save_checkpoint(&out, &network, &train::CheckpointState::new(config, 0, train::History::default()))?;
             println!("loaded {} tensors into {net}; run directory {}", report.loaded.len(), out.display());
         }
-        Command::Export { run, out } => {
-            let checkpoint = train::load_checkpoint(&run, Device::Cpu)?;
+        Command::Export { run, out, format } => {
+            let mut checkpoint = train::load_checkpoint(&run, Device::Cpu)?;
+            let onnx = format.unwrap_or(if out.extension().is_some_and(|e| e == "onnx") {
+                ExportFormat::Onnx
+            } else {
+                ExportFormat::Safetensors
+            }) == ExportFormat::Onnx;
+            if onnx {
+                // The trace runs in float32, laid out NCHW, whatever the run trained with.
+                checkpoint.net.set_precision(Precision::Fp32)?;
+                checkpoint.net.set_channels_last(false)?;
+                let card = crate::onnx::ModelCard::of_run(&checkpoint.state);
+                let bytes = crate::onnx::export(&checkpoint.net, &card)?;
+                crate::weights::write_atomic(&out, &bytes)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+                let [c, h, w] = card.input;
+                println!(
+                    "{} (ONNX opset {}, input \"{}\" batch x {c} x {h} x {w}, output \"{}\") written to {}",
+                    checkpoint.state.config.net,
+                    crate::onnx::OPSET,
+                    crate::onnx::INPUT,
+                    crate::onnx::OUTPUT,
+                    out.display()
+                );
+                return Ok(());
+            }
             let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
             let named = crate::weights::state_dict(&checkpoint.net.vs);
             let bytes = crate::weights::safetensors_bytes(&named, Some(metadata))?;

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod data;
 pub mod models;
 pub mod nn;
+pub mod onnx;
 pub mod parity;
 pub mod summary;
 pub mod trace;

@@ -13,6 +13,7 @@
 use tch::nn::{Init, Path};
 use tch::{Kind, TchError, Tensor};
 
+use crate::onnx::{self, OnnxGraph};
 use crate::trace::Tracer;
 
 /// A layer that could not compute its output: an input it cannot take, or a failure inside
@@ -52,6 +53,12 @@ pub trait Layer: Send {
     fn children(&self) -> Vec<&dyn Layer> {
         Vec::new()
     }
+    /// A leaf's eval-mode computation as ONNX nodes reading the value `input`; returns the
+    /// value it produces. `None` for a layer whose work is its children's and its functional
+    /// steps' (`Ctx::relu`, `Ctx::add`, `Ctx::cat`), which are exported as they run.
+    fn onnx(&self, _graph: &mut OnnxGraph, _input: &str) -> Option<Result<String, String>> {
+        None
+    }
 }
 
 impl Layer for Box<dyn Layer> {
@@ -72,6 +79,9 @@ impl Layer for Box<dyn Layer> {
     }
     fn children(&self) -> Vec<&dyn Layer> {
         self.as_ref().children()
+    }
+    fn onnx(&self, graph: &mut OnnxGraph, input: &str) -> Option<Result<String, String>> {
+        self.as_ref().onnx(graph, input)
     }
 }
 
@@ -98,10 +108,22 @@ impl<'t> Ctx<'t> {
         let entry = self.tracer.as_deref_mut().map(|t| t.enter(layer));
         let y = layer.forward(x, self).map_err(|mut e| {
             if e.layer.is_empty() {
-                e.layer = format!("{}-{}", layer.type_name(), self.finished_leaves + 1);
+                e.layer = self.leaf_name(layer);
             }
             e
         })?;
+        // When exporting, a leaf adds its nodes; a block's are its children's and its own
+        // functional steps'.
+        let leaf = !layer.is_container() && layer.children().is_empty();
+        if let Some(graph) = self.graph().filter(|_| leaf) {
+            let exported = graph
+                .value(x)
+                .and_then(|input| layer.onnx(graph, &input).unwrap_or_else(|| Err("no ONNX form".into())));
+            match exported {
+                Ok(output) => graph.bind(&y, output),
+                Err(reason) => return Err(self.export_error(layer, x, reason)),
+            }
+        }
         if !layer.is_container() {
             self.finished_leaves += 1;
         }
@@ -109,6 +131,62 @@ impl<'t> Ctx<'t> {
             t.exit(entry, layer, &y.size());
         }
         Ok(y)
+    }
+
+    /// The ONNX graph being built, when exporting.
+    fn graph(&mut self) -> Option<&mut OnnxGraph> {
+        self.tracer.as_deref_mut().and_then(|t| t.graph.as_mut())
+    }
+
+    /// `layer` as torchsummary would name its row if it were the next one.
+    fn leaf_name(&self, layer: &dyn Layer) -> String {
+        format!("{}-{}", layer.type_name(), self.finished_leaves + 1)
+    }
+
+    fn export_error(&self, layer: &dyn Layer, x: &Tensor, reason: String) -> LayerError {
+        LayerError { layer: self.leaf_name(layer), shape: x.size(), reason: format!("ONNX export: {reason}") }
+    }
+
+    /// A block's functional ReLU (not a layer of its own, as `F.relu` in PyTorch).
+    pub fn relu(&mut self, x: &Tensor) -> Fwd {
+        let y = x.f_relu().in_layer(x)?;
+        self.functional("Relu", &[x], &y, Vec::new())?;
+        Ok(y)
+    }
+
+    /// A block's sum of two tensors (`Residual`'s `Y + X`).
+    pub fn add(&mut self, a: &Tensor, b: &Tensor) -> Fwd {
+        let y = a.f_add(b).in_layer(a)?;
+        self.functional("Add", &[a, b], &y, Vec::new())?;
+        Ok(y)
+    }
+
+    /// A block's concatenation on the channel axis (`torch.cat(..., dim=1)`).
+    pub fn cat(&mut self, xs: &[&Tensor]) -> Fwd {
+        let first = xs.first().copied().ok_or_else(|| LayerError {
+            layer: String::new(),
+            shape: Vec::new(),
+            reason: "nothing to concatenate".into(),
+        })?;
+        let y = Tensor::f_cat(xs, 1).in_layer(first)?;
+        self.functional("Concat", xs, &y, vec![onnx::int("axis", 1)])?;
+        Ok(y)
+    }
+
+    /// When exporting, adds the node of a functional step that computed `y` from `inputs`.
+    fn functional(
+        &mut self,
+        op_type: &str,
+        inputs: &[&Tensor],
+        y: &Tensor,
+        attributes: Vec<crate::onnx::proto::AttributeProto>,
+    ) -> Result<(), LayerError> {
+        let Some(graph) = self.graph() else { return Ok(()) };
+        let names: Result<Vec<String>, String> = inputs.iter().map(|t| graph.value(t)).collect();
+        let names = names.map_err(|reason| shape_error(y, format!("ONNX export: {op_type} reads {reason}")))?;
+        let output = graph.node(op_type, names, attributes);
+        graph.bind(y, output);
+        Ok(())
     }
 }
 
@@ -221,6 +299,24 @@ impl Layer for Conv2d {
         let params = self.weight.numel() as i64 + self.bias.numel() as i64;
         params * out.iter().product::<i64>() / out[1]
     }
+    fn onnx(&self, graph: &mut OnnxGraph, input: &str) -> Option<Result<String, String>> {
+        let (k, s, p) = (self.kernel, self.stride, self.padding);
+        Some((|| {
+            let inputs = vec![
+                input.to_string(),
+                graph.parameter(&self.weight, &self.weight.size())?,
+                graph.parameter(&self.bias, &self.bias.size())?,
+            ];
+            let attributes = vec![
+                onnx::ints("kernel_shape", &[k, k]),
+                onnx::ints("strides", &[s, s]),
+                onnx::ints("pads", &[p, p, p, p]),
+                onnx::ints("dilations", &[1, 1]),
+                onnx::int("group", 1),
+            ];
+            Ok(graph.node("Conv", inputs, attributes))
+        })())
+    }
 }
 
 #[derive(Debug)]
@@ -255,6 +351,17 @@ impl Layer for Linear {
     }
     fn mult_adds(&self, out: &[i64]) -> i64 {
         (self.weight.numel() + self.bias.numel()) as i64 * out[..out.len() - 1].iter().product::<i64>()
+    }
+    /// `x @ W^T + b`: ONNX's Gemm with the weight transposed.
+    fn onnx(&self, graph: &mut OnnxGraph, input: &str) -> Option<Result<String, String>> {
+        Some((|| {
+            let inputs = vec![
+                input.to_string(),
+                graph.parameter(&self.weight, &self.weight.size())?,
+                graph.parameter(&self.bias, &self.bias.size())?,
+            ];
+            Ok(graph.node("Gemm", inputs, vec![onnx::int("transB", 1)]))
+        })())
     }
 }
 
@@ -333,6 +440,26 @@ impl Layer for BatchNorm {
     fn mult_adds(&self, out: &[i64]) -> i64 {
         (self.weight.numel() + self.bias.numel()) as i64 * out[0]
     }
+    fn onnx(&self, graph: &mut OnnxGraph, input: &str) -> Option<Result<String, String>> {
+        let values = [&self.weight, &self.bias, &self.running_mean, &self.running_var];
+        Some(batch_norm_onnx(graph, input, values, self.num_features, Self::EPS))
+    }
+}
+
+/// Eval-mode batch norm (running statistics) as ONNX's BatchNormalization, whose scale, bias,
+/// mean and variance are (C) vectors: the same node for both batch norms.
+fn batch_norm_onnx(
+    graph: &mut OnnxGraph,
+    input: &str,
+    values: [&Tensor; 4],
+    features: i64,
+    eps: f64,
+) -> Result<String, String> {
+    let mut inputs = vec![input.to_string()];
+    for value in values {
+        inputs.push(graph.parameter(value, &[features])?);
+    }
+    Ok(graph.node("BatchNormalization", inputs, vec![onnx::float("epsilon", eps as f32)]))
 }
 
 /// The chapter's batch normalization written from tensor operations (d2l's `BatchNorm`).
@@ -408,11 +535,18 @@ impl Layer for ScratchBatchNorm {
     fn mult_adds(&self, out: &[i64]) -> i64 {
         (self.gamma.numel() + self.beta.numel()) as i64 * out[0]
     }
+    /// In eval mode this layer computes what the built-in one does, so it exports as it does.
+    fn onnx(&self, graph: &mut OnnxGraph, input: &str) -> Option<Result<String, String>> {
+        let values = [&self.gamma, &self.beta, &self.moving_mean, &self.moving_var];
+        Some(batch_norm_onnx(graph, input, values, self.num_features, Self::EPS))
+    }
 }
 
-/// A layer without parameters that maps a tensor to a tensor.
+/// A layer without parameters that maps a tensor to a tensor, and its ONNX form (the value it
+/// produces from the value `input`).
 macro_rules! stateless {
-    ($(#[$doc:meta])* $name:ident, $type_name:literal, |$s:ident, $x:ident, $cx:ident| $body:expr) => {
+    ($(#[$doc:meta])* $name:ident, $type_name:literal, |$s:ident, $x:ident, $cx:ident| $body:expr,
+     onnx: |$os:ident, $graph:ident, $input:ident| $onnx:expr) => {
         $(#[$doc])*
         impl Layer for $name {
             fn type_name(&self) -> &'static str {
@@ -421,6 +555,10 @@ macro_rules! stateless {
             fn forward(&self, $x: &Tensor, $cx: &mut Ctx) -> Fwd {
                 let $s = self;
                 $body
+            }
+            fn onnx(&self, $graph: &mut OnnxGraph, $input: &str) -> Option<Result<String, String>> {
+                let $os = self;
+                Some($onnx)
             }
         }
     };
@@ -431,11 +569,13 @@ macro_rules! stateless {
 /// per layer (resnet18, batch 32, CPU: peak RSS 544 MiB instead of 582, speed unchanged).
 #[derive(Debug)]
 pub struct ReLU;
-stateless!(ReLU, "ReLU", |_s, x, _cx| x.shallow_clone().f_relu_().in_layer(x));
+stateless!(ReLU, "ReLU", |_s, x, _cx| x.shallow_clone().f_relu_().in_layer(x),
+    onnx: |_s, graph, input| Ok(graph.node("Relu", vec![input.into()], Vec::new())));
 
 #[derive(Debug)]
 pub struct Sigmoid;
-stateless!(Sigmoid, "Sigmoid", |_s, x, _cx| x.f_sigmoid().in_layer(x));
+stateless!(Sigmoid, "Sigmoid", |_s, x, _cx| x.f_sigmoid().in_layer(x),
+    onnx: |_s, graph, input| Ok(graph.node("Sigmoid", vec![input.into()], Vec::new())));
 
 /// `nn.Flatten()`: keeps the batch dimension, flattens the rest.
 #[derive(Debug)]
@@ -445,11 +585,13 @@ stateless!(Flatten, "Flatten", |_s, x, _cx| {
         return Err(shape_error(x, "expects a batch dimension"));
     }
     x.f_flatten(1, -1).in_layer(x)
-});
+}, onnx: |_s, graph, input| Ok(graph.node("Flatten", vec![input.into()], vec![onnx::int("axis", 1)])));
 
 #[derive(Debug)]
 pub struct Dropout(pub f64);
-stateless!(Dropout, "Dropout", |s, x, cx| x.f_dropout(s.0, cx.train).in_layer(x));
+stateless!(Dropout, "Dropout", |s, x, cx| x.f_dropout(s.0, cx.train).in_layer(x),
+    // Gone in eval mode: its output is its input.
+    onnx: |_s, _graph, input| Ok(input.to_string()));
 
 #[derive(Debug)]
 pub struct MaxPool2d {
@@ -471,6 +613,10 @@ stateless!(MaxPool2d, "MaxPool2d", |s, x, _cx| {
     check_window(x, h, w, s.kernel, s.stride, s.padding)?;
     let (k, st, p) = (s.kernel, s.stride, s.padding);
     x.f_max_pool2d([k, k], [st, st], [p, p], [1, 1], false).in_layer(x)
+}, onnx: |s, graph, input| {
+    let (k, st, p) = (s.kernel, s.stride, s.padding);
+    let attributes = vec![onnx::ints("kernel_shape", &[k, k]), onnx::ints("strides", &[st, st]), onnx::ints("pads", &[p, p, p, p])];
+    Ok(graph.node("MaxPool", vec![input.into()], attributes))
 });
 
 #[derive(Debug)]
@@ -489,6 +635,10 @@ stateless!(AvgPool2d, "AvgPool2d", |s, x, _cx| {
     check_window(x, h, w, s.kernel, s.stride, 0)?;
     let (k, st) = (s.kernel, s.stride);
     x.f_avg_pool2d([k, k], [st, st], [0, 0], false, true, None::<i64>).in_layer(x)
+}, onnx: |s, graph, input| {
+    let (k, st) = (s.kernel, s.stride);
+    let attributes = vec![onnx::ints("kernel_shape", &[k, k]), onnx::ints("strides", &[st, st])];
+    Ok(graph.node("AveragePool", vec![input.into()], attributes))
 });
 
 /// `nn.AdaptiveAvgPool2d((1, 1))`: global average pooling.
@@ -497,7 +647,7 @@ pub struct GlobalAvgPool2d;
 stateless!(GlobalAvgPool2d, "AdaptiveAvgPool2d", |_s, x, _cx| {
     expect_image(x, x.size().get(1).copied().unwrap_or(-1))?;
     x.f_adaptive_avg_pool2d([1, 1]).in_layer(x)
-});
+}, onnx: |_s, graph, input| Ok(graph.node("GlobalAveragePool", vec![input.into()], Vec::new())));
 
 /// `nn.Sequential`: runs its layers in order.
 pub struct Sequential {

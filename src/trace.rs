@@ -8,6 +8,7 @@ use tch::Device;
 
 use crate::accel;
 use crate::nn::Layer;
+use crate::onnx::OnnxGraph;
 
 /// One call of one layer.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,13 +37,15 @@ pub struct Record {
 }
 
 /// Collects [`Record`]s while a forward pass runs through `Ctx::call`.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Tracer {
     pub records: Vec<Record>,
     open: Vec<usize>,
     finished: usize,
     /// When timing: the device to wait for around each call, and each open call's start.
     clock: Option<(Device, Vec<Instant>)>,
+    /// When exporting: the ONNX graph the layers add their nodes to as they run.
+    pub graph: Option<OnnxGraph>,
 }
 
 impl Tracer {
@@ -54,6 +57,11 @@ impl Tracer {
     /// a GPU's asynchronous work is charged to the layer that queued it.
     pub fn timed(device: Device) -> Self {
         Tracer { clock: Some((device, Vec::new())), ..Self::default() }
+    }
+
+    /// A tracer that also builds the ONNX graph of the pass (see `crate::onnx`).
+    pub fn exporting(graph: OnnxGraph) -> Self {
+        Tracer { graph: Some(graph), ..Self::default() }
     }
 
     /// A call of `layer` starts; returns the handle for [`Tracer::exit`].

@@ -4,9 +4,7 @@ use tch::Tensor;
 use tch::nn::Path;
 
 use super::NetConfig;
-use crate::nn::{
-    AvgPool2d, BatchNorm, Conv2d, Ctx, Flatten, Fwd, GlobalAvgPool2d, InLayer, Layer, Linear, ReLU, Sequential,
-};
+use crate::nn::{AvgPool2d, BatchNorm, Conv2d, Ctx, Flatten, Fwd, GlobalAvgPool2d, Layer, Linear, ReLU, Sequential};
 
 /// Batch norm, ReLU, then a 3x3 convolution (ResNet's improved pre-activation order).
 pub fn conv_block(p: &Path, input_channels: i64, num_channels: i64) -> Sequential {
@@ -44,7 +42,7 @@ impl Layer for DenseBlock {
             for block in &self.net.layers {
                 let y = cx.call(block.as_ref(), &x)?;
                 // Concatenate each block's input and output on the channel axis.
-                x = Tensor::f_cat(&[&x, &y], 1).in_layer(&x)?;
+                x = cx.cat(&[&x, &y])?;
             }
             Ok(x)
         })

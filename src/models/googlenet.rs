@@ -4,7 +4,7 @@ use tch::Tensor;
 use tch::nn::Path;
 
 use super::NetConfig;
-use crate::nn::{Conv2d, Ctx, Flatten, Fwd, GlobalAvgPool2d, InLayer, Layer, Linear, MaxPool2d, ReLU, Sequential};
+use crate::nn::{Conv2d, Ctx, Flatten, Fwd, GlobalAvgPool2d, Layer, Linear, MaxPool2d, ReLU, Sequential};
 
 /// The Inception block: four parallel paths whose outputs keep height and width and are
 /// concatenated on the channel axis. `c1`..`c4` are each path's output channels.
@@ -42,15 +42,21 @@ impl Layer for Inception {
     }
     fn forward(&self, x: &Tensor, cx: &mut Ctx) -> Fwd {
         // Each path's convolutions are followed by a ReLU.
-        let mut relu = |layer: &dyn Layer, input: &Tensor| cx.call(layer, input)?.f_relu().in_layer(input);
-        let p1 = relu(&self.p1_1, x)?;
-        let p2 = relu(&self.p2_1, x)?;
-        let p2 = relu(&self.p2_2, &p2)?;
-        let p3 = relu(&self.p3_1, x)?;
-        let p3 = relu(&self.p3_2, &p3)?;
+        let p1 = cx.call(&self.p1_1, x)?;
+        let p1 = cx.relu(&p1)?;
+        let p2 = cx.call(&self.p2_1, x)?;
+        let p2 = cx.relu(&p2)?;
+        let p2 = cx.call(&self.p2_2, &p2)?;
+        let p2 = cx.relu(&p2)?;
+        let p3 = cx.call(&self.p3_1, x)?;
+        let p3 = cx.relu(&p3)?;
+        let p3 = cx.call(&self.p3_2, &p3)?;
+        let p3 = cx.relu(&p3)?;
         let p4 = cx.call(&self.p4_1, x)?;
-        let p4 = cx.call(&self.p4_2, &p4)?.f_relu().in_layer(x)?;
-        Tensor::f_cat(&[p1, p2, p3, p4], 1).in_layer(x)
+        let p4 = cx.call(&self.p4_2, &p4)?;
+        let p4 = cx.relu(&p4)?;
+        // Concatenate the paths' outputs on the channel axis.
+        cx.cat(&[&p1, &p2, &p3, &p4])
     }
     fn children(&self) -> Vec<&dyn Layer> {
         vec![&self.p1_1, &self.p2_1, &self.p2_2, &self.p3_1, &self.p3_2, &self.p4_1, &self.p4_2]

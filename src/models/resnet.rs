@@ -4,9 +4,7 @@ use tch::Tensor;
 use tch::nn::Path;
 
 use super::NetConfig;
-use crate::nn::{
-    BatchNorm, Conv2d, Ctx, Flatten, Fwd, GlobalAvgPool2d, InLayer, Layer, Linear, MaxPool2d, ReLU, Sequential,
-};
+use crate::nn::{BatchNorm, Conv2d, Ctx, Flatten, Fwd, GlobalAvgPool2d, Layer, Linear, MaxPool2d, ReLU, Sequential};
 
 /// The residual block: two 3x3 convolutions with batch norm, plus the shortcut, optionally
 /// through a 1x1 convolution when channels or resolution change.
@@ -36,7 +34,8 @@ impl Layer for Residual {
     }
     fn forward(&self, x: &Tensor, cx: &mut Ctx) -> Fwd {
         let y = cx.call(&self.conv1, x)?;
-        let y = cx.call(&self.bn1, &y)?.f_relu().in_layer(x)?;
+        let y = cx.call(&self.bn1, &y)?;
+        let y = cx.relu(&y)?;
         let y = cx.call(&self.conv2, &y)?;
         let y = cx.call(&self.bn2, &y)?;
         let shortcut = match &self.conv3 {
@@ -44,7 +43,8 @@ impl Layer for Residual {
             None => x.shallow_clone(),
         };
         // The shortcut: add the block's input (the seed's `Y += Y` is a bug).
-        y.f_add(&shortcut).and_then(|sum| sum.f_relu()).in_layer(x)
+        let sum = cx.add(&y, &shortcut)?;
+        cx.relu(&sum)
     }
     fn children(&self) -> Vec<&dyn Layer> {
         let mut children: Vec<&dyn Layer> = vec![&self.conv1, &self.conv2];
