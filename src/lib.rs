@@ -21,6 +21,7 @@ pub mod nn;
 pub mod onnx;
 pub mod parity;
 pub mod summary;
+pub mod tensorboard;
 pub mod trace;
 pub mod train;
 pub mod weights;

@@ -18,6 +18,7 @@ use crate::accel::{MemoryFormat, Precision, Replayer};
 use crate::chart;
 use crate::data::{self, CLASSES, FashionMnist, Split};
 use crate::models::{self, NetConfig, Network};
+use crate::tensorboard::EventWriter;
 use crate::weights::{self, write_atomic};
 pub use optimizer::Sgd;
 
@@ -468,10 +469,14 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         None => (0, History::default()),
     };
     let mut opt = Sgd::new(&net.vs, cfg.lr)?;
+    let num_batches = train_split.len().div_ceil(cfg.batch_size);
+    let mut events = EventWriter::create(&run.dir, &history, num_batches, cfg.lr)
+        .map_err(|e| anyhow::anyhow!("cannot write TensorBoard events in {dir}: {e}"))?;
+    let events_path = events.path().to_path_buf();
+    let event_error = |e: std::io::Error| anyhow::anyhow!("cannot write {}: {e}", events_path.display());
     if run.verbose {
         println!("training on {}", device_name(device));
     }
-    let num_batches = train_split.len().div_ceil(cfg.batch_size);
     let mut replayer = net.replayer();
     let mut eval_replayer = net.replayer();
     let mut last_finite: Option<f64> = history.epochs.last().map(|e| e.train_loss);
@@ -534,12 +539,9 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
             let (train_loss, train_acc) = (loss_sum / seen as f64, correct as f64 / seen as f64);
             if (i + 1) % (num_batches / 5).max(1) == 0 || i == num_batches - 1 {
                 let x = epoch as f64 + (i + 1) as f64 / num_batches as f64;
-                history.points.push(Point {
-                    x,
-                    train_loss: Some(train_loss),
-                    train_acc: Some(train_acc),
-                    test_acc: None,
-                });
+                let point = Point { x, train_loss: Some(train_loss), train_acc: Some(train_acc), test_acc: None };
+                events.point(&point).map_err(event_error)?;
+                history.points.push(point);
             }
             bar.set_message(format!(
                 "loss {train_loss:.3}, train acc {train_acc:.3}, {:.1} examples/sec",
@@ -557,12 +559,9 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
                 note: kept_checkpoint(epoch, &run.dir),
             }
         })?;
-        history.points.push(Point {
-            x: (epoch + 1) as f64,
-            train_loss: None,
-            train_acc: None,
-            test_acc: Some(test.accuracy),
-        });
+        let point = Point { x: (epoch + 1) as f64, train_loss: None, train_acc: None, test_acc: Some(test.accuracy) };
+        events.point(&point).map_err(event_error)?;
+        history.points.push(point);
         let record = EpochRecord {
             epoch: epoch + 1,
             train_loss: loss_sum / seen as f64,
@@ -584,6 +583,9 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         let state = CheckpointState::new(cfg.clone(), epoch + 1, history.clone());
         save_checkpoint(&run.dir, net, &state)?;
         write_results(&run.dir, &history, cfg.epochs)?;
+        if let Some(record) = history.epochs.last() {
+            events.epoch(record, cfg.lr).map_err(event_error)?;
+        }
     }
     if let (true, Some(last)) = (run.verbose, history.epochs.last()) {
         println!("loss {:.3}, train acc {:.3}, test acc {:.3}", last.train_loss, last.train_acc, last.test_acc);
