@@ -188,6 +188,15 @@ enum Command {
         #[command(flatten)]
         speed: SpeedArgs,
     },
+    /// Serve a live view of every run under a directory (finished and running, side by side).
+    Serve {
+        /// A directory of run directories (e.g. runs), or one run directory.
+        #[arg(default_value = "runs")]
+        dir: PathBuf,
+        /// Address to listen on: 127.0.0.1 and a free port by default.
+        #[arg(long, value_name = "ADDR")]
+        addr: Option<String>,
+    },
     /// Fashion-MNIST: download the official files or describe the data in use.
     Data {
         #[command(subcommand)]
@@ -227,6 +236,10 @@ struct TrainArgs {
     /// Run directory (default: runs/<net>-<date>).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Serve a live view of the run (chart, progress, configuration) at ADDR: 127.0.0.1 and a
+    /// free port by default (printed at start); other interfaces only when named.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1")]
+    serve: Option<String>,
     /// Continue the run in this directory from its last complete epoch.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["net", "lr", "batch_size", "resize", "seed", "out", "precision", "memory_format"])]
     resume: Option<PathBuf>,
@@ -533,6 +546,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             let profile = crate::bench::profile(&net, &speed.bench_config(device, batch_size, passes, 1))?;
             print!("{}", crate::bench::profile_table(&profile));
         }
+        Command::Serve { dir, addr } => {
+            let addr = crate::live::parse_addr("--addr", addr.as_deref()).map_err(usage)?;
+            let server = crate::live::serve_runs(addr, &dir)?;
+            eprintln!("live view of the runs in {}: {} (Ctrl-C stops it)", dir.display(), server.url());
+            loop {
+                std::thread::park();
+            }
+        }
         Command::Data { command: DataCommand::Download { dir } } => {
             let dir =
                 dir.or_else(data::cache_dir).ok_or_else(|| usage("no cache directory ($HOME unset): pass --dir"))?;
@@ -624,8 +645,25 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     };
     // train() checks the hyper-parameters and the resize before it writes anything.
     let data = load_data(args.data.dir.as_deref())?;
-    let run = train::Run { config, data: &data, dir: dir.clone(), verbose: true };
-    train::train(&run, &net, start)?;
+    let live = match &args.serve {
+        Some(addr) => {
+            let board = crate::live::Board::default();
+            let server = crate::live::serve(crate::live::parse_addr("--serve", Some(addr)).map_err(usage)?, &board)?;
+            eprintln!("live view: {}", server.url());
+            Some(board)
+        }
+        None => None,
+    };
+    let run = train::Run { config, data: &data, dir: dir.clone(), verbose: true, live: live.clone() };
+    let result = train::train(&run, &net, start);
+    if let Some(board) = &live {
+        if let Err(e) = &result {
+            board.update(|view| view.status = format!("failed: {}", crate::error_line(e)));
+        }
+        // Connected pages receive the final state before the process (and the server) ends.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    result?;
     eprintln!("run saved in {}", dir.display());
     Ok(())
 }

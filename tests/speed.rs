@@ -16,7 +16,7 @@ fn train_lenet(precision: Precision, dir: &Path, data: &FashionMnist) -> train::
     tch::manual_seed(0);
     let mut net = Network::new("lenet-bn", config.net_config(), Device::Cpu).unwrap();
     net.set_precision(precision).unwrap();
-    let run = Run { config, data, dir: dir.to_path_buf(), verbose: false };
+    let run = Run { config, data, dir: dir.to_path_buf(), verbose: false, live: None };
     train::train(&run, &net, None).unwrap()
 }
 
@@ -60,7 +60,7 @@ fn refused_run(config: TrainConfig) -> String {
     let data = small_data(64, 64);
     let net = Network::new(&config.net, config.net_config(), Device::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let run = Run { config, data: &data, dir: dir.path().join("run"), verbose: false };
+    let run = Run { config, data: &data, dir: dir.path().join("run"), verbose: false, live: None };
     let err = train::train(&run, &net, None).unwrap_err().to_string();
     assert!(!dir.path().join("run").exists());
     err
@@ -157,7 +157,7 @@ fn a_checkpoint_is_laid_out_as_its_run_was() {
     };
     let net = Network::new("nin", config.net_config(), Device::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let run = Run { config, data: &data, dir: dir.path().to_path_buf(), verbose: false };
+    let run = Run { config, data: &data, dir: dir.path().to_path_buf(), verbose: false, live: None };
     train::train(&run, &net, None).unwrap();
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();

@@ -20,7 +20,7 @@ fn train_lenet(dir: &Path, epochs: usize, start: Option<train::CheckpointState>)
             Network::new("lenet-bn", config.net_config(), Device::Cpu).unwrap()
         }
     };
-    let run = Run { config, data: &data, dir: dir.to_path_buf(), verbose: false };
+    let run = Run { config, data: &data, dir: dir.to_path_buf(), verbose: false, live: None };
     train::train(&run, &net, start).unwrap()
 }
 

@@ -23,7 +23,7 @@ fn fresh(config: &TrainConfig) -> Network {
 }
 
 fn run<'a>(config: &TrainConfig, data: &'a FashionMnist, dir: &Path) -> Run<'a> {
-    Run { config: config.clone(), data, dir: dir.to_path_buf(), verbose: false }
+    Run { config: config.clone(), data, dir: dir.to_path_buf(), verbose: false, live: None }
 }
 
 /// The history without wall-clock measurements.

@@ -17,6 +17,7 @@ use tch::{Device, Kind, Tensor};
 use crate::accel::{MemoryFormat, Precision, Replayer};
 use crate::chart;
 use crate::data::{self, CLASSES, FashionMnist, Split};
+use crate::live::{Board, Progress};
 use crate::models::{self, NetConfig, Network};
 use crate::tensorboard::EventWriter;
 use crate::weights::{self, write_atomic};
@@ -423,6 +424,8 @@ pub struct Run<'a> {
     pub dir: PathBuf,
     /// Print d2l's lines to stdout (off in library use).
     pub verbose: bool,
+    /// Publish the run's progress and points to the live view (`--serve`).
+    pub live: Option<Board>,
 }
 
 /// Trains `net` as `d2l.train_ch6` does, from `start` (a resumed checkpoint's state) or from
@@ -480,6 +483,19 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
     let mut replayer = net.replayer();
     let mut eval_replayer = net.replayer();
     let mut last_finite: Option<f64> = history.epochs.last().map(|e| e.train_loss);
+    let live = |change: &dyn Fn(&mut crate::live::RunView)| {
+        if let Some(board) = &run.live {
+            board.update(|view| change(view));
+        }
+    };
+    live(&|view| {
+        view.name = run.dir.file_name().map_or_else(|| dir.to_string(), |n| n.to_string_lossy().into_owned());
+        view.status = "running".into();
+        view.config = Some(cfg.clone());
+        view.progress = Progress { epoch: first_epoch + 1, epochs: cfg.epochs, batch: 0, batches: num_batches };
+        view.points = history.points.clone();
+        view.epochs = history.epochs.clone();
+    });
     for epoch in first_epoch..cfg.epochs {
         // Every epoch's randomness (shuffle, dropout) depends only on the seed and the epoch, so
         // a resumed run continues exactly as an uninterrupted one.
@@ -541,8 +557,12 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
                 let x = epoch as f64 + (i + 1) as f64 / num_batches as f64;
                 let point = Point { x, train_loss: Some(train_loss), train_acc: Some(train_acc), test_acc: None };
                 events.point(&point).map_err(event_error)?;
+                live(&|view| view.points.push(point.clone()));
                 history.points.push(point);
             }
+            live(&|view| {
+                view.progress = Progress { epoch: epoch + 1, epochs: cfg.epochs, batch: i + 1, batches: num_batches }
+            });
             bar.set_message(format!(
                 "loss {train_loss:.3}, train acc {train_acc:.3}, {:.1} examples/sec",
                 seen as f64 / step_seconds
@@ -561,6 +581,7 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         })?;
         let point = Point { x: (epoch + 1) as f64, train_loss: None, train_acc: None, test_acc: Some(test.accuracy) };
         events.point(&point).map_err(event_error)?;
+        live(&|view| view.points.push(point.clone()));
         history.points.push(point);
         let record = EpochRecord {
             epoch: epoch + 1,
@@ -585,8 +606,10 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         write_results(&run.dir, &history, cfg.epochs)?;
         if let Some(record) = history.epochs.last() {
             events.epoch(record, cfg.lr).map_err(event_error)?;
+            live(&|view| view.epochs.push(record.clone()));
         }
     }
+    live(&|view| view.status = "finished".into());
     if let (true, Some(last)) = (run.verbose, history.epochs.last()) {
         println!("loss {:.3}, train acc {:.3}, test acc {:.3}", last.train_loss, last.train_acc, last.test_acc);
         println!("{:.1} examples/sec on {}", history.examples_per_sec(), device_name(device));

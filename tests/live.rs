@@ -1,0 +1,138 @@
+//! The live view's server, without a browser (the page itself is tested in Chromium by
+//! tests/browser/live_view.sh): the state a page receives, over plain HTTP and as server-sent
+//! events, while a run trains and after it, for one run and for a directory of runs.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+/// Starts `convnets ARGS` and waits for the URL it prints on stderr.
+fn start(args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_convnets"))
+        .args(args)
+        .env_remove("CONVNETS_DATA")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().expect("the URL before stderr ends").unwrap();
+        if let Some(at) = line.find("http://") {
+            break line[at..].split_whitespace().next().unwrap().to_string();
+        }
+    };
+    // Keep draining stderr so the child never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    (child, url)
+}
+
+fn host(url: &str) -> &str {
+    url.trim_start_matches("http://").trim_end_matches('/')
+}
+
+/// A GET request's body.
+fn get(url: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(host(url)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", host(url)).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
+fn state(url: &str) -> serde_json::Value {
+    serde_json::from_str(&get(url, "/state")).unwrap()
+}
+
+#[test]
+fn a_training_run_publishes_its_progress_points_and_config_as_it_goes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let (mut child, url) = start(&[
+        "train",
+        "googlenet",
+        "--resize",
+        "32",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "2",
+        "--serve",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(url.starts_with("http://127.0.0.1:"), "loopback by default: {url}");
+    assert!(get(&url, "/").contains("<title>convnets: live view</title>"));
+
+    // Points arrive while the run trains.
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    while started.elapsed() < Duration::from_secs(60) {
+        let view = state(&url);
+        let run = &view["runs"][0];
+        if run["status"] == "running" {
+            seen.push(run["points"].as_array().unwrap().len());
+            assert_eq!(run["config"]["net"], "googlenet");
+            assert_eq!(run["progress"]["batches"], 32);
+            assert_eq!(run["name"], "run");
+        }
+        if seen.len() > 1 && seen.last() > seen.first() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(seen.last() > seen.first(), "points were added while running: {seen:?}");
+
+    // The event stream starts with the whole state, for a page that connects late.
+    let mut stream = TcpStream::connect(host(&url)).unwrap();
+    write!(stream, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    let data = loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if let Some(data) = line.strip_prefix("data: ") {
+            break data.to_string();
+        }
+    };
+    let first: serde_json::Value = serde_json::from_str(&data).unwrap();
+    assert!(!first["runs"][0]["points"].as_array().unwrap().is_empty(), "{first}");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn serve_shows_every_run_of_a_directory_and_refuses_a_bad_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, epochs) in [("a", "1"), ("b", "2")] {
+        let dir = tmp.path().join(name);
+        let (code, _, err) =
+            common::convnets(&["train", "lenet-bn", "--epochs", epochs, "--out", dir.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+    }
+    std::fs::create_dir(tmp.path().join("not-a-run")).unwrap();
+    let (mut child, url) = start(&["serve", tmp.path().to_str().unwrap()]);
+    let view = state(&url);
+    child.kill().unwrap();
+    let _ = child.wait();
+    let runs = view["runs"].as_array().unwrap();
+    let names: Vec<&str> = runs.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert!(runs.iter().all(|r| r["status"] == "finished"), "{view}");
+    assert_eq!(runs[1]["epochs"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        runs[1]["points"].as_array().unwrap().len(),
+        2 * 9,
+        "8 batches an epoch: a point after each (8 / 5 rounds down to 1), then the test accuracy"
+    );
+
+    let (code, _, err) = common::convnets(&["serve", tmp.path().to_str().unwrap(), "--addr", "localhost:http"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--addr localhost:http: expected an address such as 127.0.0.1"), "{err}");
+    let (code, _, err) = common::convnets(&["serve", "/nonexistent/runs"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("/nonexistent/runs: no such directory"), "{err}");
+}
