@@ -1,0 +1,181 @@
+//! Batches: seeded epoch orders, uint8 batches prepared on a background thread, and their
+//! delivery to the device that trains on them.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
+use tch::{Device, Kind, Tensor};
+
+use super::{Resize, Split};
+use crate::accel;
+
+/// A batch as the pipeline delivers it: pixels `[B, 1, H, W]` as uint8 (a quarter of the bytes
+/// of floats to prepare and to copy to a GPU) and labels `[B]` (int64).
+pub struct Batch {
+    pub pixels: Tensor,
+    pub labels: Tensor,
+}
+
+impl Batch {
+    /// The network's input on `device`: ToTensor's floats in [0, 1] (`pixel / 255`, exactly as
+    /// torchvision computes them), converted where they are used.
+    pub fn images(&self, device: Device) -> Result<Tensor, tch::TchError> {
+        to_input(&self.pixels.f_to_device(device)?)
+    }
+}
+
+/// uint8 pixels as floats in [0, 1], on the device that holds them.
+fn to_input(pixels: &Tensor) -> Result<Tensor, tch::TchError> {
+    pixels.f_to_kind(Kind::Float)?.f_div_scalar(255.0)
+}
+
+/// Builds the batch of `indices` from `split`, resized to `size` x `size` when given.
+pub fn make_batch(split: &Split, indices: &[usize], size: Option<usize>) -> anyhow::Result<Batch> {
+    make_batch_for(split, indices, size, Device::Cpu)
+}
+
+/// [`make_batch`] in the host memory `device` copies from fastest (page-locked for a GPU).
+fn make_batch_for(split: &Split, indices: &[usize], size: Option<usize>, device: Device) -> anyhow::Result<Batch> {
+    let (h, w) = size.map_or((split.rows, split.cols), |s| (s, s));
+    let shape = [indices.len() as i64, 1, h as i64, w as i64];
+    let images = accel::empty_host_u8(&shape, device)?;
+    // SAFETY: a new, contiguous uint8 CPU tensor of exactly this many bytes, owned here alone;
+    // writing the pixels in place saves a copy of the whole batch (12 MB at 224x224).
+    // (An empty tensor may have no storage: a slice then needs a dangling, non-null pointer.)
+    let len = indices.len() * h * w;
+    let start = if len == 0 { std::ptr::NonNull::dangling().as_ptr() } else { images.data_ptr() as *mut u8 };
+    let pixels = unsafe { std::slice::from_raw_parts_mut(start, len) };
+    match size.filter(|_| (h, w) != (split.rows, split.cols)) {
+        // Resizing is the expensive part: spread it over the cores.
+        Some(s) => {
+            let resize = Resize::new(split.rows, split.cols, s, s);
+            pixels
+                .par_chunks_mut(h * w)
+                .zip(indices.par_iter())
+                .for_each(|(out, &i)| resize.apply_into(split.image(i), out));
+        }
+        // A plain copy is cheaper than waking a thread pool that competes with libtorch's.
+        None => pixels.chunks_mut(h * w).zip(indices).for_each(|(out, &i)| out.copy_from_slice(split.image(i))),
+    }
+    let labels: Vec<i64> = indices.iter().map(|&i| split.labels[i] as i64).collect();
+    Ok(Batch { pixels: images, labels: Tensor::f_from_slice(&labels)? })
+}
+
+/// The order of the training set in `epoch`: a shuffle that depends only on the seed and the
+/// epoch, so a resumed run sees the same batches as an uninterrupted one.
+pub fn epoch_order(len: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    order.shuffle(&mut rng);
+    order
+}
+
+/// Batches of `order` (the last one partial), prepared on a background thread a few batches
+/// ahead so the network does not wait for resizing.
+pub fn batches(
+    split: Arc<Split>,
+    order: Vec<usize>,
+    batch_size: usize,
+    size: Option<usize>,
+) -> Receiver<anyhow::Result<Batch>> {
+    host_batches(split, order, batch_size, size, Device::Cpu)
+}
+
+/// [`batches`], in host memory meant for copies to `device`.
+fn host_batches(
+    split: Arc<Split>,
+    order: Vec<usize>,
+    batch_size: usize,
+    size: Option<usize>,
+    device: Device,
+) -> Receiver<anyhow::Result<Batch>> {
+    let (tx, rx) = sync_channel(3);
+    std::thread::spawn(move || {
+        for chunk in order.chunks(batch_size) {
+            let batch = make_batch_for(&split, chunk, size, device);
+            let failed = batch.is_err();
+            if tx.send(batch).is_err() || failed {
+                return; // the consumer stopped early, or will stop at this error
+            }
+        }
+    });
+    rx
+}
+
+/// A batch on the device that trains on it: images as the network's input (see
+/// [`Batch::images`]), labels, and the labels still on the host for counting.
+pub struct DeviceBatch {
+    pub images: Tensor,
+    pub labels: Tensor,
+    pub host_labels: Tensor,
+}
+
+/// [`batches`] delivered on `device`. On a GPU the copy of batch i+1 is queued on a stream of its
+/// own (from page-locked memory) as soon as batch i is handed out, so it runs during the step on
+/// batch i instead of before the step on batch i+1.
+pub fn device_batches(
+    split: Arc<Split>,
+    order: Vec<usize>,
+    batch_size: usize,
+    size: Option<usize>,
+    device: Device,
+) -> DeviceBatches {
+    DeviceBatches { host: host_batches(split, order, batch_size, size, device), device, in_flight: None }
+}
+
+/// The iterator [`device_batches`] returns.
+pub struct DeviceBatches {
+    host: Receiver<anyhow::Result<Batch>>,
+    device: Device,
+    in_flight: Option<InFlight>,
+}
+
+/// A batch whose copy to the device has been queued.
+struct InFlight {
+    pixels: Tensor,
+    labels: Tensor,
+    host_labels: Tensor,
+}
+
+impl DeviceBatches {
+    fn start_copy(&self, batch: Batch) -> anyhow::Result<InFlight> {
+        Ok(InFlight {
+            pixels: accel::copy_async(&batch.pixels, self.device)?,
+            labels: accel::copy_async(&batch.labels, self.device)?,
+            host_labels: batch.labels,
+        })
+    }
+
+    fn next_batch(&mut self) -> anyhow::Result<Option<DeviceBatch>> {
+        let current = match self.in_flight.take() {
+            Some(copying) => copying,
+            None => match self.host.recv() {
+                Ok(batch) => self.start_copy(batch?)?,
+                Err(_) => return Ok(None),
+            },
+        };
+        let InFlight { mut pixels, mut labels, host_labels } = current;
+        // Only this batch's copy is queued yet, so the step waits for it and for no other.
+        accel::wait_copied(&mut pixels)?;
+        accel::wait_copied(&mut labels)?;
+        // On a CPU a copy is done when it returns: nothing to overlap, so no reason to wait for
+        // the next batch before handing this one out.
+        if self.device.is_cuda()
+            && let Ok(batch) = self.host.recv()
+        {
+            self.in_flight = Some(self.start_copy(batch?)?);
+        }
+        Ok(Some(DeviceBatch { images: to_input(&pixels)?, labels, host_labels }))
+    }
+}
+
+impl Iterator for DeviceBatches {
+    type Item = anyhow::Result<DeviceBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_batch().transpose()
+    }
+}
