@@ -9,7 +9,7 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::accel::{self, MemoryFormat, Precision};
-use crate::data::{self, FashionMnist};
+use crate::data::{self, Dataset};
 use crate::models::{self, NetConfig, Network};
 use crate::trace::{Record, Tracer};
 use crate::train::{self, Sgd, device_name};
@@ -101,11 +101,11 @@ fn setup(name: &str, cfg: &BenchConfig) -> anyhow::Result<Setup> {
 }
 
 /// Measures one network; a failure names it.
-pub fn bench(name: &str, cfg: &BenchConfig, data: &FashionMnist) -> anyhow::Result<BenchResult> {
+pub fn bench(name: &str, cfg: &BenchConfig, data: &Dataset) -> anyhow::Result<BenchResult> {
     measure(name, cfg, data).with_context(|| format!("bench {name} on {}", device_name(cfg.device)))
 }
 
-fn measure(name: &str, cfg: &BenchConfig, data: &FashionMnist) -> anyhow::Result<BenchResult> {
+fn measure(name: &str, cfg: &BenchConfig, data: &Dataset) -> anyhow::Result<BenchResult> {
     reset_peak_rss();
     accel::reset_peak_memory(cfg.device);
     let Setup { batch, side, net, mut opt, x, y } = setup(name, cfg)?;

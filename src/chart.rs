@@ -105,9 +105,11 @@ pub fn encode_png(rgb: &[u8], w: u32, h: u32) -> anyhow::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// One image of the prediction grid: grey pixels and its two title lines.
+/// One image of the prediction grid: its pixels (grey, or red, green and blue planes), its size
+/// and its two title lines.
 pub struct Labelled<'a> {
     pub pixels: &'a [u8],
+    pub channels: usize,
     pub size: (usize, usize),
     pub title: [String; 2],
 }
@@ -137,9 +139,10 @@ pub fn prediction_grid(images: &[Labelled]) -> anyhow::Result<Vec<u8>> {
             let (ih, iw) = im.size;
             for y in 0..ih * SCALE {
                 for x in 0..iw * SCALE {
-                    let v = im.pixels[(y / SCALE) * iw + x / SCALE];
+                    let at = (y / SCALE) * iw + x / SCALE;
+                    let plane = |c: usize| im.pixels[(c.min(im.channels - 1)) * ih * iw + at];
                     let px = (x0 + x as i32, y0 + TITLE as i32 + y as i32);
-                    root.draw_pixel(px, &RGBColor(v, v, v)).plotted()?;
+                    root.draw_pixel(px, &RGBColor(plane(0), plane(1), plane(2))).plotted()?;
                 }
             }
         }
@@ -148,15 +151,34 @@ pub fn prediction_grid(images: &[Labelled]) -> anyhow::Result<Vec<u8>> {
     encode_png(&rgb, w, h)
 }
 
-/// Reads a PNG file as grey pixels: (pixels, height, width).
-pub fn read_grey_png(path: &Path) -> anyhow::Result<(Vec<u8>, usize, usize)> {
+/// Reads a PNG file as `channels` planes (1: grey, 3: red, green, blue): (pixels, height, width).
+pub fn read_png(path: &Path, channels: usize) -> anyhow::Result<(Vec<u8>, usize, usize)> {
     let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    decode_grey_png(&bytes, &path.display().to_string())
+    let name = path.display().to_string();
+    if channels == 1 {
+        return decode_grey_png(&bytes, &name);
+    }
+    let (rgb, h, w) = decode_png(&bytes, &name)?;
+    // Interleaved RGB (grey images repeated) to planes, as the networks take them.
+    let planes = (0..3).flat_map(|c| rgb.iter().map(move |px| px[c])).collect();
+    Ok((planes, h, w))
 }
 
 /// Decodes PNG bytes as grey pixels (colour converted as Pillow's `convert("L")` does), refusing
 /// images over 64 megapixels before allocating for them.
 pub fn decode_grey_png(bytes: &[u8], name: &str) -> anyhow::Result<(Vec<u8>, usize, usize)> {
+    let (rgb, h, w) = decode_png(bytes, name)?;
+    // (For grey pixels, r = g = b, this gives the grey value back.)
+    let grey = rgb
+        .iter()
+        .map(|&[r, g, b]| ((r as u32 * 19595 + g as u32 * 38470 + b as u32 * 7471 + 0x8000) >> 16) as u8)
+        .collect();
+    Ok((grey, h, w))
+}
+
+/// Decodes PNG bytes as RGB pixels (grey repeated), refusing images over 64 megapixels before
+/// allocating for them.
+fn decode_png(bytes: &[u8], name: &str) -> anyhow::Result<(Vec<[u8; 3]>, usize, usize)> {
     let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = decoder.read_info().map_err(|e| anyhow::anyhow!("{name}: not a readable PNG: {e}"))?;
@@ -168,12 +190,12 @@ pub fn decode_grey_png(bytes: &[u8], name: &str) -> anyhow::Result<(Vec<u8>, usi
     let frame = reader.next_frame(&mut buf).map_err(|e| anyhow::anyhow!("{name}: corrupt PNG data: {e}"))?;
     let data = &buf[..frame.buffer_size()];
     let channels = frame.color_type.samples();
-    let grey = data
+    let rgb = data
         .chunks(channels)
         .map(|px| match channels {
-            1 | 2 => px[0],
-            _ => ((px[0] as u32 * 19595 + px[1] as u32 * 38470 + px[2] as u32 * 7471 + 0x8000) >> 16) as u8,
+            1 | 2 => [px[0]; 3],
+            _ => [px[0], px[1], px[2]],
         })
         .collect();
-    Ok((grey, h, w))
+    Ok((rgb, h, w))
 }

@@ -9,7 +9,7 @@ use tch::Device;
 
 use crate::accel::{MemoryFormat, Precision};
 use crate::bench::BenchConfig;
-use crate::data::{self, FashionMnist};
+use crate::data::{self, Dataset};
 use crate::models::{self, MODELS, NetConfig, Network};
 use crate::summary;
 use crate::train::{self, TrainConfig};
@@ -85,10 +85,14 @@ enum Command {
         batch_size: Option<i64>,
         #[arg(long, value_enum, default_value_t = SummaryStyle::Torchsummary)]
         style: SummaryStyle,
+        #[command(flatten)]
+        shape: NetShapeArgs,
     },
     /// Print each top-level layer's output shape for one input, as the notebook's loops do.
     Shapes {
         net: String,
+        #[command(flatten)]
+        shape: NetShapeArgs,
         #[arg(long, value_parser = InputShape::parse)]
         input: Option<InputShape>,
     },
@@ -204,12 +208,28 @@ enum Command {
     },
 }
 
+/// The network's input channels and classes, for data sets other than d2l's.
+#[derive(clap::Args)]
+struct NetShapeArgs {
+    /// Input channels (3 for colour images); --input's C sets it too.
+    #[arg(long, allow_negative_numbers = true)]
+    in_channels: Option<i64>,
+    /// Number of classes of the last layer.
+    #[arg(long, allow_negative_numbers = true)]
+    classes: Option<i64>,
+}
+
 #[derive(clap::Args)]
 struct DataArgs {
-    /// Directory with the four Fashion-MNIST files (.gz or not). Default: $CONVNETS_DATA, then
-    /// the user cache (~/.cache/convnets/fashion-mnist), then the embedded sample.
+    /// Directory with a data set: the four (Fashion-)MNIST IDX files (.gz or not), or CIFAR-10's
+    /// or CIFAR-100's binary files. Default: $CONVNETS_DATA, then the user cache
+    /// (~/.cache/convnets/fashion-mnist), then the embedded Fashion-MNIST sample.
     #[arg(long = "data", value_name = "DIR")]
     dir: Option<PathBuf>,
+    /// fashion-mnist, mnist, cifar10 or cifar100 (default: what the directory holds; IDX files
+    /// are taken for Fashion-MNIST).
+    #[arg(long)]
+    dataset: Option<data::Format>,
 }
 
 #[derive(clap::Args)]
@@ -359,10 +379,21 @@ fn libtorch_panic(payload: &(dyn std::any::Any + Send)) -> Option<String> {
 }
 
 /// Builds `name` for `input` (its channels set the network's) and checks the input fits.
-fn network_for(name: &str, input: Option<InputShape>) -> anyhow::Result<(Network, [i64; 3])> {
+fn network_for(name: &str, input: Option<InputShape>, shape: &NetShapeArgs) -> anyhow::Result<(Network, [i64; 3])> {
     let info = models::find(name).map_err(|e| usage(e.to_string()))?;
-    let channels = input.and_then(|i| i.channels).unwrap_or(1);
-    let net = Network::from_info(info, NetConfig { in_channels: channels, ..NetConfig::default() }, Device::Cpu);
+    let channels = match (input.and_then(|i| i.channels), shape.in_channels) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(usage(format!("--input has {a} channels but --in-channels says {b}")));
+        }
+        (a, b) => a.or(b).unwrap_or(1),
+    };
+    let classes = shape.classes.unwrap_or(NetConfig::default().num_classes);
+    for (flag, value) in [("--in-channels", channels), ("--classes", classes)] {
+        if value < 1 {
+            return Err(usage(format!("{flag} must be at least 1, got {value}")));
+        }
+    }
+    let net = Network::from_info(info, NetConfig { in_channels: channels, num_classes: classes }, Device::Cpu);
     let shape = match input {
         Some(i) => [channels, i.height, i.width],
         None => net.default_input(),
@@ -411,8 +442,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Summary { net, input, batch_size, style } => {
-            let (net, shape) = network_for(&net, input)?;
+        Command::Summary { net, input, batch_size, style, shape } => {
+            let (net, shape) = network_for(&net, input, &shape)?;
             if batch_size.is_some_and(|b| b == 0 || b < -1) {
                 return Err(usage("--batch-size must be -1 (unspecified) or at least 1"));
             }
@@ -426,25 +457,27 @@ fn run(command: Command) -> anyhow::Result<()> {
             };
             print!("{text}");
         }
-        Command::Shapes { net, input } => {
-            let (net, shape) = network_for(&net, input)?;
+        Command::Shapes { net, input, shape } => {
+            let (net, shape) = network_for(&net, input, &shape)?;
             print!("{}", summary::shapes(&net.trace(&shape)?));
         }
         Command::Train(args) => run_train(args)?,
         Command::Eval { run, data, device } => {
             let device = train::parse_device(&device).map_err(usage)?;
             let checkpoint = train::load_checkpoint(&run, device)?;
-            let data = load_data(data.dir.as_deref())?;
+            let data = load_data(&data)?;
             let config = &checkpoint.state.config;
+            config.check_dataset(&data).map_err(usage)?;
             let evaluation = train::evaluate(&checkpoint.net, &data.test, config.batch_size, config.resize)?;
             println!("{} after {} epochs, {} test images", config.net, checkpoint.state.epoch, data.test.len());
-            print!("{}", evaluation.report());
+            print!("{}", evaluation.report(&config.classes));
         }
         Command::Predict { run, count, out, image, data, device } => {
             let device = train::parse_device(&device).map_err(usage)?;
             let checkpoint = train::load_checkpoint(&run, device)?;
             if image.is_empty() {
-                let data = load_data(data.dir.as_deref())?;
+                let data = load_data(&data)?;
+                checkpoint.state.config.check_dataset(&data).map_err(usage)?;
                 predict_test(&checkpoint, &data, count, out.as_deref())?;
             } else {
                 predict_files(&checkpoint, &image)?;
@@ -521,7 +554,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             for net in &nets {
                 models::find(net).map_err(|e| usage(e.to_string()))?;
             }
-            let data = load_data(data.dir.as_deref())?;
+            let data = load_data(&data)?;
             let config = speed.bench_config(device, batch_size, steps, warmup);
             let mut results = Vec::new();
             for net in &nets {
@@ -561,9 +594,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("Fashion-MNIST is in {}", dir.display());
         }
         Command::Data { command: DataCommand::Info { data } } => {
-            let data = load_data(data.dir.as_deref())?;
-            println!("train: {}", data::describe(&data.train).trim_end());
-            println!("test: {}", data::describe(&data.test).trim_end());
+            let data = load_data(&data)?;
+            println!("train: {}", data::describe(&data.train, &data.classes).trim_end());
+            println!("test: {}", data::describe(&data.test, &data.classes).trim_end());
         }
     }
     Ok(())
@@ -577,15 +610,19 @@ fn at_least_one(flag: &str, value: i64) -> anyhow::Result<usize> {
         .ok_or_else(|| usage(format!("{flag} must be at least 1, got {value}")))
 }
 
-/// Loads Fashion-MNIST and says where it came from.
-fn load_data(dir: Option<&Path>) -> anyhow::Result<FashionMnist> {
-    let data = FashionMnist::load(dir)?;
-    eprintln!("data: {}", data.source);
+/// Loads the data set and says where it came from.
+fn load_data(args: &DataArgs) -> anyhow::Result<Dataset> {
+    let data = Dataset::load(args.dir.as_deref(), args.dataset)?;
+    let kind =
+        if data.format == data::Format::FashionMnist { String::new() } else { format!("{} ", data.format.name()) };
+    eprintln!("data: {kind}{}", data.source);
     Ok(data)
 }
 
 fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     let device = train::parse_device(&args.device).map_err(usage)?;
+    // The data set decides the network's input channels and classes.
+    let data = load_data(&args.data)?;
     let (net, config, start, dir) = match &args.resume {
         Some(dir) => {
             let checkpoint = train::load_checkpoint(dir, device)?;
@@ -601,6 +638,7 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
                     config.epochs
                 )));
             }
+            config.check_dataset(&data).map_err(usage)?;
             eprintln!("resuming {} after epoch {}", dir.display(), checkpoint.state.epoch);
             // Precision and layout come from the run's configuration (load_checkpoint).
             let mut net = checkpoint.net;
@@ -613,6 +651,7 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
                 .as_deref()
                 .ok_or_else(|| usage("name a network to train (see `convnets models`), or --resume DIR"))?;
             let mut config = TrainConfig::d2l(name).map_err(|e| usage(e.to_string()))?;
+            config.use_dataset(&data);
             config.lr = args.lr.unwrap_or(config.lr);
             if let Some(epochs) = args.epochs {
                 config.epochs = at_least_one("--epochs", epochs)?;
@@ -644,7 +683,6 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         }
     };
     // train() checks the hyper-parameters and the resize before it writes anything.
-    let data = load_data(args.data.dir.as_deref())?;
     let live = match &args.serve {
         Some(addr) => {
             let board = crate::live::Board::default();
@@ -671,7 +709,7 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
 /// d2l's `predict_ch3`: the first `count` test images with true and predicted labels.
 fn predict_test(
     checkpoint: &train::Checkpoint,
-    data: &FashionMnist,
+    data: &Dataset,
     count: usize,
     out: Option<&Path>,
 ) -> anyhow::Result<()> {
@@ -681,12 +719,13 @@ fn predict_test(
     let batch = data::make_batch(&data.test, &indices, config.resize)?;
     let predicted = classify(&checkpoint.net, &batch.images(Device::Cpu)?)?;
     let mut tiles = Vec::new();
+    let name = |c: usize| config.classes.get(c).map_or("?", String::as_str);
     for (i, p) in predicted.iter().enumerate() {
-        let truth = data::CLASSES[data.test.labels[i] as usize];
-        let guess = data::CLASSES.get(*p).copied().unwrap_or("?");
+        let (truth, guess) = (name(data.test.labels[i] as usize), name(*p));
         println!("{i:>4}: true {truth:<11} predicted {guess:<11}{}", if truth == guess { "" } else { "  (wrong)" });
         tiles.push(crate::chart::Labelled {
             pixels: data.test.image(i),
+            channels: data.test.channels,
             size: (data.test.rows, data.test.cols),
             title: [truth.to_string(), guess.to_string()],
         });
@@ -702,16 +741,20 @@ fn predict_test(
 /// Classifies the user's own PNG images, resized to the network's input as training did.
 fn predict_files(checkpoint: &train::Checkpoint, files: &[PathBuf]) -> anyhow::Result<()> {
     let config = &checkpoint.state.config;
-    let size = config.resize.unwrap_or(28);
+    let size = config.image_side();
+    let channels = config.in_channels as usize;
     let mut pixels = Vec::new();
     for file in files {
-        let (grey, h, w) = crate::chart::read_grey_png(file).map_err(|e| usage(e.to_string()))?;
-        let resized = data::Resize::new(h, w, size, size).apply(&grey);
-        pixels.extend(resized.iter().map(|&b| b as f32 / 255.0));
+        let (planes, h, w) = crate::chart::read_png(file, channels).map_err(|e| usage(e.to_string()))?;
+        let resize = data::Resize::new(h, w, size, size);
+        for plane in planes.chunks(h * w) {
+            pixels.extend(resize.apply(plane).iter().map(|&b| b as f32 / 255.0));
+        }
     }
-    let images = tch::Tensor::f_from_slice(&pixels)?.f_view([files.len() as i64, 1, size as i64, size as i64])?;
+    let shape = [files.len() as i64, channels as i64, size as i64, size as i64];
+    let images = tch::Tensor::f_from_slice(&pixels)?.f_view(shape)?;
     for (file, p) in files.iter().zip(classify(&checkpoint.net, &images)?) {
-        println!("{}: {}", file.display(), data::CLASSES.get(p).copied().unwrap_or("?"));
+        println!("{}: {}", file.display(), config.classes.get(p).map_or("?", String::as_str));
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
 
-use convnets::data::{self, DataError, FashionMnist, Resize, Source, Split};
+use convnets::data::{self, DataError, Dataset, Resize, Source, Split};
 
 mod common;
 use common::{gz, idx_images, idx_labels};
@@ -89,20 +89,20 @@ fn a_header_claiming_billions_of_images_fails_before_allocating() {
 
 #[test]
 fn the_embedded_sample_is_real_fashion_mnist() {
-    let data = FashionMnist::from_source(Source::Embedded).unwrap();
+    let data = Dataset::from_source(Source::Embedded).unwrap();
     assert_eq!((data.train.len(), data.test.len()), (2000, 500));
     assert_eq!((data.train.rows, data.train.cols), (28, 28));
     // The first training image of Fashion-MNIST is an ankle boot, the first test image too.
     assert_eq!(data.train.labels[..5], [9, 0, 0, 3, 0]);
     assert_eq!(data.test.labels[0], 9);
-    let info = data::describe(&data.train);
+    let info = data::describe(&data.train, &data.classes);
     assert!(info.starts_with("2000 images of 28x28, pixel mean 0.2"), "{info}");
     assert!(info.contains("  trouser        216 (10.8%)\n"), "{info}");
 }
 
 fn write_dataset(dir: &Path, train: usize, gzip: bool) {
     std::fs::create_dir_all(dir).unwrap();
-    let sample = FashionMnist::from_source(Source::Embedded).unwrap();
+    let sample = Dataset::from_source(Source::Embedded).unwrap();
     let take = |split: &Split, n: usize| {
         (idx_images(n as u32, 28, 28, &split.images[..n * 784]), idx_labels(&split.labels[..n]))
     };
@@ -184,7 +184,7 @@ fn resize_matches_pillow_bilinear_on_small_images() {
 
 #[test]
 fn resize_matches_pillow_on_real_images() {
-    let data = FashionMnist::from_source(Source::Embedded).unwrap();
+    let data = Dataset::from_source(Source::Embedded).unwrap();
     // (image, size, sum of pixels, sum of pixel * index mod 1000003), computed with Pillow.
     let expected = [
         (0, 96, 542381u64, 565089u64),
@@ -212,7 +212,7 @@ fn batches_cover_every_example_once_in_a_seeded_order() {
     assert_ne!(a, data::epoch_order(1000, 7, 1));
     assert_ne!(a, data::epoch_order(1000, 8, 0));
 
-    let sample = FashionMnist::from_source(Source::Embedded).unwrap();
+    let sample = Dataset::from_source(Source::Embedded).unwrap();
     let order: Vec<usize> = (0..300).rev().collect();
     let batches: Vec<_> =
         data::batches(sample.train.clone(), order, 128, Some(32)).into_iter().collect::<anyhow::Result<_>>().unwrap();
@@ -238,7 +238,7 @@ fn batches_cover_every_example_once_in_a_seeded_order() {
 
 #[test]
 fn device_batches_deliver_the_same_batches_as_inputs() {
-    let sample = FashionMnist::from_source(Source::Embedded).unwrap();
+    let sample = Dataset::from_source(Source::Embedded).unwrap();
     let order: Vec<usize> = (0..300).rev().collect();
     let host: Vec<_> = data::batches(sample.train.clone(), order.clone(), 128, Some(32))
         .into_iter()

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use convnets::data::{self, FashionMnist, Resize, Source};
+use convnets::data::{self, Dataset, Resize, Source};
 use convnets::train;
 use proptest::prelude::*;
 use tch::Device;
@@ -76,7 +76,7 @@ proptest! {
 
 /// Writes the first `train` training and 50 test images of the embedded sample as IDX files.
 fn dataset(dir: &Path, train: usize) -> PathBuf {
-    let sample = FashionMnist::from_source(Source::Embedded).unwrap();
+    let sample = Dataset::from_source(Source::Embedded).unwrap();
     std::fs::create_dir_all(dir).unwrap();
     for (split, n, prefix) in [(&sample.train, train, "train"), (&sample.test, 50, "t10k")] {
         let images = idx_images(n as u32, 28, 28, &split.images[..n * 784]);
@@ -305,7 +305,7 @@ fn a_libtorch_failure_mid_run_is_one_line_and_the_run_resumes_from_the_last_epoc
 
 #[test]
 fn labels_the_network_cannot_classify_are_an_error_naming_the_batch_not_a_panic() {
-    let sample = FashionMnist::from_source(Source::Embedded).unwrap();
+    let sample = Dataset::from_source(Source::Embedded).unwrap();
     let mut test = common::slice(&sample.test, 100);
     test.labels[70] = 12; // batch 3 of 4 at batch size 32
     let net = convnets::models::Network::new("lenet-bn", Default::default(), Device::Cpu).unwrap();
@@ -315,7 +315,7 @@ fn labels_the_network_cannot_classify_are_an_error_naming_the_batch_not_a_panic(
     // In training the loss meets it first: libtorch's own refusal, as a value, with where it was.
     let dir = tempfile::tempdir().unwrap();
     let config = train::TrainConfig { epochs: 1, batch_size: 32, ..train::TrainConfig::d2l("lenet-bn").unwrap() };
-    let data = FashionMnist { train: std::sync::Arc::new(test.clone()), test: std::sync::Arc::new(test), ..sample };
+    let data = Dataset { train: std::sync::Arc::new(test.clone()), test: std::sync::Arc::new(test), ..sample };
     let run = train::Run { config, data: &data, dir: dir.path().to_path_buf(), verbose: false, live: None };
     let err = train::train(&run, &net, None).err().unwrap();
     let line = convnets::error_line(&err);

@@ -6,12 +6,12 @@ use std::path::Path;
 use convnets::accel::{self, CudaGraph, MemoryFormat, Precision, Replayer};
 mod common;
 use common::{RNG, small_data};
-use convnets::data::{self, FashionMnist};
+use convnets::data::{self, Dataset};
 use convnets::models::{self, NetConfig, Network};
 use convnets::train::{self, Run, TrainConfig};
 use tch::{Device, Kind, Tensor};
 
-fn train_lenet(precision: Precision, dir: &Path, data: &FashionMnist) -> train::History {
+fn train_lenet(precision: Precision, dir: &Path, data: &Dataset) -> train::History {
     let config = TrainConfig { epochs: 2, batch_size: 64, precision, ..TrainConfig::d2l("lenet-bn").unwrap() };
     tch::manual_seed(0);
     let mut net = Network::new("lenet-bn", config.net_config(), Device::Cpu).unwrap();

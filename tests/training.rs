@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 mod common;
 use common::{RNG, small_data};
-use convnets::data::{FashionMnist, Split};
+use convnets::data::{Dataset, Split};
 use convnets::models::Network;
 use convnets::train::{self, Diverged, History, Run, TrainConfig};
 use tch::{Device, Kind, Tensor};
@@ -22,7 +22,7 @@ fn fresh(config: &TrainConfig) -> Network {
     net
 }
 
-fn run<'a>(config: &TrainConfig, data: &'a FashionMnist, dir: &Path) -> Run<'a> {
+fn run<'a>(config: &TrainConfig, data: &'a Dataset, dir: &Path) -> Run<'a> {
     Run { config: config.clone(), data, dir: dir.to_path_buf(), verbose: false, live: None }
 }
 
@@ -192,7 +192,7 @@ fn every_network_trains_a_short_epoch_and_reloads() {
         labels: sample.train.labels.repeat(8),
         ..(*sample.train).clone()
     };
-    let data = FashionMnist { train: Arc::new(repeated), ..sample.clone() };
+    let data = Dataset { train: Arc::new(repeated), ..sample.clone() };
     for net in ["alexnet", "vgg11-small", "nin", "googlenet", "resnet18", "densenet"] {
         let cfg = TrainConfig { seed: 1, ..config(net, 1, 32) };
         let network = fresh(&cfg);

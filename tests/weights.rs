@@ -256,10 +256,10 @@ fn cli_import_eval_and_export() {
         .trim_end_matches("(wrong)")
         .trim()
         .to_string();
-    let (pixels, h, w) = convnets::chart::read_grey_png(&grid).unwrap();
+    let (pixels, h, w) = convnets::chart::read_png(&grid, 1).unwrap();
     assert_eq!((h, w), (3 * 28 + 34 + 8, 5 * (3 * 28 + 8)));
     assert!(pixels.iter().any(|&p| p < 100) && pixels.iter().any(|&p| p > 200));
-    let sample = convnets::data::FashionMnist::from_source(convnets::data::Source::Embedded).unwrap();
+    let sample = convnets::data::Dataset::from_source(convnets::data::Source::Embedded).unwrap();
     let rgb: Vec<u8> = sample.test.image(0).iter().flat_map(|&v| [v, v, v]).collect();
     let own = tmp.path().join("boot.png");
     std::fs::write(&own, convnets::chart::encode_png(&rgb, 28, 28).unwrap()).unwrap();

@@ -12,7 +12,7 @@ use tch::{Device, Kind, Tensor};
 use super::{Resize, Split};
 use crate::accel;
 
-/// A batch as the pipeline delivers it: pixels `[B, 1, H, W]` as uint8 (a quarter of the bytes
+/// A batch as the pipeline delivers it: pixels `[B, C, H, W]` as uint8 (a quarter of the bytes
 /// of floats to prepare and to copy to a GPU) and labels `[B]` (int64).
 pub struct Batch {
     pub pixels: Tensor,
@@ -40,25 +40,29 @@ pub fn make_batch(split: &Split, indices: &[usize], size: Option<usize>) -> anyh
 /// [`make_batch`] in the host memory `device` copies from fastest (page-locked for a GPU).
 fn make_batch_for(split: &Split, indices: &[usize], size: Option<usize>, device: Device) -> anyhow::Result<Batch> {
     let (h, w) = size.map_or((split.rows, split.cols), |s| (s, s));
-    let shape = [indices.len() as i64, 1, h as i64, w as i64];
+    let c = split.channels;
+    let shape = [indices.len() as i64, c as i64, h as i64, w as i64];
     let images = accel::empty_host_u8(&shape, device)?;
     // SAFETY: a new, contiguous uint8 CPU tensor of exactly this many bytes, owned here alone;
     // writing the pixels in place saves a copy of the whole batch (12 MB at 224x224).
     // (An empty tensor may have no storage: a slice then needs a dangling, non-null pointer.)
-    let len = indices.len() * h * w;
+    let len = indices.len() * c * h * w;
     let start = if len == 0 { std::ptr::NonNull::dangling().as_ptr() } else { images.data_ptr() as *mut u8 };
     let pixels = unsafe { std::slice::from_raw_parts_mut(start, len) };
     match size.filter(|_| (h, w) != (split.rows, split.cols)) {
-        // Resizing is the expensive part: spread it over the cores.
+        // Resizing is the expensive part: spread it over the cores, a plane at a time (colour
+        // images are resized channel by channel, as Pillow does).
         Some(s) => {
             let resize = Resize::new(split.rows, split.cols, s, s);
-            pixels
-                .par_chunks_mut(h * w)
-                .zip(indices.par_iter())
-                .for_each(|(out, &i)| resize.apply_into(split.image(i), out));
+            let plane = split.rows * split.cols;
+            pixels.par_chunks_mut(c * h * w).zip(indices.par_iter()).for_each(|(out, &i)| {
+                for (out, src) in out.chunks_mut(h * w).zip(split.image(i).chunks(plane)) {
+                    resize.apply_into(src, out);
+                }
+            });
         }
         // A plain copy is cheaper than waking a thread pool that competes with libtorch's.
-        None => pixels.chunks_mut(h * w).zip(indices).for_each(|(out, &i)| out.copy_from_slice(split.image(i))),
+        None => pixels.chunks_mut(c * h * w).zip(indices).for_each(|(out, &i)| out.copy_from_slice(split.image(i))),
     }
     let labels: Vec<i64> = indices.iter().map(|&i| split.labels[i] as i64).collect();
     Ok(Batch { pixels: images, labels: Tensor::f_from_slice(&labels)? })

@@ -3,6 +3,7 @@
 //! background thread (`loader`) and the official files (`download`); here, where the data comes
 //! from (`--data`, `$CONVNETS_DATA`, the user cache, the embedded sample) and the splits.
 
+mod cifar;
 mod download;
 mod idx;
 mod loader;
@@ -12,12 +13,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use cifar::{CIFAR10_CLASSES, Cifar};
 pub use download::{MIRRORS, OFFICIAL_MD5, download, mirrors};
 pub use idx::{parse_images, parse_labels, parse_split};
 pub use loader::{Batch, DeviceBatch, DeviceBatches, batches, device_batches, epoch_order, make_batch};
 pub use transforms::Resize;
 
-/// The ten classes, in label order.
+/// Fashion-MNIST's ten classes, in label order.
 pub const CLASSES: [&str; 10] =
     ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"];
 
@@ -40,11 +42,13 @@ fn invalid(file: &str, reason: impl Into<String>) -> DataError {
     DataError::Invalid { file: file.to_string(), reason: reason.into() }
 }
 
-/// Images (row-major bytes) and labels of one split.
+/// Images (bytes, each image its channels' planes of row-major pixels) and labels of one split.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Split {
     pub images: Vec<u8>,
     pub labels: Vec<u8>,
+    /// 1 for grey images, 3 for colour (red, green and blue planes).
+    pub channels: usize,
     pub rows: usize,
     pub cols: usize,
 }
@@ -58,9 +62,9 @@ impl Split {
         self.labels.is_empty()
     }
 
-    /// The pixels of image `i`.
+    /// The pixels of image `i`, plane after plane.
     pub fn image(&self, i: usize) -> &[u8] {
-        let size = self.rows * self.cols;
+        let size = self.channels * self.rows * self.cols;
         &self.images[i * size..(i + 1) * size]
     }
 }
@@ -121,9 +125,76 @@ fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
     [dir.join(format!("{name}.gz")), dir.join(name)].into_iter().find(|p| p.is_file())
 }
 
-/// Train and test splits.
+/// The data sets convnets reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The IDX files of Fashion-MNIST (d2l's data set, the default).
+    FashionMnist,
+    /// The same IDX files of MNIST's digits.
+    Mnist,
+    Cifar10,
+    Cifar100,
+}
+
+impl Format {
+    pub const ALL: [Format; 4] = [Format::FashionMnist, Format::Mnist, Format::Cifar10, Format::Cifar100];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::FashionMnist => "fashion-mnist",
+            Format::Mnist => "mnist",
+            Format::Cifar10 => "cifar10",
+            Format::Cifar100 => "cifar100",
+        }
+    }
+
+    /// The height and width of its images.
+    pub fn side(self) -> usize {
+        match self {
+            Format::FashionMnist | Format::Mnist => 28,
+            Format::Cifar10 | Format::Cifar100 => cifar::SIDE,
+        }
+    }
+
+    fn cifar(self) -> Option<Cifar> {
+        match self {
+            Format::Cifar10 => Some(Cifar::Ten),
+            Format::Cifar100 => Some(Cifar::Hundred),
+            _ => None,
+        }
+    }
+
+    /// The data set whose files are in `dir`: IDX files are Fashion-MNIST's unless told
+    /// otherwise (MNIST's files have the same names and format).
+    pub fn detect(dir: &Path) -> Option<Format> {
+        if FILES.iter().all(|f| find_file(dir, f).is_some()) {
+            Some(Format::FashionMnist)
+        } else if Cifar::Ten.find(dir).is_some() {
+            Some(Format::Cifar10)
+        } else if Cifar::Hundred.find(dir).is_some() {
+            Some(Format::Cifar100)
+        } else {
+            None
+        }
+    }
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Format::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Format::ALL.iter().map(|f| f.name()).collect();
+            format!("unknown dataset {s:?}: expected {}", names.join(", "))
+        })
+    }
+}
+
+/// A data set: its train and test splits and class names.
 #[derive(Debug, Clone)]
-pub struct FashionMnist {
+pub struct Dataset {
+    pub format: Format,
+    /// Class names, in label order.
+    pub classes: Vec<String>,
     pub train: Arc<Split>,
     pub test: Arc<Split>,
     pub source: Source,
@@ -136,18 +207,28 @@ const SAMPLE: [&[u8]; 4] = [
     include_bytes!("../../data/sample/t10k-labels-idx1-ubyte.gz"),
 ];
 
-impl FashionMnist {
-    /// Loads from where [`resolve_source`] points.
-    pub fn load(flag: Option<&Path>) -> Result<Self, DataError> {
-        Self::from_source(resolve_source(flag))
+impl Dataset {
+    /// Loads from where [`resolve_source`] points, Fashion-MNIST unless the folder holds another
+    /// data set or `format` names one.
+    pub fn load(flag: Option<&Path>, format: Option<Format>) -> Result<Self, DataError> {
+        let source = resolve_source(flag);
+        match (format, &source) {
+            (Some(f), Source::Embedded | Source::Cache(_)) if f != Format::FashionMnist => Err(DataError::Missing {
+                dir: "the embedded sample and the user cache".into(),
+                name: format!("{} (give its folder with --data DIR)", f.name()),
+            }),
+            _ => Self::from_source_as(source, format),
+        }
     }
 
+    /// Fashion-MNIST from `source`.
     pub fn from_source(source: Source) -> Result<Self, DataError> {
-        let (files, names): (Vec<Vec<u8>>, Vec<String>) = match &source {
-            Source::Embedded => (
-                SAMPLE.iter().map(|b| b.to_vec()).collect(),
-                FILES.iter().map(|f| format!("embedded {f}.gz")).collect(),
-            ),
+        Self::from_source_as(source, Some(Format::FashionMnist))
+    }
+
+    fn from_source_as(source: Source, format: Option<Format>) -> Result<Self, DataError> {
+        let dir = match &source {
+            Source::Embedded => None,
             Source::Flag(dir) | Source::Env(dir) | Source::Cache(dir) => {
                 if !dir.is_dir() {
                     return Err(DataError::Io {
@@ -155,6 +236,24 @@ impl FashionMnist {
                         source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
                     });
                 }
+                Some(dir.clone())
+            }
+        };
+        let format = format.or_else(|| dir.as_deref().and_then(Format::detect)).unwrap_or(Format::FashionMnist);
+        if let (Some(cifar), Some(dir)) = (format.cifar(), &dir) {
+            let folder = cifar.find(dir).ok_or_else(|| DataError::Missing {
+                dir: dir.display().to_string(),
+                name: format!("{} binary files", format.name()),
+            })?;
+            let (train, test, classes) = cifar.load(&folder)?;
+            return Ok(Dataset { format, classes, train: Arc::new(train), test: Arc::new(test), source });
+        }
+        let (files, names): (Vec<Vec<u8>>, Vec<String>) = match &dir {
+            None => (
+                SAMPLE.iter().map(|b| b.to_vec()).collect(),
+                FILES.iter().map(|f| format!("embedded {f}.gz")).collect(),
+            ),
+            Some(dir) => {
                 let mut files = Vec::new();
                 let mut names = Vec::new();
                 for name in FILES {
@@ -175,28 +274,40 @@ impl FashionMnist {
                 format!("test images are {}x{}, train images {}x{}", test.rows, test.cols, train.rows, train.cols),
             ));
         }
-        Ok(FashionMnist { train: Arc::new(train), test: Arc::new(test), source })
+        let classes = match format {
+            Format::Mnist => (0..10).map(|d| d.to_string()).collect(),
+            _ => CLASSES.iter().map(|c| c.to_string()).collect(),
+        };
+        Ok(Dataset { format, classes, train: Arc::new(train), test: Arc::new(test), source })
+    }
+
+    /// The channels of its images.
+    pub fn channels(&self) -> usize {
+        self.train.channels
     }
 }
 
 /// Counts, class balance and pixel statistics of a split (`convnets data info`).
-pub fn describe(split: &Split) -> String {
-    let mut counts = [0usize; 10];
+pub fn describe(split: &Split, classes: &[String]) -> String {
+    let mut counts = vec![0usize; classes.len()];
     for &l in &split.labels {
-        counts[l as usize] += 1;
+        if let Some(count) = counts.get_mut(l as usize) {
+            *count += 1;
+        }
     }
     let n = split.images.len() as f64;
     let mean = split.images.iter().map(|&p| p as f64 / 255.0).sum::<f64>() / n;
     let var = split.images.iter().map(|&p| (p as f64 / 255.0 - mean).powi(2)).sum::<f64>() / n;
     let mut out = format!(
-        "{} images of {}x{}, pixel mean {:.4}, std {:.4} (scaled to [0, 1])\n",
+        "{} images of {}{}x{}, pixel mean {:.4}, std {:.4} (scaled to [0, 1])\n",
         split.len(),
+        if split.channels == 1 { String::new() } else { format!("{}x", split.channels) },
         split.rows,
         split.cols,
         mean,
         var.sqrt()
     );
-    for (class, count) in CLASSES.iter().zip(counts) {
+    for (class, count) in classes.iter().zip(counts) {
         out += &format!("  {class:<11} {count:>6} ({:.1}%)\n", 100.0 * count as f64 / split.len().max(1) as f64);
     }
     out

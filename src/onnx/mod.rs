@@ -16,7 +16,6 @@ use std::collections::{HashMap, HashSet};
 use prost::Message;
 use tch::{Device, Kind, Tensor};
 
-use crate::data::CLASSES;
 use crate::models::Network;
 use crate::trace::Tracer;
 use crate::train::CheckpointState;
@@ -172,18 +171,19 @@ pub struct ModelCard {
 }
 
 impl ModelCard {
-    /// The input and metadata of a trained run: Fashion-MNIST's grey images, as training fed
-    /// them, its class names, where it stood and how it was trained.
+    /// The input and metadata of a trained run: its data set's images as training fed them, its
+    /// class names, where it stood and how it was trained.
     pub fn of_run(state: &CheckpointState) -> ModelCard {
         let config = &state.config;
-        let side = config.resize.unwrap_or(28) as i64;
+        let side = config.image_side() as i64;
+        let kind = if config.in_channels == 1 { "grey images" } else { "RGB images (red, green, blue planes)" };
         let preprocessing = format!(
-            "float32 images, N x {c} x {side} x {side}, values in [0, 1]: grey images resized to {side}x{side} \
+            "float32 images, N x {c} x {side} x {side}, values in [0, 1]: {kind} resized to {side}x{side} \
              (bilinear, as torchvision's Resize on a PIL image), then pixel / 255 (torchvision's ToTensor); \
              no normalisation",
             c = config.in_channels
         );
-        let classes = serde_json::to_string(&CLASSES).unwrap_or_default();
+        let classes = serde_json::to_string(&config.classes).unwrap_or_default();
         let mut metadata = vec![
             ("convnets.network".to_string(), config.net.clone()),
             ("convnets.classes".to_string(), classes),

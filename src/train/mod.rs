@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::accel::{MemoryFormat, Precision, Replayer};
 use crate::chart;
-use crate::data::{self, CLASSES, FashionMnist, Split};
+use crate::data::{self, CLASSES, Dataset, Split};
 use crate::live::{Board, Progress};
 use crate::models::{self, NetConfig, Network};
 use crate::tensorboard::EventWriter;
@@ -44,6 +44,21 @@ pub struct TrainConfig {
     /// uninterrupted run did); runs saved before it existed are `auto`.
     #[serde(default)]
     pub memory_format: MemoryFormat,
+    /// The data set trained on (`fashion-mnist`, `cifar10`, ...); runs saved before it existed
+    /// trained on Fashion-MNIST.
+    #[serde(default = "fashion_mnist")]
+    pub dataset: String,
+    /// The data set's class names, in label order: what `eval` and `predict` print.
+    #[serde(default = "fashion_mnist_classes")]
+    pub classes: Vec<String>,
+}
+
+fn fashion_mnist() -> String {
+    data::Format::FashionMnist.name().to_string()
+}
+
+fn fashion_mnist_classes() -> Vec<String> {
+    CLASSES.iter().map(|c| c.to_string()).collect()
 }
 
 impl TrainConfig {
@@ -63,7 +78,38 @@ impl TrainConfig {
             device: "cpu".into(),
             precision: Precision::Fp32,
             memory_format: MemoryFormat::Auto,
+            dataset: fashion_mnist(),
+            classes: fashion_mnist_classes(),
         })
+    }
+
+    /// The height and width of the network's input: the resize, or the data set's own size.
+    pub fn image_side(&self) -> usize {
+        self.resize.unwrap_or_else(|| self.dataset.parse::<data::Format>().map_or(28, |f| f.side()))
+    }
+
+    /// Trains on `data`: its images' channels, its classes.
+    pub fn use_dataset(&mut self, data: &Dataset) {
+        self.in_channels = data.channels() as i64;
+        self.num_classes = data.classes.len() as i64;
+        self.classes = data.classes.clone();
+        self.dataset = data.format.name().to_string();
+    }
+
+    /// Checks that `data` is what this run trains on (a resumed run, evaluation).
+    pub fn check_dataset(&self, data: &Dataset) -> Result<(), String> {
+        if data.channels() as i64 != self.in_channels || data.classes.len() as i64 != self.num_classes {
+            return Err(format!(
+                "the run trained on {} ({} channel(s), {} classes) but the data is {} ({} channel(s), {} classes); pass its --data",
+                self.dataset,
+                self.in_channels,
+                self.num_classes,
+                data.format.name(),
+                data.channels(),
+                data.classes.len()
+            ));
+        }
+        Ok(())
     }
 
     /// Checks the hyper-parameters, naming the one at fault.
@@ -389,13 +435,13 @@ fn evaluate_with(
 }
 
 impl Evaluation {
-    /// Per-class accuracy and the confusion matrix as a table.
-    pub fn report(&self) -> String {
+    /// Per-class accuracy and the confusion matrix as a table, classes named by `classes`.
+    pub fn report(&self, classes: &[String]) -> String {
+        let name = |c: usize| classes.get(c).map_or("?", String::as_str);
         let mut out = format!("test acc {:.3}\n\n{:<11} {:>8} {:>7}\n", self.accuracy, "class", "acc", "count");
         for (c, row) in self.confusion.iter().enumerate() {
             let count: u64 = row.iter().sum();
-            let name = CLASSES.get(c).copied().unwrap_or("?");
-            out += &format!("{name:<11} {:>8.3} {count:>7}\n", row[c] as f64 / count.max(1) as f64);
+            out += &format!("{:<11} {:>8.3} {count:>7}\n", name(c), row[c] as f64 / count.max(1) as f64);
         }
         out += "\nconfusion matrix (rows: true class, columns: predicted)\n";
         out += &format!("{:<11}", "");
@@ -404,10 +450,7 @@ impl Evaluation {
         }
         out += "\n";
         for (c, row) in self.confusion.iter().enumerate() {
-            out += &format!(
-                "{:<11}",
-                format!("{c} {}", CLASSES.get(c).copied().unwrap_or("?")).chars().take(11).collect::<String>()
-            );
+            out += &format!("{:<11}", format!("{c} {}", name(c)).chars().take(11).collect::<String>());
             for v in row {
                 out += &format!(" {v:>5}");
             }
@@ -420,7 +463,7 @@ impl Evaluation {
 /// Where and how to train.
 pub struct Run<'a> {
     pub config: TrainConfig,
-    pub data: &'a FashionMnist,
+    pub data: &'a Dataset,
     pub dir: PathBuf,
     /// Print d2l's lines to stdout (off in library use).
     pub verbose: bool,
@@ -448,6 +491,7 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         layout_name(net.channels_last()),
         layout_name(channels_last)
     );
+    cfg.check_dataset(run.data).map_err(crate::usage)?;
     let train_split = run.data.train.clone();
     let input = cfg.input_shape(&train_split);
     if let Some(available) = available_memory() {

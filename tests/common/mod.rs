@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use convnets::data::{FashionMnist, Source, Split};
+use convnets::data::{Dataset, Source, Split};
 
 /// libtorch's random generator is global: tests that depend on it take turns.
 pub static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -14,21 +14,18 @@ pub static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// The first `n` examples of a split.
 pub fn slice(split: &Split, n: usize) -> Split {
     Split {
-        images: split.images[..n * split.rows * split.cols].to_vec(),
+        images: split.images[..n * split.channels * split.rows * split.cols].to_vec(),
         labels: split.labels[..n].to_vec(),
+        channels: split.channels,
         rows: split.rows,
         cols: split.cols,
     }
 }
 
 /// The first `train` and `test` examples of the embedded sample.
-pub fn small_data(train: usize, test: usize) -> FashionMnist {
-    let full = FashionMnist::from_source(Source::Embedded).unwrap();
-    FashionMnist {
-        train: Arc::new(slice(&full.train, train)),
-        test: Arc::new(slice(&full.test, test)),
-        source: Source::Embedded,
-    }
+pub fn small_data(train: usize, test: usize) -> Dataset {
+    let full = Dataset::from_source(Source::Embedded).unwrap();
+    Dataset { train: Arc::new(slice(&full.train, train)), test: Arc::new(slice(&full.test, test)), ..full }
 }
 
 /// A file of `tests/golden/`.

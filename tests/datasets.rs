@@ -1,0 +1,201 @@
+//! Data sets beyond Fashion-MNIST, on files the tests make in the official layouts: CIFAR-10 and
+//! CIFAR-100 (binary), MNIST (IDX). Colour flows through training, evaluation, prediction and
+//! export; class names come from the data set.
+
+use std::path::Path;
+
+use convnets::data::{Dataset, Format, Source};
+
+mod common;
+use common::{convnets, idx_images, idx_labels};
+
+/// `n` CIFAR records with `label_bytes` label bytes: label `i % classes`, the image's planes
+/// filled so that each class looks different (red for even classes, blue for odd).
+fn cifar_records(n: usize, label_bytes: usize, classes: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let label = (i % classes) as u8;
+        if label_bytes == 2 {
+            out.push(label / 5); // the coarse label
+        }
+        out.push(label);
+        for plane in 0..3 {
+            let level = if label.is_multiple_of(2) == (plane == 0) { 200 } else { 20 };
+            out.extend((0..1024).map(|p| level + ((p + i) % 7) as u8));
+        }
+    }
+    out
+}
+
+fn write_cifar10(dir: &Path, per_batch: usize, names: bool) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 1..=5 {
+        std::fs::write(dir.join(format!("data_batch_{i}.bin")), cifar_records(per_batch, 1, 10)).unwrap();
+    }
+    std::fs::write(dir.join("test_batch.bin"), cifar_records(per_batch, 1, 10)).unwrap();
+    if names {
+        let names = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"].join("\n");
+        std::fs::write(dir.join("batches.meta.txt"), names + "\n\n").unwrap();
+    }
+}
+
+#[test]
+fn cifar_10_and_100_load_in_their_official_layouts() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The archive's folder under the named directory, names from batches.meta.txt.
+    write_cifar10(&tmp.path().join("c10/cifar-10-batches-bin"), 20, true);
+    let data = Dataset::load(Some(&tmp.path().join("c10")), None).unwrap();
+    assert_eq!(data.format, Format::Cifar10);
+    assert_eq!((data.train.len(), data.test.len()), (100, 20));
+    assert_eq!((data.train.channels, data.train.rows, data.train.cols), (3, 32, 32));
+    assert_eq!(data.classes[..2], ["plane", "car"]);
+    assert_eq!(data.train.labels[..3], [0, 1, 2]);
+    // Image 1 (class 1, odd): its red plane dark, its blue plane bright.
+    let image = data.train.image(1);
+    assert_eq!((image[0], image[2048]), (21, 201));
+
+    // CIFAR-100: the fine label after the coarse one.
+    let c100 = tmp.path().join("c100");
+    std::fs::create_dir_all(&c100).unwrap();
+    std::fs::write(c100.join("train.bin"), cifar_records(200, 2, 100)).unwrap();
+    std::fs::write(c100.join("test.bin"), cifar_records(100, 2, 100)).unwrap();
+    let names: Vec<String> = (0..100).map(|i| format!("thing{i}")).collect();
+    std::fs::write(c100.join("fine_label_names.txt"), names.join("\n")).unwrap();
+    let data = Dataset::load(Some(&c100), None).unwrap();
+    assert_eq!(data.format, Format::Cifar100);
+    assert_eq!(data.classes.len(), 100);
+    assert_eq!(data.train.labels[57], 57, "the fine label, not the coarse one (11)");
+
+    // Damaged files are errors naming the file.
+    std::fs::write(c100.join("test.bin"), &cifar_records(3, 2, 100)[..3000]).unwrap();
+    let err = Dataset::load(Some(&c100), None).unwrap_err().to_string();
+    assert!(err.contains("test.bin: 3000 bytes is not a whole number of 3074-byte records"), "{err}");
+    let mut bad = cifar_records(2, 1, 10);
+    bad[3073] = 10;
+    std::fs::write(tmp.path().join("c10/cifar-10-batches-bin/test_batch.bin"), bad).unwrap();
+    let err = Dataset::load(Some(&tmp.path().join("c10")), None).unwrap_err().to_string();
+    assert!(err.contains("test_batch.bin: label 10 of record 1 is not a class (0-9)"), "{err}");
+    let err = Dataset::load(Some(tmp.path()), Some(Format::Cifar100)).unwrap_err().to_string();
+    assert!(err.contains("no cifar100 binary files"), "{err}");
+}
+
+#[test]
+fn mnist_is_the_same_idx_files_with_digit_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sample = Dataset::from_source(Source::Embedded).unwrap();
+    for (split, prefix) in [(&sample.train, "train"), (&sample.test, "t10k")] {
+        let n = 40;
+        std::fs::write(
+            tmp.path().join(format!("{prefix}-images-idx3-ubyte")),
+            idx_images(n as u32, 28, 28, &split.images[..n * 784]),
+        )
+        .unwrap();
+        std::fs::write(tmp.path().join(format!("{prefix}-labels-idx1-ubyte")), idx_labels(&split.labels[..n])).unwrap();
+    }
+    let data = Dataset::load(Some(tmp.path()), Some(Format::Mnist)).unwrap();
+    assert_eq!(data.classes, (0..10).map(|d| d.to_string()).collect::<Vec<_>>());
+    assert_eq!(Dataset::load(Some(tmp.path()), None).unwrap().format, Format::FashionMnist, "IDX defaults to d2l's");
+    assert_eq!("mnist".parse::<Format>(), Ok(Format::Mnist));
+    assert!("imagenet".parse::<Format>().unwrap_err().contains("expected fashion-mnist, mnist, cifar10, cifar100"));
+    let err = Dataset::load(None, Some(Format::Cifar10)).unwrap_err().to_string();
+    assert!(err.contains("give its folder with --data DIR"), "{err}");
+}
+
+#[test]
+fn colour_images_train_evaluate_predict_and_export_with_their_class_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cifar = tmp.path().join("cifar");
+    write_cifar10(&cifar, 40, false); // names from the built-in list
+    let cifar = cifar.to_str().unwrap();
+    let run = tmp.path().join("run");
+    let run = run.to_str().unwrap();
+
+    // LeNet takes 28x28: CIFAR's 32x32 needs --resize 28, and the error says so.
+    let (code, _, err) = convnets(&["train", "lenet-bn", "--data", cifar, "--epochs", "1", "--out", run]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("lenet-bn cannot take a 3x32x32 input") && err.contains("3x28x28"), "{err}");
+    let (code, out, err) = convnets(&[
+        "train",
+        "lenet-bn",
+        "--data",
+        cifar,
+        "--epochs",
+        "3",
+        "--resize",
+        "28",
+        "--batch-size",
+        "20",
+        "--out",
+        run,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("data: cifar10 "), "{err}");
+    assert!(out.contains("test acc"), "{out}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(Path::new(run).join("config.json")).unwrap()).unwrap();
+    assert_eq!((config["in_channels"].as_i64(), config["num_classes"].as_i64()), (Some(3), Some(10)));
+    assert_eq!(config["dataset"], "cifar10");
+    assert_eq!(config["classes"][0], "airplane");
+
+    let (code, out, err) = convnets(&["eval", run, "--data", cifar]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("airplane") && out.contains("truck"), "{out}");
+    let (code, out, err) =
+        convnets(&["predict", run, "--data", cifar, "--count", "4", "--out", &format!("{run}/grid.png")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("true airplane") && out.contains("true automobile"), "{out}");
+    // The picture is in colour: the first image (class 0) is red, the second (class 1) cyan.
+    let (planes, h, w) = convnets::chart::read_png(Path::new(&format!("{run}/grid.png")), 3).unwrap();
+    let pixel = |y: usize, x: usize| [planes[y * w + x], planes[h * w + y * w + x], planes[2 * h * w + y * w + x]];
+    let (first, second) = (pixel(80, 50), pixel(80, 50 + w / 4));
+    assert!(first[0] > 150 && first[1] < 60 && first[2] < 60, "{first:?}");
+    assert!(second[0] < 60 && second[1] > 150 && second[2] > 150, "{second:?}");
+
+    // The user's own colour PNG: a red square reads as the red classes do.
+    let png = tmp.path().join("red.png");
+    let mut encoder = png::Encoder::new(std::fs::File::create(&png).unwrap(), 40, 30);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.write_header().unwrap().write_image_data(&[200, 20, 20].repeat(40 * 30)).unwrap();
+    let (code, out, err) = convnets(&["predict", run, "--image", png.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(&format!("{}: ", png.display())), "{out}");
+
+    // A resumed run or an evaluation on other data is refused with both sides named.
+    let (code, _, err) = convnets(&["train", "--resume", run, "--epochs", "4"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("the run trained on cifar10 (3 channel(s), 10 classes) but the data is fashion-mnist (1 channel(s), 10 classes)"), "{err}");
+
+    // ONNX: three input channels, CIFAR's names.
+    let onnx = format!("{run}/model.onnx");
+    let (code, _, err) = convnets(&["export", run, "--out", &onnx]);
+    assert_eq!(code, 0, "{err}");
+    let model = <convnets::onnx::proto::ModelProto as prost::Message>::decode(std::fs::read(&onnx).unwrap().as_slice())
+        .unwrap();
+    let classes = model.metadata_props.iter().find(|p| p.key == "convnets.classes").unwrap();
+    assert!(classes.value.starts_with("[\"airplane\",\"automobile\""), "{}", classes.value);
+    let preprocessing = model.metadata_props.iter().find(|p| p.key == "convnets.preprocessing").unwrap();
+    assert!(
+        preprocessing.value.contains("N x 3 x 28 x 28") && preprocessing.value.contains("RGB"),
+        "{}",
+        preprocessing.value
+    );
+
+    let (code, out, _) = convnets(&["data", "info", "--data", cifar]);
+    assert_eq!(code, 0);
+    assert!(out.contains("train: 200 images of 3x32x32") && out.contains("airplane"), "{out}");
+}
+
+#[test]
+fn summaries_take_other_channel_and_class_counts() {
+    let (code, out, err) = convnets(&["summary", "resnet18", "--in-channels", "3", "--classes", "100"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Linear-50                  [-1, 100]          51,300"), "{out}");
+    assert!(out.contains("Conv2d-1           [-1, 64, 48, 48]           9,472"), "3 input channels: {out}");
+    let (code, _, err) = convnets(&["shapes", "lenet-bn", "--input", "3x28x28", "--in-channels", "1"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--input has 3 channels but --in-channels says 1"), "{err}");
+    let (code, _, err) = convnets(&["summary", "nin", "--classes", "0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--classes must be at least 1, got 0"), "{err}");
+}
