@@ -12,7 +12,7 @@ use crate::accel::{self, MemoryFormat, Precision};
 use crate::data::{self, Dataset};
 use crate::models::{self, NetConfig, Network};
 use crate::trace::{Record, Tracer};
-use crate::train::{self, Sgd, device_name};
+use crate::train::{self, Optimizer, device_name};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -80,7 +80,7 @@ struct Setup {
     batch: usize,
     side: usize,
     net: Network,
-    opt: Sgd,
+    opt: Optimizer,
     x: Tensor,
     y: Tensor,
 }
@@ -94,7 +94,7 @@ fn setup(name: &str, cfg: &BenchConfig) -> anyhow::Result<Setup> {
     net.set_precision(cfg.precision)?;
     net.set_channels_last(cfg.memory_format.channels_last(cfg.device, info))?;
     net.set_cuda_graphs(cfg.cuda_graphs);
-    let opt = Sgd::new(&net.vs, info.lr)?;
+    let opt = Optimizer::d2l(&net.vs, info.lr)?;
     let x = Tensor::f_rand([batch as i64, 1, side as i64, side as i64], (Kind::Float, cfg.device))?;
     let y = Tensor::f_randint(10, [batch as i64], (Kind::Int64, cfg.device))?;
     Ok(Setup { batch, side, net, opt, x, y })
@@ -116,7 +116,7 @@ fn measure(name: &str, cfg: &BenchConfig, data: &Dataset) -> anyhow::Result<Benc
     // Graph capture happens in the warm-up, never in the timed steps.
     let warmup = if replayer.enabled() { cfg.warmup.max(accel::Replayer::EAGER_CALLS + 1) } else { cfg.warmup };
     let mut step = |x: &Tensor, y: &Tensor| -> anyhow::Result<f64> {
-        Ok(train::replayed_train_step(&mut replayer, &net, &mut opt, x, y)?.0.f_double_value(&[])?)
+        Ok(train::replayed_train_step(&mut replayer, &net, &mut opt, 0.0, x, y)?.0.f_double_value(&[])?)
     };
     let mut timed = 0.0;
     let mut warmup_gpu_mib = None;

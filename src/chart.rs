@@ -7,7 +7,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
-use crate::train::Point;
+use crate::train::{History, Point};
 
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
@@ -39,15 +39,28 @@ const SERIES: [Series; 3] = [
     ("test acc", |p| p.test_acc, RGBColor(0, 128, 0), Some((12, 4))),
 ];
 
-fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, points: &[Point], epochs: usize) -> anyhow::Result<()>
+/// The learning rate over the epochs, as steps (epoch e's rate from x = e - 1 to e), when it
+/// changed from one epoch to another; d2l's constant rate is not drawn, as d2l draws none.
+fn lr_steps(history: &History) -> Option<Vec<(f64, f64)>> {
+    let rates: Vec<f64> = history.epochs.iter().filter_map(|e| e.lr).collect();
+    if rates.windows(2).all(|w| w[0] == w[1]) {
+        return None;
+    }
+    Some(rates.iter().enumerate().flat_map(|(e, &lr)| [(e.max(1) as f64, lr), ((e + 1) as f64, lr)]).collect())
+}
+
+fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, history: &History, epochs: usize) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
 {
     root.fill(&WHITE).plotted()?;
+    let points = &history.points;
+    let lr = lr_steps(history);
     let y_max = points
         .iter()
         .flat_map(|p| [p.train_loss, p.train_acc, p.test_acc])
         .flatten()
+        .chain(lr.iter().flatten().map(|&(_, v)| v))
         .filter(|v| v.is_finite())
         .fold(1.0f64, f64::max)
         * 1.05;
@@ -67,6 +80,14 @@ where
         };
         series.plotted()?.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
+    if let Some(steps) = lr {
+        let style = ShapeStyle::from(&RGBColor(255, 127, 14)).stroke_width(1);
+        chart
+            .draw_series(LineSeries::new(steps, style))
+            .plotted()?
+            .label("lr")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+    }
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::MiddleRight)
@@ -79,19 +100,19 @@ where
 }
 
 /// Renders the training chart as SVG text.
-pub fn training_svg(points: &[Point], epochs: usize) -> anyhow::Result<String> {
+pub fn training_svg(history: &History, epochs: usize) -> anyhow::Result<String> {
     ensure_font(); // plotters measures text with it even for SVG
     let mut svg = String::new();
-    draw(SVGBackend::with_string(&mut svg, (640, 420)).into_drawing_area(), points, epochs)?;
+    draw(SVGBackend::with_string(&mut svg, (640, 420)).into_drawing_area(), history, epochs)?;
     Ok(svg)
 }
 
 /// Renders the training chart as a PNG file's bytes.
-pub fn training_png(points: &[Point], epochs: usize) -> anyhow::Result<Vec<u8>> {
+pub fn training_png(history: &History, epochs: usize) -> anyhow::Result<Vec<u8>> {
     ensure_font();
     let (w, h) = (640u32, 420u32);
     let mut rgb = vec![0u8; (w * h * 3) as usize];
-    draw(BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area(), points, epochs)?;
+    draw(BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area(), history, epochs)?;
     encode_png(&rgb, w, h)
 }
 

@@ -256,15 +256,61 @@ struct TrainArgs {
     /// Run directory (default: runs/<net>-<date>).
     #[arg(long)]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    recipe: RecipeArgs,
     /// Serve a live view of the run (chart, progress, configuration) at ADDR: 127.0.0.1 and a
     /// free port by default (printed at start); other interfaces only when named.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1")]
     serve: Option<String>,
     /// Continue the run in this directory from its last complete epoch.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["net", "lr", "batch_size", "resize", "seed", "out", "precision", "memory_format"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = [
+        "net", "lr", "batch_size", "resize", "seed", "out", "precision", "memory_format", "optimizer", "momentum",
+        "nesterov", "weight_decay", "lr_schedule", "warmup_epochs", "label_smoothing",
+    ])]
     resume: Option<PathBuf>,
     #[command(flatten)]
     speed: SpeedArgs,
+}
+
+/// The training recipe (the defaults are d2l's: plain SGD at a constant rate).
+#[derive(clap::Args)]
+struct RecipeArgs {
+    /// sgd (d2l) or adamw.
+    #[arg(long)]
+    optimizer: Option<train::OptimizerName>,
+    /// SGD's momentum, e.g. 0.9 (default 0).
+    #[arg(long, allow_negative_numbers = true)]
+    momentum: Option<f64>,
+    /// Nesterov momentum (with --momentum).
+    #[arg(long)]
+    nesterov: bool,
+    /// Weight decay: an L2 penalty for SGD, decoupled for AdamW (default 0).
+    #[arg(long, allow_negative_numbers = true)]
+    weight_decay: Option<f64>,
+    /// constant (d2l), step (/10 at 1/2 and 3/4 of the epochs), cosine or onecycle.
+    #[arg(long)]
+    lr_schedule: Option<train::Schedule>,
+    /// Epochs of linear warm-up before the schedule (default 0).
+    #[arg(long)]
+    warmup_epochs: Option<usize>,
+    /// Label smoothing of the cross-entropy loss, e.g. 0.1 (default 0).
+    #[arg(long, allow_negative_numbers = true)]
+    label_smoothing: Option<f64>,
+}
+
+impl RecipeArgs {
+    fn recipe(&self) -> train::Recipe {
+        let d2l = train::Recipe::default();
+        train::Recipe {
+            optimizer: self.optimizer.unwrap_or(d2l.optimizer),
+            momentum: self.momentum.unwrap_or(d2l.momentum),
+            nesterov: self.nesterov,
+            weight_decay: self.weight_decay.unwrap_or(d2l.weight_decay),
+            lr_schedule: self.lr_schedule.unwrap_or(d2l.lr_schedule),
+            warmup_epochs: self.warmup_epochs.unwrap_or(d2l.warmup_epochs),
+            label_smoothing: self.label_smoothing.unwrap_or(d2l.label_smoothing),
+        }
+    }
 }
 
 /// How the arithmetic runs (the defaults compute exactly as d2l does).
@@ -497,7 +543,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             std::fs::create_dir_all(&out).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
             let config_path = out.join("config.json");
             crate::weights::write_atomic(&config_path, &serde_json::to_vec_pretty(&config)?)?;
-            train::save_checkpoint(&out, &network, &train::CheckpointState::new(config, 0, train::History::default()))?;
+            let state = train::CheckpointState::new(config, 0, train::History::default());
+            train::save_checkpoint(&out, &network, None, &state)?;
             println!("loaded {} tensors into {net}; run directory {}", report.loaded.len(), out.display());
         }
         Command::Export { run, out, format } => {
@@ -666,6 +713,7 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             config.device = train::device_name(device);
             config.precision = args.speed.precision.unwrap_or_default();
             config.memory_format = args.speed.memory_format;
+            config.recipe = args.recipe.recipe();
             let dir = args.out.clone().unwrap_or_else(|| {
                 PathBuf::from("runs").join(format!("{name}-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S")))
             });

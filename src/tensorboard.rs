@@ -98,7 +98,7 @@ pub struct EventWriter {
 impl EventWriter {
     /// Starts `dir`'s event file anew with every point and epoch of `history` (see the module's
     /// comment), and removes the run's older event files once the new one is complete.
-    pub fn create(dir: &Path, history: &History, batches_per_epoch: usize, lr: f64) -> std::io::Result<Self> {
+    pub fn create(dir: &Path, history: &History, batches_per_epoch: usize) -> std::io::Result<Self> {
         let host =
             std::fs::read_to_string("/etc/hostname").map_or_else(|_| "localhost".into(), |h| h.trim().to_string());
         let path = dir.join(format!("{FILE_PREFIX}{}.{host}.convnets", now() as u64));
@@ -110,7 +110,7 @@ impl EventWriter {
             bytes.extend(point_record(point, global_step(point.x, batches_per_epoch)));
         }
         for epoch in &history.epochs {
-            bytes.extend(epoch_record(epoch, lr, global_step(epoch.epoch as f64, batches_per_epoch)));
+            bytes.extend(epoch_record(epoch, global_step(epoch.epoch as f64, batches_per_epoch)));
         }
         write_atomic(&path, &bytes)?;
         for entry in std::fs::read_dir(dir)?.flatten() {
@@ -134,8 +134,8 @@ impl EventWriter {
     }
 
     /// Logs an epoch's learning rate and examples/sec.
-    pub fn epoch(&mut self, epoch: &EpochRecord, lr: f64) -> std::io::Result<()> {
-        self.file.write_all(&epoch_record(epoch, lr, global_step(epoch.epoch as f64, self.batches_per_epoch)))?;
+    pub fn epoch(&mut self, epoch: &EpochRecord) -> std::io::Result<()> {
+        self.file.write_all(&epoch_record(epoch, global_step(epoch.epoch as f64, self.batches_per_epoch)))?;
         self.file.flush()
     }
 }
@@ -154,9 +154,13 @@ fn point_record(point: &Point, step: i64) -> Vec<u8> {
     scalars(step, &values)
 }
 
-fn epoch_record(epoch: &EpochRecord, lr: f64, step: i64) -> Vec<u8> {
+fn epoch_record(epoch: &EpochRecord, step: i64) -> Vec<u8> {
     let examples_per_sec = epoch.examples as f64 / epoch.step_seconds.max(f64::MIN_POSITIVE);
-    scalars(step, &[(LEARNING_RATE, lr), (EXAMPLES_PER_SEC, examples_per_sec)])
+    let mut values = vec![(EXAMPLES_PER_SEC, examples_per_sec)];
+    if let Some(lr) = epoch.lr {
+        values.insert(0, (LEARNING_RATE, lr));
+    }
+    scalars(step, &values)
 }
 
 /// Every scalar of an event file as (step, tag, value), checking each record's checksums: what

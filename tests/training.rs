@@ -64,9 +64,10 @@ fn a_run_writes_config_metrics_chart_and_checkpoint() {
     let csv = std::fs::read_to_string(dir.path().join("metrics.csv")).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 13);
-    assert_eq!(lines[0], "x,train_loss,train_acc,test_acc");
-    assert!(lines[1].starts_with("0.200000,") && lines[1].ends_with(','), "{}", lines[1]);
-    assert_eq!(lines[6], format!("1.000000,,,{:.6}", history.epochs[0].test_acc));
+    assert_eq!(lines[0], "x,train_loss,train_acc,test_acc,lr");
+    // A point of epoch 1: train loss and accuracy, no test accuracy, d2l's rate of 1.
+    assert!(lines[1].starts_with("0.200000,") && lines[1].ends_with(",,1.000000"), "{}", lines[1]);
+    assert_eq!(lines[6], format!("1.000000,,,{:.6},1.000000", history.epochs[0].test_acc));
     let json: History = serde_json::from_slice(&std::fs::read(dir.path().join("metrics.json")).unwrap()).unwrap();
     assert_eq!(json, history);
     let saved: TrainConfig = serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();

@@ -3,6 +3,7 @@
 //! clear stop when the loss diverges or libtorch fails.
 
 pub mod optimizer;
+pub mod recipe;
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -21,7 +22,8 @@ use crate::live::{Board, Progress};
 use crate::models::{self, NetConfig, Network};
 use crate::tensorboard::EventWriter;
 use crate::weights::{self, write_atomic};
-pub use optimizer::Sgd;
+pub use optimizer::Optimizer;
+pub use recipe::{OptimizerName, Recipe, Schedule};
 
 /// Everything that defines a run; saved as `config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +53,9 @@ pub struct TrainConfig {
     /// The data set's class names, in label order: what `eval` and `predict` print.
     #[serde(default = "fashion_mnist_classes")]
     pub classes: Vec<String>,
+    /// Optimizer, schedule and loss settings (d2l's by default).
+    #[serde(default)]
+    pub recipe: Recipe,
 }
 
 fn fashion_mnist() -> String {
@@ -80,6 +85,7 @@ impl TrainConfig {
             memory_format: MemoryFormat::Auto,
             dataset: fashion_mnist(),
             classes: fashion_mnist_classes(),
+            recipe: Recipe::default(),
         })
     }
 
@@ -127,7 +133,7 @@ impl TrainConfig {
         if self.resize == Some(0) {
             return Err("--resize must be at least 1".into());
         }
-        Ok(())
+        self.recipe.validate(self.epochs)
     }
 
     /// Checks that one batch of inputs (`examples` of them at most) fits in `available_bytes`
@@ -213,6 +219,9 @@ pub struct EpochRecord {
     /// Seconds of timed training steps in this epoch.
     pub step_seconds: f64,
     pub wall_seconds: f64,
+    /// The learning rate of the epoch (runs saved before it was recorded: none).
+    #[serde(default)]
+    pub lr: Option<f64>,
 }
 
 /// Everything measured so far; stored in the checkpoint and as `metrics.json`.
@@ -238,14 +247,15 @@ pub struct CheckpointState {
     pub config: TrainConfig,
     /// Epochs completed.
     pub epoch: usize,
-    /// Plain SGD (no momentum, no weight decay) keeps no state besides its learning rate.
+    /// The optimizer and schedule; their state, if any, is in the checkpoint's `optimizer.*`
+    /// tensors.
     pub optimizer: String,
     pub history: History,
 }
 
 impl CheckpointState {
     pub fn new(config: TrainConfig, epoch: usize, history: History) -> Self {
-        let optimizer = format!("sgd(lr={}, momentum=0, weight_decay=0)", config.lr);
+        let optimizer = config.recipe.describe(config.lr);
         CheckpointState { format: CHECKPOINT_FORMAT.into(), config, epoch, optimizer, history }
     }
 }
@@ -254,10 +264,12 @@ const CHECKPOINT_FORMAT: &str = "convnets-checkpoint-1";
 const STATE_KEY: &str = "convnets.checkpoint";
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 
-/// A loaded checkpoint: the network with its weights and the run's state.
+/// A loaded checkpoint: the network with its weights, the run's state and the optimizer's.
 pub struct Checkpoint {
     pub net: Network,
     pub state: CheckpointState,
+    /// The optimizer's tensors (`optimizer.*`; none for d2l's plain SGD).
+    pub optimizer: Vec<(String, Tensor)>,
 }
 
 /// Finds the checkpoint file of a run directory, or takes the file itself.
@@ -286,14 +298,26 @@ pub fn load_checkpoint(run_or_file: &Path, device: Device) -> anyhow::Result<Che
     net.set_precision(state.config.precision)?;
     net.set_channels_last(state.config.memory_format.channels_last(device, net.info))?;
     let tensors = weights::parse_safetensors(&bytes, &file)?;
-    weights::load_state_dict(&net.vs, &state.config.net, &tensors, false)?;
-    Ok(Checkpoint { net, state })
+    // The network's weights; the optimizer's state (see optimizer.rs) is read on resume.
+    let (optimizer, weights): (Vec<_>, Vec<_>) =
+        tensors.into_iter().partition(|(name, _)| name.starts_with(optimizer::STATE_PREFIX));
+    weights::load_state_dict(&net.vs, &state.config.net, &weights, false)?;
+    Ok(Checkpoint { net, state, optimizer })
 }
 
 /// Writes `checkpoint.safetensors` in `dir` atomically: weights and state, one file.
-pub fn save_checkpoint(dir: &Path, net: &Network, state: &CheckpointState) -> anyhow::Result<()> {
+pub fn save_checkpoint(
+    dir: &Path,
+    net: &Network,
+    optimizer: Option<&Optimizer>,
+    state: &CheckpointState,
+) -> anyhow::Result<()> {
     let metadata = HashMap::from([(STATE_KEY.to_string(), serde_json::to_string(state)?)]);
-    let bytes = weights::safetensors_bytes(&weights::state_dict(&net.vs), Some(metadata))?;
+    let mut tensors = weights::state_dict(&net.vs);
+    if let Some(optimizer) = optimizer {
+        tensors.extend(optimizer.state_dict()?);
+    }
+    let bytes = weights::safetensors_bytes(&tensors, Some(metadata))?;
     let path = dir.join(CHECKPOINT_FILE);
     write_atomic(&path, &bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
@@ -301,16 +325,19 @@ pub fn save_checkpoint(dir: &Path, net: &Network, state: &CheckpointState) -> an
 /// Writes `metrics.json`, `metrics.csv`, `chart.svg` and `chart.png`, each atomically.
 pub fn write_results(dir: &Path, history: &History, epochs: usize) -> anyhow::Result<()> {
     let mut csv = csv::Writer::from_writer(Vec::new());
-    csv.write_record(["x", "train_loss", "train_acc", "test_acc"])?;
+    csv.write_record(["x", "train_loss", "train_acc", "test_acc", "lr"])?;
     let cell = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
     for p in &history.points {
-        csv.write_record([format!("{:.6}", p.x), cell(p.train_loss), cell(p.train_acc), cell(p.test_acc)])?;
+        // The learning rate of the epoch the point belongs to (an epoch ends at x = its number).
+        let epoch = (p.x.ceil() as usize).max(1);
+        let lr = history.epochs.get(epoch - 1).and_then(|e| e.lr);
+        csv.write_record([format!("{:.6}", p.x), cell(p.train_loss), cell(p.train_acc), cell(p.test_acc), cell(lr)])?;
     }
     let files: [(&str, Vec<u8>); 4] = [
         ("metrics.json", serde_json::to_vec_pretty(history)?),
         ("metrics.csv", csv.into_inner()?),
-        ("chart.svg", chart::training_svg(&history.points, epochs)?.into_bytes()),
-        ("chart.png", chart::training_png(&history.points, epochs)?),
+        ("chart.svg", chart::training_svg(history, epochs)?.into_bytes()),
+        ("chart.png", chart::training_png(history, epochs)?),
     ];
     for (name, bytes) in files {
         let path = dir.join(name);
@@ -515,9 +542,15 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         Some(state) => (state.epoch, state.history),
         None => (0, History::default()),
     };
-    let mut opt = Sgd::new(&net.vs, cfg.lr)?;
+    let mut opt = Optimizer::new(&net.vs, cfg.lr, &cfg.recipe)?;
+    if first_epoch > 0 {
+        // A resumed run's optimizer continues from its checkpoint (momentum, moving averages).
+        let checkpoint = load_checkpoint(&run.dir, Device::Cpu)?;
+        opt.load_state_dict(&checkpoint.optimizer)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", checkpoint_path(&run.dir).display()))?;
+    }
     let num_batches = train_split.len().div_ceil(cfg.batch_size);
-    let mut events = EventWriter::create(&run.dir, &history, num_batches, cfg.lr)
+    let mut events = EventWriter::create(&run.dir, &history, num_batches)
         .map_err(|e| anyhow::anyhow!("cannot write TensorBoard events in {dir}: {e}"))?;
     let events_path = events.path().to_path_buf();
     let event_error = |e: std::io::Error| anyhow::anyhow!("cannot write {}: {e}", events_path.display());
@@ -526,6 +559,7 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
     }
     let mut replayer = net.replayer();
     let mut eval_replayer = net.replayer();
+    let smoothing = cfg.recipe.label_smoothing;
     let mut last_finite: Option<f64> = history.epochs.last().map(|e| e.train_loss);
     let live = |change: &dyn Fn(&mut crate::live::RunView)| {
         if let Some(board) = &run.live {
@@ -544,6 +578,8 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         // Every epoch's randomness (shuffle, dropout) depends only on the seed and the epoch, so
         // a resumed run continues exactly as an uninterrupted one.
         tch::manual_seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64) as i64);
+        let lr = cfg.recipe.lr_at(cfg.lr, epoch, cfg.epochs);
+        opt.set_lr(lr)?;
         let started = Instant::now();
         let bar = progress_bar(num_batches as u64, epoch, cfg.epochs);
         let (mut loss_sum, mut correct, mut seen, mut step_seconds) = (0f64, 0i64, 0usize, 0f64);
@@ -564,14 +600,15 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
                     // A real libtorch error (a negative size), raised where a step's would be.
                     Tensor::f_zeros([-1], (Kind::Float, device)).map(drop)?;
                 }
-                let (loss, correct) = replayed_train_step(&mut replayer, net, &mut opt, &batch.images, &batch.labels)
-                    .map_err(|error| {
-                    if is_out_of_memory(&crate::error_line(&error)) {
-                        OutOfMemory { error, input: batch.images.size() }.into()
-                    } else {
-                        error
-                    }
-                })?;
+                let (loss, correct) =
+                    replayed_train_step(&mut replayer, net, &mut opt, smoothing, &batch.images, &batch.labels)
+                        .map_err(|error| {
+                            if is_out_of_memory(&crate::error_line(&error)) {
+                                OutOfMemory { error, input: batch.images.size() }.into()
+                            } else {
+                                error
+                            }
+                        })?;
                 Ok((loss.f_double_value(&[])?, correct.f_int64_value(&[])?, batch.host_labels.size()[0] as usize))
             });
             let (loss_value, batch_correct, n) = match step {
@@ -635,6 +672,7 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
             examples: seen,
             step_seconds,
             wall_seconds: started.elapsed().as_secs_f64(),
+            lr: Some(lr),
         };
         let line = format!(
             "epoch {}/{}: loss {:.3}, train acc {:.3}, test acc {:.3}, {:.1} s",
@@ -646,10 +684,10 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         }
         history.epochs.push(record);
         let state = CheckpointState::new(cfg.clone(), epoch + 1, history.clone());
-        save_checkpoint(&run.dir, net, &state)?;
+        save_checkpoint(&run.dir, net, Some(&opt), &state)?;
         write_results(&run.dir, &history, cfg.epochs)?;
         if let Some(record) = history.epochs.last() {
-            events.epoch(record, cfg.lr).map_err(event_error)?;
+            events.epoch(record).map_err(event_error)?;
             live(&|view| view.epochs.push(record.clone()));
         }
     }
@@ -668,10 +706,20 @@ fn layout_name(channels_last: bool) -> &'static str {
 /// d2l's training step: zero the gradients, forward, cross-entropy, backward, SGD step. Returns
 /// the loss and the number of correct predictions as tensors on the device, so that the step
 /// queues work without waiting for it (what a CUDA graph capture needs); the caller reads them.
-pub fn train_step(net: &Network, opt: &mut Sgd, x: &Tensor, y: &Tensor) -> anyhow::Result<(Tensor, Tensor)> {
+pub fn train_step(
+    net: &Network,
+    opt: &mut Optimizer,
+    label_smoothing: f64,
+    x: &Tensor,
+    y: &Tensor,
+) -> anyhow::Result<(Tensor, Tensor)> {
     opt.zero_grad()?;
     let y_hat = net.forward_t(x, true)?;
-    let loss = cross_entropy(&y_hat, y)?;
+    let loss = if label_smoothing > 0.0 {
+        y_hat.f_cross_entropy_loss(y, None::<Tensor>, tch::Reduction::Mean, -100, label_smoothing)?
+    } else {
+        cross_entropy(&y_hat, y)?
+    };
     loss.f_backward()?;
     opt.step()?;
     let correct = tch::no_grad(|| y_hat.f_argmax(1, false)?.f_eq_tensor(y)?.f_sum(Kind::Int64))?;
@@ -688,12 +736,13 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor, tch::Tc
 pub fn replayed_train_step(
     replayer: &mut Replayer,
     net: &Network,
-    opt: &mut Sgd,
+    opt: &mut Optimizer,
+    label_smoothing: f64,
     x: &Tensor,
     y: &Tensor,
 ) -> anyhow::Result<(Tensor, Tensor)> {
     let out = replayer.run(&[x, y], |xy| {
-        let (loss, correct) = train_step(net, opt, xy[0], xy[1])?;
+        let (loss, correct) = train_step(net, opt, label_smoothing, xy[0], xy[1])?;
         Ok(vec![loss, correct])
     })?;
     Ok((out[0].shallow_clone(), out[1].shallow_clone()))
@@ -715,13 +764,13 @@ struct OutOfMemory {
 
 /// What to tell a user whose step ran out of memory: a batch size whose training step was just
 /// run and fitted. (The run is over: these trial steps change nothing that is kept.)
-fn out_of_memory_note(net: &Network, opt: &mut Sgd, input: &[i64], device: Device) -> String {
+fn out_of_memory_note(net: &Network, opt: &mut Optimizer, input: &[i64], device: Device) -> String {
     let batch_size = input[0] as usize;
     let fits = fitting_batch_size(batch_size, |b| {
         let shape: Vec<i64> = std::iter::once(b as i64).chain(input[1..].iter().copied()).collect();
         let x = Tensor::f_zeros(&shape, (Kind::Float, device))?;
         let y = Tensor::f_zeros([b as i64], (Kind::Int64, device))?;
-        train_step(net, opt, &x, &y)?.0.f_double_value(&[])?;
+        train_step(net, opt, 0.0, &x, &y)?.0.f_double_value(&[])?;
         Ok(())
     });
     match fits {

@@ -1,0 +1,224 @@
+//! Training recipes: the optimizers against libtorch's own, schedules, label smoothing, the
+//! learning rate in the run's files, and exact resumption with optimizer state.
+
+use std::path::Path;
+
+mod common;
+use common::{RNG, small_data};
+use convnets::models::{NetConfig, Network};
+use convnets::train::{self, Optimizer, OptimizerName, Recipe, Schedule};
+use tch::{COptimizer, Device, Kind, Tensor};
+
+/// Our optimizer and libtorch's, from the same weights, on the same batches: the weights must
+/// stay equal up to float rounding (`tolerance`, relative to how far the steps moved them). GoogLeNet has neither batch norm (a bias feeding one has a
+/// gradient of rounding noise, which AdamW would scale up to full steps of either sign) nor
+/// dropout.
+fn agrees_with_libtorch(recipe: Recipe, theirs: COptimizer, tolerance: f64) {
+    tch::manual_seed(5);
+    let ours_net = Network::new("googlenet", NetConfig::default(), Device::Cpu).unwrap();
+    let their_net = Network::new("googlenet", NetConfig::default(), Device::Cpu).unwrap();
+    convnets::weights::load_state_dict(&their_net.vs, "googlenet", &convnets::weights::state_dict(&ours_net.vs), false)
+        .unwrap();
+    let mut ours = Optimizer::new(&ours_net.vs, 0.05, &recipe).unwrap();
+    let mut theirs = theirs;
+    for t in their_net.vs.trainable_variables() {
+        theirs.add_parameters(&t, 0).unwrap();
+    }
+    let start: Vec<Tensor> = convnets::weights::state_dict(&ours_net.vs).iter().map(|(_, t)| t.copy()).collect();
+    for step in 0..3 {
+        let x = Tensor::rand([4, 1, 32, 32], (Kind::Float, Device::Cpu));
+        let y = Tensor::randint(10, [4], (Kind::Int64, Device::Cpu));
+        let _ = train::train_step(&ours_net, &mut ours, 0.0, &x, &y).unwrap();
+        theirs.zero_grad().unwrap();
+        let loss = train::cross_entropy(&their_net.forward_t(&x, true).unwrap(), &y).unwrap();
+        loss.backward();
+        theirs.step().unwrap();
+        // Each parameter's difference from libtorch (a norm), relative to how far the steps moved it.
+        let (a, b) = (convnets::weights::state_dict(&ours_net.vs), convnets::weights::state_dict(&their_net.vs));
+        for (((name, a), (_, b)), a0) in a.iter().zip(&b).zip(&start) {
+            let moved = (a - a0).norm().double_value(&[]);
+            let diff = (a - b).norm().double_value(&[]);
+            assert!(moved > 0.0, "{name} moved");
+            // (Plus a floor for the last bits of weights that barely moved.)
+            assert!(
+                diff <= tolerance * moved + 1e-5,
+                "{recipe:?}, step {step}, {name}: {diff:e} from libtorch, moved {moved:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn sgd_with_momentum_nesterov_and_weight_decay_and_adamw_match_libtorch() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let sgd = |momentum: f64, nesterov: bool, weight_decay: f64| Recipe {
+        momentum,
+        nesterov,
+        weight_decay,
+        ..Recipe::default()
+    };
+    agrees_with_libtorch(sgd(0.9, false, 0.0), COptimizer::sgd(0.05, 0.9, 0.0, 0.0, false).unwrap(), 1e-5);
+    agrees_with_libtorch(sgd(0.9, true, 5e-4), COptimizer::sgd(0.05, 0.9, 0.0, 5e-4, true).unwrap(), 1e-5);
+    agrees_with_libtorch(sgd(0.0, false, 5e-4), COptimizer::sgd(0.05, 0.0, 0.0, 5e-4, false).unwrap(), 1e-5);
+    // AdamW divides each gradient by its own running scale, so where a gradient is rounding
+    // noise (a dead ReLU's weights) libtorch's fused operations and ours take different full
+    // steps: the bound is looser.
+    let adamw = Recipe { optimizer: OptimizerName::Adamw, weight_decay: 0.01, ..Recipe::default() };
+    agrees_with_libtorch(adamw, COptimizer::adamw(0.05, 0.9, 0.999, 0.01, 1e-8, false).unwrap(), 1e-2);
+}
+
+#[test]
+fn schedules_give_the_rates_their_definitions_do() {
+    let rates = |schedule: Schedule, warmup: usize| -> Vec<f64> {
+        let recipe = Recipe { lr_schedule: schedule, warmup_epochs: warmup, ..Recipe::default() };
+        (0..8).map(|e| (recipe.lr_at(0.1, e, 8) * 1e6).round() / 1e6).collect()
+    };
+    assert_eq!(rates(Schedule::Constant, 0), [0.1; 8]);
+    assert_eq!(rates(Schedule::Step, 0), [0.1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001]);
+    let cosine = rates(Schedule::Cosine, 0);
+    assert_eq!(cosine[0], 0.1);
+    assert_eq!(cosine[4], 0.05, "halfway, half the rate");
+    assert!(cosine.windows(2).all(|w| w[1] < w[0]));
+    // Warm-up: 1/3 and 2/3 of the rate, then the cosine over the 6 epochs left.
+    let warm = rates(Schedule::Cosine, 2);
+    assert_eq!(warm[..3], [0.033333, 0.066667, 0.1]);
+    assert_eq!(warm[5], 0.05);
+    let one = rates(Schedule::Onecycle, 0);
+    assert_eq!(one[0], 0.004, "starts at a 25th of the rate");
+    let peak = one.iter().position(|&r| r == one.iter().cloned().fold(0.0, f64::max)).unwrap();
+    assert!(one[peak] <= 0.1 && (2..=3).contains(&peak), "rises over the first 30%: {one:?}");
+    assert!(one[peak..].windows(2).all(|w| w[1] < w[0]) && one[7] < 0.01, "then falls: {one:?}");
+}
+
+#[test]
+fn label_smoothing_is_pytorchs_cross_entropy_with_it() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let logits = Tensor::randn([6, 10], (Kind::Float, Device::Cpu));
+    let labels = Tensor::from_slice(&[0i64, 3, 9, 2, 2, 7]);
+    let smoothed =
+        logits.cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::Mean, -100, 0.1).double_value(&[]);
+    // (1 - 0.1) * NLL + 0.1 * mean over classes of -log p.
+    let log_p = logits.log_softmax(-1, Kind::Float);
+    let nll = log_p.nll_loss(&labels).double_value(&[]);
+    let uniform = -log_p.mean(Kind::Float).double_value(&[]);
+    assert!((smoothed - (0.9 * nll + 0.1 * uniform)).abs() < 1e-5);
+}
+
+#[test]
+fn a_resumed_run_with_optimizer_state_and_a_schedule_ends_where_an_uninterrupted_one_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sample = small_data(300, 60);
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    for (split, prefix) in [(&sample.train, "train"), (&sample.test, "t10k")] {
+        let images = common::idx_images(split.len() as u32, 28, 28, &split.images);
+        std::fs::write(data.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+        std::fs::write(data.join(format!("{prefix}-labels-idx1-ubyte")), common::idx_labels(&split.labels)).unwrap();
+    }
+    let data = data.to_str().unwrap();
+    for recipe in [
+        &[
+            "--momentum",
+            "0.9",
+            "--nesterov",
+            "--weight-decay",
+            "5e-4",
+            "--lr-schedule",
+            "cosine",
+            "--warmup-epochs",
+            "1",
+            "--label-smoothing",
+            "0.1",
+        ][..],
+        &["--optimizer", "adamw", "--weight-decay", "0.05", "--lr-schedule", "onecycle", "--lr", "0.01"],
+    ] {
+        let common = [&["--epochs", "4", "--batch-size", "50", "--data", data][..], recipe].concat();
+        let (straight, resumed) = (tmp.path().join("straight"), tmp.path().join("resumed"));
+        let _ = (std::fs::remove_dir_all(&straight), std::fs::remove_dir_all(&resumed));
+        let (code, _, err) =
+            common::convnets(&[&["train", "lenet-bn", "--out", straight.to_str().unwrap()][..], &common].concat());
+        assert_eq!(code, 0, "{err}");
+        // Stopped in epoch 3 (a failure injected there), then resumed from epoch 2's checkpoint.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_convnets"))
+            .args([&["train", "lenet-bn", "--out", resumed.to_str().unwrap()][..], &common].concat())
+            .env("CONVNETS_FAIL_AT", "3:1")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let checkpoint = train::load_checkpoint(&resumed, Device::Cpu).unwrap();
+        assert_eq!(checkpoint.state.epoch, 2);
+        assert!(checkpoint.optimizer.iter().any(|(k, _)| k == "optimizer.steps"), "optimizer state in the checkpoint");
+        let (code, _, err) = common::convnets(&["train", "--resume", resumed.to_str().unwrap(), "--data", data]);
+        assert_eq!(code, 0, "{err}");
+
+        let (a, b) = (
+            train::load_checkpoint(&straight, Device::Cpu).unwrap(),
+            train::load_checkpoint(&resumed, Device::Cpu).unwrap(),
+        );
+        let epochs = |h: &train::History| h.epochs.iter().map(|e| (e.train_loss, e.test_acc, e.lr)).collect::<Vec<_>>();
+        assert_eq!(epochs(&a.state.history), epochs(&b.state.history), "{recipe:?}");
+        for ((name, x), (_, y)) in
+            convnets::weights::state_dict(&a.net.vs).iter().zip(&convnets::weights::state_dict(&b.net.vs))
+        {
+            assert!(x.equal(y), "{name} differs after resuming ({recipe:?})");
+        }
+        // The rate of each epoch is in metrics.csv and in the TensorBoard file.
+        let rates: Vec<f64> = a.state.history.epochs.iter().map(|e| e.lr.unwrap()).collect();
+        let config = &a.state.config;
+        assert_eq!(rates, (0..4).map(|e| config.recipe.lr_at(config.lr, e, 4)).collect::<Vec<_>>());
+        assert!(rates.windows(2).any(|w| w[0] != w[1]), "a schedule: {rates:?}");
+        let csv = std::fs::read_to_string(straight.join("metrics.csv")).unwrap();
+        assert!(csv.starts_with("x,train_loss,train_acc,test_acc,lr\n"), "{csv}");
+        let last_row = csv.lines().last().unwrap();
+        assert!(last_row.ends_with(&format!(",{:.6}", rates[3])), "{last_row}");
+        let events =
+            convnets::tensorboard::read_scalars(&convnets::tensorboard::event_file(&resumed).unwrap()).unwrap();
+        let logged: Vec<f32> = events.iter().filter(|(_, t, _)| t == "learning_rate").map(|s| s.2).collect();
+        assert_eq!(logged, rates.iter().map(|&r| r as f32).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn recipe_flags_are_checked_and_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let out = out.to_str().unwrap();
+    for (args, expected) in [
+        (&["--momentum", "1.5"][..], "--momentum must be at least 0 and below 1, got 1.5"),
+        (&["--nesterov"], "--nesterov needs --optimizer sgd with a --momentum above 0"),
+        (&["--optimizer", "adamw", "--momentum", "0.9"], "--momentum is SGD's"),
+        (&["--warmup-epochs", "3", "--epochs", "3"], "--warmup-epochs 3 leaves no epoch of the 3 after it"),
+        (&["--weight-decay", "-1"], "--weight-decay must be 0 or more, got -1"),
+        (
+            &["--lr-schedule", "linear"],
+            "unknown learning-rate schedule \"linear\": expected constant, step, cosine, onecycle",
+        ),
+        (&["--optimizer", "lamb"], "unknown optimizer \"lamb\": expected sgd, adamw"),
+    ] {
+        let (code, _, err) = common::convnets(&[&["train", "lenet-bn", "--out", out][..], args].concat());
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert!(!Path::new(out).exists(), "nothing written for {args:?}");
+    }
+    let (code, _, err) = common::convnets(&[
+        "train",
+        "lenet-bn",
+        "--epochs",
+        "2",
+        "--out",
+        out,
+        "--optimizer",
+        "sgd",
+        "--momentum",
+        "0.9",
+        "--lr-schedule",
+        "step",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(Path::new(out).join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["recipe"]["momentum"], 0.9);
+    assert_eq!(config["recipe"]["lr_schedule"], "step");
+    let (code, _, err) = common::convnets(&["train", "--resume", out, "--epochs", "3", "--momentum", "0.5"]);
+    assert_eq!(code, 2, "the recipe belongs to the run: {err}");
+}
