@@ -139,7 +139,7 @@ fn measure(name: &str, cfg: &BenchConfig, data: &Dataset) -> anyhow::Result<Benc
     let resize = (side != data.train.rows).then_some(side);
     let order: Vec<usize> = (0..batch * cfg.steps).map(|i| i % data.train.len()).collect();
     let started = Instant::now();
-    for b in data::device_batches(data.train.clone(), order.clone(), batch, resize, cfg.device) {
+    for b in data::device_batches(data.train.clone(), order.clone(), batch, data::Prep::d2l(resize), cfg.device) {
         let b = b?;
         step(&b.images, &b.labels)?;
     }
@@ -148,7 +148,7 @@ fn measure(name: &str, cfg: &BenchConfig, data: &Dataset) -> anyhow::Result<Benc
     // The pipeline alone.
     let started = Instant::now();
     let mut produced = 0;
-    for b in data::batches(data.train.clone(), order, batch, resize) {
+    for b in data::batches(data.train.clone(), order, batch, data::Prep::d2l(resize)) {
         produced += b?.labels.size()[0] as usize;
     }
     let data_examples_per_s = produced as f64 / started.elapsed().as_secs_f64();

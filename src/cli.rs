@@ -258,6 +258,10 @@ struct TrainArgs {
     out: Option<PathBuf>,
     #[command(flatten)]
     recipe: RecipeArgs,
+    /// Training-time augmentation: default (the data set's: for CIFAR, RandomCrop(32, padding=4)
+    /// and RandomHorizontalFlip; none for the MNISTs, as d2l) or none.
+    #[arg(long, value_name = "default|none", value_parser = ["default", "none"])]
+    augment: Option<String>,
     /// Serve a live view of the run (chart, progress, configuration) at ADDR: 127.0.0.1 and a
     /// free port by default (printed at start); other interfaces only when named.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1")]
@@ -265,7 +269,7 @@ struct TrainArgs {
     /// Continue the run in this directory from its last complete epoch.
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "net", "lr", "batch_size", "resize", "seed", "out", "precision", "memory_format", "optimizer", "momentum",
-        "nesterov", "weight_decay", "lr_schedule", "warmup_epochs", "label_smoothing",
+        "nesterov", "weight_decay", "lr_schedule", "warmup_epochs", "label_smoothing", "augment",
     ])]
     resume: Option<PathBuf>,
     #[command(flatten)]
@@ -714,6 +718,9 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             config.precision = args.speed.precision.unwrap_or_default();
             config.memory_format = args.speed.memory_format;
             config.recipe = args.recipe.recipe();
+            if args.augment.as_deref() == Some("none") {
+                config.augment = false;
+            }
             let dir = args.out.clone().unwrap_or_else(|| {
                 PathBuf::from("runs").join(format!("{name}-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S")))
             });
@@ -764,7 +771,7 @@ fn predict_test(
     let config = &checkpoint.state.config;
     let count = count.min(data.test.len());
     let indices: Vec<usize> = (0..count).collect();
-    let batch = data::make_batch(&data.test, &indices, config.resize)?;
+    let batch = data::make_batch(&data.test, &indices, &config.eval_prep())?;
     let predicted = classify(&checkpoint.net, &batch.images(Device::Cpu)?)?;
     let mut tiles = Vec::new();
     let name = |c: usize| config.classes.get(c).map_or("?", String::as_str);

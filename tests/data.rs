@@ -214,8 +214,10 @@ fn batches_cover_every_example_once_in_a_seeded_order() {
 
     let sample = Dataset::from_source(Source::Embedded).unwrap();
     let order: Vec<usize> = (0..300).rev().collect();
-    let batches: Vec<_> =
-        data::batches(sample.train.clone(), order, 128, Some(32)).into_iter().collect::<anyhow::Result<_>>().unwrap();
+    let batches: Vec<_> = data::batches(sample.train.clone(), order, 128, data::Prep::d2l(Some(32)))
+        .into_iter()
+        .collect::<anyhow::Result<_>>()
+        .unwrap();
     let sizes: Vec<i64> = batches.iter().map(|b| b.pixels.size()[0]).collect();
     assert_eq!(sizes, [128, 128, 44], "the last partial batch is kept");
     assert_eq!(batches[0].pixels.size(), [128, 1, 32, 32]);
@@ -230,7 +232,8 @@ fn batches_cover_every_example_once_in_a_seeded_order() {
     let max = images.max().double_value(&[]);
     assert!(max <= 1.0 && max > 0.9 && images.min().double_value(&[]) >= 0.0);
     // Unresized pixels are exactly ToTensor's byte / 255 in float32.
-    let plain = data::make_batch(&sample.train, &[0], None).unwrap().images(tch::Device::Cpu).unwrap();
+    let plain =
+        data::make_batch(&sample.train, &[0], &data::Prep::d2l(None)).unwrap().images(tch::Device::Cpu).unwrap();
     let floats = Vec::<f32>::try_from(plain.flatten(0, -1)).unwrap();
     let expected: Vec<f32> = sample.train.image(0).iter().map(|&b| b as f32 / 255.0).collect();
     assert_eq!(floats, expected);
@@ -240,13 +243,14 @@ fn batches_cover_every_example_once_in_a_seeded_order() {
 fn device_batches_deliver_the_same_batches_as_inputs() {
     let sample = Dataset::from_source(Source::Embedded).unwrap();
     let order: Vec<usize> = (0..300).rev().collect();
-    let host: Vec<_> = data::batches(sample.train.clone(), order.clone(), 128, Some(32))
+    let host: Vec<_> = data::batches(sample.train.clone(), order.clone(), 128, data::Prep::d2l(Some(32)))
         .into_iter()
         .collect::<anyhow::Result<_>>()
         .unwrap();
-    let on_device: Vec<_> = data::device_batches(sample.train.clone(), order, 128, Some(32), tch::Device::Cpu)
-        .collect::<anyhow::Result<_>>()
-        .unwrap();
+    let on_device: Vec<_> =
+        data::device_batches(sample.train.clone(), order, 128, data::Prep::d2l(Some(32)), tch::Device::Cpu)
+            .collect::<anyhow::Result<_>>()
+            .unwrap();
     assert_eq!(on_device.len(), 3, "the last partial batch is kept");
     for (h, d) in host.iter().zip(&on_device) {
         assert_eq!(d.images.kind(), tch::Kind::Float);

@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use convnets::data::{Dataset, Format, Source};
+use convnets::data::{Dataset, Format, Image, Pipeline, Source, Transform};
+use rand::SeedableRng;
 
 mod common;
 use common::{convnets, idx_images, idx_labels};
@@ -198,4 +199,99 @@ fn summaries_take_other_channel_and_class_counts() {
     let (code, _, err) = convnets(&["summary", "nin", "--classes", "0"]);
     assert_eq!(code, 2);
     assert!(err.contains("--classes must be at least 1, got 0"), "{err}");
+}
+
+fn image(h: usize, w: usize) -> Image {
+    // Two planes: the row index and the column index, so every crop shows where it came from.
+    let mut pixels: Vec<u8> = (0..h * w).map(|i| (i / w) as u8).collect();
+    pixels.extend((0..h * w).map(|i| (i % w) as u8));
+    Image { pixels, channels: 2, height: h, width: w }
+}
+
+#[test]
+fn transforms_follow_torchvision() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    // CenterCrop(4) of 10x9: torchvision's int(round((10 - 4) / 2.0)) = 3 for the top and
+    // int(round((9 - 4) / 2.0)) = 2 for the left (Python rounds halves to the even neighbour).
+    let crop = Transform::CenterCrop(4).apply(image(10, 9), &mut rng);
+    assert_eq!((crop.height, crop.width), (4, 4));
+    assert_eq!((crop.pixels[0], crop.pixels[16]), (3, 2), "top row 3, left column 2");
+    // Resize(6) keeps the aspect ratio: the shorter side 6, the longer 6 * 12 / 8 = 9.
+    let resized = Transform::ResizeShorter(6).apply(image(8, 12), &mut rng);
+    assert_eq!((resized.height, resized.width), (6, 9));
+    // RandomCrop(8, padding=2): an 8x8 window of the zero-padded 12x12 image.
+    for _ in 0..50 {
+        let out = Transform::RandomCrop { size: 8, padding: 2 }.apply(image(8, 8), &mut rng);
+        assert_eq!((out.height, out.width, out.channels), (8, 8, 2));
+        let rows = &out.pixels[..64];
+        let top = (0..8).find(|&y| rows[y * 8..y * 8 + 8].iter().any(|&v| v > 0)).unwrap_or(8);
+        assert!(top <= 3, "at most 2 rows of padding (and row 0 is 0 itself): {rows:?}");
+    }
+    // The flip mirrors every row of every plane, half of the time.
+    let flips = (0..200)
+        .filter(|_| {
+            let out = Transform::RandomHorizontalFlip.apply(image(3, 5), &mut rng);
+            out.pixels[15] == 4 // the column plane's first value is the last column
+        })
+        .count();
+    assert!((70..130).contains(&flips), "{flips} of 200");
+    // RandomResizedCrop: always the asked size.
+    for _ in 0..50 {
+        let out = Transform::RandomResizedCrop(16).apply(image(30, 50), &mut rng);
+        assert_eq!((out.height, out.width), (16, 16));
+    }
+}
+
+#[test]
+fn augmented_draws_depend_on_seed_epoch_and_image_only() {
+    let pipeline =
+        Pipeline { transforms: vec![Transform::RandomCrop { size: 6, padding: 3 }, Transform::RandomHorizontalFlip] };
+    let a = pipeline.apply(image(6, 6), 7, 2, 11);
+    assert_eq!(a, pipeline.apply(image(6, 6), 7, 2, 11), "the same (seed, epoch, image): the same draws");
+    let others = [
+        pipeline.apply(image(6, 6), 8, 2, 11),
+        pipeline.apply(image(6, 6), 7, 3, 11),
+        pipeline.apply(image(6, 6), 7, 2, 12),
+    ];
+    assert!(others.iter().any(|o| *o != a), "another seed, epoch or image draws anew");
+    assert_eq!(Pipeline::d2l(Some(32)).resize_only(), Some(Some(32)));
+    assert_eq!(pipeline.output_size(6, 6), (6, 6));
+}
+
+#[test]
+fn cifar_trains_with_augmentation_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cifar = tmp.path().join("cifar");
+    write_cifar10(&cifar, 30, true);
+    let cifar = cifar.to_str().unwrap();
+    let common = ["--data", cifar, "--epochs", "3", "--resize", "28", "--batch-size", "25"];
+    let (straight, resumed) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (code, _, err) = convnets(&[&["train", "lenet-bn", "--out", straight.to_str().unwrap()][..], &common].concat());
+    assert_eq!(code, 0, "{err}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(straight.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["augment"], true, "CIFAR's default");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_convnets"))
+        .args([&["train", "lenet-bn", "--out", resumed.to_str().unwrap()][..], &common].concat())
+        .env("CONVNETS_FAIL_AT", "2:3")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let (code, _, err) = convnets(&["train", "--resume", resumed.to_str().unwrap(), "--data", cifar]);
+    assert_eq!(code, 0, "{err}");
+    let metrics = |dir: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap()
+    };
+    let losses = |v: serde_json::Value| {
+        v["epochs"].as_array().unwrap().iter().map(|e| e["train_loss"].as_f64().unwrap()).collect::<Vec<_>>()
+    };
+    assert_eq!(losses(metrics(&straight)), losses(metrics(&resumed)));
+
+    // --augment none trains as d2l would, on other batches.
+    let plain = tmp.path().join("plain");
+    let (code, _, err) = convnets(
+        &[&["train", "lenet-bn", "--augment", "none", "--out", plain.to_str().unwrap()][..], &common].concat(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(losses(metrics(&plain)), losses(metrics(&straight)), "augmentation changes what the network sees");
 }

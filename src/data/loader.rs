@@ -9,7 +9,7 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
-use super::{Resize, Split};
+use super::{Image, Pipeline, Resize, Split};
 use crate::accel;
 
 /// A batch as the pipeline delivers it: pixels `[B, C, H, W]` as uint8 (a quarter of the bytes
@@ -32,14 +32,30 @@ fn to_input(pixels: &Tensor) -> Result<Tensor, tch::TchError> {
     pixels.f_to_kind(Kind::Float)?.f_div_scalar(255.0)
 }
 
-/// Builds the batch of `indices` from `split`, resized to `size` x `size` when given.
-pub fn make_batch(split: &Split, indices: &[usize], size: Option<usize>) -> anyhow::Result<Batch> {
-    make_batch_for(split, indices, size, Device::Cpu)
+/// How a split's images become a batch: the transforms, and the seed and epoch their random
+/// draws depend on (with the image's index).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Prep {
+    pub pipeline: Pipeline,
+    pub seed: u64,
+    pub epoch: usize,
+}
+
+impl Prep {
+    /// d2l's: resized to `size` x `size` when given, nothing else.
+    pub fn d2l(size: Option<usize>) -> Self {
+        Prep { pipeline: Pipeline::d2l(size), seed: 0, epoch: 0 }
+    }
+}
+
+/// Builds the batch of `indices` from `split`, as `prep` says.
+pub fn make_batch(split: &Split, indices: &[usize], prep: &Prep) -> anyhow::Result<Batch> {
+    make_batch_for(split, indices, prep, Device::Cpu)
 }
 
 /// [`make_batch`] in the host memory `device` copies from fastest (page-locked for a GPU).
-fn make_batch_for(split: &Split, indices: &[usize], size: Option<usize>, device: Device) -> anyhow::Result<Batch> {
-    let (h, w) = size.map_or((split.rows, split.cols), |s| (s, s));
+fn make_batch_for(split: &Split, indices: &[usize], prep: &Prep, device: Device) -> anyhow::Result<Batch> {
+    let (h, w) = prep.pipeline.output_size(split.rows, split.cols);
     let c = split.channels;
     let shape = [indices.len() as i64, c as i64, h as i64, w as i64];
     let images = accel::empty_host_u8(&shape, device)?;
@@ -49,10 +65,10 @@ fn make_batch_for(split: &Split, indices: &[usize], size: Option<usize>, device:
     let len = indices.len() * c * h * w;
     let start = if len == 0 { std::ptr::NonNull::dangling().as_ptr() } else { images.data_ptr() as *mut u8 };
     let pixels = unsafe { std::slice::from_raw_parts_mut(start, len) };
-    match size.filter(|_| (h, w) != (split.rows, split.cols)) {
-        // Resizing is the expensive part: spread it over the cores, a plane at a time (colour
-        // images are resized channel by channel, as Pillow does).
-        Some(s) => {
+    match prep.pipeline.resize_only() {
+        // d2l's resize is the expensive part: spread it over the cores, a plane at a time
+        // (colour images are resized channel by channel, as Pillow does).
+        Some(Some(s)) if (s, s) != (split.rows, split.cols) => {
             let resize = Resize::new(split.rows, split.cols, s, s);
             let plane = split.rows * split.cols;
             pixels.par_chunks_mut(c * h * w).zip(indices.par_iter()).for_each(|(out, &i)| {
@@ -62,7 +78,12 @@ fn make_batch_for(split: &Split, indices: &[usize], size: Option<usize>, device:
             });
         }
         // A plain copy is cheaper than waking a thread pool that competes with libtorch's.
-        None => pixels.chunks_mut(c * h * w).zip(indices).for_each(|(out, &i)| out.copy_from_slice(split.image(i))),
+        Some(_) => pixels.chunks_mut(c * h * w).zip(indices).for_each(|(out, &i)| out.copy_from_slice(split.image(i))),
+        // Augmentation: each image's own draws, in parallel.
+        None => pixels.par_chunks_mut(c * h * w).zip(indices.par_iter()).for_each(|(out, &i)| {
+            let image = Image { pixels: split.image(i).to_vec(), channels: c, height: split.rows, width: split.cols };
+            out.copy_from_slice(&prep.pipeline.apply(image, prep.seed, prep.epoch, i).pixels);
+        }),
     }
     let labels: Vec<i64> = indices.iter().map(|&i| split.labels[i] as i64).collect();
     Ok(Batch { pixels: images, labels: Tensor::f_from_slice(&labels)? })
@@ -79,13 +100,8 @@ pub fn epoch_order(len: usize, seed: u64, epoch: usize) -> Vec<usize> {
 
 /// Batches of `order` (the last one partial), prepared on a background thread a few batches
 /// ahead so the network does not wait for resizing.
-pub fn batches(
-    split: Arc<Split>,
-    order: Vec<usize>,
-    batch_size: usize,
-    size: Option<usize>,
-) -> Receiver<anyhow::Result<Batch>> {
-    host_batches(split, order, batch_size, size, Device::Cpu)
+pub fn batches(split: Arc<Split>, order: Vec<usize>, batch_size: usize, prep: Prep) -> Receiver<anyhow::Result<Batch>> {
+    host_batches(split, order, batch_size, prep, Device::Cpu)
 }
 
 /// [`batches`], in host memory meant for copies to `device`.
@@ -93,13 +109,13 @@ fn host_batches(
     split: Arc<Split>,
     order: Vec<usize>,
     batch_size: usize,
-    size: Option<usize>,
+    prep: Prep,
     device: Device,
 ) -> Receiver<anyhow::Result<Batch>> {
     let (tx, rx) = sync_channel(3);
     std::thread::spawn(move || {
         for chunk in order.chunks(batch_size) {
-            let batch = make_batch_for(&split, chunk, size, device);
+            let batch = make_batch_for(&split, chunk, &prep, device);
             let failed = batch.is_err();
             if tx.send(batch).is_err() || failed {
                 return; // the consumer stopped early, or will stop at this error
@@ -124,10 +140,10 @@ pub fn device_batches(
     split: Arc<Split>,
     order: Vec<usize>,
     batch_size: usize,
-    size: Option<usize>,
+    prep: Prep,
     device: Device,
 ) -> DeviceBatches {
-    DeviceBatches { host: host_batches(split, order, batch_size, size, device), device, in_flight: None }
+    DeviceBatches { host: host_batches(split, order, batch_size, prep, device), device, in_flight: None }
 }
 
 /// The iterator [`device_batches`] returns.

@@ -16,8 +16,8 @@ use std::sync::Arc;
 pub use cifar::{CIFAR10_CLASSES, Cifar};
 pub use download::{MIRRORS, OFFICIAL_MD5, download, mirrors};
 pub use idx::{parse_images, parse_labels, parse_split};
-pub use loader::{Batch, DeviceBatch, DeviceBatches, batches, device_batches, epoch_order, make_batch};
-pub use transforms::Resize;
+pub use loader::{Batch, DeviceBatch, DeviceBatches, Prep, batches, device_batches, epoch_order, make_batch};
+pub use transforms::{Image, Pipeline, Resize, Transform};
 
 /// Fashion-MNIST's ten classes, in label order.
 pub const CLASSES: [&str; 10] =
@@ -153,6 +153,17 @@ impl Format {
         match self {
             Format::FashionMnist | Format::Mnist => 28,
             Format::Cifar10 | Format::Cifar100 => cifar::SIDE,
+        }
+    }
+
+    /// The training-time augmentation usual for the data set: for CIFAR, torchvision's
+    /// `RandomCrop(32, padding=4)` and `RandomHorizontalFlip()`; none for the MNISTs (d2l's).
+    pub fn augmentation(self) -> Vec<Transform> {
+        match self {
+            Format::FashionMnist | Format::Mnist => Vec::new(),
+            Format::Cifar10 | Format::Cifar100 => {
+                vec![Transform::RandomCrop { size: cifar::SIDE, padding: 4 }, Transform::RandomHorizontalFlip]
+            }
         }
     }
 

@@ -151,3 +151,196 @@ impl Resize {
         out
     }
 }
+
+/// An image as the transforms see it: `channels` planes of `height` x `width` bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Image {
+    pub pixels: Vec<u8>,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl Image {
+    fn plane(&self, c: usize) -> &[u8] {
+        let n = self.height * self.width;
+        &self.pixels[c * n..(c + 1) * n]
+    }
+
+    /// The `h` x `w` region at row `top`, column `left`; outside the image, zeros (padding).
+    fn crop(&self, top: i64, left: i64, h: usize, w: usize) -> Image {
+        let mut pixels = vec![0u8; self.channels * h * w];
+        for c in 0..self.channels {
+            let plane = self.plane(c);
+            for y in 0..h {
+                let sy = top + y as i64;
+                if sy < 0 || sy >= self.height as i64 {
+                    continue;
+                }
+                for x in 0..w {
+                    let sx = left + x as i64;
+                    if sx >= 0 && sx < self.width as i64 {
+                        pixels[c * h * w + y * w + x] = plane[sy as usize * self.width + sx as usize];
+                    }
+                }
+            }
+        }
+        Image { pixels, channels: self.channels, height: h, width: w }
+    }
+
+    /// Pillow's bilinear resize to `h` x `w`, plane by plane.
+    fn resize(&self, h: usize, w: usize) -> Image {
+        if (h, w) == (self.height, self.width) {
+            return self.clone();
+        }
+        let resize = Resize::new(self.height, self.width, h, w);
+        let mut pixels = vec![0u8; self.channels * h * w];
+        for (c, out) in pixels.chunks_mut(h * w).enumerate() {
+            resize.apply_into(self.plane(c), out);
+        }
+        Image { pixels, channels: self.channels, height: h, width: w }
+    }
+
+    fn flip_horizontally(mut self) -> Image {
+        for row in self.pixels.chunks_mut(self.width) {
+            row.reverse();
+        }
+        self
+    }
+}
+
+/// One of torchvision's transforms, on uint8 images (ToTensor's division by 255 and Normalize
+/// happen on the device, see the loader).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Transform {
+    /// `Resize((s, s))`.
+    Resize(usize),
+    /// `Resize(s)`: the shorter side to `s`, the longer in proportion (rounded down).
+    ResizeShorter(usize),
+    /// `CenterCrop(s)`.
+    CenterCrop(usize),
+    /// `RandomCrop(s, padding=p)`: zero padding, then a uniformly placed crop.
+    RandomCrop { size: usize, padding: usize },
+    /// `RandomResizedCrop(s)`: scale (0.08, 1), ratio (3/4, 4/3), bilinear.
+    RandomResizedCrop(usize),
+    /// `RandomHorizontalFlip()`: p = 0.5.
+    RandomHorizontalFlip,
+}
+
+impl Transform {
+    /// Whether the transform draws random numbers (training-time augmentation).
+    pub fn is_random(self) -> bool {
+        matches!(self, Transform::RandomCrop { .. } | Transform::RandomResizedCrop(_) | Transform::RandomHorizontalFlip)
+    }
+
+    pub fn apply(self, image: Image, rng: &mut impl rand::Rng) -> Image {
+        let (h, w) = (image.height, image.width);
+        match self {
+            Transform::Resize(s) => image.resize(s, s),
+            Transform::ResizeShorter(s) => {
+                let (short, long) = (h.min(w), h.max(w));
+                let long = s * long / short;
+                if h <= w { image.resize(s, long) } else { image.resize(long, s) }
+            }
+            Transform::CenterCrop(s) => {
+                // Python's round(), as torchvision calls it: halves go to the even neighbour.
+                let top = ((h as f64 - s as f64) / 2.0).round_ties_even() as i64;
+                let left = ((w as f64 - s as f64) / 2.0).round_ties_even() as i64;
+                image.crop(top, left, s, s)
+            }
+            Transform::RandomCrop { size, padding } => {
+                let p = padding as i64;
+                let top = rng.random_range(0..=(h as i64 + 2 * p - size as i64).max(0)) - p;
+                let left = rng.random_range(0..=(w as i64 + 2 * p - size as i64).max(0)) - p;
+                image.crop(top, left, size, size)
+            }
+            Transform::RandomResizedCrop(s) => {
+                let (top, left, ch, cw) = resized_crop_box(h, w, rng);
+                image.crop(top as i64, left as i64, ch, cw).resize(s, s)
+            }
+            Transform::RandomHorizontalFlip => {
+                if rng.random_bool(0.5) {
+                    image.flip_horizontally()
+                } else {
+                    image
+                }
+            }
+        }
+    }
+}
+
+/// torchvision's `RandomResizedCrop.get_params` with scale (0.08, 1) and ratio (3/4, 4/3):
+/// (top, left, height, width).
+fn resized_crop_box(height: usize, width: usize, rng: &mut impl rand::Rng) -> (usize, usize, usize, usize) {
+    let area = (height * width) as f64;
+    let (log_lo, log_hi) = ((3f64 / 4.0).ln(), (4f64 / 3.0).ln());
+    for _ in 0..10 {
+        let target = area * rng.random_range(0.08..1.0);
+        let ratio = rng.random_range(log_lo..log_hi).exp();
+        // Python's round(), as torchvision calls it.
+        let w = (target * ratio).sqrt().round_ties_even() as usize;
+        let h = (target / ratio).sqrt().round_ties_even() as usize;
+        if 0 < w && w <= width && 0 < h && h <= height {
+            return (rng.random_range(0..=height - h), rng.random_range(0..=width - w), h, w);
+        }
+    }
+    // The fallback: a central crop of the largest box within the ratios.
+    let in_ratio = width as f64 / height as f64;
+    let (h, w) = if in_ratio < 3.0 / 4.0 {
+        ((width as f64 / (3.0 / 4.0)).round_ties_even() as usize, width)
+    } else if in_ratio > 4.0 / 3.0 {
+        (height, (height as f64 * 4.0 / 3.0).round_ties_even() as usize)
+    } else {
+        (height, width)
+    };
+    ((height - h) / 2, (width - w) / 2, h, w)
+}
+
+/// The transforms of one split, in order, and where their random draws come from: each image's
+/// draws depend only on the seed, the epoch and the image's index, so a resumed run sees the
+/// same augmented images as an uninterrupted one.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Pipeline {
+    pub transforms: Vec<Transform>,
+}
+
+impl Pipeline {
+    /// d2l's: `Resize((s, s))` when a size is given, else nothing.
+    pub fn d2l(size: Option<usize>) -> Self {
+        Pipeline { transforms: size.map(Transform::Resize).into_iter().collect() }
+    }
+
+    /// Whether the pipeline is at most one square resize (the fast path of the loader).
+    pub fn resize_only(&self) -> Option<Option<usize>> {
+        match self.transforms[..] {
+            [] => Some(None),
+            [Transform::Resize(s)] => Some(Some(s)),
+            _ => None,
+        }
+    }
+
+    /// Applies the transforms to image `index` in `epoch` of a run seeded with `seed`.
+    pub fn apply(&self, image: Image, seed: u64, epoch: usize, index: usize) -> Image {
+        use rand::SeedableRng;
+        let key = seed
+            ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ (index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(key);
+        self.transforms.iter().fold(image, |image, t| t.apply(image, &mut rng))
+    }
+
+    /// The (height, width) the pipeline makes of an `h` x `w` image.
+    pub fn output_size(&self, h: usize, w: usize) -> (usize, usize) {
+        self.transforms.iter().fold((h, w), |(h, w), t| match *t {
+            Transform::Resize(s)
+            | Transform::CenterCrop(s)
+            | Transform::RandomResizedCrop(s)
+            | Transform::RandomCrop { size: s, .. } => (s, s),
+            Transform::ResizeShorter(s) => {
+                let long = s * h.max(w) / h.min(w);
+                if h <= w { (s, long) } else { (long, s) }
+            }
+            Transform::RandomHorizontalFlip => (h, w),
+        })
+    }
+}

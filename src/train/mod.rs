@@ -56,6 +56,10 @@ pub struct TrainConfig {
     /// Optimizer, schedule and loss settings (d2l's by default).
     #[serde(default)]
     pub recipe: Recipe,
+    /// Training-time augmentation, the data set's (see [`TrainConfig::train_prep`]); d2l's runs
+    /// and runs saved before it existed have none.
+    #[serde(default)]
+    pub augment: bool,
 }
 
 fn fashion_mnist() -> String {
@@ -86,6 +90,7 @@ impl TrainConfig {
             dataset: fashion_mnist(),
             classes: fashion_mnist_classes(),
             recipe: Recipe::default(),
+            augment: false,
         })
     }
 
@@ -94,8 +99,28 @@ impl TrainConfig {
         self.resize.unwrap_or_else(|| self.dataset.parse::<data::Format>().map_or(28, |f| f.side()))
     }
 
-    /// Trains on `data`: its images' channels, its classes.
+    /// How training batches of `epoch` are made: with augmentation, the data set's
+    /// (CIFAR: `RandomCrop(32, padding=4)` and `RandomHorizontalFlip()`, as torchvision's CIFAR
+    /// recipes have it), then the resize; each image's draws depend on the seed, the epoch and
+    /// the image alone.
+    pub fn train_prep(&self, epoch: usize) -> data::Prep {
+        let mut transforms = Vec::new();
+        if self.augment {
+            let format = self.dataset.parse::<data::Format>().unwrap_or(data::Format::FashionMnist);
+            transforms.extend(format.augmentation());
+        }
+        transforms.extend(self.resize.map(data::Transform::Resize));
+        data::Prep { pipeline: data::Pipeline { transforms }, seed: self.seed, epoch }
+    }
+
+    /// How evaluation batches are made: the resize alone.
+    pub fn eval_prep(&self) -> data::Prep {
+        data::Prep::d2l(self.resize)
+    }
+
+    /// Trains on `data`: its images' channels, its classes, its augmentation.
     pub fn use_dataset(&mut self, data: &Dataset) {
+        self.augment = !data.format.augmentation().is_empty();
         self.in_channels = data.channels() as i64;
         self.num_classes = data.classes.len() as i64;
         self.classes = data.classes.clone();
@@ -443,7 +468,8 @@ fn evaluate_with(
     let order: Vec<usize> = (0..split.len()).collect();
     let batches = split.len().div_ceil(batch_size);
     let _guard = tch::no_grad_guard();
-    for (i, batch) in data::device_batches(split.clone(), order, batch_size, resize, net.device()).enumerate() {
+    let prep = data::Prep::d2l(resize);
+    for (i, batch) in data::device_batches(split.clone(), order, batch_size, prep, net.device()).enumerate() {
         let counted = batch.and_then(|batch| {
             let predicted = predict(replayer, net, &batch.images)?;
             let predicted = Vec::<i64>::try_from(predicted.f_to_device(Device::Cpu)?)?;
@@ -584,7 +610,7 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         let bar = progress_bar(num_batches as u64, epoch, cfg.epochs);
         let (mut loss_sum, mut correct, mut seen, mut step_seconds) = (0f64, 0i64, 0usize, 0f64);
         let order = data::epoch_order(train_split.len(), cfg.seed, epoch);
-        let batches = data::device_batches(train_split.clone(), order, cfg.batch_size, cfg.resize, device);
+        let batches = data::device_batches(train_split.clone(), order, cfg.batch_size, cfg.train_prep(epoch), device);
         // What a failure at batch `i` of this epoch reports.
         let failed = |i: usize, error: anyhow::Error, note: String| RunFailed {
             net: cfg.net.clone(),
