@@ -226,10 +226,18 @@ struct DataArgs {
     /// (~/.cache/convnets/fashion-mnist), then the embedded Fashion-MNIST sample.
     #[arg(long = "data", value_name = "DIR")]
     dir: Option<PathBuf>,
-    /// fashion-mnist, mnist, cifar10 or cifar100 (default: what the directory holds; IDX files
-    /// are taken for Fashion-MNIST).
+    /// fashion-mnist, mnist, cifar10, cifar100 or folder (default: what the directory holds;
+    /// IDX files are taken for Fashion-MNIST, a train/ folder of class folders for an image folder).
     #[arg(long)]
     dataset: Option<data::Format>,
+    /// An image folder without val/: hold this fraction of train/ out for evaluation (the same
+    /// images every time).
+    #[arg(long, allow_negative_numbers = true)]
+    val_split: Option<f64>,
+    /// Leave unreadable images of an image folder out (each is decoded once to check), listing
+    /// them, instead of stopping at the first.
+    #[arg(long)]
+    skip_bad_images: bool,
 }
 
 #[derive(clap::Args)]
@@ -515,10 +523,10 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Eval { run, data, device } => {
             let device = train::parse_device(&device).map_err(usage)?;
             let checkpoint = train::load_checkpoint(&run, device)?;
-            let data = load_data(&data)?;
             let config = &checkpoint.state.config;
+            let data = load_data(&data, config.val_split)?;
             config.check_dataset(&data).map_err(usage)?;
-            let evaluation = train::evaluate(&checkpoint.net, &data.test, config.batch_size, config.resize)?;
+            let evaluation = train::evaluate(&checkpoint.net, &data.test, config.batch_size, &config.eval_prep())?;
             println!("{} after {} epochs, {} test images", config.net, checkpoint.state.epoch, data.test.len());
             print!("{}", evaluation.report(&config.classes));
         }
@@ -526,7 +534,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let device = train::parse_device(&device).map_err(usage)?;
             let checkpoint = train::load_checkpoint(&run, device)?;
             if image.is_empty() {
-                let data = load_data(&data)?;
+                let data = load_data(&data, checkpoint.state.config.val_split)?;
                 checkpoint.state.config.check_dataset(&data).map_err(usage)?;
                 predict_test(&checkpoint, &data, count, out.as_deref())?;
             } else {
@@ -605,7 +613,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             for net in &nets {
                 models::find(net).map_err(|e| usage(e.to_string()))?;
             }
-            let data = load_data(&data)?;
+            let data = load_data(&data, None)?;
             let config = speed.bench_config(device, batch_size, steps, warmup);
             let mut results = Vec::new();
             for net in &nets {
@@ -645,7 +653,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("Fashion-MNIST is in {}", dir.display());
         }
         Command::Data { command: DataCommand::Info { data } } => {
-            let data = load_data(&data)?;
+            let data = load_data(&data, None)?;
             println!("train: {}", data::describe(&data.train, &data.classes).trim_end());
             println!("test: {}", data::describe(&data.test, &data.classes).trim_end());
         }
@@ -661,19 +669,32 @@ fn at_least_one(flag: &str, value: i64) -> anyhow::Result<usize> {
         .ok_or_else(|| usage(format!("{flag} must be at least 1, got {value}")))
 }
 
-/// Loads the data set and says where it came from.
-fn load_data(args: &DataArgs) -> anyhow::Result<Dataset> {
-    let data = Dataset::load(args.dir.as_deref(), args.dataset)?;
+/// Loads the data set and says where it came from (and which images it left out). A run that
+/// held out part of an image folder (`val_split`) holds out the same part again.
+fn load_data(args: &DataArgs, run_val_split: Option<f64>) -> anyhow::Result<Dataset> {
+    let options =
+        data::FolderOptions { val_split: args.val_split.or(run_val_split), skip_bad_images: args.skip_bad_images };
+    let data = Dataset::load_with(args.dir.as_deref(), args.dataset, &options)?;
     let kind =
         if data.format == data::Format::FashionMnist { String::new() } else { format!("{} ", data.format.name()) };
     eprintln!("data: {kind}{}", data.source);
+    if !data.skipped.is_empty() {
+        eprintln!("data: left out {} unreadable image(s):", data.skipped.len());
+        for why in &data.skipped {
+            eprintln!("  {why}");
+        }
+    }
     Ok(data)
 }
 
 fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     let device = train::parse_device(&args.device).map_err(usage)?;
     // The data set decides the network's input channels and classes.
-    let data = load_data(&args.data)?;
+    let resumed_split = match &args.resume {
+        Some(dir) => train::load_checkpoint(dir, Device::Cpu).ok().and_then(|c| c.state.config.val_split),
+        None => None,
+    };
+    let data = load_data(&args.data, resumed_split)?;
     let (net, config, start, dir) = match &args.resume {
         Some(dir) => {
             let checkpoint = train::load_checkpoint(dir, device)?;
@@ -718,6 +739,7 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             config.precision = args.speed.precision.unwrap_or_default();
             config.memory_format = args.speed.memory_format;
             config.recipe = args.recipe.recipe();
+            config.val_split = args.data.val_split;
             if args.augment.as_deref() == Some("none") {
                 config.augment = false;
             }
@@ -793,21 +815,23 @@ fn predict_test(
     Ok(())
 }
 
-/// Classifies the user's own PNG images, resized to the network's input as training did.
+/// Classifies the user's own images (PNG or JPEG), transformed as evaluation does.
 fn predict_files(checkpoint: &train::Checkpoint, files: &[PathBuf]) -> anyhow::Result<()> {
     let config = &checkpoint.state.config;
-    let size = config.image_side();
     let channels = config.in_channels as usize;
+    let mut pipeline = config.eval_prep().pipeline;
+    if pipeline.fixed_size().is_none() {
+        // d2l's data sets need no resize of their own images; the user's do.
+        pipeline.transforms.push(data::Transform::Resize(config.image_side()));
+    }
     let mut pixels = Vec::new();
     for file in files {
-        let (planes, h, w) = crate::chart::read_png(file, channels).map_err(|e| usage(e.to_string()))?;
-        let resize = data::Resize::new(h, w, size, size);
-        for plane in planes.chunks(h * w) {
-            pixels.extend(resize.apply(plane).iter().map(|&b| b as f32 / 255.0));
-        }
+        let image = data::folder::decode_as(file, channels).map_err(|e| usage(e.to_string()))?;
+        let image = pipeline.apply(image, config.seed, 0, 0);
+        pixels.extend(image.pixels.iter().map(|&b| b as f32 / 255.0));
     }
-    let shape = [files.len() as i64, channels as i64, size as i64, size as i64];
-    let images = tch::Tensor::f_from_slice(&pixels)?.f_view(shape)?;
+    let size = config.image_side() as i64;
+    let images = tch::Tensor::f_from_slice(&pixels)?.f_view([files.len() as i64, channels as i64, size, size])?;
     for (file, p) in files.iter().zip(classify(&checkpoint.net, &images)?) {
         println!("{}: {}", file.display(), config.classes.get(p).map_or("?", String::as_str));
     }

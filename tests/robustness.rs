@@ -309,7 +309,8 @@ fn labels_the_network_cannot_classify_are_an_error_naming_the_batch_not_a_panic(
     let mut test = common::slice(&sample.test, 100);
     test.labels[70] = 12; // batch 3 of 4 at batch size 32
     let net = convnets::models::Network::new("lenet-bn", Default::default(), Device::Cpu).unwrap();
-    let err = train::evaluate(&net, &std::sync::Arc::new(test.clone()), 32, None).err().unwrap().to_string();
+    let prep = data::Prep::d2l(None);
+    let err = train::evaluate(&net, &std::sync::Arc::new(test.clone()), 32, &prep).err().unwrap().to_string();
     assert_eq!(err, "lenet-bn: evaluation failed at batch 3 of 4: label 12 is not one of the network's 10 classes");
 
     // In training the loss meets it first: libtorch's own refusal, as a value, with where it was.

@@ -67,7 +67,14 @@ impl Cifar {
     pub fn load(self, dir: &Path) -> Result<(Split, Split, Vec<String>), DataError> {
         let (train_files, test_files, names_file) = self.files();
         let split = |files: &[String]| -> Result<Split, DataError> {
-            let mut split = Split { images: Vec::new(), labels: Vec::new(), channels: 3, rows: SIDE, cols: SIDE };
+            let mut split = Split {
+                images: Vec::new(),
+                labels: Vec::new(),
+                channels: 3,
+                rows: SIDE,
+                cols: SIDE,
+                files: Vec::new(),
+            };
             for name in files {
                 let path = dir.join(name);
                 let file = path.display().to_string();

@@ -109,5 +109,5 @@ pub fn parse_split(images: &[u8], images_file: &str, labels: &[u8], labels_file:
     if labels.len() != count {
         return Err(invalid(labels_file, format!("{} labels for {count} images in {images_file}", labels.len())));
     }
-    Ok(Split { images: pixels, labels, channels: 1, rows, cols })
+    Ok(Split { images: pixels, labels, channels: 1, rows, cols, files: Vec::new() })
 }

@@ -9,7 +9,7 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
-use super::{Image, Pipeline, Resize, Split};
+use super::{Pipeline, Resize, Split};
 use crate::accel;
 
 /// A batch as the pipeline delivers it: pixels `[B, C, H, W]` as uint8 (a quarter of the bytes
@@ -55,7 +55,14 @@ pub fn make_batch(split: &Split, indices: &[usize], prep: &Prep) -> anyhow::Resu
 
 /// [`make_batch`] in the host memory `device` copies from fastest (page-locked for a GPU).
 fn make_batch_for(split: &Split, indices: &[usize], prep: &Prep, device: Device) -> anyhow::Result<Batch> {
-    let (h, w) = prep.pipeline.output_size(split.rows, split.cols);
+    let in_memory = split.files.is_empty();
+    let (h, w) = if in_memory {
+        prep.pipeline.output_size(split.rows, split.cols)
+    } else {
+        prep.pipeline.fixed_size().ok_or_else(|| {
+            anyhow::anyhow!("an image folder's images differ in size: its transforms must end in a crop")
+        })?
+    };
     let c = split.channels;
     let shape = [indices.len() as i64, c as i64, h as i64, w as i64];
     let images = accel::empty_host_u8(&shape, device)?;
@@ -65,7 +72,7 @@ fn make_batch_for(split: &Split, indices: &[usize], prep: &Prep, device: Device)
     let len = indices.len() * c * h * w;
     let start = if len == 0 { std::ptr::NonNull::dangling().as_ptr() } else { images.data_ptr() as *mut u8 };
     let pixels = unsafe { std::slice::from_raw_parts_mut(start, len) };
-    match prep.pipeline.resize_only() {
+    match prep.pipeline.resize_only().filter(|_| in_memory) {
         // d2l's resize is the expensive part: spread it over the cores, a plane at a time
         // (colour images are resized channel by channel, as Pillow does).
         Some(Some(s)) if (s, s) != (split.rows, split.cols) => {
@@ -79,11 +86,14 @@ fn make_batch_for(split: &Split, indices: &[usize], prep: &Prep, device: Device)
         }
         // A plain copy is cheaper than waking a thread pool that competes with libtorch's.
         Some(_) => pixels.chunks_mut(c * h * w).zip(indices).for_each(|(out, &i)| out.copy_from_slice(split.image(i))),
-        // Augmentation: each image's own draws, in parallel.
-        None => pixels.par_chunks_mut(c * h * w).zip(indices.par_iter()).for_each(|(out, &i)| {
-            let image = Image { pixels: split.image(i).to_vec(), channels: c, height: split.rows, width: split.cols };
-            out.copy_from_slice(&prep.pipeline.apply(image, prep.seed, prep.epoch, i).pixels);
-        }),
+        // Augmentation, or an image folder's files: each image decoded and transformed (with
+        // its own draws) in parallel.
+        None => pixels.par_chunks_mut(c * h * w).zip(indices.par_iter()).try_for_each(|(out, &i)| {
+            let image = prep.pipeline.apply(split.load(i)?, prep.seed, prep.epoch, i);
+            anyhow::ensure!(image.pixels.len() == out.len(), "image {i} came out {}x{}", image.height, image.width);
+            out.copy_from_slice(&image.pixels);
+            Ok(())
+        })?,
     }
     let labels: Vec<i64> = indices.iter().map(|&i| split.labels[i] as i64).collect();
     Ok(Batch { pixels: images, labels: Tensor::f_from_slice(&labels)? })

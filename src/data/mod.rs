@@ -5,6 +5,7 @@
 
 mod cifar;
 mod download;
+pub mod folder;
 mod idx;
 mod loader;
 mod transforms;
@@ -49,8 +50,11 @@ pub struct Split {
     pub labels: Vec<u8>,
     /// 1 for grey images, 3 for colour (red, green and blue planes).
     pub channels: usize,
+    /// Height and width of every image; 0 for an image folder's, whose sizes vary.
     pub rows: usize,
     pub cols: usize,
+    /// An image folder's files, decoded when their batch is made (`images` is then empty).
+    pub files: Vec<PathBuf>,
 }
 
 impl Split {
@@ -62,10 +66,23 @@ impl Split {
         self.labels.is_empty()
     }
 
-    /// The pixels of image `i`, plane after plane.
+    /// The pixels of image `i`, plane after plane (images held in memory).
     pub fn image(&self, i: usize) -> &[u8] {
         let size = self.channels * self.rows * self.cols;
         &self.images[i * size..(i + 1) * size]
+    }
+
+    /// Image `i`, decoded from its file when the split is an image folder's.
+    pub fn load(&self, i: usize) -> anyhow::Result<Image> {
+        match self.files.get(i) {
+            Some(path) => folder::decode_as(path, self.channels),
+            None => Ok(Image {
+                pixels: self.image(i).to_vec(),
+                channels: self.channels,
+                height: self.rows,
+                width: self.cols,
+            }),
+        }
     }
 }
 
@@ -134,10 +151,13 @@ pub enum Format {
     Mnist,
     Cifar10,
     Cifar100,
+    /// torchvision's `ImageFolder` layout: `train/<class>/*.jpg|png` and `val/<class>/...`.
+    Folder,
 }
 
 impl Format {
-    pub const ALL: [Format; 4] = [Format::FashionMnist, Format::Mnist, Format::Cifar10, Format::Cifar100];
+    pub const ALL: [Format; 5] =
+        [Format::FashionMnist, Format::Mnist, Format::Cifar10, Format::Cifar100, Format::Folder];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -145,14 +165,17 @@ impl Format {
             Format::Mnist => "mnist",
             Format::Cifar10 => "cifar10",
             Format::Cifar100 => "cifar100",
+            Format::Folder => "folder",
         }
     }
 
-    /// The height and width of its images.
+    /// The height and width of its images as the network sees them by default (an image
+    /// folder's are cropped to ImageNet's 224).
     pub fn side(self) -> usize {
         match self {
             Format::FashionMnist | Format::Mnist => 28,
             Format::Cifar10 | Format::Cifar100 => cifar::SIDE,
+            Format::Folder => 224,
         }
     }
 
@@ -164,6 +187,8 @@ impl Format {
             Format::Cifar10 | Format::Cifar100 => {
                 vec![Transform::RandomCrop { size: cifar::SIDE, padding: 4 }, Transform::RandomHorizontalFlip]
             }
+            // An image folder's crop is part of its pipelines (see `folder_pipelines`).
+            Format::Folder => vec![Transform::RandomHorizontalFlip],
         }
     }
 
@@ -184,6 +209,8 @@ impl Format {
             Some(Format::Cifar10)
         } else if Cifar::Hundred.find(dir).is_some() {
             Some(Format::Cifar100)
+        } else if folder::detect(dir) {
+            Some(Format::Folder)
         } else {
             None
         }
@@ -209,6 +236,18 @@ pub struct Dataset {
     pub train: Arc<Split>,
     pub test: Arc<Split>,
     pub source: Source,
+    /// Image-folder files left out as unreadable (`--skip-bad-images`), each with why.
+    pub skipped: Vec<String>,
+}
+
+/// What loading an image folder takes besides its path.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FolderOptions {
+    /// Without a `val` folder: the fraction of `train` held out for evaluation (always the same
+    /// images for the same folder).
+    pub val_split: Option<f64>,
+    /// Leave unreadable images out (each is decoded once to check), instead of failing on them.
+    pub skip_bad_images: bool,
 }
 
 const SAMPLE: [&[u8]; 4] = [
@@ -222,22 +261,27 @@ impl Dataset {
     /// Loads from where [`resolve_source`] points, Fashion-MNIST unless the folder holds another
     /// data set or `format` names one.
     pub fn load(flag: Option<&Path>, format: Option<Format>) -> Result<Self, DataError> {
+        Self::load_with(flag, format, &FolderOptions::default())
+    }
+
+    /// [`Dataset::load`], with what an image folder needs.
+    pub fn load_with(flag: Option<&Path>, format: Option<Format>, options: &FolderOptions) -> Result<Self, DataError> {
         let source = resolve_source(flag);
         match (format, &source) {
             (Some(f), Source::Embedded | Source::Cache(_)) if f != Format::FashionMnist => Err(DataError::Missing {
                 dir: "the embedded sample and the user cache".into(),
                 name: format!("{} (give its folder with --data DIR)", f.name()),
             }),
-            _ => Self::from_source_as(source, format),
+            _ => Self::from_source_as(source, format, options),
         }
     }
 
     /// Fashion-MNIST from `source`.
     pub fn from_source(source: Source) -> Result<Self, DataError> {
-        Self::from_source_as(source, Some(Format::FashionMnist))
+        Self::from_source_as(source, Some(Format::FashionMnist), &FolderOptions::default())
     }
 
-    fn from_source_as(source: Source, format: Option<Format>) -> Result<Self, DataError> {
+    fn from_source_as(source: Source, format: Option<Format>, options: &FolderOptions) -> Result<Self, DataError> {
         let dir = match &source {
             Source::Embedded => None,
             Source::Flag(dir) | Source::Env(dir) | Source::Cache(dir) => {
@@ -251,13 +295,31 @@ impl Dataset {
             }
         };
         let format = format.or_else(|| dir.as_deref().and_then(Format::detect)).unwrap_or(Format::FashionMnist);
+        if let (Format::Folder, Some(dir)) = (format, &dir) {
+            let found = folder::load(dir, options.val_split, options.skip_bad_images)?;
+            return Ok(Dataset {
+                format,
+                classes: found.classes,
+                train: Arc::new(found.train),
+                test: Arc::new(found.test),
+                source,
+                skipped: found.skipped,
+            });
+        }
         if let (Some(cifar), Some(dir)) = (format.cifar(), &dir) {
             let folder = cifar.find(dir).ok_or_else(|| DataError::Missing {
                 dir: dir.display().to_string(),
                 name: format!("{} binary files", format.name()),
             })?;
             let (train, test, classes) = cifar.load(&folder)?;
-            return Ok(Dataset { format, classes, train: Arc::new(train), test: Arc::new(test), source });
+            return Ok(Dataset {
+                format,
+                classes,
+                train: Arc::new(train),
+                test: Arc::new(test),
+                source,
+                skipped: Vec::new(),
+            });
         }
         let (files, names): (Vec<Vec<u8>>, Vec<String>) = match &dir {
             None => (
@@ -289,7 +351,7 @@ impl Dataset {
             Format::Mnist => (0..10).map(|d| d.to_string()).collect(),
             _ => CLASSES.iter().map(|c| c.to_string()).collect(),
         };
-        Ok(Dataset { format, classes, train: Arc::new(train), test: Arc::new(test), source })
+        Ok(Dataset { format, classes, train: Arc::new(train), test: Arc::new(test), source, skipped: Vec::new() })
     }
 
     /// The channels of its images.
@@ -300,6 +362,15 @@ impl Dataset {
 
 /// Counts, class balance and pixel statistics of a split (`convnets data info`).
 pub fn describe(split: &Split, classes: &[String]) -> String {
+    if !split.files.is_empty() {
+        let mut out = format!("{} image files, {} channel(s), decoded when used\n", split.len(), split.channels);
+        let mut counts = vec![0usize; classes.len()];
+        split.labels.iter().for_each(|&l| counts[l as usize] += 1);
+        for (class, count) in classes.iter().zip(counts) {
+            out += &format!("  {class:<11} {count:>6} ({:.1}%)\n", 100.0 * count as f64 / split.len().max(1) as f64);
+        }
+        return out;
+    }
     let mut counts = vec![0usize; classes.len()];
     for &l in &split.labels {
         if let Some(count) = counts.get_mut(l as usize) {

@@ -329,6 +329,19 @@ impl Pipeline {
         self.transforms.iter().fold(image, |image, t| t.apply(image, &mut rng))
     }
 
+    /// The (height, width) of every image the pipeline makes, whatever their size: it ends
+    /// with a square resize or crop (flips aside).
+    pub fn fixed_size(&self) -> Option<(usize, usize)> {
+        self.transforms.iter().fold(None, |size, t| match *t {
+            Transform::Resize(s)
+            | Transform::CenterCrop(s)
+            | Transform::RandomResizedCrop(s)
+            | Transform::RandomCrop { size: s, .. } => Some((s, s)),
+            Transform::ResizeShorter(_) => None,
+            Transform::RandomHorizontalFlip => size,
+        })
+    }
+
     /// The (height, width) the pipeline makes of an `h` x `w` image.
     pub fn output_size(&self, h: usize, w: usize) -> (usize, usize) {
         self.transforms.iter().fold((h, w), |(h, w), t| match *t {

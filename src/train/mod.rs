@@ -60,6 +60,9 @@ pub struct TrainConfig {
     /// and runs saved before it existed have none.
     #[serde(default)]
     pub augment: bool,
+    /// An image folder without `val/`: the fraction of `train/` held out (`--val-split`).
+    #[serde(default)]
+    pub val_split: Option<f64>,
 }
 
 fn fashion_mnist() -> String {
@@ -91,31 +94,54 @@ impl TrainConfig {
             classes: fashion_mnist_classes(),
             recipe: Recipe::default(),
             augment: false,
+            val_split: None,
         })
     }
 
     /// The height and width of the network's input: the resize, or the data set's own size.
     pub fn image_side(&self) -> usize {
-        self.resize.unwrap_or_else(|| self.dataset.parse::<data::Format>().map_or(28, |f| f.side()))
+        self.resize.unwrap_or_else(|| self.format().side())
     }
 
     /// How training batches of `epoch` are made: with augmentation, the data set's
     /// (CIFAR: `RandomCrop(32, padding=4)` and `RandomHorizontalFlip()`, as torchvision's CIFAR
     /// recipes have it), then the resize; each image's draws depend on the seed, the epoch and
     /// the image alone.
+    /// An image folder's: `RandomResizedCrop(side)` and the flip for training, torchvision's
+    /// `Resize(side / 0.875)` (256 for 224) and `CenterCrop(side)` for evaluation; without
+    /// augmentation, `Resize((side, side))` for both.
     pub fn train_prep(&self, epoch: usize) -> data::Prep {
-        let mut transforms = Vec::new();
-        if self.augment {
-            let format = self.dataset.parse::<data::Format>().unwrap_or(data::Format::FashionMnist);
-            transforms.extend(format.augmentation());
-        }
-        transforms.extend(self.resize.map(data::Transform::Resize));
+        let format = self.format();
+        let transforms = match format {
+            data::Format::Folder if self.augment => {
+                vec![data::Transform::RandomResizedCrop(self.image_side()), data::Transform::RandomHorizontalFlip]
+            }
+            data::Format::Folder => vec![data::Transform::Resize(self.image_side())],
+            _ => {
+                let augmentation = if self.augment { format.augmentation() } else { Vec::new() };
+                augmentation.into_iter().chain(self.resize.map(data::Transform::Resize)).collect()
+            }
+        };
         data::Prep { pipeline: data::Pipeline { transforms }, seed: self.seed, epoch }
     }
 
-    /// How evaluation batches are made: the resize alone.
+    /// How evaluation batches are made: the resize alone (an image folder's: see
+    /// [`TrainConfig::train_prep`]; without augmentation, d2l's square resize).
     pub fn eval_prep(&self) -> data::Prep {
+        if self.format() == data::Format::Folder && !self.augment {
+            return data::Prep::d2l(Some(self.image_side()));
+        }
+        if self.format() == data::Format::Folder {
+            let side = self.image_side();
+            let resize = (side as f64 / 0.875).round() as usize;
+            let transforms = vec![data::Transform::ResizeShorter(resize), data::Transform::CenterCrop(side)];
+            return data::Prep { pipeline: data::Pipeline { transforms }, seed: self.seed, epoch: 0 };
+        }
         data::Prep::d2l(self.resize)
+    }
+
+    fn format(&self) -> data::Format {
+        self.dataset.parse().unwrap_or(data::Format::FashionMnist)
     }
 
     /// Trains on `data`: its images' channels, its classes, its augmentation.
@@ -166,7 +192,7 @@ impl TrainConfig {
     /// an allocation failure that aborts the process. Training needs several times the input
     /// (activations), so a quarter of the available memory is the limit for the input alone.
     pub fn check_batch_memory(&self, split: &Split, available_bytes: u64) -> Result<(), String> {
-        let [c, h, w] = self.input_shape(split);
+        let [c, h, w] = self.input_shape();
         let per_example = (c * h * w) as u64 * 4;
         let batch = self.batch_size.min(split.len().max(1)) as u64;
         let limit = available_bytes / 4;
@@ -186,9 +212,9 @@ impl TrainConfig {
     }
 
     /// The (C, H, W) the network sees.
-    pub fn input_shape(&self, split: &Split) -> [i64; 3] {
-        let (h, w) = self.resize.map_or((split.rows, split.cols), |s| (s, s));
-        [self.in_channels, h as i64, w as i64]
+    pub fn input_shape(&self) -> [i64; 3] {
+        let side = self.image_side() as i64;
+        [self.in_channels, side, side]
     }
 }
 
@@ -436,13 +462,8 @@ pub struct Evaluation {
 }
 
 /// d2l's `evaluate_accuracy_gpu`: eval mode, no gradients, batches in order.
-pub fn evaluate(
-    net: &Network,
-    split: &Arc<Split>,
-    batch_size: usize,
-    resize: Option<usize>,
-) -> anyhow::Result<Evaluation> {
-    evaluate_with(&mut net.replayer(), net, split, batch_size, resize).map_err(|failed| {
+pub fn evaluate(net: &Network, split: &Arc<Split>, batch_size: usize, prep: &data::Prep) -> anyhow::Result<Evaluation> {
+    evaluate_with(&mut net.replayer(), net, split, batch_size, prep).map_err(|failed| {
         RunFailed {
             net: net.info.name.to_string(),
             phase: "evaluation",
@@ -461,15 +482,14 @@ fn evaluate_with(
     net: &Network,
     split: &Arc<Split>,
     batch_size: usize,
-    resize: Option<usize>,
+    prep: &data::Prep,
 ) -> Result<Evaluation, EvalFailed> {
     let classes = net.config.num_classes as usize;
     let mut confusion = vec![vec![0u64; classes]; classes];
     let order: Vec<usize> = (0..split.len()).collect();
     let batches = split.len().div_ceil(batch_size);
     let _guard = tch::no_grad_guard();
-    let prep = data::Prep::d2l(resize);
-    for (i, batch) in data::device_batches(split.clone(), order, batch_size, prep, net.device()).enumerate() {
+    for (i, batch) in data::device_batches(split.clone(), order, batch_size, prep.clone(), net.device()).enumerate() {
         let counted = batch.and_then(|batch| {
             let predicted = predict(replayer, net, &batch.images)?;
             let predicted = Vec::<i64>::try_from(predicted.f_to_device(Device::Cpu)?)?;
@@ -546,11 +566,14 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
     );
     cfg.check_dataset(run.data).map_err(crate::usage)?;
     let train_split = run.data.train.clone();
-    let input = cfg.input_shape(&train_split);
+    let input = cfg.input_shape();
     if let Some(available) = available_memory() {
         cfg.check_batch_memory(&train_split, available).map_err(crate::usage)?;
     }
-    net.check_input(&input).map_err(|e| crate::usage(format!("--resize {}: {e}", input[1])))?;
+    net.check_input(&input).map_err(|e| match cfg.resize {
+        Some(side) => crate::usage(format!("--resize {side}: {e}")),
+        None => crate::usage(format!("{e} (the data set's size; --resize changes it)")),
+    })?;
     // Only now, with everything checked, does the run directory appear.
     let dir = run.dir.display();
     std::fs::create_dir_all(&run.dir)
@@ -586,6 +609,7 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
     let mut replayer = net.replayer();
     let mut eval_replayer = net.replayer();
     let smoothing = cfg.recipe.label_smoothing;
+    let eval_prep = cfg.eval_prep();
     let mut last_finite: Option<f64> = history.epochs.last().map(|e| e.train_loss);
     let live = |change: &dyn Fn(&mut crate::live::RunView)| {
         if let Some(board) = &run.live {
@@ -676,7 +700,7 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
             ));
             bar.inc(1);
         }
-        let test = evaluate_with(&mut eval_replayer, net, &run.data.test, cfg.batch_size, cfg.resize).map_err(|f| {
+        let test = evaluate_with(&mut eval_replayer, net, &run.data.test, cfg.batch_size, &eval_prep).map_err(|f| {
             bar.abandon();
             RunFailed {
                 net: cfg.net.clone(),

@@ -19,6 +19,7 @@ pub fn slice(split: &Split, n: usize) -> Split {
         channels: split.channels,
         rows: split.rows,
         cols: split.cols,
+        files: split.files.iter().take(n).cloned().collect(),
     }
 }
 
