@@ -250,7 +250,7 @@ fn profile_steps(name: &str, cfg: &BenchConfig) -> anyhow::Result<Profile> {
         accel::synchronize(cfg.device);
         let mut tracer = Tracer::timed(cfg.device);
         let (loss, forward) = timed(cfg.device, || -> anyhow::Result<Tensor> {
-            Ok(train::cross_entropy(&net.forward_traced(&x, true, &mut tracer)?, &y)?)
+            Ok(train::cross_entropy(&net.forward_traced(&x, true, &mut tracer)?, &y, 0.0)?)
         });
         let loss = loss?;
         let (backward_done, backward) = timed(cfg.device, || loss.f_backward());

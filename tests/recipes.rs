@@ -30,7 +30,7 @@ fn agrees_with_libtorch(recipe: Recipe, theirs: COptimizer, tolerance: f64) {
         let y = Tensor::randint(10, [4], (Kind::Int64, Device::Cpu));
         let _ = train::train_step(&ours_net, &mut ours, 0.0, &x, &y).unwrap();
         theirs.zero_grad().unwrap();
-        let loss = train::cross_entropy(&their_net.forward_t(&x, true).unwrap(), &y).unwrap();
+        let loss = train::cross_entropy(&their_net.forward_t(&x, true).unwrap(), &y, 0.0).unwrap();
         loss.backward();
         theirs.step().unwrap();
         // Each parameter's difference from libtorch (a norm), relative to how far the steps moved it.

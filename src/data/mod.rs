@@ -362,33 +362,29 @@ impl Dataset {
 
 /// Counts, class balance and pixel statistics of a split (`convnets data info`).
 pub fn describe(split: &Split, classes: &[String]) -> String {
-    if !split.files.is_empty() {
-        let mut out = format!("{} image files, {} channel(s), decoded when used\n", split.len(), split.channels);
-        let mut counts = vec![0usize; classes.len()];
-        split.labels.iter().for_each(|&l| counts[l as usize] += 1);
-        for (class, count) in classes.iter().zip(counts) {
-            out += &format!("  {class:<11} {count:>6} ({:.1}%)\n", 100.0 * count as f64 / split.len().max(1) as f64);
-        }
-        return out;
-    }
+    let mut out = if split.files.is_empty() {
+        let n = split.images.len() as f64;
+        let mean = split.images.iter().map(|&p| p as f64 / 255.0).sum::<f64>() / n;
+        let var = split.images.iter().map(|&p| (p as f64 / 255.0 - mean).powi(2)).sum::<f64>() / n;
+        format!(
+            "{} images of {}{}x{}, pixel mean {:.4}, std {:.4} (scaled to [0, 1])\n",
+            split.len(),
+            if split.channels == 1 { String::new() } else { format!("{}x", split.channels) },
+            split.rows,
+            split.cols,
+            mean,
+            var.sqrt()
+        )
+    } else {
+        // An image folder's are decoded when used: no pixel statistics without reading them all.
+        format!("{} image files, {} channel(s), decoded when used\n", split.len(), split.channels)
+    };
     let mut counts = vec![0usize; classes.len()];
     for &l in &split.labels {
         if let Some(count) = counts.get_mut(l as usize) {
             *count += 1;
         }
     }
-    let n = split.images.len() as f64;
-    let mean = split.images.iter().map(|&p| p as f64 / 255.0).sum::<f64>() / n;
-    let var = split.images.iter().map(|&p| (p as f64 / 255.0 - mean).powi(2)).sum::<f64>() / n;
-    let mut out = format!(
-        "{} images of {}{}x{}, pixel mean {:.4}, std {:.4} (scaled to [0, 1])\n",
-        split.len(),
-        if split.channels == 1 { String::new() } else { format!("{}x", split.channels) },
-        split.rows,
-        split.cols,
-        mean,
-        var.sqrt()
-    );
     for (class, count) in classes.iter().zip(counts) {
         out += &format!("  {class:<11} {count:>6} ({:.1}%)\n", 100.0 * count as f64 / split.len().max(1) as f64);
     }

@@ -765,19 +765,19 @@ pub fn train_step(
 ) -> anyhow::Result<(Tensor, Tensor)> {
     opt.zero_grad()?;
     let y_hat = net.forward_t(x, true)?;
-    let loss = if label_smoothing > 0.0 {
-        y_hat.f_cross_entropy_loss(y, None::<Tensor>, tch::Reduction::Mean, -100, label_smoothing)?
-    } else {
-        cross_entropy(&y_hat, y)?
-    };
+    let loss = cross_entropy(&y_hat, y, label_smoothing)?;
     loss.f_backward()?;
     opt.step()?;
     let correct = tch::no_grad(|| y_hat.f_argmax(1, false)?.f_eq_tensor(y)?.f_sum(Kind::Int64))?;
     Ok((loss.detach(), correct))
 }
 
-/// `nn.CrossEntropyLoss()` of logits and class indices (mean over the batch).
-pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor, tch::TchError> {
+/// `nn.CrossEntropyLoss(label_smoothing=...)` of logits and class indices (mean over the
+/// batch); without smoothing, d2l's log-softmax and NLL, as before recipes existed.
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor, label_smoothing: f64) -> Result<Tensor, tch::TchError> {
+    if label_smoothing > 0.0 {
+        return logits.f_cross_entropy_loss(labels, None::<Tensor>, tch::Reduction::Mean, -100, label_smoothing);
+    }
     logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss(labels, None::<Tensor>, tch::Reduction::Mean, -100)
 }
 
