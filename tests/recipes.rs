@@ -95,8 +95,7 @@ fn label_smoothing_is_pytorchs_cross_entropy_with_it() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let logits = Tensor::randn([6, 10], (Kind::Float, Device::Cpu));
     let labels = Tensor::from_slice(&[0i64, 3, 9, 2, 2, 7]);
-    let smoothed =
-        logits.cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::Mean, -100, 0.1).double_value(&[]);
+    let smoothed = train::cross_entropy(&logits, &labels, 0.1).unwrap().double_value(&[]);
     // (1 - 0.1) * NLL + 0.1 * mean over classes of -log p.
     let log_p = logits.log_softmax(-1, Kind::Float);
     let nll = log_p.nll_loss(&labels).double_value(&[]);
