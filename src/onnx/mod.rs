@@ -216,7 +216,7 @@ pub fn export(net: &Network, card: &ModelCard) -> anyhow::Result<Vec<u8>> {
     }
     let logits = tch::no_grad(|| net.forward_traced(&x, false, &mut tracer))
         .map_err(|e| anyhow::anyhow!("{name}: cannot export to ONNX: {e}"))?;
-    let mut graph = tracer.graph.take().expect("an exporting tracer keeps its graph");
+    let mut graph = tracer.graph.take().ok_or_else(|| anyhow::anyhow!("{name}: the trace kept no ONNX graph"))?;
     let last = graph.value(&logits).map_err(|e| anyhow::anyhow!("{name}: the output is {e}"))?;
     // The value the network ends with becomes the graph's output, `logits`.
     for node in &mut graph.nodes {
