@@ -370,6 +370,9 @@ impl SpeedArgs {
 enum DataCommand {
     /// Download the official files (md5-checked) into the user cache or --dir.
     Download {
+        /// fashion-mnist (default), cifar10 or cifar100.
+        #[arg(default_value = "fashion-mnist")]
+        dataset: data::Format,
         #[arg(long)]
         dir: Option<PathBuf>,
     },
@@ -646,11 +649,26 @@ fn run(command: Command) -> anyhow::Result<()> {
                 std::thread::park();
             }
         }
-        Command::Data { command: DataCommand::Download { dir } } => {
-            let dir =
-                dir.or_else(data::cache_dir).ok_or_else(|| usage("no cache directory ($HOME unset): pass --dir"))?;
-            data::download(&dir, &data::mirrors(), &data::OFFICIAL_MD5, |line| eprintln!("{line}"))?;
-            println!("Fashion-MNIST is in {}", dir.display());
+        Command::Data { command: DataCommand::Download { dataset, dir } } => {
+            let dir = dir
+                .or_else(|| data::cache_dir_of(dataset))
+                .ok_or_else(|| usage("no cache directory ($HOME unset): pass --dir"))?;
+            let log = |line: &str| eprintln!("{line}");
+            match dataset {
+                data::Format::FashionMnist => data::download(&dir, &data::mirrors(), &data::OFFICIAL_MD5, log)?,
+                data::Format::Cifar10 | data::Format::Cifar100 => {
+                    let cifar = if dataset == data::Format::Cifar10 { data::Cifar::Ten } else { data::Cifar::Hundred };
+                    let (url, md5) = data::cifar_archive(cifar);
+                    data::download_cifar(&dir, cifar, url, md5, log)?;
+                }
+                other => {
+                    return Err(usage(format!(
+                        "{} has no official download: give its folder with --data",
+                        other.name()
+                    )));
+                }
+            }
+            println!("{} is in {}", dataset.name(), dir.display());
         }
         Command::Data { command: DataCommand::Info { data } } => {
             let data = load_data(&data, None)?;

@@ -316,3 +316,62 @@ fn download_falls_back_to_the_second_mirror_and_checks_md5() {
     assert!(e.contains("/second/train-images-idx3-ubyte.gz: md5 "), "{e}");
     assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0, "no partial file");
 }
+
+/// A .tar.gz of `files` (path in the archive, bytes).
+fn tar_gz(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    for (path, bytes) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, path, bytes.as_slice()).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap()
+}
+
+#[test]
+fn cifar_downloads_are_md5_checked_and_unpacked_whole() {
+    use md5::Digest;
+    let record = |label: u8| std::iter::once(label).chain(std::iter::repeat_n(label * 20, 3072)).collect::<Vec<u8>>();
+    let batch: Vec<u8> = (0..10).flat_map(record).collect();
+    let mut files: Vec<(String, Vec<u8>)> =
+        (1..=5).map(|i| (format!("cifar-10-batches-bin/data_batch_{i}.bin"), batch.clone())).collect();
+    files.push(("cifar-10-batches-bin/test_batch.bin".into(), batch.clone()));
+    files.push(("cifar-10-batches-bin/batches.meta.txt".into(), b"a\nb\nc\nd\ne\nf\ng\nh\ni\nj\n".to_vec()));
+    let archive = tar_gz(&files.iter().map(|(p, b)| (p.as_str(), b.clone())).collect::<Vec<_>>());
+    let md5 = format!("{:x}", md5::Md5::digest(&archive));
+    let base = serve(vec![("/cifar.tar.gz".into(), archive)], 2);
+    let url = format!("{base}/cifar.tar.gz");
+    let cache = tempfile::tempdir().unwrap();
+    // Where `convnets data download cifar10` puts it.
+    let dir = cache.path().join("convnets/cifar10");
+
+    // A wrong checksum writes nothing.
+    let err = data::download_cifar(&dir, data::Cifar::Ten, &url, &"0".repeat(32), |_| {}).unwrap_err().to_string();
+    assert!(err.contains("md5") && err.contains(&md5), "{err}");
+    assert!(!dir.exists() || std::fs::read_dir(&dir).unwrap().count() == 0, "nothing written");
+
+    let mut log = Vec::new();
+    data::download_cifar(&dir, data::Cifar::Ten, &url, &md5, |l| log.push(l.to_string())).unwrap();
+    assert!(log[0].ends_with("md5 ok"), "{log:?}");
+    let names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(names, ["cifar-10-batches-bin"], "the archive's folder alone, no leftovers");
+    let loaded = Dataset::load(Some(&dir), None).unwrap();
+    assert_eq!((loaded.train.len(), loaded.test.len()), (50, 10));
+    assert_eq!(loaded.classes[9], "j");
+    // Present already: nothing fetched (the server has answered its two requests).
+    let mut log = Vec::new();
+    data::download_cifar(&dir, data::Cifar::Ten, &url, &md5, |l| log.push(l.to_string())).unwrap();
+    assert!(log[0].ends_with("already present"), "{log:?}");
+    // --dataset cifar10 without --data finds it in the user cache.
+    let out = Command::new(env!("CARGO_BIN_EXE_convnets"))
+        .args(["data", "info", "--dataset", "cifar10"])
+        .env("XDG_CACHE_HOME", cache.path())
+        .env_remove("CONVNETS_DATA")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("train: 50 images of 3x32x32"), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -37,7 +37,7 @@ impl Cifar {
     }
 
     /// The folder the official archive unpacks to.
-    fn folder(self) -> &'static str {
+    pub fn folder(self) -> &'static str {
         match self {
             Cifar::Ten => "cifar-10-batches-bin",
             Cifar::Hundred => "cifar-100-binary",

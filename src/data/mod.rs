@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use cifar::{CIFAR10_CLASSES, Cifar};
-pub use download::{MIRRORS, OFFICIAL_MD5, download, mirrors};
+pub use download::{MIRRORS, OFFICIAL_MD5, cifar_archive, download, download_cifar, mirrors};
 pub use idx::{parse_images, parse_labels, parse_split};
 pub use loader::{Batch, DeviceBatch, DeviceBatches, Prep, batches, device_batches, epoch_order, make_batch};
 pub use transforms::{Image, Pipeline, Resize, Transform};
@@ -111,6 +111,12 @@ impl fmt::Display for Source {
             ),
         }
     }
+}
+
+/// The user cache directory of `format`'s files: `$XDG_CACHE_HOME` or `~/.cache`, then
+/// `convnets/<name>` (where `convnets data download <name>` puts them).
+pub fn cache_dir_of(format: Format) -> Option<PathBuf> {
+    cache_dir().map(|d| d.with_file_name(format.name()))
 }
 
 /// The user cache directory for the data set: `$XDG_CACHE_HOME` or `~/.cache`, then
@@ -268,10 +274,18 @@ impl Dataset {
     pub fn load_with(flag: Option<&Path>, format: Option<Format>, options: &FolderOptions) -> Result<Self, DataError> {
         let source = resolve_source(flag);
         match (format, &source) {
-            (Some(f), Source::Embedded | Source::Cache(_)) if f != Format::FashionMnist => Err(DataError::Missing {
-                dir: "the embedded sample and the user cache".into(),
-                name: format!("{} (give its folder with --data DIR)", f.name()),
-            }),
+            (Some(f), Source::Embedded | Source::Cache(_)) if f != Format::FashionMnist => {
+                match cache_dir_of(f).filter(|d| d.is_dir()) {
+                    Some(cached) => Self::from_source_as(Source::Cache(cached), format, options),
+                    None => Err(DataError::Missing {
+                        dir: "the embedded sample and the user cache".into(),
+                        name: format!(
+                            "{} (give its folder with --data DIR, or `convnets data download {0}`)",
+                            f.name()
+                        ),
+                    }),
+                }
+            }
             _ => Self::from_source_as(source, format, options),
         }
     }
