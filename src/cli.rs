@@ -97,7 +97,7 @@ enum Command {
         input: Option<InputShape>,
     },
     /// Train a network on Fashion-MNIST as d2l's train_ch6 does (d2l's settings by default).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Test accuracy, per-class accuracy and confusion matrix of a trained run.
     Eval {
         /// A run directory or its checkpoint.safetensors.
@@ -270,6 +270,10 @@ struct TrainArgs {
     /// and RandomHorizontalFlip; none for the MNISTs, as d2l) or none.
     #[arg(long, value_name = "default|none", value_parser = ["default", "none"])]
     augment: Option<String>,
+    /// Normalise each input channel: auto (mean and standard deviation of the training images,
+    /// computed once and cached beside the data) or none (d2l).
+    #[arg(long, value_name = "auto|none", value_parser = ["auto", "none"])]
+    normalize: Option<String>,
     /// Serve a live view of the run (chart, progress, configuration) at ADDR: 127.0.0.1 and a
     /// free port by default (printed at start); other interfaces only when named.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1")]
@@ -277,7 +281,7 @@ struct TrainArgs {
     /// Continue the run in this directory from its last complete epoch.
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "net", "lr", "batch_size", "resize", "seed", "out", "precision", "memory_format", "optimizer", "momentum",
-        "nesterov", "weight_decay", "lr_schedule", "warmup_epochs", "label_smoothing", "augment",
+        "nesterov", "weight_decay", "lr_schedule", "warmup_epochs", "label_smoothing", "augment", "normalize",
     ])]
     resume: Option<PathBuf>,
     #[command(flatten)]
@@ -522,7 +526,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let (net, shape) = network_for(&net, input, &shape)?;
             print!("{}", summary::shapes(&net.trace(&shape)?));
         }
-        Command::Train(args) => run_train(args)?,
+        Command::Train(args) => run_train(*args)?,
         Command::Eval { run, data, device } => {
             let device = train::parse_device(&device).map_err(usage)?;
             let checkpoint = train::load_checkpoint(&run, device)?;
@@ -761,6 +765,11 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             if args.augment.as_deref() == Some("none") {
                 config.augment = false;
             }
+            if args.normalize.as_deref() == Some("auto") {
+                let stats = data::normalization(&data, &config.eval_prep())?;
+                eprintln!("normalize: mean {:?}, std {:?}", stats.mean, stats.std);
+                config.normalize = Some(stats);
+            }
             let dir = args.out.clone().unwrap_or_else(|| {
                 PathBuf::from("runs").join(format!("{name}-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S")))
             });
@@ -811,8 +820,9 @@ fn predict_test(
     let config = &checkpoint.state.config;
     let count = count.min(data.test.len());
     let indices: Vec<usize> = (0..count).collect();
-    let batch = data::make_batch(&data.test, &indices, &config.eval_prep())?;
-    let predicted = classify(&checkpoint.net, &batch.images(Device::Cpu)?)?;
+    let prep = config.eval_prep();
+    let batch = data::make_batch(&data.test, &indices, &prep)?;
+    let predicted = classify(&checkpoint.net, &batch.images(Device::Cpu, prep.normalize.as_ref())?)?;
     let mut tiles = Vec::new();
     let name = |c: usize| config.classes.get(c).map_or("?", String::as_str);
     for (i, p) in predicted.iter().enumerate() {
@@ -850,6 +860,10 @@ fn predict_files(checkpoint: &train::Checkpoint, files: &[PathBuf]) -> anyhow::R
     }
     let size = config.image_side() as i64;
     let images = tch::Tensor::f_from_slice(&pixels)?.f_view([files.len() as i64, channels as i64, size, size])?;
+    let images = match &config.normalize {
+        Some(n) => n.apply(&images)?,
+        None => images,
+    };
     for (file, p) in files.iter().zip(classify(&checkpoint.net, &images)?) {
         println!("{}: {}", file.display(), config.classes.get(p).map_or("?", String::as_str));
     }

@@ -227,13 +227,13 @@ fn batches_cover_every_example_once_in_a_seeded_order() {
     // The first batch's first image is training image 299, resized as Resize does it.
     let resized = data::Resize::new(28, 28, 32, 32).apply(sample.train.image(299));
     assert_eq!(Vec::<u8>::try_from(batches[0].pixels.get(0).flatten(0, -1)).unwrap(), resized);
-    let images = batches[0].images(tch::Device::Cpu).unwrap();
+    let images = batches[0].images(tch::Device::Cpu, None).unwrap();
     assert_eq!(images.kind(), tch::Kind::Float);
     let max = images.max().double_value(&[]);
     assert!(max <= 1.0 && max > 0.9 && images.min().double_value(&[]) >= 0.0);
     // Unresized pixels are exactly ToTensor's byte / 255 in float32.
     let plain =
-        data::make_batch(&sample.train, &[0], &data::Prep::d2l(None)).unwrap().images(tch::Device::Cpu).unwrap();
+        data::make_batch(&sample.train, &[0], &data::Prep::d2l(None)).unwrap().images(tch::Device::Cpu, None).unwrap();
     let floats = Vec::<f32>::try_from(plain.flatten(0, -1)).unwrap();
     let expected: Vec<f32> = sample.train.image(0).iter().map(|&b| b as f32 / 255.0).collect();
     assert_eq!(floats, expected);
@@ -254,7 +254,7 @@ fn device_batches_deliver_the_same_batches_as_inputs() {
     assert_eq!(on_device.len(), 3, "the last partial batch is kept");
     for (h, d) in host.iter().zip(&on_device) {
         assert_eq!(d.images.kind(), tch::Kind::Float);
-        assert!(d.images.equal(&h.images(tch::Device::Cpu).unwrap()));
+        assert!(d.images.equal(&h.images(tch::Device::Cpu, None).unwrap()));
         assert!(d.labels.equal(&h.labels) && d.host_labels.equal(&h.labels));
     }
     assert_eq!(on_device[2].images.size(), [44, 1, 32, 32]);

@@ -295,3 +295,53 @@ fn cifar_trains_with_augmentation_and_resumes_exactly() {
     assert_eq!(code, 0, "{err}");
     assert_ne!(losses(metrics(&plain)), losses(metrics(&straight)), "augmentation changes what the network sees");
 }
+
+#[test]
+fn normalize_auto_uses_the_training_images_statistics_cached_beside_the_data() {
+    // Two planes: 0 and 255 in halves (mean 0.5, std 0.5), and a constant 51 (0.2, std 0 -> 1e-6).
+    let mut pixels: Vec<u8> = (0..16).map(|i| if i < 8 { 0 } else { 255 }).collect();
+    pixels.extend([51u8; 16]);
+    let stats = convnets::data::Normalize::of(&[Image { pixels, channels: 2, height: 4, width: 4 }]);
+    assert!((stats.mean[0] - 0.5).abs() < 1e-12 && (stats.mean[1] - 0.2).abs() < 1e-12, "{stats:?}");
+    assert!((stats.std[0] - 0.5).abs() < 1e-12 && stats.std[1] == 1e-6, "{stats:?}");
+    let x = tch::Tensor::from_slice(&[1.0f32, 0.2]).view([1, 2, 1, 1]);
+    let y = Vec::<f32>::try_from(stats.apply(&x).unwrap().flatten(0, -1)).unwrap();
+    assert!((y[0] - 1.0).abs() < 1e-6 && y[1].abs() < 1e-3, "(1 - 0.5) / 0.5 and (0.2 - 0.2) / 1e-6: {y:?}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let cifar = tmp.path().join("cifar");
+    write_cifar10(&cifar, 20, true);
+    let run = tmp.path().join("run");
+    let args = [
+        "train",
+        "lenet-bn",
+        "--data",
+        cifar.to_str().unwrap(),
+        "--resize",
+        "28",
+        "--epochs",
+        "1",
+        "--normalize",
+        "auto",
+    ];
+    let (code, _, err) = convnets(&[&args[..], &["--out", run.to_str().unwrap()]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("normalize: mean ["), "{err}");
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
+    let mean: Vec<f64> = config["normalize"]["mean"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(mean.len(), 3);
+    // Even classes are red (200-ish), odd ones dark in red: the red mean is about (207 + 23) / 2 / 255.
+    assert!((mean[0] - 0.45).abs() < 0.03, "{mean:?}");
+    let cache = std::fs::read_to_string(cifar.join("convnets-normalize.json")).unwrap();
+    assert!(cache.contains("cifar10 100"), "{cache}");
+    // The export says how to normalise.
+    let onnx = tmp.path().join("m.onnx");
+    let (code, _, err) = convnets(&["export", run.to_str().unwrap(), "--out", onnx.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let model = <convnets::onnx::proto::ModelProto as prost::Message>::decode(std::fs::read(&onnx).unwrap().as_slice())
+        .unwrap();
+    let pre = model.metadata_props.iter().find(|p| p.key == "convnets.preprocessing").unwrap();
+    assert!(pre.value.contains("(x - mean) / std with mean ["), "{}", pre.value);
+    let (code, _, err) = convnets(&["eval", run.to_str().unwrap(), "--data", cifar.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+}

@@ -201,7 +201,7 @@ fn an_empty_batch_has_the_right_shape() {
     let data = small_data(8, 8);
     let batch = data::make_batch(&data.train, &[], &data::Prep::d2l(Some(32))).unwrap();
     assert_eq!(batch.pixels.size(), [0, 1, 32, 32]);
-    assert_eq!(batch.images(Device::Cpu).unwrap().size(), [0, 1, 32, 32]);
+    assert_eq!(batch.images(Device::Cpu, None).unwrap().size(), [0, 1, 32, 32]);
 }
 
 #[test]

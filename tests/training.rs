@@ -198,7 +198,7 @@ fn every_network_trains_a_short_epoch_and_reloads() {
         let cfg = TrainConfig { seed: 1, ..config(net, 1, 32) };
         let network = fresh(&cfg);
         let probe = convnets::data::make_batch(&sample.train, &(0..32).collect::<Vec<_>>(), &cfg.eval_prep()).unwrap();
-        let probe_images = probe.images(Device::Cpu).unwrap();
+        let probe_images = probe.images(Device::Cpu, None).unwrap();
         let probe_loss = |n: &Network| {
             tch::manual_seed(9);
             let loss =

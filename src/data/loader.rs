@@ -9,7 +9,7 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
-use super::{Pipeline, Resize, Split};
+use super::{Normalize, Pipeline, Resize, Split};
 use crate::accel;
 
 /// A batch as the pipeline delivers it: pixels `[B, C, H, W]` as uint8 (a quarter of the bytes
@@ -21,15 +21,19 @@ pub struct Batch {
 
 impl Batch {
     /// The network's input on `device`: ToTensor's floats in [0, 1] (`pixel / 255`, exactly as
-    /// torchvision computes them), converted where they are used.
-    pub fn images(&self, device: Device) -> Result<Tensor, tch::TchError> {
-        to_input(&self.pixels.f_to_device(device)?)
+    /// torchvision computes them), normalised when asked, converted where they are used.
+    pub fn images(&self, device: Device, normalize: Option<&Normalize>) -> Result<Tensor, tch::TchError> {
+        to_input(&self.pixels.f_to_device(device)?, normalize)
     }
 }
 
-/// uint8 pixels as floats in [0, 1], on the device that holds them.
-fn to_input(pixels: &Tensor) -> Result<Tensor, tch::TchError> {
-    pixels.f_to_kind(Kind::Float)?.f_div_scalar(255.0)
+/// uint8 pixels as floats in [0, 1] (then normalised), on the device that holds them.
+fn to_input(pixels: &Tensor, normalize: Option<&Normalize>) -> Result<Tensor, tch::TchError> {
+    let x = pixels.f_to_kind(Kind::Float)?.f_div_scalar(255.0)?;
+    match normalize {
+        Some(n) => n.apply(&x),
+        None => Ok(x),
+    }
 }
 
 /// How a split's images become a batch: the transforms, and the seed and epoch their random
@@ -39,12 +43,14 @@ pub struct Prep {
     pub pipeline: Pipeline,
     pub seed: u64,
     pub epoch: usize,
+    /// Applied to the floats on the device (`--normalize`).
+    pub normalize: Option<Normalize>,
 }
 
 impl Prep {
     /// d2l's: resized to `size` x `size` when given, nothing else.
     pub fn d2l(size: Option<usize>) -> Self {
-        Prep { pipeline: Pipeline::d2l(size), seed: 0, epoch: 0 }
+        Prep { pipeline: Pipeline::d2l(size), seed: 0, epoch: 0, normalize: None }
     }
 }
 
@@ -153,7 +159,8 @@ pub fn device_batches(
     prep: Prep,
     device: Device,
 ) -> DeviceBatches {
-    DeviceBatches { host: host_batches(split, order, batch_size, prep, device), device, in_flight: None }
+    let normalize = prep.normalize.clone();
+    DeviceBatches { host: host_batches(split, order, batch_size, prep, device), device, in_flight: None, normalize }
 }
 
 /// The iterator [`device_batches`] returns.
@@ -161,6 +168,7 @@ pub struct DeviceBatches {
     host: Receiver<anyhow::Result<Batch>>,
     device: Device,
     in_flight: Option<InFlight>,
+    normalize: Option<Normalize>,
 }
 
 /// A batch whose copy to the device has been queued.
@@ -198,7 +206,7 @@ impl DeviceBatches {
         {
             self.in_flight = Some(self.start_copy(batch?)?);
         }
-        Ok(Some(DeviceBatch { images: to_input(&pixels)?, labels, host_labels }))
+        Ok(Some(DeviceBatch { images: to_input(&pixels, self.normalize.as_ref())?, labels, host_labels }))
     }
 }
 

@@ -18,7 +18,7 @@ pub use cifar::{CIFAR10_CLASSES, Cifar};
 pub use download::{MIRRORS, OFFICIAL_MD5, cifar_archive, download, download_cifar, mirrors};
 pub use idx::{parse_images, parse_labels, parse_split};
 pub use loader::{Batch, DeviceBatch, DeviceBatches, Prep, batches, device_batches, epoch_order, make_batch};
-pub use transforms::{Image, Pipeline, Resize, Transform};
+pub use transforms::{Image, Normalize, Pipeline, Resize, Transform};
 
 /// Fashion-MNIST's ten classes, in label order.
 pub const CLASSES: [&str; 10] =
@@ -403,4 +403,38 @@ pub fn describe(split: &Split, classes: &[String]) -> String {
         out += &format!("  {class:<11} {count:>6} ({:.1}%)\n", 100.0 * count as f64 / split.len().max(1) as f64);
     }
     out
+}
+
+/// The per-channel mean and standard deviation of `data`'s training images as `prep` makes them
+/// (at most 2,000 of them, evenly spread), read from the cache beside the data when a previous
+/// run computed them, else computed and cached there (`convnets-normalize.json`, keyed by data
+/// set, size and transforms).
+pub fn normalization(data: &Dataset, prep: &Prep) -> anyhow::Result<Normalize> {
+    let key = format!("{} {} {:?}", data.format.name(), data.train.len(), prep.pipeline);
+    let cache = match &data.source {
+        Source::Flag(dir) | Source::Env(dir) | Source::Cache(dir) => Some(dir.join("convnets-normalize.json")),
+        Source::Embedded => None,
+    };
+    let cached: std::collections::HashMap<String, Normalize> = cache
+        .as_ref()
+        .and_then(|path| std::fs::read(path).ok())
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    if let Some(stats) = cached.get(&key) {
+        return Ok(stats.clone());
+    }
+    let split = &data.train;
+    let step = split.len().div_ceil(2000).max(1);
+    let images = (0..split.len())
+        .step_by(step)
+        .map(|i| Ok(prep.pipeline.apply(split.load(i)?, prep.seed, 0, i)))
+        .collect::<anyhow::Result<Vec<Image>>>()?;
+    let stats = Normalize::of(&images);
+    if let Some(path) = cache {
+        let mut all = cached;
+        all.insert(key, stats.clone());
+        // A cache only: a read-only data folder just means computing again next time.
+        let _ = crate::weights::write_atomic(&path, &serde_json::to_vec_pretty(&all)?);
+    }
+    Ok(stats)
 }

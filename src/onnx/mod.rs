@@ -177,10 +177,14 @@ impl ModelCard {
         let config = &state.config;
         let side = config.image_side() as i64;
         let kind = if config.in_channels == 1 { "grey images" } else { "RGB images (red, green, blue planes)" };
+        let normalisation = match &config.normalize {
+            Some(n) => format!("then per channel (x - mean) / std with mean {:?} and std {:?}", n.mean, n.std),
+            None => "no normalisation".to_string(),
+        };
         let preprocessing = format!(
-            "float32 images, N x {c} x {side} x {side}, values in [0, 1]: {kind} resized to {side}x{side} \
-             (bilinear, as torchvision's Resize on a PIL image), then pixel / 255 (torchvision's ToTensor); \
-             no normalisation",
+            "float32 images, N x {c} x {side} x {side}: {kind} resized to {side}x{side} \
+             (bilinear, as torchvision's Resize on a PIL image), then pixel / 255 (torchvision's ToTensor), \
+             {normalisation}",
             c = config.in_channels
         );
         let classes = serde_json::to_string(&config.classes).unwrap_or_default();

@@ -63,6 +63,9 @@ pub struct TrainConfig {
     /// An image folder without `val/`: the fraction of `train/` held out (`--val-split`).
     #[serde(default)]
     pub val_split: Option<f64>,
+    /// Per-channel normalisation of the input (`--normalize auto`; d2l: none).
+    #[serde(default)]
+    pub normalize: Option<data::Normalize>,
 }
 
 fn fashion_mnist() -> String {
@@ -95,6 +98,7 @@ impl TrainConfig {
             recipe: Recipe::default(),
             augment: false,
             val_split: None,
+            normalize: None,
         })
     }
 
@@ -122,22 +126,32 @@ impl TrainConfig {
                 augmentation.into_iter().chain(self.resize.map(data::Transform::Resize)).collect()
             }
         };
-        data::Prep { pipeline: data::Pipeline { transforms }, seed: self.seed, epoch }
+        data::Prep {
+            pipeline: data::Pipeline { transforms },
+            seed: self.seed,
+            epoch,
+            normalize: self.normalize.clone(),
+        }
     }
 
     /// How evaluation batches are made: the resize alone (an image folder's: see
     /// [`TrainConfig::train_prep`]; without augmentation, d2l's square resize).
     pub fn eval_prep(&self) -> data::Prep {
         if self.format() == data::Format::Folder && !self.augment {
-            return data::Prep::d2l(Some(self.image_side()));
+            return data::Prep { normalize: self.normalize.clone(), ..data::Prep::d2l(Some(self.image_side())) };
         }
         if self.format() == data::Format::Folder {
             let side = self.image_side();
             let resize = (side as f64 / 0.875).round() as usize;
             let transforms = vec![data::Transform::ResizeShorter(resize), data::Transform::CenterCrop(side)];
-            return data::Prep { pipeline: data::Pipeline { transforms }, seed: self.seed, epoch: 0 };
+            return data::Prep {
+                pipeline: data::Pipeline { transforms },
+                seed: self.seed,
+                epoch: 0,
+                normalize: self.normalize.clone(),
+            };
         }
-        data::Prep::d2l(self.resize)
+        data::Prep { normalize: self.normalize.clone(), ..data::Prep::d2l(self.resize) }
     }
 
     fn format(&self) -> data::Format {
