@@ -711,15 +711,12 @@ fn load_data(args: &DataArgs, run_val_split: Option<f64>) -> anyhow::Result<Data
 
 fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     let device = train::parse_device(&args.device).map_err(usage)?;
-    // The data set decides the network's input channels and classes.
-    let resumed_split = match &args.resume {
-        Some(dir) => train::load_checkpoint(dir, Device::Cpu).ok().and_then(|c| c.state.config.val_split),
-        None => None,
-    };
-    let data = load_data(&args.data, resumed_split)?;
-    let (net, config, start, dir) = match &args.resume {
-        Some(dir) => {
-            let checkpoint = train::load_checkpoint(dir, device)?;
+    let resumed = args.resume.as_deref().map(|dir| train::load_checkpoint(dir, device)).transpose()?;
+    // The data set decides the network's input channels and classes (a resumed run's, which
+    // part of an image folder is held out).
+    let data = load_data(&args.data, resumed.as_ref().and_then(|c| c.state.config.val_split))?;
+    let (net, config, start, dir) = match (resumed, &args.resume) {
+        (Some(checkpoint), Some(dir)) => {
             let mut config = checkpoint.state.config.clone();
             if let Some(epochs) = args.epochs {
                 config.epochs = at_least_one("--epochs", epochs)?;
@@ -739,7 +736,7 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             net.set_cuda_graphs(args.speed.cuda_graphs);
             (net, config, Some(checkpoint.state), dir.clone())
         }
-        None => {
+        _ => {
             let name = args
                 .net
                 .as_deref()

@@ -193,9 +193,14 @@ impl Format {
             Format::Cifar10 | Format::Cifar100 => {
                 vec![Transform::RandomCrop { size: cifar::SIDE, padding: 4 }, Transform::RandomHorizontalFlip]
             }
-            // An image folder's crop is part of its pipelines (see `folder_pipelines`).
-            Format::Folder => vec![Transform::RandomHorizontalFlip],
+            // An image folder's crop depends on the network's input: see `TrainConfig::train_prep`.
+            Format::Folder => Vec::new(),
         }
+    }
+
+    /// Whether training on it augments by default (CIFAR and image folders; not d2l's MNISTs).
+    pub fn augments(self) -> bool {
+        matches!(self, Format::Cifar10 | Format::Cifar100 | Format::Folder)
     }
 
     fn cifar(self) -> Option<Cifar> {

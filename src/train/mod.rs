@@ -107,25 +107,39 @@ impl TrainConfig {
         self.resize.unwrap_or_else(|| self.format().side())
     }
 
-    /// How training batches of `epoch` are made: with augmentation, the data set's
-    /// (CIFAR: `RandomCrop(32, padding=4)` and `RandomHorizontalFlip()`, as torchvision's CIFAR
-    /// recipes have it), then the resize; each image's draws depend on the seed, the epoch and
-    /// the image alone.
-    /// An image folder's: `RandomResizedCrop(side)` and the flip for training, torchvision's
-    /// `Resize(side / 0.875)` (256 for 224) and `CenterCrop(side)` for evaluation; without
-    /// augmentation, `Resize((side, side))` for both.
+    /// How training batches of `epoch` are made, each image's draws depending on the seed, the
+    /// epoch and the image alone. With augmentation, the data set's (CIFAR: torchvision's
+    /// `RandomCrop(32, padding=4)` and `RandomHorizontalFlip()`, then the resize; an image
+    /// folder: `RandomResizedCrop(side)` and the flip); without, evaluation's transforms.
     pub fn train_prep(&self, epoch: usize) -> data::Prep {
         let format = self.format();
         let transforms = match format {
-            data::Format::Folder if self.augment => {
+            _ if !self.augment => return data::Prep { epoch, ..self.eval_prep() },
+            data::Format::Folder => {
                 vec![data::Transform::RandomResizedCrop(self.image_side()), data::Transform::RandomHorizontalFlip]
             }
-            data::Format::Folder => vec![data::Transform::Resize(self.image_side())],
-            _ => {
-                let augmentation = if self.augment { format.augmentation() } else { Vec::new() };
-                augmentation.into_iter().chain(self.resize.map(data::Transform::Resize)).collect()
-            }
+            _ => format.augmentation().into_iter().chain(self.resize.map(data::Transform::Resize)).collect(),
         };
+        self.prep(transforms, epoch)
+    }
+
+    /// How evaluation batches are made: the resize alone; an image folder's, torchvision's
+    /// `Resize(side / 0.875)` (256 for 224) and `CenterCrop(side)`, or, without augmentation,
+    /// `Resize((side, side))` as for training.
+    pub fn eval_prep(&self) -> data::Prep {
+        let transforms = match self.format() {
+            data::Format::Folder if self.augment => {
+                let side = self.image_side();
+                let resize = (side as f64 / 0.875).round() as usize;
+                vec![data::Transform::ResizeShorter(resize), data::Transform::CenterCrop(side)]
+            }
+            data::Format::Folder => vec![data::Transform::Resize(self.image_side())],
+            _ => self.resize.map(data::Transform::Resize).into_iter().collect(),
+        };
+        self.prep(transforms, 0)
+    }
+
+    fn prep(&self, transforms: Vec<data::Transform>, epoch: usize) -> data::Prep {
         data::Prep {
             pipeline: data::Pipeline { transforms },
             seed: self.seed,
@@ -134,33 +148,13 @@ impl TrainConfig {
         }
     }
 
-    /// How evaluation batches are made: the resize alone (an image folder's: see
-    /// [`TrainConfig::train_prep`]; without augmentation, d2l's square resize).
-    pub fn eval_prep(&self) -> data::Prep {
-        if self.format() == data::Format::Folder && !self.augment {
-            return data::Prep { normalize: self.normalize.clone(), ..data::Prep::d2l(Some(self.image_side())) };
-        }
-        if self.format() == data::Format::Folder {
-            let side = self.image_side();
-            let resize = (side as f64 / 0.875).round() as usize;
-            let transforms = vec![data::Transform::ResizeShorter(resize), data::Transform::CenterCrop(side)];
-            return data::Prep {
-                pipeline: data::Pipeline { transforms },
-                seed: self.seed,
-                epoch: 0,
-                normalize: self.normalize.clone(),
-            };
-        }
-        data::Prep { normalize: self.normalize.clone(), ..data::Prep::d2l(self.resize) }
-    }
-
     fn format(&self) -> data::Format {
         self.dataset.parse().unwrap_or(data::Format::FashionMnist)
     }
 
     /// Trains on `data`: its images' channels, its classes, its augmentation.
     pub fn use_dataset(&mut self, data: &Dataset) {
-        self.augment = !data.format.augmentation().is_empty();
+        self.augment = data.format.augments();
         self.in_channels = data.channels() as i64;
         self.num_classes = data.classes.len() as i64;
         self.classes = data.classes.clone();
