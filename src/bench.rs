@@ -193,6 +193,16 @@ fn measure(name: &str, cfg: &BenchConfig, data: &Dataset) -> anyhow::Result<Benc
     })
 }
 
+/// CPU time this process has used so far (user and system, all threads), in seconds.
+pub fn cpu_seconds() -> f64 {
+    // /proc/self/stat: after the command name in parentheses, utime and stime are the 12th and
+    // 13th fields, in clock ticks (100 per second on Linux).
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
+    let fields: Vec<f64> = rest.split_whitespace().skip(11).take(2).filter_map(|f| f.parse().ok()).collect();
+    fields.iter().sum::<f64>() / 100.0
+}
+
 fn round1(v: f64) -> f64 {
     (v * 10.0).round() / 10.0
 }

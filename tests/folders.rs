@@ -211,3 +211,17 @@ fn fashion_mnist_as_pngs_trains_exactly_as_its_idx_files() {
     let from_pngs = metrics(&folder, &["--augment", "none", "--resize", "28"], "b");
     assert_eq!(from_idx, from_pngs);
 }
+
+#[test]
+fn the_pipeline_benchmark_counts_every_training_image_of_every_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    photos(tmp.path(), 3); // 3 cats + 1 JPEG, 3 dogs + 1 grey: 8 training images
+    colour(&tmp.path().join("val/cat/0.png"), 30, 30, [220, 10, 10]);
+    colour(&tmp.path().join("val/dog/0.png"), 30, 30, [10, 10, 220]);
+    let dir = tmp.path().to_str().unwrap();
+    let (code, out, err) =
+        convnets(&["data", "bench", "--data", dir, "--side", "24", "--batch-size", "3", "--epochs", "2"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("16 images to 24x24 in "), "{out}");
+    assert!(out.contains(" images/s, ") && out.trim_end().ends_with("images per CPU second"), "{out}");
+}

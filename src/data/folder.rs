@@ -99,13 +99,14 @@ pub fn decode(path: &Path) -> anyhow::Result<Image> {
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(MAX_PIXELS * 4);
     reader.limits(limits);
-    let rgb = reader.decode().map_err(|e| bad(format!("not a readable image: {e}")))?.to_rgb8();
+    let rgb = reader.decode().map_err(|e| bad(format!("not a readable image: {e}")))?.into_rgb8();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    // Interleaved RGB to three planes, without an index per byte.
     let mut pixels = vec![0u8; 3 * h * w];
-    for (i, px) in rgb.pixels().enumerate() {
-        for c in 0..3 {
-            pixels[c * h * w + i] = px.0[c];
-        }
+    let (r, rest) = pixels.split_at_mut(h * w);
+    let (g, b) = rest.split_at_mut(h * w);
+    for ((px, (r, g)), b) in rgb.as_raw().chunks_exact(3).zip(r.iter_mut().zip(g.iter_mut())).zip(b.iter_mut()) {
+        (*r, *g, *b) = (px[0], px[1], px[2]);
     }
     Ok(Image { pixels, channels: 3, height: h, width: w })
 }
