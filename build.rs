@@ -1,11 +1,12 @@
 // Lets the binary find libtorch without LD_LIBRARY_PATH: an rpath to the libtorch that
 // torch-sys linked (scripts/setup.sh caches it outside the clone, keyed by version). Compiles
-// csrc/accel.cpp, the few libtorch calls tch does not expose (see src/accel.rs).
+// csrc/accel.cpp, the few libtorch calls tch does not expose (see src/accel.rs), and
+// csrc/dist.cpp, libtorch's c10d for data-parallel training (see src/dist/).
 use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
-    println!("cargo:rerun-if-changed=csrc/accel.cpp");
+    println!("cargo:rerun-if-changed=csrc");
     let Some(libtorch) = std::env::var_os("LIBTORCH") else {
         println!("cargo:warning=LIBTORCH is not set: run scripts/setup.sh first");
         return;
@@ -17,7 +18,14 @@ fn main() {
     let mut shim = cc::Build::new();
     shim.cpp(true)
         .file("csrc/accel.cpp")
+        .file("csrc/dist.cpp")
         .include(libtorch.join("include"))
+        // torch/types.h and the autograd Function of SyncBatchNorm live with the C++ frontend.
+        .include(libtorch.join("include/torch/csrc/api/include"))
+        // ProcessGroupGloo.hpp compiles to nothing without USE_C10D_GLOO; the wheel has no gloo
+        // headers, so csrc/gloo declares the few names it uses.
+        .define("USE_C10D_GLOO", None)
+        .include("csrc/gloo")
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT")

@@ -34,7 +34,7 @@ unsafe extern "C" {
 }
 
 /// Turns the shim's error convention (NULL or a malloc'ed message) into a `Result`.
-fn check(message: *mut c_char) -> anyhow::Result<()> {
+pub(crate) fn check(message: *mut c_char) -> anyhow::Result<()> {
     if message.is_null() {
         return Ok(());
     }

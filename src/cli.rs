@@ -10,6 +10,7 @@ use tch::Device;
 use crate::accel::{MemoryFormat, Precision};
 use crate::bench::BenchConfig;
 use crate::data::{self, Dataset};
+use crate::dist::{self, launch};
 use crate::models::{self, MODELS, NetConfig, Network};
 use crate::summary;
 use crate::train::{self, TrainConfig};
@@ -278,14 +279,35 @@ struct TrainArgs {
     /// free port by default (printed at start); other interfaces only when named.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1")]
     serve: Option<String>,
+    #[command(flatten)]
+    dist: DistArgs,
     /// Continue the run in this directory from its last complete epoch.
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "net", "lr", "batch_size", "resize", "seed", "out", "precision", "memory_format", "optimizer", "momentum",
         "nesterov", "weight_decay", "lr_schedule", "warmup_epochs", "label_smoothing", "augment", "normalize",
+        "sync_bn",
     ])]
     resume: Option<PathBuf>,
     #[command(flatten)]
     speed: SpeedArgs,
+}
+
+/// Data-parallel training (see `convnets::dist`).
+#[derive(clap::Args)]
+struct DistArgs {
+    /// Train with N processes on this machine (Gloo on the CPU), each on 1/N of every batch;
+    /// --batch-size stays the global batch. Under torchrun, Slurm or with RANK, WORLD_SIZE,
+    /// MASTER_ADDR and MASTER_PORT set, convnets joins that run by itself instead.
+    #[arg(long, allow_negative_numbers = true)]
+    nproc: Option<i64>,
+    /// Batch norm with the statistics of the whole global batch (PyTorch's SyncBatchNorm); by
+    /// default each process normalises with its own share, as DDP does.
+    #[arg(long)]
+    sync_bn: bool,
+    /// Seconds a process waits for the others (to join, or in a collective) before it gives up
+    /// with an error.
+    #[arg(long, default_value_t = 300, allow_negative_numbers = true)]
+    dist_timeout: i64,
 }
 
 /// The training recipe (the defaults are d2l's: plain SGD at a constant rate).
@@ -384,6 +406,21 @@ enum DataCommand {
     Info {
         #[command(flatten)]
         data: DataArgs,
+    },
+    /// Times the training pipeline alone: decoding, the data set's augmentation at --side
+    /// (an image folder: RandomResizedCrop and flip), batching and Normalize, over the training
+    /// set. Reports images per second of wall time and per second of CPU time (per core).
+    Bench {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Side of the network input the images are cropped or resized to.
+        #[arg(long, default_value_t = 224)]
+        side: usize,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Passes over the training set (each with new random crops).
+        #[arg(long, default_value_t = 1)]
+        epochs: usize,
     },
 }
 
@@ -531,7 +568,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let device = train::parse_device(&device).map_err(usage)?;
             let checkpoint = train::load_checkpoint(&run, device)?;
             let config = &checkpoint.state.config;
-            let data = load_data(&data, config.val_split)?;
+            let data = load_data(&data, config.val_split, true)?;
             config.check_dataset(&data).map_err(usage)?;
             let evaluation = train::evaluate(&checkpoint.net, &data.test, config.batch_size, &config.eval_prep())?;
             println!("{} after {} epochs, {} test images", config.net, checkpoint.state.epoch, data.test.len());
@@ -541,7 +578,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let device = train::parse_device(&device).map_err(usage)?;
             let checkpoint = train::load_checkpoint(&run, device)?;
             if image.is_empty() {
-                let data = load_data(&data, checkpoint.state.config.val_split)?;
+                let data = load_data(&data, checkpoint.state.config.val_split, true)?;
                 checkpoint.state.config.check_dataset(&data).map_err(usage)?;
                 predict_test(&checkpoint, &data, count, out.as_deref())?;
             } else {
@@ -620,7 +657,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             for net in &nets {
                 models::find(net).map_err(|e| usage(e.to_string()))?;
             }
-            let data = load_data(&data, None)?;
+            let data = load_data(&data, None, true)?;
             let config = speed.bench_config(device, batch_size, steps, warmup);
             let mut results = Vec::new();
             for net in &nets {
@@ -674,8 +711,37 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             println!("{} is in {}", dataset.name(), dir.display());
         }
+        Command::Data { command: DataCommand::Bench { data, side, batch_size, epochs } } => {
+            let data = load_data(&data, None, true)?;
+            let mut config = TrainConfig::d2l("resnet18").map_err(|e| usage(e.to_string()))?;
+            config.use_dataset(&data);
+            config.resize = Some(at_least_one("--side", side as i64)?);
+            // torchvision's ImageNet constants, as its reference training script uses them.
+            let imagenet = data::Normalize { mean: vec![0.485, 0.456, 0.406], std: vec![0.229, 0.224, 0.225] };
+            config.normalize = Some(match data.channels() {
+                3 => imagenet,
+                c => data::Normalize { mean: vec![0.5; c], std: vec![0.25; c] },
+            });
+            let batch_size = at_least_one("--batch-size", batch_size as i64)?;
+            let (cpu_started, started) = (crate::bench::cpu_seconds(), std::time::Instant::now());
+            let mut images = 0;
+            for epoch in 0..at_least_one("--epochs", epochs as i64)? {
+                let prep = config.train_prep(epoch);
+                let order = data::epoch_order(data.train.len(), config.seed, epoch);
+                for batch in data::batches(data.train.clone(), order, batch_size, prep.clone()) {
+                    let input = batch?.images(Device::Cpu, prep.normalize.as_ref())?;
+                    images += input.size()[0] as usize;
+                }
+            }
+            let (wall, cpu) = (started.elapsed().as_secs_f64(), crate::bench::cpu_seconds() - cpu_started);
+            println!(
+                "{images} images to {side}x{side} in {wall:.2} s: {:.1} images/s, {:.1} images per CPU second",
+                images as f64 / wall,
+                images as f64 / cpu.max(1e-9)
+            );
+        }
         Command::Data { command: DataCommand::Info { data } } => {
-            let data = load_data(&data, None)?;
+            let data = load_data(&data, None, true)?;
             println!("train: {}", data::describe(&data.train, &data.classes).trim_end());
             println!("test: {}", data::describe(&data.test, &data.classes).trim_end());
         }
@@ -693,12 +759,15 @@ fn at_least_one(flag: &str, value: i64) -> anyhow::Result<usize> {
 
 /// Loads the data set and says where it came from (and which images it left out). A run that
 /// held out part of an image folder (`val_split`) holds out the same part again.
-fn load_data(args: &DataArgs, run_val_split: Option<f64>) -> anyhow::Result<Dataset> {
+fn load_data(args: &DataArgs, run_val_split: Option<f64>, report: bool) -> anyhow::Result<Dataset> {
     let options =
         data::FolderOptions { val_split: args.val_split.or(run_val_split), skip_bad_images: args.skip_bad_images };
     let data = Dataset::load_with(args.dir.as_deref(), args.dataset, &options)?;
     let kind =
         if data.format == data::Format::FashionMnist { String::new() } else { format!("{} ", data.format.name()) };
+    if !report {
+        return Ok(data);
+    }
     eprintln!("data: {kind}{}", data.source);
     if !data.skipped.is_empty() {
         eprintln!("data: left out {} unreadable image(s):", data.skipped.len());
@@ -710,11 +779,79 @@ fn load_data(args: &DataArgs, run_val_split: Option<f64>) -> anyhow::Result<Data
 }
 
 fn run_train(args: TrainArgs) -> anyhow::Result<()> {
-    let device = train::parse_device(&args.device).map_err(usage)?;
+    let world = dist::World::from_env()?;
+    let timeout = std::time::Duration::from_secs(at_least_one("--dist-timeout", args.dist.dist_timeout)? as u64);
+    if let Some(nproc) = args.dist.nproc {
+        if world.is_some() {
+            return Err(usage(
+                "--nproc starts processes of its own: leave it out where torchrun, Slurm or RANK and WORLD_SIZE start convnets",
+            ));
+        }
+        return launch_workers(&args, at_least_one("--nproc", nproc)?, timeout);
+    }
+    match &world {
+        Some(world) => train_rank(args, Some(world), timeout).map_err(|e| {
+            // Under --nproc every rank has the same arguments, so rank 0 alone reports a mistake
+            // in them; a failure of this rank's own is always reported.
+            if world.rank > 0 && std::env::var_os(launch::WORKER_VAR).is_some() && e.is::<UsageError>() {
+                std::process::exit(2);
+            }
+            e.context(format!("rank {}", world.rank))
+        }),
+        None => train_rank(args, None, timeout),
+    }
+}
+
+/// `--nproc N`: starts N workers on this machine and waits for them (see [`launch`]).
+fn launch_workers(args: &TrainArgs, nproc: usize, timeout: std::time::Duration) -> anyhow::Result<()> {
+    if train::parse_device(&args.device).map_err(usage)?.is_cuda() && args.device != "auto" {
+        return Err(usage(CUDA_NOT_DISTRIBUTED));
+    }
+    let mut worker_args = launch::without_nproc(std::env::args_os().skip(1));
+    if args.resume.is_none() && args.out.is_none() {
+        // One run directory for all workers: each would otherwise name its own by its start time.
+        let name = args.net.as_deref().ok_or_else(|| usage("name a network to train, or --resume DIR"))?;
+        worker_args.extend(["--out".into(), default_run_dir(name).into_os_string()]);
+    }
+    launch::run(&launch::Launch { nproc, args: worker_args, timeout })
+}
+
+const CUDA_NOT_DISTRIBUTED: &str = "distributed training runs on the CPU (Gloo) only: its CUDA path (NCCL) has not \
+     run on a GPU yet; use --device cpu";
+
+/// `runs/<net>-<date>-<time>`.
+fn default_run_dir(net: &str) -> PathBuf {
+    PathBuf::from("runs").join(format!("{net}-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S")))
+}
+
+/// What a rank publishes when it joins a distributed run: everything that must be the same on
+/// every rank (the configuration, where training starts, the program).
+fn run_description(config: &TrainConfig, start_epoch: usize) -> anyhow::Result<String> {
+    // Each rank may name its own device (cuda:LOCAL_RANK): not part of the agreement.
+    let config = TrainConfig { device: String::new(), ..config.clone() };
+    Ok(format!(
+        "convnets {}\nstarting after epoch {start_epoch}\n{}",
+        env!("CARGO_PKG_VERSION"),
+        serde_json::to_string_pretty(&config)?
+    ))
+}
+
+/// Trains in this process: alone, or as one rank of `world`.
+fn train_rank(args: TrainArgs, world: Option<&dist::World>, timeout: std::time::Duration) -> anyhow::Result<()> {
+    let lead = world.is_none_or(|w| w.rank == 0);
+    let device = match (train::parse_device(&args.device).map_err(usage)?, world) {
+        // Gloo is the only backend yet: `auto` means the CPU in a distributed run.
+        (d, Some(_)) if d.is_cuda() && args.device != "auto" => return Err(usage(CUDA_NOT_DISTRIBUTED)),
+        (_, Some(_)) => Device::Cpu,
+        (d, None) => d,
+    };
+    if args.dist.sync_bn && world.is_none() {
+        eprintln!("note: --sync-bn only changes a run of several processes (--nproc)");
+    }
     let resumed = args.resume.as_deref().map(|dir| train::load_checkpoint(dir, device)).transpose()?;
     // The data set decides the network's input channels and classes (a resumed run's, which
     // part of an image folder is held out).
-    let data = load_data(&args.data, resumed.as_ref().and_then(|c| c.state.config.val_split))?;
+    let data = load_data(&args.data, resumed.as_ref().and_then(|c| c.state.config.val_split), lead)?;
     let (net, config, start, dir) = match (resumed, &args.resume) {
         (Some(checkpoint), Some(dir)) => {
             let mut config = checkpoint.state.config.clone();
@@ -730,7 +867,9 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
                 )));
             }
             config.check_dataset(&data).map_err(usage)?;
-            eprintln!("resuming {} after epoch {}", dir.display(), checkpoint.state.epoch);
+            if lead {
+                eprintln!("resuming {} after epoch {}", dir.display(), checkpoint.state.epoch);
+            }
             // Precision and layout come from the run's configuration (load_checkpoint).
             let mut net = checkpoint.net;
             net.set_cuda_graphs(args.speed.cuda_graphs);
@@ -759,17 +898,18 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             config.memory_format = args.speed.memory_format;
             config.recipe = args.recipe.recipe();
             config.val_split = args.data.val_split;
+            config.sync_bn = args.dist.sync_bn;
             if args.augment.as_deref() == Some("none") {
                 config.augment = false;
             }
             if args.normalize.as_deref() == Some("auto") {
                 let stats = data::normalization(&data, &config.eval_prep())?;
-                eprintln!("normalize: mean {:?}, std {:?}", stats.mean, stats.std);
+                if lead {
+                    eprintln!("normalize: mean {:?}, std {:?}", stats.mean, stats.std);
+                }
                 config.normalize = Some(stats);
             }
-            let dir = args.out.clone().unwrap_or_else(|| {
-                PathBuf::from("runs").join(format!("{name}-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S")))
-            });
+            let dir = args.out.clone().unwrap_or_else(|| default_run_dir(name));
             if dir.join(train::CHECKPOINT_FILE).exists() {
                 return Err(usage(format!(
                     "{} already holds a run; continue it with --resume {0} or choose another --out",
@@ -783,8 +923,14 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
             (net, config, None, dir)
         }
     };
+    let mut net = net;
+    if let Some(world) = world {
+        let description = run_description(&config, start.as_ref().map_or(0, |s| s.epoch))?;
+        let group = world.join(&description, timeout)?;
+        net.set_data_parallel(Some(std::sync::Arc::new(dist::DataParallel::new(group, config.sync_bn))));
+    }
     // train() checks the hyper-parameters and the resize before it writes anything.
-    let live = match &args.serve {
+    let live = match args.serve.as_ref().filter(|_| lead) {
         Some(addr) => {
             let board = crate::live::Board::default();
             let server = crate::live::serve(crate::live::parse_addr("--serve", Some(addr)).map_err(usage)?, &board)?;
@@ -795,6 +941,11 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
     };
     let run = train::Run { config, data: &data, dir: dir.clone(), verbose: true, live: live.clone() };
     let result = train::train(&run, &net, start);
+    if let (Err(e), Some(replicas)) = (&result, net.data_parallel())
+        && !dist::is_lost_contact(e)
+    {
+        let _ = replicas.group.report_failure(); // best effort: the error itself is reported below
+    }
     if let Some(board) = &live {
         if let Err(e) = &result {
             board.update(|view| view.status = format!("failed: {}", crate::error_line(e)));
@@ -803,7 +954,9 @@ fn run_train(args: TrainArgs) -> anyhow::Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
     result?;
-    eprintln!("run saved in {}", dir.display());
+    if lead {
+        eprintln!("run saved in {}", dir.display());
+    }
     Ok(())
 }
 

@@ -16,6 +16,7 @@ pub mod bench;
 pub mod chart;
 pub mod cli;
 pub mod data;
+pub mod dist;
 pub mod live;
 pub mod models;
 pub mod nn;

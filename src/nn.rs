@@ -10,9 +10,12 @@
 //! fallible (`f_`) call, so whatever libtorch raises while computing (a CUDA error, memory) is a
 //! [`LayerError`] too, with libtorch's message.
 
+use std::sync::Arc;
+
 use tch::nn::{Init, Path};
 use tch::{Kind, TchError, Tensor};
 
+use crate::dist::ProcessGroup;
 use crate::onnx::{self, OnnxGraph};
 use crate::trace::Tracer;
 
@@ -92,15 +95,18 @@ pub struct Ctx<'t> {
     tracer: Option<&'t mut Tracer>,
     /// Non-container layers finished so far: names a failing layer as torchsummary would.
     finished_leaves: usize,
+    /// `--sync-bn` in a distributed run: training-mode batch norm uses the statistics of every
+    /// rank's batch, gathered through this group.
+    pub sync_bn: Option<Arc<ProcessGroup>>,
 }
 
 impl<'t> Ctx<'t> {
     pub fn new(train: bool) -> Ctx<'static> {
-        Ctx { train, tracer: None, finished_leaves: 0 }
+        Ctx { train, tracer: None, finished_leaves: 0, sync_bn: None }
     }
 
     pub fn traced(train: bool, tracer: &'t mut Tracer) -> Ctx<'t> {
-        Ctx { train, tracer: Some(tracer), finished_leaves: 0 }
+        Ctx { train, tracer: Some(tracer), finished_leaves: 0, sync_bn: None }
     }
 
     /// Runs `layer` on `x`, recording the call when tracing.
@@ -420,6 +426,12 @@ impl Layer for BatchNorm {
         check_batch_norm(x, self.num_features, self.dims, cx.train)?;
         if cx.train {
             tch::no_grad(|| self.num_batches_tracked.shallow_clone().f_add_scalar_(1).map(drop)).in_layer(x)?;
+        }
+        if let (true, Some(group)) = (cx.train, &cx.sync_bn) {
+            let (w, b, mean, var) = (&self.weight, &self.bias, &self.running_mean, &self.running_var);
+            return group
+                .sync_batch_norm(x, w, b, mean, var, Self::MOMENTUM, Self::EPS)
+                .map_err(|e| shape_error(x, crate::error_line(&e)));
         }
         Tensor::f_batch_norm(
             x,

@@ -10,11 +10,13 @@ pub mod vgg;
 
 use std::fmt;
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 
 use tch::nn::{Path, VarStore};
 use tch::{Device, Kind, Tensor};
 
 use crate::accel::{self, Autocast, Precision};
+use crate::dist::DataParallel;
 use crate::nn::{Ctx, Fwd, InLayer, LayerError, Sequential, count_parameters};
 use crate::trace::{Record, Tracer};
 
@@ -246,6 +248,8 @@ pub struct Network {
     precision: Precision,
     channels_last: bool,
     cuda_graphs: bool,
+    /// Set in a distributed run: this network is one of the replicas kept in step by it.
+    data_parallel: Option<Arc<DataParallel>>,
 }
 
 impl Network {
@@ -261,7 +265,16 @@ impl Network {
             // d2l's shapes are static: cuDNN's autotuner pays for itself within the first steps.
             tch::Cuda::cudnn_set_benchmark(true);
         }
-        Network { info, config, vs, body, precision: Precision::Fp32, channels_last: false, cuda_graphs: false }
+        Network {
+            info,
+            config,
+            vs,
+            body,
+            precision: Precision::Fp32,
+            channels_last: false,
+            cuda_graphs: false,
+            data_parallel: None,
+        }
     }
 
     /// Computes forward passes in `precision` (weights stay float32).
@@ -285,6 +298,15 @@ impl Network {
     /// A [`accel::Replayer`] for this network's device and graph setting.
     pub fn replayer(&self) -> accel::Replayer {
         accel::Replayer::new(self.device(), self.cuda_graphs)
+    }
+
+    /// Makes this network a replica of a distributed run (see [`crate::dist`]).
+    pub fn set_data_parallel(&mut self, replicas: Option<Arc<DataParallel>>) {
+        self.data_parallel = replicas;
+    }
+
+    pub fn data_parallel(&self) -> Option<&DataParallel> {
+        self.data_parallel.as_deref()
     }
 
     pub fn channels_last(&self) -> bool {
@@ -322,7 +344,11 @@ impl Network {
 
     /// Runs the network on a batch; `train` selects batch statistics and active dropout.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Fwd {
-        self.forward_with(x, Ctx::new(train))
+        let mut cx = Ctx::new(train);
+        if let Some(replicas) = self.data_parallel.as_ref().filter(|r| r.sync_bn && train) {
+            cx.sync_bn = Some(replicas.group.clone());
+        }
+        self.forward_with(x, cx)
     }
 
     /// One forward pass on `x` recorded by `tracer` (a timed tracer times every layer call).

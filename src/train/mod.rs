@@ -18,6 +18,7 @@ use tch::{Device, Kind, Tensor};
 use crate::accel::{MemoryFormat, Precision, Replayer};
 use crate::chart;
 use crate::data::{self, CLASSES, Dataset, Split};
+use crate::dist;
 use crate::live::{Board, Progress};
 use crate::models::{self, NetConfig, Network};
 use crate::tensorboard::EventWriter;
@@ -66,6 +67,10 @@ pub struct TrainConfig {
     /// Per-channel normalisation of the input (`--normalize auto`; d2l: none).
     #[serde(default)]
     pub normalize: Option<data::Normalize>,
+    /// `--sync-bn`: in a distributed run, batch norm normalises with the statistics of the
+    /// whole global batch (PyTorch's SyncBatchNorm) instead of each rank's share.
+    #[serde(default)]
+    pub sync_bn: bool,
 }
 
 fn fashion_mnist() -> String {
@@ -99,6 +104,7 @@ impl TrainConfig {
             augment: false,
             val_split: None,
             normalize: None,
+            sync_bn: false,
         })
     }
 
@@ -494,8 +500,15 @@ fn evaluate_with(
 ) -> Result<Evaluation, EvalFailed> {
     let classes = net.config.num_classes as usize;
     let mut confusion = vec![vec![0u64; classes]; classes];
-    let order: Vec<usize> = (0..split.len()).collect();
-    let batches = split.len().div_ceil(batch_size);
+    // A replica evaluates every world-th example (no padding: each is counted once) with rank
+    // 0's batch-norm statistics, and the counts are summed: the accuracy of the whole set.
+    let replicas = net.data_parallel();
+    let (rank, world) = replicas.map_or((0, 1), |r| (r.rank(), r.size()));
+    let order: Vec<usize> = (rank..split.len()).step_by(world).collect();
+    let batches = order.len().div_ceil(batch_size);
+    if let Some(replicas) = replicas {
+        replicas.broadcast_buffers(&net.vs).map_err(|error| EvalFailed { batch: 1, batches, error })?;
+    }
     let _guard = tch::no_grad_guard();
     for (i, batch) in data::device_batches(split.clone(), order, batch_size, prep.clone(), net.device()).enumerate() {
         let counted = batch.and_then(|batch| {
@@ -510,6 +523,13 @@ fn evaluate_with(
             Ok(())
         });
         counted.map_err(|error| EvalFailed { batch: i + 1, batches, error })?;
+    }
+    if let Some(replicas) = replicas {
+        let counts: Vec<f64> = confusion.iter().flatten().map(|&c| c as f64).collect();
+        let summed = replicas.sum(&counts).map_err(|error| EvalFailed { batch: batches, batches, error })?;
+        for (cell, total) in confusion.iter_mut().flatten().zip(summed) {
+            *cell = total as u64;
+        }
     }
     let correct: u64 = (0..classes).map(|c| confusion[c][c]).sum();
     Ok(Evaluation { accuracy: correct as f64 / split.len().max(1) as f64, confusion })
@@ -573,6 +593,18 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         layout_name(channels_last)
     );
     cfg.check_dataset(run.data).map_err(crate::usage)?;
+    // In a distributed run every rank trains on its share of each batch; rank 0 alone prints
+    // d2l's lines and writes the run directory.
+    let replicas = net.data_parallel();
+    let (rank, world) = replicas.map_or((0, 1), |r| (r.rank(), r.size()));
+    let lead = rank == 0;
+    if !cfg.batch_size.is_multiple_of(world) {
+        return Err(crate::usage(format!(
+            "--batch-size {} does not split evenly over {world} processes: use a multiple of {world}",
+            cfg.batch_size
+        )));
+    }
+    let batch_size = cfg.batch_size / world;
     let train_split = run.data.train.clone();
     let input = cfg.input_shape();
     if let Some(available) = available_memory() {
@@ -584,16 +616,18 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
     })?;
     // Only now, with everything checked, does the run directory appear.
     let dir = run.dir.display();
-    std::fs::create_dir_all(&run.dir)
-        .map_err(|e| crate::usage(format!("cannot create {dir}: {e}; choose another --out")))?;
-    let probe = run.dir.join(".convnets-write-test");
-    std::fs::write(&probe, b"")
-        .map_err(|e| crate::usage(format!("cannot write in {dir}: {e}; choose another --out")))?;
-    let _ = std::fs::remove_file(probe);
-    remove_stale_temporaries(&run.dir);
-    let config_path = run.dir.join("config.json");
-    write_atomic(&config_path, &serde_json::to_vec_pretty(cfg)?)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", config_path.display()))?;
+    if lead {
+        std::fs::create_dir_all(&run.dir)
+            .map_err(|e| crate::usage(format!("cannot create {dir}: {e}; choose another --out")))?;
+        let probe = run.dir.join(".convnets-write-test");
+        std::fs::write(&probe, b"")
+            .map_err(|e| crate::usage(format!("cannot write in {dir}: {e}; choose another --out")))?;
+        let _ = std::fs::remove_file(probe);
+        remove_stale_temporaries(&run.dir);
+        let config_path = run.dir.join("config.json");
+        write_atomic(&config_path, &serde_json::to_vec_pretty(cfg)?)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", config_path.display()))?;
+    }
 
     let (first_epoch, mut history) = match start {
         Some(state) => (state.epoch, state.history),
@@ -606,13 +640,26 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         opt.load_state_dict(&checkpoint.optimizer)
             .map_err(|e| anyhow::anyhow!("{}: {e}", checkpoint_path(&run.dir).display()))?;
     }
-    let num_batches = train_split.len().div_ceil(cfg.batch_size);
-    let mut events = EventWriter::create(&run.dir, &history, num_batches)
-        .map_err(|e| anyhow::anyhow!("cannot write TensorBoard events in {dir}: {e}"))?;
-    let events_path = events.path().to_path_buf();
+    if let Some(replicas) = replicas {
+        // Rank 0's starting point everywhere (fresh weights, or its checkpoint).
+        replicas.broadcast_variables(&net.vs)?;
+    }
+    let num_batches = train_split.len().div_ceil(world).div_ceil(batch_size);
+    let mut events = match lead {
+        true => Some(
+            EventWriter::create(&run.dir, &history, num_batches)
+                .map_err(|e| anyhow::anyhow!("cannot write TensorBoard events in {dir}: {e}"))?,
+        ),
+        false => None,
+    };
+    let events_path = events.as_ref().map(|e| e.path().to_path_buf()).unwrap_or_default();
     let event_error = |e: std::io::Error| anyhow::anyhow!("cannot write {}: {e}", events_path.display());
-    if run.verbose {
-        println!("training on {}", device_name(device));
+    let verbose = run.verbose && lead;
+    if verbose {
+        match world {
+            1 => println!("training on {}", device_name(device)),
+            _ => println!("training on {} x {world} processes", device_name(device)),
+        }
     }
     let mut replayer = net.replayer();
     let mut eval_replayer = net.replayer();
@@ -639,10 +686,15 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         let lr = cfg.recipe.lr_at(cfg.lr, epoch, cfg.epochs);
         opt.set_lr(lr)?;
         let started = Instant::now();
-        let bar = progress_bar(num_batches as u64, epoch, cfg.epochs);
+        let bar = if lead { progress_bar(num_batches as u64, epoch, cfg.epochs) } else { ProgressBar::hidden() };
         let (mut loss_sum, mut correct, mut seen, mut step_seconds) = (0f64, 0i64, 0usize, 0f64);
-        let order = data::epoch_order(train_split.len(), cfg.seed, epoch);
-        let batches = data::device_batches(train_split.clone(), order, cfg.batch_size, cfg.train_prep(epoch), device);
+        // The whole run's sums so far (this rank's alone in a single-process run).
+        let (mut total_loss, mut total_correct, mut total_seen) = (0f64, 0f64, 0usize);
+        let mut order = data::epoch_order(train_split.len(), cfg.seed, epoch);
+        if replicas.is_some() {
+            order = dist::shard(&order, rank, world);
+        }
+        let batches = data::device_batches(train_split.clone(), order, batch_size, cfg.train_prep(epoch), device);
         // What a failure at batch `i` of this epoch reports.
         let failed = |i: usize, error: anyhow::Error, note: String| RunFailed {
             net: cfg.net.clone(),
@@ -654,7 +706,7 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
         for (i, batch) in batches.enumerate() {
             let timer = Instant::now();
             let step = batch.and_then(|batch| {
-                if fault == Some((epoch + 1, i + 1)) {
+                if fault.is_some_and(|f| (f.epoch, f.batch) == (epoch + 1, i + 1) && f.rank.is_none_or(|r| r == rank)) {
                     // A real libtorch error (a negative size), raised where a step's would be.
                     Tensor::f_zeros([-1], (Kind::Float, device)).map(drop)?;
                 }
@@ -691,11 +743,26 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
             loss_sum += loss_value * n as f64;
             correct += batch_correct;
             seen += n;
-            let (train_loss, train_acc) = (loss_sum / seen as f64, correct as f64 / seen as f64);
-            if (i + 1) % (num_batches / 5).max(1) == 0 || i == num_batches - 1 {
+            let at_point = (i + 1) % (num_batches / 5).max(1) == 0 || i == num_batches - 1;
+            (total_loss, total_correct, total_seen) = match replicas {
+                // Every rank reaches the same points: the sums over all ranks, there.
+                Some(replicas) if at_point => {
+                    let sums = replicas.sum(&[loss_sum, correct as f64, seen as f64]).map_err(|error| {
+                        bar.abandon();
+                        failed(i, error, String::new())
+                    })?;
+                    (sums[0], sums[1], sums[2] as usize)
+                }
+                Some(_) => (total_loss, total_correct, total_seen),
+                None => (loss_sum, correct as f64, seen),
+            };
+            let (train_loss, train_acc) = (total_loss / total_seen as f64, total_correct / total_seen as f64);
+            if at_point {
                 let x = epoch as f64 + (i + 1) as f64 / num_batches as f64;
                 let point = Point { x, train_loss: Some(train_loss), train_acc: Some(train_acc), test_acc: None };
-                events.point(&point).map_err(event_error)?;
+                if let Some(events) = &mut events {
+                    events.point(&point).map_err(event_error)?;
+                }
                 live(&|view| view.points.push(point.clone()));
                 history.points.push(point);
             }
@@ -704,11 +771,11 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
             });
             bar.set_message(format!(
                 "loss {train_loss:.3}, train acc {train_acc:.3}, {:.1} examples/sec",
-                seen as f64 / step_seconds
+                (seen * world) as f64 / step_seconds
             ));
             bar.inc(1);
         }
-        let test = evaluate_with(&mut eval_replayer, net, &run.data.test, cfg.batch_size, &eval_prep).map_err(|f| {
+        let test = evaluate_with(&mut eval_replayer, net, &run.data.test, batch_size, &eval_prep).map_err(|f| {
             bar.abandon();
             RunFailed {
                 net: cfg.net.clone(),
@@ -719,15 +786,17 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
             }
         })?;
         let point = Point { x: (epoch + 1) as f64, train_loss: None, train_acc: None, test_acc: Some(test.accuracy) };
-        events.point(&point).map_err(event_error)?;
+        if let Some(events) = &mut events {
+            events.point(&point).map_err(event_error)?;
+        }
         live(&|view| view.points.push(point.clone()));
         history.points.push(point);
         let record = EpochRecord {
             epoch: epoch + 1,
-            train_loss: loss_sum / seen as f64,
-            train_acc: correct as f64 / seen as f64,
+            train_loss: total_loss / total_seen as f64,
+            train_acc: total_correct / total_seen as f64,
             test_acc: test.accuracy,
-            examples: seen,
+            examples: total_seen,
             step_seconds,
             wall_seconds: started.elapsed().as_secs_f64(),
             lr: Some(lr),
@@ -737,22 +806,36 @@ pub fn train(run: &Run, net: &Network, start: Option<CheckpointState>) -> anyhow
             record.epoch, cfg.epochs, record.train_loss, record.train_acc, record.test_acc, record.wall_seconds
         );
         bar.finish_and_clear();
-        if run.verbose {
+        if verbose {
             eprintln!("{line}");
         }
         history.epochs.push(record);
+        if !lead {
+            continue;
+        }
         let state = CheckpointState::new(cfg.clone(), epoch + 1, history.clone());
         save_checkpoint(&run.dir, net, Some(&opt), &state)?;
         write_results(&run.dir, &history, cfg.epochs)?;
-        if let Some(record) = history.epochs.last() {
+        if let (Some(record), Some(events)) = (history.epochs.last(), &mut events) {
             events.epoch(record).map_err(event_error)?;
             live(&|view| view.epochs.push(record.clone()));
         }
     }
     live(&|view| view.status = "finished".into());
-    if let (true, Some(last)) = (run.verbose, history.epochs.last()) {
+    if let (true, Some(last)) = (verbose, history.epochs.last()) {
         println!("loss {:.3}, train acc {:.3}, test acc {:.3}", last.train_loss, last.train_acc, last.test_acc);
         println!("{:.1} examples/sec on {}", history.examples_per_sec(), device_name(device));
+        if let Some(replicas) = replicas {
+            let traffic = replicas.traffic();
+            let steps = traffic.steps.max(1) as f64;
+            let step_seconds: f64 = history.epochs[first_epoch..].iter().map(|e| e.step_seconds).sum();
+            println!(
+                "gradient all-reduce over {world} processes: {:.2} MB and {:.1} ms per step ({:.0}% of the step)",
+                traffic.bytes as f64 / steps / 1e6,
+                traffic.seconds / steps * 1e3,
+                100.0 * traffic.seconds / step_seconds.max(1e-9)
+            );
+        }
     }
     Ok(history)
 }
@@ -772,9 +855,18 @@ pub fn train_step(
     y: &Tensor,
 ) -> anyhow::Result<(Tensor, Tensor)> {
     opt.zero_grad()?;
+    let replicas = net.data_parallel();
+    if let Some(replicas) = replicas.filter(|r| !r.sync_bn) {
+        replicas.broadcast_buffers(&net.vs)?;
+    }
     let y_hat = net.forward_t(x, true)?;
-    let loss = cross_entropy(&y_hat, y, label_smoothing)?;
+    let mut loss = cross_entropy(&y_hat, y, label_smoothing)?;
     loss.f_backward()?;
+    if let Some(replicas) = replicas {
+        // All ranks then take the same step: that of the whole global batch.
+        let params = net.vs.trainable_variables();
+        loss = replicas.average_gradients(&params.iter().collect::<Vec<_>>(), &loss)?;
+    }
     opt.step()?;
     let correct = tch::no_grad(|| y_hat.f_argmax(1, false)?.f_eq_tensor(y)?.f_sum(Kind::Int64))?;
     Ok((loss.detach(), correct))
@@ -844,12 +936,26 @@ pub fn fitting_batch_size(batch_size: usize, mut try_step: impl FnMut(usize) -> 
         .find(|&b| try_step(b).is_ok())
 }
 
-/// `CONVNETS_FAIL_AT=EPOCH:BATCH` makes that training step fail inside libtorch, so that the
-/// error path (one line, the checkpoint kept, `--resume`) can be tested on any machine.
-fn injected_fault() -> anyhow::Result<Option<(usize, usize)>> {
+/// Where `CONVNETS_FAIL_AT` makes a training step fail.
+#[derive(Clone, Copy)]
+struct Fault {
+    epoch: usize,
+    batch: usize,
+    /// In a distributed run, only this rank's step fails (all ranks' when not given).
+    rank: Option<usize>,
+}
+
+/// `CONVNETS_FAIL_AT=EPOCH:BATCH[:RANK]` makes that training step fail inside libtorch, so that
+/// the error path (one line, the checkpoint kept, `--resume`, the other ranks stopping) can be
+/// tested on any machine.
+fn injected_fault() -> anyhow::Result<Option<Fault>> {
     let Ok(value) = std::env::var("CONVNETS_FAIL_AT") else { return Ok(None) };
-    let parsed = value.split_once(':').and_then(|(e, b)| Some((e.parse().ok()?, b.parse().ok()?)));
-    parsed.map(Some).ok_or_else(|| crate::usage(format!("CONVNETS_FAIL_AT={value}: expected EPOCH:BATCH, e.g. 2:3")))
+    let numbers: Option<Vec<usize>> = value.split(':').map(|n| n.parse().ok()).collect();
+    match numbers.as_deref() {
+        Some(&[epoch, batch]) => Ok(Some(Fault { epoch, batch, rank: None })),
+        Some(&[epoch, batch, rank]) => Ok(Some(Fault { epoch, batch, rank: Some(rank) })),
+        _ => Err(crate::usage(format!("CONVNETS_FAIL_AT={value}: expected EPOCH:BATCH[:RANK], e.g. 2:3"))),
+    }
 }
 
 /// Memory the kernel says is available (`MemAvailable` in /proc/meminfo), in bytes.

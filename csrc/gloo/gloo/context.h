@@ -1,0 +1,3 @@
+// See declarations.h: what ProcessGroupGloo.hpp needs of gloo.
+#pragma once
+#include "gloo/declarations.h"

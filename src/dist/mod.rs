@@ -1,0 +1,155 @@
+//! Data-parallel training on libtorch's c10d, the engine under PyTorch's
+//! DistributedDataParallel: every rank holds the whole network, trains on its shard of each
+//! batch, and the gradients are averaged by all-reduce before every step, so all ranks take the
+//! same step that one process would take on the whole batch.
+//!
+//! A rank learns its place from the environment, as `torch.distributed`'s `env://` does:
+//! `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT` (set by torchrun, by
+//! `convnets train --nproc N`, or by hand; Slurm's `SLURM_PROCID`, `SLURM_NTASKS` and
+//! `SLURM_LOCALID` stand in for the first three). Rank 0 serves the rendezvous store, unless a
+//! torchrun agent already does (`TORCHELASTIC_USE_AGENT_STORE=True`).
+
+mod c10d;
+mod data_parallel;
+pub mod launch;
+
+use std::time::Duration;
+
+pub use c10d::{FIRST_FAILURE, LOST_CONTACT, ProcessGroup, Store};
+pub use data_parallel::{AllReduceTraffic, DataParallel, shard};
+
+/// Where this process stands in a distributed run, from its environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct World {
+    pub rank: usize,
+    pub size: usize,
+    pub local_rank: usize,
+    pub master_addr: String,
+    pub master_port: u16,
+    /// The store is served by a torchrun agent: connect to it, even as rank 0.
+    pub agent_store: bool,
+    /// torchrun's restart count: each attempt meets under keys of its own.
+    pub attempt: u64,
+}
+
+/// PyTorch's default `MASTER_PORT`.
+pub const DEFAULT_PORT: u16 = 29500;
+
+impl World {
+    /// The distributed run this process belongs to, if its environment names one (`WORLD_SIZE`
+    /// or Slurm's `SLURM_NTASKS` with more than one task).
+    pub fn from_env() -> anyhow::Result<Option<World>> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`World::from_env`] reading variables through `var` (for tests).
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<World>> {
+        let number = |names: &[&str]| -> anyhow::Result<Option<(String, usize)>> {
+            for name in names {
+                if let Some(value) = var(name) {
+                    let parsed = value
+                        .trim()
+                        .parse::<usize>()
+                        .map_err(|_| crate::usage(format!("{name}={value}: expected a whole number")))?;
+                    return Ok(Some((name.to_string(), parsed)));
+                }
+            }
+            Ok(None)
+        };
+        let size = match number(&["WORLD_SIZE"])? {
+            Some(size) => size,
+            // One Slurm task is an ordinary run (srun without a distributed job in mind).
+            None => match number(&["SLURM_NTASKS"])? {
+                Some((name, n)) if n > 1 => (name, n),
+                _ => return Ok(None),
+            },
+        };
+        let (size_name, size) = size;
+        if size == 0 {
+            return Err(crate::usage(format!("{size_name}=0: a run needs at least one process")));
+        }
+        let (rank_name, rank) = number(&["RANK", "SLURM_PROCID"])?
+            .ok_or_else(|| crate::usage(format!("{size_name} is set but RANK is not: set both (or neither)")))?;
+        if rank >= size {
+            return Err(crate::usage(format!("{rank_name}={rank} is not below {size_name}={size}")));
+        }
+        let local_rank = number(&["LOCAL_RANK", "SLURM_LOCALID"])?.map_or(rank, |(_, r)| r);
+        let master_addr = var("MASTER_ADDR").filter(|a| !a.is_empty()).ok_or_else(|| {
+            crate::usage("MASTER_ADDR is not set: name the host of rank 0 (127.0.0.1 on one machine)")
+        })?;
+        let master_port = match var("MASTER_PORT") {
+            None => DEFAULT_PORT,
+            Some(p) => p
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p > 0)
+                .ok_or_else(|| crate::usage(format!("MASTER_PORT={p}: expected a port number (1 to 65535)")))?,
+        };
+        let agent_store = var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let attempt = number(&["TORCHELASTIC_RESTART_COUNT"])?.map_or(0, |(_, n)| n as u64);
+        Ok(Some(World { rank, size, local_rank, master_addr, master_port, agent_store, attempt }))
+    }
+
+    /// Meets the other ranks and forms the process group. Every rank first publishes `run`, a
+    /// description of what it is about to train (network, configuration, epoch), and checks
+    /// that all ranks agree, so a rank started with other settings stops every rank with a
+    /// clear error instead of silently training something else. Nothing waits longer than
+    /// `timeout`.
+    pub fn join(&self, run: &str, timeout: Duration) -> anyhow::Result<ProcessGroup> {
+        let at = format!("{}:{}", self.master_addr, self.master_port);
+        let serve = self.rank == 0 && !self.agent_store;
+        // torchrun's agent keeps keys of its own in the store: ours live under a prefix, one
+        // per restart so that a restarted group never reads the previous attempt's.
+        let prefix = key_prefix(self.attempt);
+        let store = Store::new(&self.master_addr, self.master_port, serve, timeout, &prefix).map_err(|e| {
+            let why = crate::error_line(&e);
+            if serve {
+                anyhow::anyhow!("rank 0 cannot serve the rendezvous at {at}: {why} (is MASTER_PORT in use?)")
+            } else {
+                anyhow::anyhow!("rank {} cannot reach the rendezvous at {at} within {timeout:?}: {why}", self.rank)
+            }
+        })?;
+        let description = format!("WORLD_SIZE={}\n{run}", self.size);
+        store.set(&format!("run/{}", self.rank), description.as_bytes())?;
+        for other in 0..self.size {
+            let theirs = store.get(&format!("run/{other}")).map_err(|_| {
+                anyhow::anyhow!("rank {other} did not join the run at {at} within {timeout:?} (--dist-timeout)")
+            })?;
+            let theirs = String::from_utf8_lossy(&theirs);
+            if theirs != description {
+                return Err(crate::usage(format!(
+                    "rank {other} was started differently from rank {}: {}",
+                    self.rank,
+                    first_difference(&description, &theirs)
+                )));
+            }
+        }
+        ProcessGroup::gloo(store, self.rank, self.size, timeout).map_err(|e| {
+            anyhow::anyhow!("rank {} could not form the process group: {}", self.rank, crate::error_line(&e))
+        })
+    }
+}
+
+/// The key prefix of attempt `attempt` of a run in its store.
+pub fn key_prefix(attempt: u64) -> String {
+    format!("convnets/attempt_{attempt}")
+}
+
+/// Whether `error` is a rank losing contact with the others, the consequence of a failure
+/// elsewhere rather than a failure of its own.
+pub fn is_lost_contact(error: &anyhow::Error) -> bool {
+    crate::error_line(error).contains(LOST_CONTACT)
+}
+
+/// The first line where two descriptions differ, as `ours` versus `theirs`.
+fn first_difference(ours: &str, theirs: &str) -> String {
+    let mut a = ours.lines();
+    let mut b = theirs.lines();
+    loop {
+        match (a.next(), b.next()) {
+            (Some(x), Some(y)) if x == y => continue,
+            (x, y) => return format!("{} here, {} there", x.unwrap_or("nothing"), y.unwrap_or("nothing")),
+        }
+    }
+}
