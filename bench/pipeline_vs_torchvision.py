@@ -8,7 +8,7 @@ images per second of wall time and per second of CPU time, the per-core figure i
 for (convnets' decoding thread and its main thread can overlap, so its wall rate on one core's
 worth of threads is not a per-core rate; CPU time is).
 
-    python bench/pipeline_vs_torchvision.py [--images 512] [--binary target/release/convnets]
+    python bench/pipeline_vs_torchvision.py [--images 512] [--epochs 4] [--binary target/release/convnets]
 
 Needs torch, torchvision and Pillow. The JPEGs are made here (photos cannot be shipped): smooth
 colour fields with shapes and sensor-like noise, saved at quality 90, which decode at the cost
@@ -47,9 +47,11 @@ def make_images(root, count, seed=0):
                 w, h = rng.randrange(20, 160), rng.randrange(20, 160)
                 colour = tuple(rng.randrange(256) for _ in range(3))
                 (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x, y, x + w, y + h], fill=colour)
-            image = image.filter(ImageFilter.GaussianBlur(1.2))
-            noise = Image.effect_noise((500, 375), 24).convert("RGB")
-            image = Image.blend(image, noise, 0.12)
+            image = image.filter(ImageFilter.GaussianBlur(0.8))
+            # Sensor-like noise, which sets the entropy-coded size (and decoding cost) near
+            # that of real photos of this size at quality 90 (60-100 KiB).
+            noise = Image.merge("RGB", [Image.effect_noise((500, 375), 40) for _ in range(3)])
+            image = Image.blend(image, noise, 0.25)
             image.save(os.path.join(root, split, klass, f"{i:05d}.jpg"), quality=90)
 
 
@@ -86,7 +88,7 @@ def convnets_rate(binary, root, epochs):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=512)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--binary", default="target/release/convnets")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:

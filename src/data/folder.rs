@@ -91,24 +91,90 @@ pub fn decode_as(path: &Path, channels: usize) -> anyhow::Result<Image> {
 /// Decodes one image as RGB planes, naming the file when it cannot.
 pub fn decode(path: &Path) -> anyhow::Result<Image> {
     let bad = |what: String| anyhow::anyhow!("{}: {what}", path.display());
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| bad(e.to_string()))?
-        .with_guessed_format()
-        .map_err(|e| bad(e.to_string()))?;
-    let mut reader = reader;
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        return decode_jpeg(&bytes).map_err(|e| bad(format!("not a readable image: {e}")));
+    }
+    decode_other(&bytes).map_err(|e| bad(format!("not a readable image: {e}")))
+}
+
+thread_local! {
+    /// Each decoding thread's interleaved RGB buffer, reused from image to image (a fresh one
+    /// per photo was zeroed, and its pages faulted in, every time).
+    static DECODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A JPEG as RGB planes, decoded by zune-jpeg with the options `image` gives it (so the same
+/// pixels), grey ones repeated into three channels as `image`'s `into_rgb8` does.
+fn decode_jpeg(bytes: &[u8]) -> anyhow::Result<Image> {
+    use zune_core::colorspace::ColorSpace;
+    let options = zune_core::options::DecoderOptions::default()
+        .set_strict_mode(false)
+        .set_max_width(usize::MAX)
+        .set_max_height(usize::MAX);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(bytes), options);
+    decoder.decode_headers()?;
+    let (w, h) = decoder.dimensions().ok_or_else(|| anyhow::anyhow!("no dimensions"))?;
+    anyhow::ensure!((w * h) as u64 <= MAX_PIXELS, "{w}x{h} is more than {MAX_PIXELS} pixels");
+    let grey = decoder.input_colorspace() == Some(ColorSpace::Luma);
+    let out = if grey { ColorSpace::Luma } else { ColorSpace::RGB };
+    decoder.set_options(decoder.options().jpeg_set_out_colorspace(out));
+    let n = w * h;
+    let mut pixels = vec![0u8; 3 * n];
+    DECODED.with_borrow_mut(|decoded| -> anyhow::Result<()> {
+        let len = if grey { n } else { 3 * n };
+        if decoded.len() < len {
+            decoded.resize(len, 0);
+        }
+        decoder.decode_into(&mut decoded[..len])?;
+        if grey {
+            pixels.chunks_exact_mut(n).for_each(|plane| plane.copy_from_slice(&decoded[..n]));
+        } else {
+            to_planes(&decoded[..len], &mut pixels);
+        }
+        Ok(())
+    })?;
+    Ok(Image { pixels, channels: 3, height: h, width: w })
+}
+
+/// A PNG (or anything else `image` reads) as RGB planes.
+fn decode_other(bytes: &[u8]) -> anyhow::Result<Image> {
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?;
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(MAX_PIXELS * 4);
     reader.limits(limits);
-    let rgb = reader.decode().map_err(|e| bad(format!("not a readable image: {e}")))?.into_rgb8();
+    let rgb = reader.decode()?.into_rgb8();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
-    // Interleaved RGB to three planes, without an index per byte.
     let mut pixels = vec![0u8; 3 * h * w];
-    let (r, rest) = pixels.split_at_mut(h * w);
-    let (g, b) = rest.split_at_mut(h * w);
-    for ((px, (r, g)), b) in rgb.as_raw().chunks_exact(3).zip(r.iter_mut().zip(g.iter_mut())).zip(b.iter_mut()) {
+    to_planes(rgb.as_raw(), &mut pixels);
+    Ok(Image { pixels, channels: 3, height: h, width: w })
+}
+
+/// Interleaved RGB pixels to three planes (R, then G, then B).
+fn to_planes(rgb: &[u8], planes: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { to_planes_avx2(rgb, planes) };
+    }
+    to_planes_portable(rgb, planes)
+}
+
+/// The same loop compiled for AVX2, whose byte shuffles de-interleave 32 pixels at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn to_planes_avx2(rgb: &[u8], planes: &mut [u8]) {
+    to_planes_portable(rgb, planes)
+}
+
+#[inline(always)]
+fn to_planes_portable(rgb: &[u8], planes: &mut [u8]) {
+    let n = rgb.len() / 3;
+    let (r, rest) = planes.split_at_mut(n);
+    let (g, b) = rest.split_at_mut(n);
+    for ((px, (r, g)), b) in rgb.chunks_exact(3).zip(r.iter_mut().zip(g.iter_mut())).zip(b.iter_mut()) {
         (*r, *g, *b) = (px[0], px[1], px[2]);
     }
-    Ok(Image { pixels, channels: 3, height: h, width: w })
 }
 
 /// A split of file-backed images with `channels` channels.
@@ -186,4 +252,36 @@ pub fn load(dir: &Path, val_split: Option<f64>, skip_bad: bool) -> Result<Folder
     let grey = train.par_iter().chain(test.par_iter()).all(|(p, _)| is_grey(p));
     let channels = if grey { 1 } else { 3 };
     Ok(Folder { train: split(train, channels), test: split(test, channels), classes, skipped })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A JPEG of `w` x `h` with some structure, colour or grey, as `image` encodes it.
+    fn jpeg(w: u32, h: u32, grey: bool) -> Vec<u8> {
+        let colour =
+            image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, ((x ^ y) * 3) as u8]));
+        let picture = if grey {
+            image::DynamicImage::ImageLuma8(image::DynamicImage::ImageRgb8(colour).to_luma8())
+        } else {
+            image::DynamicImage::ImageRgb8(colour)
+        };
+        let mut bytes = Vec::new();
+        picture.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn jpegs_decode_to_the_pixels_image_gives_in_colour_and_grey() {
+        for (w, h, grey) in [(37, 29, false), (64, 48, false), (33, 41, true), (16, 16, true)] {
+            let bytes = jpeg(w, h, grey);
+            let ours = decode_jpeg(&bytes).unwrap();
+            let theirs = decode_other(&bytes).unwrap();
+            assert_eq!((ours.height, ours.width), (h as usize, w as usize));
+            assert_eq!(ours, theirs, "{w}x{h}, grey: {grey}");
+        }
+        let error = decode_jpeg(&jpeg(20, 20, false)[..200]).unwrap_err().to_string();
+        assert!(!error.is_empty());
+    }
 }
