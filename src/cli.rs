@@ -961,11 +961,13 @@ fn train_rank(args: TrainArgs, world: Option<&dist::World>, timeout: std::time::
         None => None,
     };
     let run = train::Run { config, data: &data, dir: dir.clone(), verbose: true, live: live.clone() };
-    let result = train::train(&run, &net, start);
-    if let (Err(e), Some(replicas)) = (&result, net.data_parallel())
-        && !dist::is_lost_contact(e)
-    {
-        let _ = replicas.group.report_failure(); // best effort: the error itself is reported below
+    let mut result = train::train(&run, &net, start);
+    if let (Err(e), Some(replicas)) = (&result, net.data_parallel()) {
+        if !dist::is_lost_contact(e) {
+            let _ = replicas.group.report_failure(); // best effort: the error itself is reported below
+        } else if let Some(first) = replicas.group.first_failure() {
+            result = result.map_err(|e| e.context(format!("after rank {first} failed")));
+        }
     }
     if let Some(board) = &live {
         if let Err(e) = &result {

@@ -354,6 +354,12 @@ fn nproc_reports_the_rank_that_failed_and_stops_the_others() {
             .any(|l| l.starts_with("error: rank 1: lenet-bn: training failed at epoch 2, batch 3 of 8: libtorch:")),
         "{err}"
     );
+    // Rank 0 lost contact, and says whose failure that followed.
+    assert!(
+        lines.iter().any(|l| l.starts_with("error: rank 0: after rank 1 failed: lenet-bn: training failed at epoch 2")
+            && l.contains("lost contact with the other ranks")),
+        "{err}"
+    );
     // Whichever process ended first, the launcher names the rank whose failure stopped the run.
     let last = lines.last().map(String::as_str);
     assert!(

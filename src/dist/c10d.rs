@@ -178,6 +178,14 @@ impl ProcessGroup {
         Ok(())
     }
 
+    /// The rank that reported a failure of its own first, if any did (a killed rank cannot).
+    pub fn first_failure(&self) -> Option<usize> {
+        match self.store.contains(FIRST_FAILURE) {
+            Ok(true) => String::from_utf8(self.store.get(FIRST_FAILURE).ok()?).ok()?.parse().ok(),
+            _ => None,
+        }
+    }
+
     /// Sums `t` over all ranks, in place (a contiguous CPU tensor for Gloo).
     pub fn all_reduce_sum(&self, t: &Tensor) -> anyhow::Result<()> {
         check(unsafe { convnets_all_reduce(self.raw, t.as_ptr() as *mut C_tensor) }).map_err(collective_failed)

@@ -75,16 +75,16 @@ impl DataParallel {
     /// weights and statistics, int64 `num_batches_tracked`).
     fn broadcast_all(&self, tensors: &[Tensor]) -> anyhow::Result<()> {
         let _no_grad = tch::no_grad_guard();
+        // The same order of element types on every rank.
         let mut kinds: Vec<Kind> = tensors.iter().map(|t| t.kind()).collect();
-        kinds.dedup();
         kinds.sort_by_key(|k| format!("{k:?}"));
         kinds.dedup();
         for kind in kinds {
             let of_kind: Vec<&Tensor> = tensors.iter().filter(|t| t.kind() == kind).collect();
             for bucket in buckets(&of_kind) {
-                let mut flat = flatten(&bucket, |t| Ok(t.shallow_clone()))?;
+                let flat = flatten(&bucket, |t| Ok(t.shallow_clone()))?;
                 self.group.broadcast(&flat, 0)?;
-                unflatten_into(&mut flat, &bucket)?;
+                unflatten_into(&flat, &bucket)?;
             }
         }
         Ok(())
@@ -98,7 +98,7 @@ impl DataParallel {
         let _no_grad = tch::no_grad_guard();
         let started = Instant::now();
         let world = self.size() as f64;
-        let mut loss_sum = None;
+        let mut loss_mean = None;
         let mut bytes = 0;
         let with_grad: Vec<&Tensor> = params.iter().copied().filter(|p| p.grad().defined()).collect();
         for (i, bucket) in buckets(&with_grad).into_iter().enumerate() {
@@ -114,14 +114,14 @@ impl DataParallel {
             let _ = flat.f_div_scalar_(world)?;
             if i == 0 {
                 let n = flat.size()[0];
-                loss_sum = Some(flat.f_narrow(0, n - 1, 1)?.f_reshape([])?);
+                loss_mean = Some(flat.f_narrow(0, n - 1, 1)?.f_reshape([])?);
                 flat = flat.f_narrow(0, 0, n - 1)?;
             }
             let grads: Vec<Tensor> = bucket.iter().map(|p| p.grad()).collect();
             let grads: Vec<&Tensor> = grads.iter().collect();
-            unflatten_into(&mut flat, &grads)?;
+            unflatten_into(&flat, &grads)?;
         }
-        let mean = match loss_sum {
+        let mean = match loss_mean {
             Some(mean) => mean,
             None => {
                 // No gradients at all: the loss alone.
@@ -183,7 +183,7 @@ fn flatten(tensors: &[&Tensor], of: impl Fn(&Tensor) -> anyhow::Result<Tensor>) 
 }
 
 /// Copies consecutive slices of `flat` back into `targets` (in place, on their devices).
-fn unflatten_into(flat: &mut Tensor, targets: &[&Tensor]) -> anyhow::Result<()> {
+fn unflatten_into(flat: &Tensor, targets: &[&Tensor]) -> anyhow::Result<()> {
     let mut offset = 0;
     for t in targets {
         let n = t.numel() as i64;
