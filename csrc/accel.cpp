@@ -5,6 +5,8 @@
 //
 // Every function returns NULL on success or a malloc'ed error message (freed by the caller), so
 // no C++ exception crosses into Rust.
+#include "guard.h"
+
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <array>
@@ -21,23 +23,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAEvent.h>
 #endif
-
-static char *error_message(const char *what) {
-  size_t n = std::strlen(what) + 1;
-  char *copy = static_cast<char *>(std::malloc(n));
-  if (copy != nullptr) std::memcpy(copy, what, n);
-  return copy;
-}
-
-#define GUARD(body)                                   \
-  try {                                               \
-    body;                                             \
-    return nullptr;                                   \
-  } catch (const std::exception &e) {                 \
-    return error_message(e.what());                   \
-  } catch (...) {                                     \
-    return error_message("unknown C++ exception");    \
-  }
 
 extern "C" {
 

@@ -7,6 +7,9 @@
 // Every function returns NULL on success or a malloc'ed error message (freed by the caller):
 // c10d reports a dead peer, a timeout or a port in use with C++ exceptions, which must not cross
 // into Rust.
+#include "guard.h"
+
+#include <c10/util/Logging.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -19,13 +22,6 @@
 #include <vector>
 
 namespace {
-
-char *error_message(const char *what) {
-  size_t n = std::strlen(what) + 1;
-  char *copy = static_cast<char *>(std::malloc(n));
-  if (copy != nullptr) std::memcpy(copy, what, n);
-  return copy;
-}
 
 struct Store {
   c10::intrusive_ptr<c10d::Store> store;
@@ -126,18 +122,15 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
 
 } // namespace
 
-// Variadic: a body with commas outside parentheses is still one body.
-#define GUARD(...)                                    \
-  try {                                               \
-    __VA_ARGS__;                                      \
-    return nullptr;                                   \
-  } catch (const std::exception &e) {                 \
-    return error_message(e.what());                   \
-  } catch (...) {                                     \
-    return error_message("unknown C++ exception");    \
-  }
-
 extern "C" {
+
+// c10d logs a line for each wait on the rendezvous that times out, each failed connection
+// attempt and each peer that drops (as warnings and errors); convnets reports such failures
+// itself, in one line. They are left on when TORCH_CPP_LOG_LEVEL asks for them, as PyTorch
+// documents.
+void convnets_quiet_c10d_logs() {
+  if (std::getenv("TORCH_CPP_LOG_LEVEL") == nullptr && FLAGS_caffe2_log_level < 3) FLAGS_caffe2_log_level = 3;
+}
 
 // A TCPStore at host:port, serving it (`serve`) or connecting to it, retrying until
 // `timeout_ms`; keys prefixed with `prefix`. Port 0 with `serve` picks a free port; *bound_port

@@ -7,13 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use convnets::data::{Dataset, Source};
 use convnets::dist::{Store, World, shard};
 use convnets::train;
 use tch::{Device, Tensor};
 
 mod common;
-use common::{idx_images, idx_labels};
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_convnets")
@@ -21,14 +19,7 @@ fn bin() -> &'static str {
 
 /// The first `train` training and 100 test images of the embedded sample, as IDX files.
 fn dataset(dir: &Path, train: usize) -> String {
-    let sample = Dataset::from_source(Source::Embedded).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    for (split, n, prefix) in [(&sample.train, train, "train"), (&sample.test, 100, "t10k")] {
-        let images = idx_images(n as u32, 28, 28, &split.images[..n * 784]);
-        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
-        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), idx_labels(&split.labels[..n])).unwrap();
-    }
-    dir.to_str().unwrap().to_string()
+    common::idx_dataset(dir, train, 100).to_str().unwrap().to_string()
 }
 
 fn convnets(args: &[&str]) -> Output {
@@ -309,10 +300,15 @@ fn ranks_started_differently_a_port_in_use_and_an_unreachable_master_are_clear_e
     // A world size that differs on one rank.
     let port = free_port();
     let children = [rank(&refs(&a), 0, 2, port, &[]), rank(&refs(&a), 1, 2, port, &[("WORLD_SIZE", "3")])];
-    let (_, out) = finish(children.into_iter().next().unwrap(), Duration::from_secs(30));
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("WORLD_SIZE=2 here, WORLD_SIZE=3 there"), "{err}");
+    for (r, child) in children.into_iter().enumerate() {
+        let (took, out) = finish(child, Duration::from_secs(30));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(took < Duration::from_secs(15), "{took:?}");
+        let (ours, theirs) = if r == 0 { (2, 3) } else { (3, 2) };
+        assert_eq!(errors(&err).len(), 1, "{err}");
+        assert!(err.contains(&format!("WORLD_SIZE={ours} here, WORLD_SIZE={theirs} there")), "{err}");
+    }
 
     // MASTER_PORT already taken by another program: rank 0 says so at once.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -321,7 +317,14 @@ fn ranks_started_differently_a_port_in_use_and_an_unreachable_master_are_clear_e
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(took < Duration::from_secs(10), "{took:?}");
-    assert!(err.contains(&format!("rank 0 cannot serve the rendezvous at 127.0.0.1:{port}")), "{err}");
+    assert_eq!(errors(&err).len(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "error: rank 0: cannot serve the rendezvous at 127.0.0.1:{port} (is MASTER_PORT in use?)"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("[c10d]") && !err.contains("frame #"), "one line: {err}");
 
     // Nobody serves the rendezvous: rank 1 gives up after --dist-timeout (3 s here).
     let mut quick = args("0.9");
@@ -330,7 +333,9 @@ fn ranks_started_differently_a_port_in_use_and_an_unreachable_master_are_clear_e
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(took < Duration::from_secs(20), "bounded by the timeout: {took:?}");
-    assert!(err.contains("rank 1 cannot reach the rendezvous at 127.0.0.1:"), "{err}");
+    assert_eq!(errors(&err).len(), 1, "{err}");
+    assert!(err.contains("error: rank 1: cannot reach the rendezvous at 127.0.0.1:"), "{err}");
+    assert!(!err.contains("[c10d]") && !err.contains("frame #"), "one line: {err}");
 }
 
 #[test]

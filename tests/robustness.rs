@@ -74,16 +74,9 @@ proptest! {
     }
 }
 
-/// Writes the first `train` training and 50 test images of the embedded sample as IDX files.
+/// The first `train` training and 50 test images of the embedded sample, as IDX files.
 fn dataset(dir: &Path, train: usize) -> PathBuf {
-    let sample = Dataset::from_source(Source::Embedded).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    for (split, n, prefix) in [(&sample.train, train, "train"), (&sample.test, 50, "t10k")] {
-        let images = idx_images(n as u32, 28, 28, &split.images[..n * 784]);
-        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
-        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), idx_labels(&split.labels[..n])).unwrap();
-    }
-    dir.to_path_buf()
+    common::idx_dataset(dir, train, 50)
 }
 
 #[test]

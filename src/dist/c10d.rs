@@ -21,6 +21,7 @@ unsafe extern "C" {
         bound_port: *mut i32,
     ) -> *mut c_char;
     fn convnets_store_free(store: *mut c_void);
+    fn convnets_quiet_c10d_logs();
     fn convnets_store_set(store: *mut c_void, key: *const c_char, data: *const u8, len: usize) -> *mut c_char;
     fn convnets_store_get(store: *mut c_void, key: *const c_char, data: *mut *mut u8, len: *mut usize) -> *mut c_char;
     fn convnets_store_check(store: *mut c_void, key: *const c_char, present: *mut i32) -> *mut c_char;
@@ -86,6 +87,9 @@ impl Store {
     /// Serves a store at `host:port` (`serve`, port 0 for a free one) or connects to one,
     /// retrying until `timeout`; every key is prefixed with `prefix`.
     pub fn new(host: &str, port: u16, serve: bool, timeout: Duration, prefix: &str) -> anyhow::Result<Self> {
+        // c10d's own log lines (a timed-out wait, a failed connection, a dropped peer) stay off
+        // stderr, where convnets reports the failure in one line; TORCH_CPP_LOG_LEVEL keeps them.
+        unsafe { convnets_quiet_c10d_logs() };
         let (host, prefix) = (c_string(host)?, c_string(prefix)?);
         let (mut raw, mut bound) = (std::ptr::null_mut(), 0i32);
         check(unsafe {

@@ -105,29 +105,51 @@ impl World {
         let store = Store::new(&self.master_addr, self.master_port, serve, timeout, &prefix).map_err(|e| {
             let why = crate::error_line(&e);
             if serve {
-                anyhow::anyhow!("rank 0 cannot serve the rendezvous at {at}: {why} (is MASTER_PORT in use?)")
+                anyhow::anyhow!("cannot serve the rendezvous at {at} (is MASTER_PORT in use?): {why}")
             } else {
-                anyhow::anyhow!("rank {} cannot reach the rendezvous at {at} within {timeout:?}: {why}", self.rank)
+                anyhow::anyhow!("cannot reach the rendezvous at {at} within {timeout:?}: {why}")
             }
         })?;
         let description = format!("WORLD_SIZE={}\n{run}", self.size);
         store.set(&format!("run/{}", self.rank), description.as_bytes())?;
+        let at = at.as_str();
+        let waiting_for = |who: String| {
+            move |e: anyhow::Error| {
+                let why = crate::error_line(&e);
+                if why.contains("timeout") {
+                    anyhow::anyhow!("{who} did not join the run at {at} within {timeout:?} (--dist-timeout)")
+                } else {
+                    anyhow::anyhow!("the rendezvous at {at} failed while waiting for {who}: {why}")
+                }
+            }
+        };
+        let mut verdict = Ok(());
         for other in 0..self.size {
-            let theirs = store.get(&format!("run/{other}")).map_err(|_| {
-                anyhow::anyhow!("rank {other} did not join the run at {at} within {timeout:?} (--dist-timeout)")
-            })?;
+            let theirs = store.get(&format!("run/{other}")).map_err(waiting_for(format!("rank {other}")))?;
             let theirs = String::from_utf8_lossy(&theirs);
             if theirs != description {
-                return Err(crate::usage(format!(
+                verdict = Err(crate::usage(format!(
                     "rank {other} was started differently from rank {}: {}",
                     self.rank,
                     first_difference(&description, &theirs)
                 )));
+                break;
             }
         }
-        ProcessGroup::gloo(store, self.rank, self.size, timeout).map_err(|e| {
-            anyhow::anyhow!("rank {} could not form the process group: {}", self.rank, crate::error_line(&e))
-        })
+        store.add("checked", 1)?;
+        if serve {
+            // The store lives in this process: it stays until every rank has read what it
+            // needs (or a few seconds have passed), so that a difference found here reaches
+            // the others as their own clear error, not as a vanished rendezvous.
+            let started = std::time::Instant::now();
+            let patience = timeout.min(std::time::Duration::from_secs(10));
+            while store.add("checked", 0)? < self.size as i64 && started.elapsed() < patience {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        verdict?;
+        ProcessGroup::gloo(store, self.rank, self.size, timeout)
+            .map_err(|e| anyhow::anyhow!("could not form the process group: {}", crate::error_line(&e)))
     }
 }
 

@@ -44,6 +44,19 @@ pub fn convnets(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Writes the first `train` training and `test` test images of the embedded sample as IDX
+/// files in `dir`, which it returns.
+pub fn idx_dataset(dir: &Path, train: usize, test: usize) -> PathBuf {
+    let sample = Dataset::from_source(Source::Embedded).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    for (split, n, prefix) in [(&sample.train, train, "train"), (&sample.test, test, "t10k")] {
+        let images = idx_images(n as u32, 28, 28, &split.images[..n * 784]);
+        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), idx_labels(&split.labels[..n])).unwrap();
+    }
+    dir.to_path_buf()
+}
+
 /// An IDX3 image file: header and pixels.
 pub fn idx_images(count: u32, rows: u32, cols: u32, pixels: &[u8]) -> Vec<u8> {
     let mut out: Vec<u8> = [0x803, count, rows, cols].iter().flat_map(|v: &u32| v.to_be_bytes()).collect();
