@@ -206,10 +206,6 @@ char *convnets_broadcast(void *group, at::Tensor *t, int root) {
   })
 }
 
-char *convnets_barrier(void *group) {
-  GUARD({ wait(static_cast<Group *>(group)->backend->barrier(c10d::BarrierOptions{})); })
-}
-
 // Training-mode batch normalisation of x over every rank's batch (see SyncBatchNorm).
 char *convnets_sync_batch_norm(void *group, const at::Tensor *x, const at::Tensor *weight, const at::Tensor *bias,
                                at::Tensor *running_mean, at::Tensor *running_var, double momentum, double eps,

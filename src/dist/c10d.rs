@@ -36,7 +36,6 @@ unsafe extern "C" {
     fn convnets_group_free(group: *mut c_void);
     fn convnets_all_reduce(group: *mut c_void, t: *mut C_tensor) -> *mut c_char;
     fn convnets_broadcast(group: *mut c_void, t: *mut C_tensor, root: i32) -> *mut c_char;
-    fn convnets_barrier(group: *mut c_void) -> *mut c_char;
     fn convnets_sync_batch_norm(
         group: *mut c_void,
         x: *const C_tensor,
@@ -199,11 +198,6 @@ impl ProcessGroup {
     pub fn broadcast(&self, t: &Tensor, root: usize) -> anyhow::Result<()> {
         check(unsafe { convnets_broadcast(self.raw, t.as_ptr() as *mut C_tensor, root as i32) })
             .map_err(collective_failed)
-    }
-
-    /// Returns once every rank has called it.
-    pub fn barrier(&self) -> anyhow::Result<()> {
-        check(unsafe { convnets_barrier(self.raw) }).map_err(collective_failed)
     }
 
     /// `nn.SyncBatchNorm` in training mode: normalises `x` with the statistics of every rank's
