@@ -85,20 +85,12 @@ fn photos_train_with_crops_and_flips_and_a_corrupt_one_is_named() {
     let data = dir.to_str().unwrap();
     let run = tmp.path().join("run");
     let run = run.to_str().unwrap();
-    let (code, out, err) = convnets(&[
-        "train",
-        "lenet-bn",
-        "--data",
-        data,
-        "--resize",
-        "28",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "4",
-        "--out",
-        run,
-    ]);
+    // lenet-bn on the folder, resized to its 28x28, in batches of 4.
+    let train = |epochs: &str, out: &str, extra: &[&str]| {
+        let args = ["train", "lenet-bn", "--data", data, "--resize", "28", "--epochs", epochs, "--batch-size", "4"];
+        convnets(&[&args[..], &["--out", out], extra].concat())
+    };
+    let (code, out, err) = train("2", run, &[]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("data: folder "), "{err}");
     assert!(out.contains("test acc"), "{out}");
@@ -117,37 +109,10 @@ fn photos_train_with_crops_and_flips_and_a_corrupt_one_is_named() {
     assert!(out.ends_with(": cat\n") || out.ends_with(": dog\n"), "{out}");
 
     std::fs::write(dir.join("train/dog/broken.jpg"), b"garbage").unwrap();
-    let (code, _, err) = convnets(&[
-        "train",
-        "lenet-bn",
-        "--data",
-        data,
-        "--resize",
-        "28",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--out",
-        &format!("{run}2"),
-    ]);
+    let (code, _, err) = train("1", &format!("{run}2"), &[]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("broken.jpg: not a readable image") && err.contains("training failed at epoch 1"), "{err}");
-    let (code, _, err) = convnets(&[
-        "train",
-        "lenet-bn",
-        "--data",
-        data,
-        "--resize",
-        "28",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--skip-bad-images",
-        "--out",
-        &format!("{run}3"),
-    ]);
+    let (code, _, err) = train("1", &format!("{run}3"), &["--skip-bad-images"]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("left out 1 unreadable image(s)") && err.contains("broken.jpg"), "{err}");
 }

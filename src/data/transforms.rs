@@ -287,23 +287,18 @@ impl Image {
         if (h, w) == (self.height, self.width) {
             return self.clone();
         }
-        let resize = Resize::new(self.height, self.width, h, w);
-        let mut pixels = vec![0u8; self.channels * h * w];
-        for (c, out) in pixels.chunks_mut(h * w).enumerate() {
-            resize.apply_into(self.plane(c), out);
-        }
-        Image { pixels, channels: self.channels, height: h, width: w }
+        self.resized_crop(0, 0, self.height, self.width, h, w)
     }
 
-    /// The `h` x `w` region at row `top`, column `left` (inside the image), resized to `s` x `s`:
-    /// a crop then a resize, without copying the crop.
-    fn resized_crop(&self, top: usize, left: usize, h: usize, w: usize, s: usize) -> Image {
-        let resize = Resize::new(h, w, s, s);
-        let mut pixels = vec![0u8; self.channels * s * s];
-        for (c, out) in pixels.chunks_mut(s * s).enumerate() {
+    /// The `h` x `w` region at row `top`, column `left` (inside the image), resized to
+    /// `out_h` x `out_w`: a crop then a resize, without copying the crop.
+    fn resized_crop(&self, top: usize, left: usize, h: usize, w: usize, out_h: usize, out_w: usize) -> Image {
+        let resize = Resize::new(h, w, out_h, out_w);
+        let mut pixels = vec![0u8; self.channels * out_h * out_w];
+        for (c, out) in pixels.chunks_mut(out_h * out_w).enumerate() {
             resize.apply_region(&self.plane(c)[top * self.width + left..], self.width, out);
         }
-        Image { pixels, channels: self.channels, height: s, width: s }
+        Image { pixels, channels: self.channels, height: out_h, width: out_w }
     }
 
     fn flip_horizontally(mut self) -> Image {
@@ -361,7 +356,7 @@ impl Transform {
             }
             Transform::RandomResizedCrop(s) => {
                 let (top, left, ch, cw) = resized_crop_box(h, w, rng);
-                image.resized_crop(top, left, ch, cw, s)
+                image.resized_crop(top, left, ch, cw, s, s)
             }
             Transform::RandomHorizontalFlip => {
                 if rng.random_bool(0.5) {
@@ -517,7 +512,7 @@ mod tests {
             [(0, 0, 37, 53, 24), (5, 9, 20, 31, 24), (3, 0, 34, 17, 40), (0, 2, 9, 9, 9), (1, 1, 30, 8, 8)]
         {
             let expected = image.crop(top as i64, left as i64, ch, cw).resize(s, s);
-            assert_eq!(image.resized_crop(top, left, ch, cw, s), expected, "{ch}x{cw} at {top},{left} to {s}");
+            assert_eq!(image.resized_crop(top, left, ch, cw, s, s), expected, "{ch}x{cw} at {top},{left} to {s}");
         }
     }
 

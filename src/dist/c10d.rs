@@ -134,6 +134,14 @@ impl Store {
         Ok(present != 0)
     }
 
+    /// The rank number some rank set at `key`, if any has (without waiting).
+    pub fn rank_at(&self, key: &str) -> Option<usize> {
+        match self.contains(key) {
+            Ok(true) => String::from_utf8(self.get(key).ok()?).ok()?.parse().ok(),
+            _ => None,
+        }
+    }
+
     /// Adds `value` to the counter `key` (created at 0) and returns the new count.
     pub fn add(&self, key: &str, value: i64) -> anyhow::Result<i64> {
         let key = c_string(key)?;
@@ -183,10 +191,7 @@ impl ProcessGroup {
 
     /// The rank that reported a failure of its own first, if any did (a killed rank cannot).
     pub fn first_failure(&self) -> Option<usize> {
-        match self.store.contains(FIRST_FAILURE) {
-            Ok(true) => String::from_utf8(self.store.get(FIRST_FAILURE).ok()?).ok()?.parse().ok(),
-            _ => None,
-        }
+        self.store.rank_at(FIRST_FAILURE)
     }
 
     /// Sums `t` over all ranks, in place (a contiguous CPU tensor for Gloo).

@@ -112,12 +112,7 @@ pub fn run(launch: &Launch) -> anyhow::Result<()> {
     }
     // The first rank whose own failure stopped the others, if it could say so (a killed
     // process cannot): others may have ended before it, having lost contact with it.
-    let first = format!("{}/{FIRST_FAILURE}", super::key_prefix(0));
-    let reported = match store.contains(&first) {
-        Ok(true) => store.get(&first).ok().and_then(|v| String::from_utf8(v).ok()?.parse::<usize>().ok()),
-        _ => None,
-    };
-    match reported {
+    match store.rank_at(&format!("{}/{FIRST_FAILURE}", super::key_prefix(0))) {
         Some(first) if first != rank => {
             Err(anyhow::anyhow!("rank {first} of {} failed first; the others stopped", launch.nproc))
         }
