@@ -1,6 +1,8 @@
 //! convnets: the modern convolutional networks of *Dive into Deep Learning* (AlexNet, VGG,
 //! NiN, GoogLeNet, batch normalization, ResNet, DenseNet) on libtorch, with the tools the
-//! chapter uses: torchsummary-style summaries, shape traces, Fashion-MNIST and `train_ch6`.
+//! chapter uses (torchsummary-style summaries, shape traces, d2l's `train_ch6`) and what people
+//! need past the book: MNIST, CIFAR and folders of their own images, training recipes,
+//! data-parallel training, ONNX and safetensors exports, TensorBoard files and a live view.
 //!
 //! ```no_run
 //! use convnets::models::{NetConfig, Network};
@@ -10,69 +12,30 @@
 //! let records = net.trace(&[1, 96, 96]).unwrap();
 //! print!("{}", convnets::summary::torchsummary(&records, &[1, 96, 96], -1));
 //! ```
+//!
+//! The modules from the top down (each uses only those below it): `cli` wires the rest
+//! together; `bench`, `parity`, `export` and `report` (the console, files, TensorBoard and the
+//! live view, as observers of a run) sit on `train` (the loop, checkpoints, evaluation); `train`
+//! on `models` (the zoo and `Network`), `data`, `distributed` and `weights`; `models` on `nn`
+//! (layers, the tracing mechanism, losses), `summary` renders `nn`'s traces; and under all,
+//! `accel`, `onnx` (the format), `ffi` (the C++ shim), `atomic` and `error`.
 
 pub mod accel;
+pub mod atomic;
 pub mod bench;
-pub mod chart;
 pub mod cli;
 pub mod data;
-pub mod dist;
-pub mod live;
+pub mod distributed;
+pub mod error;
+pub mod export;
+mod ffi;
 pub mod models;
 pub mod nn;
 pub mod onnx;
 pub mod parity;
+pub mod report;
 pub mod summary;
-pub mod tensorboard;
-pub mod trace;
 pub mod train;
 pub mod weights;
 
-/// A mistake in what the user asked for (the CLI exits with code 2), as opposed to a failure
-/// while doing it.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
-/// A [`UsageError`] as an `anyhow::Error`.
-pub fn usage(message: impl Into<String>) -> anyhow::Error {
-    UsageError(message.into()).into()
-}
-
-/// Whether the user asked for backtraces (`RUST_BACKTRACE` set and not `0`): then libtorch's
-/// messages keep their C++ stack, otherwise only their first line is shown.
-pub fn backtraces_wanted() -> bool {
-    std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0")
-}
-
-/// A message from libtorch as convnets reports it: its first line (libtorch appends the C++
-/// stack, "Exception raised from ... frame #0 ...", dozens of lines a user cannot act on),
-/// or all of it when [`backtraces_wanted`].
-pub fn libtorch_message(message: &str) -> String {
-    let message = message.trim();
-    if backtraces_wanted() {
-        return message.to_string();
-    }
-    message.lines().next().unwrap_or("").trim_end().to_string()
-}
-
-/// A libtorch error as a one-line message (see [`libtorch_message`]).
-pub fn torch_error(error: &tch::TchError) -> String {
-    match error {
-        tch::TchError::Torch(message) => format!("libtorch: {}", libtorch_message(message)),
-        other => libtorch_message(&other.to_string()),
-    }
-}
-
-/// An error and its causes on one line, as the command line prints them (`what: why: ...`), with
-/// libtorch's messages cut to their first line (see [`libtorch_message`]).
-pub fn error_line(error: &anyhow::Error) -> String {
-    let parts: Vec<String> = error
-        .chain()
-        .map(|e| match e.downcast_ref::<tch::TchError>() {
-            Some(torch) => torch_error(torch),
-            None => libtorch_message(&e.to_string()),
-        })
-        .collect();
-    parts.join(": ")
-}
+pub use error::{UsageError, backtraces_wanted, error_line, libtorch_message, torch_error, usage};

@@ -9,6 +9,7 @@ use anyhow::Context;
 use tch::{Device, Kind, TchError, Tensor};
 
 use crate::models::{NetConfig, Network};
+use crate::nn::{Layer, cross_entropy};
 use crate::weights;
 
 /// Relative tolerance of logits, loss and running statistics.
@@ -142,7 +143,7 @@ fn exact_gradients(
     let mut net = Network::new(name, config, Device::Cpu)?;
     weights::load_state_dict(&net.vs, name, params, false)?;
     net.vs.double();
-    let loss = crate::train::cross_entropy(&net.forward_t(&input.f_to_kind(Kind::Double)?, true)?, target, 0.0)?;
+    let loss = cross_entropy(&net.forward_t(&input.f_to_kind(Kind::Double)?, true)?, target, 0.0)?;
     loss.f_backward()?;
     Ok(net.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).map(|(k, v)| (k, v.grad())).collect())
 }
@@ -153,7 +154,7 @@ fn find<'a>(variables: &'a std::collections::HashMap<String, Tensor>, name: &str
 }
 
 fn uses_dropout(net: &Network) -> bool {
-    fn walk(layer: &dyn crate::nn::Layer) -> bool {
+    fn walk(layer: &dyn Layer) -> bool {
         layer.type_name() == "Dropout" || layer.children().into_iter().any(walk)
     }
     walk(&net.body)
@@ -188,7 +189,7 @@ fn replay(path: &Path, name: &str) -> anyhow::Result<Report> {
     items.push(compare("logits_eval", &logits_eval, get("logits_eval")?, OUTPUT_TOLERANCE, 0.0)?);
 
     let logits_train = net.forward_t(input, true)?;
-    let loss = crate::train::cross_entropy(&logits_train, &target, 0.0)?;
+    let loss = cross_entropy(&logits_train, &target, 0.0)?;
     loss.f_backward()?;
     let grads: Vec<&String> = tensors.keys().filter(|k| k.starts_with("grad.")).collect();
     if uses_dropout(&net) {

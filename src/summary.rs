@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::trace::Record;
+use crate::nn::Record;
 
 /// `1234567` as `1,234,567`, Python's `"{:,}"`.
 pub fn thousands(n: i64) -> String {

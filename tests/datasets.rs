@@ -146,7 +146,8 @@ fn colour_images_train_evaluate_predict_and_export_with_their_class_names() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("true airplane") && out.contains("true automobile"), "{out}");
     // The picture is in colour: the first image (class 0) is red, the second (class 1) cyan.
-    let (planes, h, w) = convnets::chart::read_png(Path::new(&format!("{run}/grid.png")), 3).unwrap();
+    let grid = convnets::data::decode::decode_as(Path::new(&format!("{run}/grid.png")), 3).unwrap();
+    let (planes, h, w) = (grid.pixels, grid.height, grid.width);
     let pixel = |y: usize, x: usize| [planes[y * w + x], planes[h * w + y * w + x], planes[2 * h * w + y * w + x]];
     let (first, second) = (pixel(80, 50), pixel(80, 50 + w / 4));
     assert!(first[0] > 150 && first[1] < 60 && first[2] < 60, "{first:?}");

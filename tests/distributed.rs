@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use convnets::dist::{Store, World, shard};
+use convnets::distributed::{Store, World, shard};
 use convnets::train;
 use tch::{Device, Tensor};
 

@@ -2,8 +2,9 @@
 //! what libtorch computes; the from-scratch batch norm exports the built-in one's graph; the
 //! command line writes a file with the run's metadata.
 
+use convnets::export::{self, ModelCard};
 use convnets::models::{MODELS, NetConfig, Network};
-use convnets::onnx::{self, ModelCard, proto::ModelProto};
+use convnets::onnx::proto::ModelProto;
 use prost::Message;
 use tch::{Device, Kind, Tensor};
 use tract_onnx::prelude::*;
@@ -47,7 +48,7 @@ fn every_network_runs_in_tract_with_libtorchs_logits_for_any_batch() {
     for info in MODELS {
         let net = network(info.name);
         let input = net.default_input();
-        let bytes = onnx::export(&net, &card(input)).unwrap();
+        let bytes = export::export(&net, &card(input)).unwrap();
         let model = ModelProto::decode(bytes.as_slice()).unwrap();
         assert_eq!(model.opset_import[0].version, 17);
         let graph = model.graph.as_ref().unwrap();
@@ -85,7 +86,7 @@ fn the_from_scratch_batch_norm_exports_the_built_in_ones_graph() {
     let weights = convnets::weights::state_dict(&built_in.vs);
     convnets::weights::load_state_dict(&scratch.vs, "lenet-bn-scratch", &weights, false).unwrap();
     let graph = |net: &Network| {
-        let bytes = onnx::export(net, &card([1, 28, 28])).unwrap();
+        let bytes = export::export(net, &card([1, 28, 28])).unwrap();
         ModelProto::decode(bytes.as_slice()).unwrap().graph.unwrap()
     };
     let (a, b) = (graph(&built_in), graph(&scratch));
@@ -100,10 +101,10 @@ fn the_from_scratch_batch_norm_exports_the_built_in_ones_graph() {
 fn export_refuses_a_network_it_cannot_trace_as_is() {
     let mut net = Network::new("lenet-bn", NetConfig::default(), Device::Cpu).unwrap();
     net.set_precision(convnets::accel::Precision::Bf16).unwrap();
-    let err = onnx::export(&net, &card([1, 28, 28])).unwrap_err().to_string();
+    let err = export::export(&net, &card([1, 28, 28])).unwrap_err().to_string();
     assert!(err.contains("float32, contiguous network on the CPU"), "{err}");
     let net = Network::new("alexnet", NetConfig::default(), Device::Cpu).unwrap();
-    let err = onnx::export(&net, &card([1, 96, 96])).unwrap_err().to_string();
+    let err = export::export(&net, &card([1, 96, 96])).unwrap_err().to_string();
     assert!(err.contains("alexnet cannot take a 1x96x96 input"), "{err}");
 }
 
@@ -155,7 +156,7 @@ fn colour_networks_with_other_class_counts_export_too() {
     let config = NetConfig { in_channels: 3, num_classes: 5 };
     for name in ["googlenet", "densenet"] {
         let net = Network::new(name, config, Device::Cpu).unwrap();
-        let bytes = onnx::export(&net, &card([3, 64, 64])).unwrap();
+        let bytes = export::export(&net, &card([3, 64, 64])).unwrap();
         let x = Tensor::rand([2, 3, 64, 64], (Kind::Float, Device::Cpu));
         let ours = Vec::<f32>::try_from(tch::no_grad(|| net.forward_t(&x, false)).unwrap().flatten(0, -1)).unwrap();
         let theirs = tract_logits(&bytes, &x);

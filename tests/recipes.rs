@@ -30,7 +30,7 @@ fn agrees_with_libtorch(recipe: Recipe, theirs: COptimizer, tolerance: f64) {
         let y = Tensor::randint(10, [4], (Kind::Int64, Device::Cpu));
         let _ = train::train_step(&ours_net, &mut ours, 0.0, &x, &y).unwrap();
         theirs.zero_grad().unwrap();
-        let loss = train::cross_entropy(&their_net.forward_t(&x, true).unwrap(), &y, 0.0).unwrap();
+        let loss = convnets::nn::cross_entropy(&their_net.forward_t(&x, true).unwrap(), &y, 0.0).unwrap();
         loss.backward();
         theirs.step().unwrap();
         // Each parameter's difference from libtorch (a norm), relative to how far the steps moved it.
@@ -95,7 +95,7 @@ fn label_smoothing_is_pytorchs_cross_entropy_with_it() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let logits = Tensor::randn([6, 10], (Kind::Float, Device::Cpu));
     let labels = Tensor::from_slice(&[0i64, 3, 9, 2, 2, 7]);
-    let smoothed = train::cross_entropy(&logits, &labels, 0.1).unwrap().double_value(&[]);
+    let smoothed = convnets::nn::cross_entropy(&logits, &labels, 0.1).unwrap().double_value(&[]);
     // (1 - 0.1) * NLL + 0.1 * mean over classes of -log p.
     let log_p = logits.log_softmax(-1, Kind::Float);
     let nll = log_p.nll_loss(&labels).double_value(&[]);
@@ -171,7 +171,8 @@ fn a_resumed_run_with_optimizer_state_and_a_schedule_ends_where_an_uninterrupted
         let last_row = csv.lines().last().unwrap();
         assert!(last_row.ends_with(&format!(",{:.6}", rates[3])), "{last_row}");
         let events =
-            convnets::tensorboard::read_scalars(&convnets::tensorboard::event_file(&resumed).unwrap()).unwrap();
+            convnets::report::tensorboard::read_scalars(&convnets::report::tensorboard::event_file(&resumed).unwrap())
+                .unwrap();
         let logged: Vec<f32> = events.iter().filter(|(_, t, _)| t == "learning_rate").map(|s| s.2).collect();
         assert_eq!(logged, rates.iter().map(|&r| r as f32).collect::<Vec<_>>());
     }

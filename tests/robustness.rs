@@ -310,8 +310,14 @@ fn labels_the_network_cannot_classify_are_an_error_naming_the_batch_not_a_panic(
     let dir = tempfile::tempdir().unwrap();
     let config = train::TrainConfig { epochs: 1, batch_size: 32, ..train::TrainConfig::d2l("lenet-bn").unwrap() };
     let data = Dataset { train: std::sync::Arc::new(test.clone()), test: std::sync::Arc::new(test), ..sample };
-    let run = train::Run { config, data: &data, dir: dir.path().to_path_buf(), verbose: false, live: None };
-    let err = train::train(&run, &net, None).err().unwrap();
+    let mut run = train::Run {
+        config,
+        data: &data,
+        dir: dir.path().to_path_buf(),
+        observers: convnets::report::run_files(),
+        replicas: None,
+    };
+    let err = train::train(&mut run, &net, None).err().unwrap();
     let line = convnets::error_line(&err);
     let batch = data::epoch_order(100, 0, 0).iter().position(|&i| i == 70).unwrap() / 32 + 1;
     assert!(

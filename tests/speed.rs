@@ -16,8 +16,9 @@ fn train_lenet(precision: Precision, dir: &Path, data: &Dataset) -> train::Histo
     tch::manual_seed(0);
     let mut net = Network::new("lenet-bn", config.net_config(), Device::Cpu).unwrap();
     net.set_precision(precision).unwrap();
-    let run = Run { config, data, dir: dir.to_path_buf(), verbose: false, live: None };
-    train::train(&run, &net, None).unwrap()
+    let mut run =
+        Run { config, data, dir: dir.to_path_buf(), observers: convnets::report::run_files(), replicas: None };
+    train::train(&mut run, &net, None).unwrap()
 }
 
 #[test]
@@ -60,8 +61,14 @@ fn refused_run(config: TrainConfig) -> String {
     let data = small_data(64, 64);
     let net = Network::new(&config.net, config.net_config(), Device::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let run = Run { config, data: &data, dir: dir.path().join("run"), verbose: false, live: None };
-    let err = train::train(&run, &net, None).unwrap_err().to_string();
+    let mut run = Run {
+        config,
+        data: &data,
+        dir: dir.path().join("run"),
+        observers: convnets::report::run_files(),
+        replicas: None,
+    };
+    let err = train::train(&mut run, &net, None).unwrap_err().to_string();
     assert!(!dir.path().join("run").exists());
     err
 }
@@ -132,14 +139,14 @@ fn the_memory_format_auto_is_channels_last_for_the_nets_it_helps_on_the_device()
     let resnet = models::find("resnet18").unwrap();
     let densenet = models::find("densenet").unwrap();
     let lenet = models::find("lenet-bn").unwrap();
-    assert!(MemoryFormat::Auto.channels_last(Device::Cpu, resnet));
-    assert!(MemoryFormat::Auto.channels_last(Device::Cuda(0), resnet));
-    assert!(MemoryFormat::Auto.channels_last(Device::Cpu, densenet));
-    assert!(!MemoryFormat::Auto.channels_last(Device::Cuda(0), densenet));
-    assert!(!MemoryFormat::Auto.channels_last(Device::Cpu, lenet));
-    assert!(!MemoryFormat::Auto.channels_last(Device::Cuda(0), lenet));
-    assert!(MemoryFormat::ChannelsLast.channels_last(Device::Cpu, lenet));
-    assert!(!MemoryFormat::Contiguous.channels_last(Device::Cuda(0), resnet));
+    assert!(resnet.uses_channels_last(MemoryFormat::Auto, Device::Cpu));
+    assert!(resnet.uses_channels_last(MemoryFormat::Auto, Device::Cuda(0)));
+    assert!(densenet.uses_channels_last(MemoryFormat::Auto, Device::Cpu));
+    assert!(!densenet.uses_channels_last(MemoryFormat::Auto, Device::Cuda(0)));
+    assert!(!lenet.uses_channels_last(MemoryFormat::Auto, Device::Cpu));
+    assert!(!lenet.uses_channels_last(MemoryFormat::Auto, Device::Cuda(0)));
+    assert!(lenet.uses_channels_last(MemoryFormat::ChannelsLast, Device::Cpu));
+    assert!(!resnet.uses_channels_last(MemoryFormat::Contiguous, Device::Cuda(0)));
     assert_eq!("channels-last".parse::<MemoryFormat>(), Ok(MemoryFormat::ChannelsLast));
     assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Bf16));
     assert!("fp16".parse::<Precision>().unwrap_err().contains("expected fp32 or bf16"));
@@ -157,8 +164,14 @@ fn a_checkpoint_is_laid_out_as_its_run_was() {
     };
     let net = Network::new("nin", config.net_config(), Device::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let run = Run { config, data: &data, dir: dir.path().to_path_buf(), verbose: false, live: None };
-    train::train(&run, &net, None).unwrap();
+    let mut run = Run {
+        config,
+        data: &data,
+        dir: dir.path().to_path_buf(),
+        observers: convnets::report::run_files(),
+        replicas: None,
+    };
+    train::train(&mut run, &net, None).unwrap();
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
     assert_eq!(config["memory_format"], "contiguous");

@@ -6,7 +6,7 @@ use std::path::Path;
 mod common;
 use common::{RNG, small_data};
 use convnets::models::Network;
-use convnets::tensorboard::{self, EXAMPLES_PER_SEC, LEARNING_RATE, TEST_ACCURACY, TRAIN_ACCURACY, TRAIN_LOSS};
+use convnets::report::tensorboard::{self, EXAMPLES_PER_SEC, LEARNING_RATE, TEST_ACCURACY, TRAIN_ACCURACY, TRAIN_LOSS};
 use convnets::train::{self, History, Run, TrainConfig};
 use tch::Device;
 
@@ -20,8 +20,9 @@ fn train_lenet(dir: &Path, epochs: usize, start: Option<train::CheckpointState>)
             Network::new("lenet-bn", config.net_config(), Device::Cpu).unwrap()
         }
     };
-    let run = Run { config, data: &data, dir: dir.to_path_buf(), verbose: false, live: None };
-    train::train(&run, &net, start).unwrap()
+    let mut run =
+        Run { config, data: &data, dir: dir.to_path_buf(), observers: convnets::report::run_files(), replicas: None };
+    train::train(&mut run, &net, start).unwrap()
 }
 
 /// What the history says TensorBoard should show: (step, tag, value) in the order written.

@@ -18,12 +18,18 @@ fn config(net: &str, epochs: usize, batch_size: usize) -> TrainConfig {
 fn fresh(config: &TrainConfig) -> Network {
     tch::manual_seed(config.seed as i64);
     let mut net = Network::new(&config.net, config.net_config(), Device::Cpu).unwrap();
-    net.set_channels_last(config.memory_format.channels_last(Device::Cpu, net.info)).unwrap();
+    net.set_channels_last(net.info.uses_channels_last(config.memory_format, Device::Cpu)).unwrap();
     net
 }
 
 fn run<'a>(config: &TrainConfig, data: &'a Dataset, dir: &Path) -> Run<'a> {
-    Run { config: config.clone(), data, dir: dir.to_path_buf(), verbose: false, live: None }
+    Run {
+        config: config.clone(),
+        data,
+        dir: dir.to_path_buf(),
+        observers: convnets::report::run_files(),
+        replicas: None,
+    }
 }
 
 /// The history without wall-clock measurements.
@@ -48,7 +54,7 @@ fn a_run_writes_config_metrics_chart_and_checkpoint() {
     let cfg = config("lenet-bn", 2, 64);
     let dir = tempfile::tempdir().unwrap();
     let net = fresh(&cfg);
-    let history = train::train(&run(&cfg, &data, dir.path()), &net, None).unwrap();
+    let history = train::train(&mut run(&cfg, &data, dir.path()), &net, None).unwrap();
 
     // d2l's Animator: 10 batches per epoch, a point every 10 / 5 = 2 batches, then test acc.
     let xs: Vec<String> = history.points.iter().map(|p| format!("{:.1}", p.x)).collect();
@@ -107,16 +113,16 @@ fn resuming_gives_exactly_the_uninterrupted_run() {
         cfg.seed = 5;
         let straight_dir = tempfile::tempdir().unwrap();
         let straight = fresh(&cfg);
-        let full = train::train(&run(&cfg, &data, straight_dir.path()), &straight, None).unwrap();
+        let full = train::train(&mut run(&cfg, &data, straight_dir.path()), &straight, None).unwrap();
 
         // Interrupted after one epoch, then resumed from the checkpoint.
         let resumed_dir = tempfile::tempdir().unwrap();
         let first = TrainConfig { epochs: 1, ..cfg.clone() };
-        train::train(&run(&first, &data, resumed_dir.path()), &fresh(&cfg), None).unwrap();
+        train::train(&mut run(&first, &data, resumed_dir.path()), &fresh(&cfg), None).unwrap();
         let checkpoint = train::load_checkpoint(resumed_dir.path(), Device::Cpu).unwrap();
         assert_eq!(checkpoint.state.epoch, 1);
         let rest =
-            train::train(&run(&cfg, &data, resumed_dir.path()), &checkpoint.net, Some(checkpoint.state)).unwrap();
+            train::train(&mut run(&cfg, &data, resumed_dir.path()), &checkpoint.net, Some(checkpoint.state)).unwrap();
 
         assert_eq!(timeless(&rest), timeless(&full), "{net}");
         assert!(weights_equal(&checkpoint.net, &straight), "{net}: weights differ after resuming");
@@ -129,13 +135,13 @@ fn a_diverging_loss_stops_with_a_hint_and_keeps_the_last_checkpoint() {
     let data = small_data(300, 60);
     let cfg = config("lenet-bn", 1, 100);
     let dir = tempfile::tempdir().unwrap();
-    train::train(&run(&cfg, &data, dir.path()), &fresh(&cfg), None).unwrap();
+    train::train(&mut run(&cfg, &data, dir.path()), &fresh(&cfg), None).unwrap();
     let checkpoint_path = dir.path().join(train::CHECKPOINT_FILE);
     let before = std::fs::read(&checkpoint_path).unwrap();
 
     let checkpoint = train::load_checkpoint(dir.path(), Device::Cpu).unwrap();
     let wild = TrainConfig { epochs: 3, lr: 1e38, ..cfg.clone() };
-    let err = train::train(&run(&wild, &data, dir.path()), &checkpoint.net, Some(checkpoint.state)).unwrap_err();
+    let err = train::train(&mut run(&wild, &data, dir.path()), &checkpoint.net, Some(checkpoint.state)).unwrap_err();
     let diverged = err.downcast_ref::<Diverged>().expect("a divergence error");
     assert_eq!(diverged.epoch, 2);
     assert!(diverged.last_finite.is_some());
@@ -161,7 +167,7 @@ fn bad_hyper_parameters_are_refused_before_training() {
         ),
     ];
     for (cfg, expected) in cases {
-        let err = train::train(&run(&cfg, &data, dir.path()), &fresh(&cfg), None).unwrap_err();
+        let err = train::train(&mut run(&cfg, &data, dir.path()), &fresh(&cfg), None).unwrap_err();
         assert!(err.to_string().contains(expected), "{err}");
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
@@ -207,7 +213,7 @@ fn every_network_trains_a_short_epoch_and_reloads() {
         };
         let before = probe_loss(&network);
         let dir = tempfile::tempdir().unwrap();
-        train::train(&run(&cfg, &data, dir.path()), &network, None).unwrap();
+        train::train(&mut run(&cfg, &data, dir.path()), &network, None).unwrap();
 
         let checkpoint = train::load_checkpoint(dir.path(), Device::Cpu).unwrap();
         let (a, b) = tch::no_grad(|| {

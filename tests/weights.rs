@@ -256,13 +256,14 @@ fn cli_import_eval_and_export() {
         .trim_end_matches("(wrong)")
         .trim()
         .to_string();
-    let (pixels, h, w) = convnets::chart::read_png(&grid, 1).unwrap();
+    let grey = convnets::data::decode::decode_as(&grid, 1).unwrap();
+    let (pixels, h, w) = (grey.pixels, grey.height, grey.width);
     assert_eq!((h, w), (3 * 28 + 34 + 8, 5 * (3 * 28 + 8)));
     assert!(pixels.iter().any(|&p| p < 100) && pixels.iter().any(|&p| p > 200));
     let sample = convnets::data::Dataset::from_source(convnets::data::Source::Embedded).unwrap();
     let rgb: Vec<u8> = sample.test.image(0).iter().flat_map(|&v| [v, v, v]).collect();
     let own = tmp.path().join("boot.png");
-    std::fs::write(&own, convnets::chart::encode_png(&rgb, 28, 28).unwrap()).unwrap();
+    std::fs::write(&own, convnets::report::plot::encode_png(&rgb, 28, 28).unwrap()).unwrap();
     let (code, out, err) = convnets(&["predict", run.to_str().unwrap(), "--image", own.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     // The same pixels as a PNG of the user's: the same class as for test image 0.

@@ -61,7 +61,7 @@ pub fn download(dir: &Path, mirrors: &[String], md5: &[&str; 4], mut log: impl F
             let url = format!("{}/{file}", mirror.trim_end_matches('/'));
             match fetch(&url, 64 << 20) {
                 Ok(bytes) if hex(&bytes) == *expected => {
-                    crate::weights::write_atomic(&path, &bytes)
+                    crate::atomic::write_atomic(&path, &bytes)
                         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
                     log(&format!("{file}: {} bytes from {url}, md5 ok", bytes.len()));
                     done = true;

@@ -9,6 +9,7 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
+use super::kernels::to_floats;
 use super::{Normalize, Pipeline, Resize, Split};
 use crate::accel;
 
@@ -67,28 +68,6 @@ fn host_input(pixels: &Tensor, normalize: Option<&Normalize>) -> Result<Tensor, 
         to_floats(src, dst, mean, std);
     }
     Ok(out)
-}
-
-/// `(p / 255 - mean) / std` for each pixel, 8 at a time with AVX2 where the CPU has it
-/// (divisions as IEEE defines them at any width, so the same values).
-fn to_floats(src: &[u8], dst: &mut [f32], mean: f32, std: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { to_floats_avx2(src, dst, mean, std) };
-    }
-    to_floats_portable(src, dst, mean, std)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn to_floats_avx2(src: &[u8], dst: &mut [f32], mean: f32, std: f32) {
-    to_floats_portable(src, dst, mean, std)
-}
-
-#[inline(always)]
-fn to_floats_portable(src: &[u8], dst: &mut [f32], mean: f32, std: f32) {
-    dst.iter_mut().zip(src).for_each(|(d, &p)| *d = (p as f32 / 255.0 - mean) / std);
 }
 
 /// How a split's images become a batch: the transforms, and the seed and epoch their random

@@ -1,0 +1,95 @@
+//! Memory: host buffers a GPU copies from fastest, copies that overlap computation, glibc's
+//! allocator kept from returning large blocks, and the GPU allocator's peak.
+
+use tch::{Device, Tensor};
+
+#[cfg(feature = "cuda")]
+use crate::ffi::{
+    check, convnets_copy_to_cuda_async, convnets_cuda_peak_allocated, convnets_cuda_reset_peak,
+    convnets_empty_pinned_u8, convnets_wait_copied, new_tensor,
+};
+
+/// An uninitialised uint8 CPU tensor of `shape` that `device` copies from fastest: page-locked
+/// memory when `device` is a GPU (the copy then runs while the host goes on), ordinary memory
+/// otherwise, or when no page-locked memory is left (it only makes the copy faster).
+pub fn empty_host_u8(shape: &[i64], device: Device) -> anyhow::Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if device.is_cuda()
+        && let Ok(pinned) =
+            new_tensor(|out| unsafe { convnets_empty_pinned_u8(shape.as_ptr(), shape.len() as i32, out) })
+    {
+        return Ok(pinned);
+    }
+    let _ = device;
+    Ok(Tensor::f_empty(shape, (tch::Kind::Uint8, Device::Cpu))?)
+}
+
+/// A copy of the CPU tensor `host` on `device` that may still be in flight: on a GPU it is
+/// queued on a copy stream of its own, so it overlaps the step the GPU is running, and must pass
+/// through [`wait_copied`] before it is used.
+pub fn copy_async(host: &Tensor, device: Device) -> anyhow::Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(index) = device {
+        return new_tensor(|out| unsafe { convnets_copy_to_cuda_async(host.as_ptr(), index as i32, out) });
+    }
+    Ok(host.f_to_device(device)?)
+}
+
+/// Makes the work queued from now on wait for the [`copy_async`] copies queued so far (a no-op
+/// on the CPU, where copies are done when they return).
+pub fn wait_copied(copied: &mut Tensor) -> anyhow::Result<()> {
+    #[cfg(feature = "cuda")]
+    if copied.device().is_cuda() {
+        check(unsafe { convnets_wait_copied(copied.as_mut_ptr()) })?;
+    }
+    let _ = copied;
+    Ok(())
+}
+
+/// Makes glibc's malloc serve allocations below 64 MiB from its heap instead of a fresh `mmap`
+/// each time. By default, blocks over an adaptive threshold (at most 32 MiB) are mapped and
+/// unmapped on every use, and each reuse then pays a page fault and zeroing per 4 KiB page: on a
+/// CPU, a training step allocates its activations and gradients anew every time. Returns whether
+/// malloc took the setting (glibc only; elsewhere nothing changes). The price is a higher
+/// resident peak, as freed heap memory is reused rather than returned: 64 MiB is the largest
+/// threshold that kept every network's peak below PyTorch's at d2l's settings (at 128 MiB VGG's
+/// was above it; docs/benchmarks.md).
+pub fn keep_large_allocations_on_the_heap() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_MMAP_THRESHOLD: i32 = -3;
+        // Setting the threshold stops glibc adapting it, and with it the trim threshold, which
+        // glibc would keep at twice the mmap threshold; left at its 128 KiB default, the heap's
+        // top is handed back and faulted in again every step (LeNet: 12-13k -> 14.5-16k
+        // examples/s with it).
+        // SAFETY: mallopt only sets malloc parameters; it is safe to call at any time.
+        unsafe { mallopt(M_MMAP_THRESHOLD, 64 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, 128 << 20) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    false
+}
+
+/// The most memory tensors held on `device` since the last [`reset_peak_memory`], in MiB (CUDA
+/// only; on the CPU the process's peak resident size is the figure, see `bench`).
+pub fn peak_memory_mib(device: Device) -> Option<f64> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(index) = device {
+        let mut bytes = 0i64;
+        check(unsafe { convnets_cuda_peak_allocated(index as i32, &mut bytes) }).ok()?;
+        return Some(bytes as f64 / (1 << 20) as f64);
+    }
+    let _ = device;
+    None
+}
+
+pub fn reset_peak_memory(device: Device) {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(index) = device {
+        let _ = check(unsafe { convnets_cuda_reset_peak(index as i32) });
+    }
+    let _ = device;
+}

@@ -1,0 +1,421 @@
+//! The command line's arguments, as clap parses them: one struct per group of flags, the
+//! commands that use them in the files beside this one.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tch::Device;
+
+use crate::accel::{MemoryFormat, Precision};
+use crate::bench::BenchConfig;
+use crate::data;
+use crate::models::Network;
+use crate::train;
+
+#[derive(Parser)]
+#[command(name = "convnets", version, about = "The modern CNNs of Dive into Deep Learning, in Rust on libtorch")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// An input shape: `CxHxW`, `HxW` or a single size `N` (square).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputShape {
+    pub channels: Option<i64>,
+    pub height: i64,
+    pub width: i64,
+}
+
+impl InputShape {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let parts: Result<Vec<i64>, _> = s.split(['x', 'X']).map(|p| p.trim().parse::<i64>()).collect();
+        let bad =
+            || format!("'{s}' is not an input shape: use CxHxW (e.g. 1x224x224), HxW, or N for NxN, sizes at least 1");
+        let parts = parts.map_err(|_| bad())?;
+        if parts.iter().any(|&d| d < 1) {
+            return Err(bad());
+        }
+        match parts[..] {
+            [c, h, w] => Ok(InputShape { channels: Some(c), height: h, width: w }),
+            [h, w] => Ok(InputShape { channels: None, height: h, width: w }),
+            [n] => Ok(InputShape { channels: None, height: n, width: n }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SummaryStyle {
+    /// torchsummary 1.5.1's table.
+    Torchsummary,
+    /// A torchinfo-like nested tree with mult-adds.
+    Tree,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// The eval-mode network as an ONNX model (opset 17, dynamic batch).
+    Onnx,
+    /// The weights under PyTorch's state_dict names.
+    Safetensors,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// List every network with its d2l input size, parameter count and description.
+    Models {
+        /// One JSON object per network, with d2l's settings and the book's results (the GPU soak
+        /// checks test accuracy against `test_acc_band`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a network's summary table, as torchsummary (default) or as a torchinfo-like tree.
+    Summary {
+        /// Network name (see `convnets models`).
+        net: String,
+        /// Input shape CxHxW (default: the network's d2l input).
+        #[arg(long, value_parser = InputShape::parse)]
+        input: Option<InputShape>,
+        /// Batch size shown in shapes and sizes (torchsummary default -1; tree default: d2l's).
+        #[arg(long, allow_negative_numbers = true)]
+        batch_size: Option<i64>,
+        #[arg(long, value_enum, default_value_t = SummaryStyle::Torchsummary)]
+        style: SummaryStyle,
+        #[command(flatten)]
+        shape: NetShapeArgs,
+    },
+    /// Print each top-level layer's output shape for one input, as the notebook's loops do.
+    Shapes {
+        net: String,
+        #[command(flatten)]
+        shape: NetShapeArgs,
+        #[arg(long, value_parser = InputShape::parse)]
+        input: Option<InputShape>,
+    },
+    /// Train a network on Fashion-MNIST as d2l's train_ch6 does (d2l's settings by default).
+    Train(Box<TrainArgs>),
+    /// Test accuracy, per-class accuracy and confusion matrix of a trained run.
+    Eval {
+        /// A run directory or its checkpoint.safetensors.
+        run: PathBuf,
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Classify test images (d2l's predict_ch3) or your own PNG images.
+    Predict {
+        /// A run directory or its checkpoint.safetensors.
+        run: PathBuf,
+        /// How many test images to show.
+        #[arg(long, default_value_t = 18)]
+        count: usize,
+        /// Where to write the picture of images with true and predicted labels.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Classify these grayscale PNG images instead (resized to the network's input).
+        #[arg(long, num_args = 1..)]
+        image: Vec<PathBuf>,
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Load a PyTorch state_dict (.safetensors, .pt or .pth) into a network, as a new run directory.
+    Import {
+        /// The weights, under the key names d2l's PyTorch code gives them (`0.weight`, ...).
+        weights: PathBuf,
+        #[arg(long)]
+        net: String,
+        /// The run directory to create (then usable with eval, predict and train --resume).
+        #[arg(long)]
+        out: PathBuf,
+        /// Load the keys that fit and report the others instead of refusing.
+        #[arg(long)]
+        allow_partial: bool,
+    },
+    /// Write a trained network as ONNX (any ONNX runtime) or its weights as a PyTorch state_dict
+    /// in safetensors (load_state_dict accepts it).
+    Export {
+        /// A run directory or its checkpoint.safetensors.
+        run: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Default: onnx when --out ends in .onnx, else safetensors.
+        #[arg(long, value_enum)]
+        format: Option<ExportFormat>,
+    },
+    /// Compare a network with PyTorch on a parity file (weights, input, outputs, gradients).
+    Parity {
+        file: PathBuf,
+        #[arg(long)]
+        net: String,
+    },
+    /// Measure train-step, pipeline-fed, eval and data throughput and peak memory per network.
+    Bench {
+        /// Networks to measure (default: the eight d2l trains).
+        nets: Vec<String>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Default: d2l's batch size for each network.
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Timed steps per measurement.
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Untimed steps before timing.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// One JSON object per network instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        speed: SpeedArgs,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Where a training step spends its time: each layer of the forward pass, backward, SGD step.
+    Profile {
+        net: String,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Default: d2l's batch size for the network.
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Timed steps to average (after one untimed step).
+        #[arg(long, default_value_t = 3)]
+        passes: usize,
+        #[command(flatten)]
+        speed: SpeedArgs,
+    },
+    /// Serve a live view of every run under a directory (finished and running, side by side).
+    Serve {
+        /// A directory of run directories (e.g. runs), or one run directory.
+        #[arg(default_value = "runs")]
+        dir: PathBuf,
+        /// Address to listen on: 127.0.0.1 and a free port by default.
+        #[arg(long, value_name = "ADDR")]
+        addr: Option<String>,
+    },
+    /// Fashion-MNIST: download the official files or describe the data in use.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+/// The network's input channels and classes, for data sets other than d2l's.
+#[derive(clap::Args)]
+pub struct NetShapeArgs {
+    /// Input channels (3 for colour images); --input's C sets it too.
+    #[arg(long, allow_negative_numbers = true)]
+    pub in_channels: Option<i64>,
+    /// Number of classes of the last layer.
+    #[arg(long, allow_negative_numbers = true)]
+    pub classes: Option<i64>,
+}
+
+#[derive(clap::Args)]
+pub struct DataArgs {
+    /// Directory with a data set: the four (Fashion-)MNIST IDX files (.gz or not), or CIFAR-10's
+    /// or CIFAR-100's binary files. Default: $CONVNETS_DATA, then the user cache
+    /// (~/.cache/convnets/fashion-mnist), then the embedded Fashion-MNIST sample.
+    #[arg(long = "data", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// fashion-mnist, mnist, cifar10, cifar100 or folder (default: what the directory holds;
+    /// IDX files are taken for Fashion-MNIST, a train/ folder of class folders for an image folder).
+    #[arg(long)]
+    pub dataset: Option<data::Format>,
+    /// An image folder without val/: hold this fraction of train/ out for evaluation (the same
+    /// images every time).
+    #[arg(long, allow_negative_numbers = true)]
+    pub val_split: Option<f64>,
+    /// Leave unreadable images of an image folder out (each is decoded once to check), listing
+    /// them, instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad_images: bool,
+}
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Network name (see `convnets models`); not needed with --resume.
+    pub net: Option<String>,
+    // Numbers are parsed signed so that a negative value gets our message, not a parse error.
+    #[arg(long, allow_negative_numbers = true)]
+    pub lr: Option<f64>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub epochs: Option<i64>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub batch_size: Option<i64>,
+    /// Resize images to NxN (d2l: 224 for AlexNet, VGG, NiN; 96 for GoogLeNet, ResNet, DenseNet).
+    #[arg(long, allow_negative_numbers = true)]
+    pub resize: Option<i64>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// auto (a GPU when there is one), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Run directory (default: runs/<net>-<date>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
+    /// Training-time augmentation: default (the data set's: for CIFAR, RandomCrop(32, padding=4)
+    /// and RandomHorizontalFlip; none for the MNISTs, as d2l) or none.
+    #[arg(long, value_name = "default|none", value_parser = ["default", "none"])]
+    pub augment: Option<String>,
+    /// Normalise each input channel: auto (mean and standard deviation of the training images,
+    /// computed once and cached beside the data) or none (d2l).
+    #[arg(long, value_name = "auto|none", value_parser = ["auto", "none"])]
+    pub normalize: Option<String>,
+    /// Serve a live view of the run (chart, progress, configuration) at ADDR: 127.0.0.1 and a
+    /// free port by default (printed at start); other interfaces only when named.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1")]
+    pub serve: Option<String>,
+    #[command(flatten)]
+    pub dist: DistArgs,
+    /// Continue the run in this directory from its last complete epoch.
+    #[arg(long, value_name = "DIR", conflicts_with_all = [
+        "net", "lr", "batch_size", "resize", "seed", "out", "precision", "memory_format", "optimizer", "momentum",
+        "nesterov", "weight_decay", "lr_schedule", "warmup_epochs", "label_smoothing", "augment", "normalize",
+        "sync_bn",
+    ])]
+    pub resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub speed: SpeedArgs,
+}
+
+/// Data-parallel training (see `convnets::dist`).
+#[derive(clap::Args)]
+pub struct DistArgs {
+    /// Train with N processes on this machine (Gloo on the CPU), each on 1/N of every batch;
+    /// --batch-size stays the global batch. Under torchrun, Slurm or with RANK, WORLD_SIZE,
+    /// MASTER_ADDR and MASTER_PORT set, convnets joins that run by itself instead.
+    #[arg(long, allow_negative_numbers = true)]
+    pub nproc: Option<i64>,
+    /// Batch norm with the statistics of the whole global batch (PyTorch's SyncBatchNorm); by
+    /// default each process normalises with its own share, as DDP does.
+    #[arg(long)]
+    pub sync_bn: bool,
+    /// Seconds a process waits for the others (to join, or in a collective) before it gives up
+    /// with an error.
+    #[arg(long, default_value_t = 300, allow_negative_numbers = true)]
+    pub dist_timeout: i64,
+}
+
+/// The training recipe (the defaults are d2l's: plain SGD at a constant rate).
+#[derive(clap::Args)]
+pub struct RecipeArgs {
+    /// sgd (d2l) or adamw.
+    #[arg(long)]
+    pub optimizer: Option<train::OptimizerName>,
+    /// SGD's momentum, e.g. 0.9 (default 0).
+    #[arg(long, allow_negative_numbers = true)]
+    pub momentum: Option<f64>,
+    /// Nesterov momentum (with --momentum).
+    #[arg(long)]
+    pub nesterov: bool,
+    /// Weight decay: an L2 penalty for SGD, decoupled for AdamW (default 0).
+    #[arg(long, allow_negative_numbers = true)]
+    pub weight_decay: Option<f64>,
+    /// constant (d2l), step (/10 at 1/2 and 3/4 of the epochs), cosine or onecycle.
+    #[arg(long)]
+    pub lr_schedule: Option<train::Schedule>,
+    /// Epochs of linear warm-up before the schedule (default 0).
+    #[arg(long)]
+    pub warmup_epochs: Option<usize>,
+    /// Label smoothing of the cross-entropy loss, e.g. 0.1 (default 0).
+    #[arg(long, allow_negative_numbers = true)]
+    pub label_smoothing: Option<f64>,
+}
+
+impl RecipeArgs {
+    pub fn recipe(&self) -> train::Recipe {
+        let d2l = train::Recipe::default();
+        train::Recipe {
+            optimizer: self.optimizer.unwrap_or(d2l.optimizer),
+            momentum: self.momentum.unwrap_or(d2l.momentum),
+            nesterov: self.nesterov,
+            weight_decay: self.weight_decay.unwrap_or(d2l.weight_decay),
+            lr_schedule: self.lr_schedule.unwrap_or(d2l.lr_schedule),
+            warmup_epochs: self.warmup_epochs.unwrap_or(d2l.warmup_epochs),
+            label_smoothing: self.label_smoothing.unwrap_or(d2l.label_smoothing),
+        }
+    }
+}
+
+/// How the arithmetic runs (the defaults compute exactly as d2l does).
+#[derive(clap::Args)]
+pub struct SpeedArgs {
+    /// fp32 (d2l), or bf16: autocast-style mixed precision (bfloat16 convolutions and matrix
+    /// products, float32 weights, gradients and loss).
+    #[arg(long)]
+    pub precision: Option<Precision>,
+    /// Layout of images and convolution weights: contiguous (NCHW), channels-last (NHWC), or
+    /// auto: channels-last where it speeds the network up on the device (all but LeNet on a
+    /// CPU; on a GPU, not DenseNet either).
+    #[arg(long, default_value = "auto")]
+    pub memory_format: MemoryFormat,
+    /// On CUDA, replay each training and evaluation step from a captured CUDA graph (fewer
+    /// launches; experimental: off until a GPU soak passes with it, see issue 11).
+    #[arg(long)]
+    pub cuda_graphs: bool,
+    /// Run every step eagerly: the default; kept so that older scripts still run.
+    #[arg(long, hide = true, conflicts_with = "cuda_graphs")]
+    pub no_graphs: bool,
+}
+
+impl SpeedArgs {
+    pub fn bench_config(&self, device: Device, batch_size: Option<usize>, steps: usize, warmup: usize) -> BenchConfig {
+        BenchConfig {
+            device,
+            batch_size,
+            steps,
+            warmup,
+            precision: self.precision.unwrap_or_default(),
+            memory_format: self.memory_format,
+            cuda_graphs: self.cuda_graphs,
+        }
+    }
+
+    pub fn apply(&self, net: &mut Network) -> anyhow::Result<()> {
+        net.set_channels_last(net.info.uses_channels_last(self.memory_format, net.device()))?;
+        net.set_cuda_graphs(self.cuda_graphs);
+        Ok(())
+    }
+}
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Download the official files (md5-checked) into the user cache or --dir.
+    Download {
+        /// fashion-mnist (default), cifar10 or cifar100.
+        #[arg(default_value = "fashion-mnist")]
+        dataset: data::Format,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Counts, class balance and pixel mean/std of the data in use.
+    Info {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Times the training pipeline alone: decoding, the data set's augmentation at --side
+    /// (an image folder: RandomResizedCrop and flip), batching and Normalize, over the training
+    /// set. Reports images per second of wall time and per second of CPU time (per core).
+    Bench {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Side of the network input the images are cropped or resized to.
+        #[arg(long, default_value_t = 224)]
+        side: usize,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Passes over the training set (each with new random crops).
+        #[arg(long, default_value_t = 1)]
+        epochs: usize,
+    },
+}

@@ -1,0 +1,95 @@
+//! `convnets data`: the official downloads, what the data in use holds, the pipeline's speed;
+//! and how every command finds its data.
+
+use std::path::PathBuf;
+
+use tch::Device;
+
+use super::args::DataArgs;
+use super::at_least_one;
+use crate::bench::cpu_seconds;
+use crate::data::{self, Dataset, Format};
+use crate::error::usage;
+use crate::train::TrainConfig;
+
+/// Loads the data set and says where it came from (and which images it left out). A run that
+/// held out part of an image folder (`val_split`) holds out the same part again.
+pub fn load(args: &DataArgs, run_val_split: Option<f64>, report: bool) -> anyhow::Result<Dataset> {
+    let options =
+        data::FolderOptions { val_split: args.val_split.or(run_val_split), skip_bad_images: args.skip_bad_images };
+    let data = Dataset::load_with(args.dir.as_deref(), args.dataset, &options)?;
+    let kind = if data.format == Format::FashionMnist { String::new() } else { format!("{} ", data.format.name()) };
+    if !report {
+        return Ok(data);
+    }
+    eprintln!("data: {kind}{}", data.source);
+    if !data.skipped.is_empty() {
+        eprintln!("data: left out {} unreadable image(s):", data.skipped.len());
+        for why in &data.skipped {
+            eprintln!("  {why}");
+        }
+    }
+    Ok(data)
+}
+
+/// `convnets data download`: the official files of `dataset`, md5-checked, into `dir` or the
+/// user cache.
+pub fn download(dataset: Format, dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let dir = dir
+        .or_else(|| data::cache_dir_of(dataset))
+        .ok_or_else(|| usage("no cache directory ($HOME unset): pass --dir"))?;
+    let log = |line: &str| eprintln!("{line}");
+    match dataset {
+        Format::FashionMnist => data::download(&dir, &data::mirrors(), &data::OFFICIAL_MD5, log)?,
+        Format::Cifar10 | Format::Cifar100 => {
+            let cifar = if dataset == Format::Cifar10 { data::Cifar::Ten } else { data::Cifar::Hundred };
+            let (url, md5) = data::cifar_archive(cifar);
+            data::download_cifar(&dir, cifar, url, md5, log)?;
+        }
+        other => {
+            return Err(usage(format!("{} has no official download: give its folder with --data", other.name())));
+        }
+    }
+    println!("{} is in {}", dataset.name(), dir.display());
+    Ok(())
+}
+
+/// `convnets data info`: counts, class balance and pixel statistics of both splits.
+pub fn info(args: &DataArgs) -> anyhow::Result<()> {
+    let data = load(args, None, true)?;
+    println!("train: {}", data::describe(&data.train, &data.classes).trim_end());
+    println!("test: {}", data::describe(&data.test, &data.classes).trim_end());
+    Ok(())
+}
+
+/// `convnets data bench`: the training pipeline alone over the training set, `epochs` times.
+pub fn bench(args: &DataArgs, side: usize, batch_size: usize, epochs: usize) -> anyhow::Result<()> {
+    let data = load(args, None, true)?;
+    let mut config = TrainConfig::d2l("resnet18").map_err(|e| usage(e.to_string()))?;
+    config.use_dataset(&data);
+    config.resize = Some(at_least_one("--side", side as i64)?);
+    // torchvision's ImageNet constants, as its reference training script uses them.
+    let imagenet = data::Normalize { mean: vec![0.485, 0.456, 0.406], std: vec![0.229, 0.224, 0.225] };
+    config.normalize = Some(match data.channels() {
+        3 => imagenet,
+        c => data::Normalize { mean: vec![0.5; c], std: vec![0.25; c] },
+    });
+    let batch_size = at_least_one("--batch-size", batch_size as i64)?;
+    let (cpu_started, started) = (cpu_seconds(), std::time::Instant::now());
+    let mut images = 0;
+    for epoch in 0..at_least_one("--epochs", epochs as i64)? {
+        let prep = config.train_prep(epoch);
+        let order = data::epoch_order(data.train.len(), config.seed, epoch);
+        for batch in data::batches(data.train.clone(), order, batch_size, prep.clone()) {
+            let input = batch?.images(Device::Cpu, prep.normalize.as_ref())?;
+            images += input.size()[0] as usize;
+        }
+    }
+    let (wall, cpu) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu_started);
+    println!(
+        "{images} images to {side}x{side} in {wall:.2} s: {:.1} images/s, {:.1} images per CPU second",
+        images as f64 / wall,
+        images as f64 / cpu.max(1e-9)
+    );
+    Ok(())
+}

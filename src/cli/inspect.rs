@@ -1,0 +1,104 @@
+//! `convnets models`, `summary` and `shapes`: the networks as the chapter shows them.
+
+use tch::Device;
+
+use super::args::{InputShape, NetShapeArgs, SummaryStyle};
+use crate::error::usage;
+use crate::models::{self, MODELS, NetConfig, Network};
+use crate::summary;
+
+/// Every network with its d2l input and parameter count, as a table or one JSON object each.
+pub fn models(json: bool) -> anyhow::Result<()> {
+    if !json {
+        println!("{:<18} {:<11} {:>12}  description", "name", "input", "params");
+    }
+    for info in MODELS {
+        let net = Network::from_info(info, NetConfig::default(), Device::Cpu);
+        let [c, h, w] = net.default_input();
+        let input = format!("{c}x{h}x{w}");
+        if json {
+            let book = info.book.map(|b| {
+                serde_json::json!({
+                    "loss": b.loss,
+                    "train_acc": b.train_acc,
+                    "test_acc": b.test_acc,
+                    "test_acc_band": [b.test_acc_band.0, b.test_acc_band.1],
+                })
+            });
+            let line = serde_json::json!({
+                "name": info.name,
+                "input": input,
+                "params": net.num_parameters(),
+                "batch_size": info.batch_size,
+                "lr": info.lr,
+                "epochs": info.epochs,
+                "book": book,
+            });
+            println!("{line}");
+            continue;
+        }
+        println!(
+            "{:<18} {:<11} {:>12}  {}",
+            info.name,
+            input,
+            summary::thousands(net.num_parameters()),
+            info.description
+        );
+    }
+    Ok(())
+}
+
+/// torchsummary's table or a torchinfo-like tree of `name`.
+pub fn summary(
+    name: &str,
+    input: Option<InputShape>,
+    batch_size: Option<i64>,
+    style: SummaryStyle,
+    shape: &NetShapeArgs,
+) -> anyhow::Result<()> {
+    let (net, shape) = network_for(name, input, shape)?;
+    if batch_size.is_some_and(|b| b == 0 || b < -1) {
+        return Err(usage("--batch-size must be -1 (unspecified) or at least 1"));
+    }
+    let records = net.trace(&shape)?;
+    let text = match style {
+        SummaryStyle::Torchsummary => summary::torchsummary(&records, &shape, batch_size.unwrap_or(-1)),
+        SummaryStyle::Tree => {
+            let batch = batch_size.filter(|&b| b > 0).unwrap_or(net.info.batch_size);
+            summary::torchinfo(&records, &shape, batch)
+        }
+    };
+    print!("{text}");
+    Ok(())
+}
+
+/// Each top-level layer's output shape for one input, as the notebook's loops print them.
+pub fn shapes(name: &str, input: Option<InputShape>, shape: &NetShapeArgs) -> anyhow::Result<()> {
+    let (net, shape) = network_for(name, input, shape)?;
+    print!("{}", summary::shapes(&net.trace(&shape)?));
+    Ok(())
+}
+
+/// Builds `name` for `input` (its channels set the network's) and checks the input fits.
+fn network_for(name: &str, input: Option<InputShape>, shape: &NetShapeArgs) -> anyhow::Result<(Network, [i64; 3])> {
+    let info = models::find(name).map_err(|e| usage(e.to_string()))?;
+    let channels = match (input.and_then(|i| i.channels), shape.in_channels) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(usage(format!("--input has {a} channels but --in-channels says {b}")));
+        }
+        (a, b) => a.or(b).unwrap_or(1),
+    };
+    let classes = shape.classes.unwrap_or(NetConfig::default().num_classes);
+    for (flag, value) in [("--in-channels", channels), ("--classes", classes)] {
+        if value < 1 {
+            return Err(usage(format!("{flag} must be at least 1, got {value}")));
+        }
+    }
+    let net = Network::from_info(info, NetConfig { in_channels: channels, num_classes: classes }, Device::Cpu);
+    let shape = match input {
+        Some(i) => [channels, i.height, i.width],
+        None => net.default_input(),
+    };
+    net.check_input(&shape).map_err(|e| usage(e.to_string()))?;
+    Ok((net, shape))
+}

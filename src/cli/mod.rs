@@ -1,0 +1,134 @@
+//! The `convnets` command line: the arguments (`args`), one file per family of commands, and
+//! here the entry point that turns every failure into one line and an exit code.
+
+mod args;
+mod bench;
+mod data;
+mod evaluate;
+mod inspect;
+mod predict;
+mod serve;
+mod train;
+mod weights;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::error::{UsageError, error_line, libtorch_message, usage};
+use args::{Cli, Command, DataCommand};
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    keep_freed_memory();
+    // Every libtorch call on the paths a command takes is fallible, but a panic raised with one
+    // of libtorch's errors (inside tch, or a call missed) must still end as one line, not as a
+    // panic report with a C++ stack: the hook stays quiet for those, and `run_guarded` turns
+    // them into errors. Any other panic is a bug and is reported as usual.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if libtorch_panic(info.payload()).is_none() {
+            default_hook(info);
+        }
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // One line: clap's first, which names the argument and the problem.
+            let text = e.render().to_string();
+            eprintln!("{} (see --help)", text.lines().next().unwrap_or("error: invalid arguments"));
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            let _ = e.print(); // --help, --version
+            return ExitCode::SUCCESS;
+        }
+    };
+    match run_guarded(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", error_line(&e));
+            ExitCode::from(if e.downcast_ref::<UsageError>().is_some() { 2 } else { 1 })
+        }
+    }
+}
+
+/// Asks glibc's allocator to keep freed blocks of up to 256 MiB for reuse instead of returning
+/// them to the kernel at once: every batch allocates and frees the same few megabytes (decoded
+/// images, crops, the float input), and fresh pages from the kernel cost a page fault and a
+/// zeroing each, an eighth of an image folder's pipeline. Peak memory is unchanged.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_MMAP_THRESHOLD: i32 = -3;
+        // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 256 << 20);
+            mallopt(M_TRIM_THRESHOLD, 512 << 20);
+        }
+    }
+}
+
+/// [`run`], with a panic that carries a libtorch error turned into that error.
+fn run_guarded(command: Command) -> anyhow::Result<()> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(command))) {
+        Ok(result) => result,
+        Err(payload) => match libtorch_panic(payload.as_ref()) {
+            Some(message) => Err(anyhow::anyhow!("libtorch: {}", libtorch_message(&message))),
+            None => std::panic::resume_unwind(payload),
+        },
+    }
+}
+
+/// libtorch's message, when a panic's payload is tch unwrapping one of its errors.
+fn libtorch_panic(payload: &(dyn std::any::Any + Send)) -> Option<String> {
+    let text =
+        payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied())?;
+    // tch's `unwrap()`s read: called `Result::unwrap()` on an `Err` value: Torch("...")
+    let start = text.find("Torch(\"")? + "Torch(\"".len();
+    let message = text[start..].trim_end_matches(')').trim_end_matches('"');
+    // Debug formatting escaped the message's line breaks and quotes.
+    Some(message.replace("\\n", "\n").replace("\\\"", "\""))
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Models { json } => inspect::models(json),
+        Command::Summary { net, input, batch_size, style, shape } => {
+            inspect::summary(&net, input, batch_size, style, &shape)
+        }
+        Command::Shapes { net, input, shape } => inspect::shapes(&net, input, &shape),
+        Command::Train(args) => train::run(*args),
+        Command::Eval { run, data, device } => evaluate::run(&run, &data, &device),
+        Command::Predict { run, count, out, image, data, device } => {
+            predict::run(&run, count, out.as_deref(), &image, &data, &device)
+        }
+        Command::Import { weights, net, out, allow_partial } => weights::import(&weights, &net, &out, allow_partial),
+        Command::Export { run, out, format } => weights::export(&run, &out, format),
+        Command::Parity { file, net } => bench::parity(&file, &net),
+        Command::Bench { nets, device, batch_size, steps, warmup, json, speed, data } => {
+            bench::bench(nets, &device, batch_size, steps, warmup, json, &speed, &data)
+        }
+        Command::Profile { net, device, batch_size, passes, speed } => {
+            bench::profile(&net, &device, batch_size, passes, &speed)
+        }
+        Command::Serve { dir, addr } => serve::run(&dir, addr.as_deref()),
+        Command::Data { command } => match command {
+            DataCommand::Download { dataset, dir } => data::download(dataset, dir),
+            DataCommand::Info { data } => data::info(&data),
+            DataCommand::Bench { data, side, batch_size, epochs } => data::bench(&data, side, batch_size, epochs),
+        },
+    }
+}
+
+/// A count the user gave, which must be positive.
+pub(crate) fn at_least_one(flag: &str, value: i64) -> anyhow::Result<usize> {
+    usize::try_from(value)
+        .ok()
+        .filter(|&v| v >= 1)
+        .ok_or_else(|| usage(format!("{flag} must be at least 1, got {value}")))
+}

@@ -1,0 +1,59 @@
+//! How a run's images become batches: the transforms of training, with the data set's usual
+//! augmentation, and of evaluation, as torchvision's reference recipes make them.
+
+use super::formats::cifar;
+use super::{Format, Normalize, Pipeline, Prep, Transform};
+
+/// What decides a run's transforms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Presets {
+    pub format: Format,
+    /// The height and width of the network's input.
+    pub side: usize,
+    /// `--resize`: images resized to this side (without it, the MNISTs and CIFAR keep their own).
+    pub resize: Option<usize>,
+    /// Training-time augmentation, the data set's usual one (`--augment`).
+    pub augment: bool,
+    /// The seed each image's random draws start from (with the epoch and the image's index).
+    pub seed: u64,
+    /// `--normalize`: per-channel `(x - mean) / std` after ToTensor.
+    pub normalize: Option<Normalize>,
+}
+
+impl Presets {
+    /// How training batches of `epoch` are made. With augmentation, the data set's: for CIFAR,
+    /// torchvision's `RandomCrop(32, padding=4)` and `RandomHorizontalFlip()`, then the resize;
+    /// for an image folder, `RandomResizedCrop(side)` and the flip; the MNISTs never augment
+    /// (d2l). Without, evaluation's transforms.
+    pub fn train(&self, epoch: usize) -> Prep {
+        let transforms = match self.format {
+            _ if !self.augment => return Prep { epoch, ..self.eval() },
+            Format::Folder => vec![Transform::RandomResizedCrop(self.side), Transform::RandomHorizontalFlip],
+            Format::Cifar10 | Format::Cifar100 => {
+                let crop = [Transform::RandomCrop { size: cifar::SIDE, padding: 4 }, Transform::RandomHorizontalFlip];
+                crop.into_iter().chain(self.resize.map(Transform::Resize)).collect()
+            }
+            Format::FashionMnist | Format::Mnist => self.resize.map(Transform::Resize).into_iter().collect(),
+        };
+        self.prep(transforms, epoch)
+    }
+
+    /// How evaluation batches are made: the resize alone; for an image folder, torchvision's
+    /// `Resize(side / 0.875)` (256 for 224) and `CenterCrop(side)`, or, without augmentation,
+    /// `Resize((side, side))` as for training.
+    pub fn eval(&self) -> Prep {
+        let transforms = match self.format {
+            Format::Folder if self.augment => {
+                let resize = (self.side as f64 / 0.875).round() as usize;
+                vec![Transform::ResizeShorter(resize), Transform::CenterCrop(self.side)]
+            }
+            Format::Folder => vec![Transform::Resize(self.side)],
+            _ => self.resize.map(Transform::Resize).into_iter().collect(),
+        };
+        self.prep(transforms, 0)
+    }
+
+    fn prep(&self, transforms: Vec<Transform>, epoch: usize) -> Prep {
+        Prep { pipeline: Pipeline { transforms }, seed: self.seed, epoch, normalize: self.normalize.clone() }
+    }
+}

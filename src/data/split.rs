@@ -1,0 +1,48 @@
+//! One split of a data set (train or test): its images, in memory or as files, and labels.
+
+use std::path::PathBuf;
+
+use super::{Image, decode};
+
+/// Images (bytes, each image its channels' planes of row-major pixels) and labels of one split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Split {
+    pub images: Vec<u8>,
+    pub labels: Vec<u8>,
+    /// 1 for grey images, 3 for colour (red, green and blue planes).
+    pub channels: usize,
+    /// Height and width of every image; 0 for an image folder's, whose sizes vary.
+    pub rows: usize,
+    pub cols: usize,
+    /// An image folder's files, decoded when their batch is made (`images` is then empty).
+    pub files: Vec<PathBuf>,
+}
+
+impl Split {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// The pixels of image `i`, plane after plane (images held in memory).
+    pub fn image(&self, i: usize) -> &[u8] {
+        let size = self.channels * self.rows * self.cols;
+        &self.images[i * size..(i + 1) * size]
+    }
+
+    /// Image `i`, decoded from its file when the split is an image folder's.
+    pub fn load(&self, i: usize) -> anyhow::Result<Image> {
+        match self.files.get(i) {
+            Some(path) => decode::decode_as(path, self.channels),
+            None => Ok(Image {
+                pixels: self.image(i).to_vec(),
+                channels: self.channels,
+                height: self.rows,
+                width: self.cols,
+            }),
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! How convnets reports what went wrong: a mistake in what the user asked for (exit code 2)
+//! apart from a failure while doing it (exit code 1), and libtorch's messages cut to the line a
+//! user can act on.
+
+/// A mistake in what the user asked for (the CLI exits with code 2), as opposed to a failure
+/// while doing it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// A [`UsageError`] as an `anyhow::Error`.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    UsageError(message.into()).into()
+}
+
+/// Whether the user asked for backtraces (`RUST_BACKTRACE` set and not `0`): then libtorch's
+/// messages keep their C++ stack, otherwise only their first line is shown.
+pub fn backtraces_wanted() -> bool {
+    std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0")
+}
+
+/// A message from libtorch as convnets reports it: its first line (libtorch appends the C++
+/// stack, "Exception raised from ... frame #0 ...", dozens of lines a user cannot act on),
+/// or all of it when [`backtraces_wanted`].
+pub fn libtorch_message(message: &str) -> String {
+    let message = message.trim();
+    if backtraces_wanted() {
+        return message.to_string();
+    }
+    message.lines().next().unwrap_or("").trim_end().to_string()
+}
+
+/// A libtorch error as a one-line message (see [`libtorch_message`]).
+pub fn torch_error(error: &tch::TchError) -> String {
+    match error {
+        tch::TchError::Torch(message) => format!("libtorch: {}", libtorch_message(message)),
+        other => libtorch_message(&other.to_string()),
+    }
+}
+
+/// An error and its causes on one line, as the command line prints them (`what: why: ...`), with
+/// libtorch's messages cut to their first line (see [`libtorch_message`]).
+pub fn error_line(error: &anyhow::Error) -> String {
+    let parts: Vec<String> = error
+        .chain()
+        .map(|e| match e.downcast_ref::<tch::TchError>() {
+            Some(torch) => torch_error(torch),
+            None => libtorch_message(&e.to_string()),
+        })
+        .collect();
+    parts.join(": ")
+}

@@ -1,0 +1,114 @@
+//! The C shim in `csrc/` (compiled by `build.rs`): the libtorch calls tch does not expose, for
+//! `accel` (`csrc/accel.cpp`) and `distributed` (`csrc/dist.cpp`). Its error convention
+//! (`csrc/guard.h`): every function returns NULL on success or a malloc'ed message, which
+//! [`check`] turns into an error value; no C++ exception crosses into Rust.
+
+use std::ffi::{CStr, CString, c_char, c_void};
+
+use tch::Tensor;
+use torch_sys::C_tensor;
+
+// csrc/accel.cpp
+unsafe extern "C" {
+    pub fn convnets_autocast_bf16(cuda: i32, enabled: i32) -> *mut c_char;
+    pub fn convnets_set_channels_last(t: *mut C_tensor) -> *mut c_char;
+    pub fn convnets_channels_last(t: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
+}
+
+// csrc/accel.cpp, CUDA part
+#[cfg(feature = "cuda")]
+unsafe extern "C" {
+    pub fn convnets_graph_new(out: *mut *mut c_void) -> *mut c_char;
+    pub fn convnets_graph_free(g: *mut c_void);
+    pub fn convnets_graph_begin(g: *mut c_void) -> *mut c_char;
+    pub fn convnets_graph_end(g: *mut c_void) -> *mut c_char;
+    pub fn convnets_graph_replay(g: *mut c_void) -> *mut c_char;
+    pub fn convnets_cuda_peak_allocated(device: i32, out: *mut i64) -> *mut c_char;
+    pub fn convnets_cuda_reset_peak(device: i32) -> *mut c_char;
+    pub fn convnets_empty_pinned_u8(sizes: *const i64, ndim: i32, out: *mut *mut C_tensor) -> *mut c_char;
+    pub fn convnets_copy_to_cuda_async(host: *const C_tensor, device: i32, out: *mut *mut C_tensor) -> *mut c_char;
+    pub fn convnets_wait_copied(t: *mut C_tensor) -> *mut c_char;
+}
+
+// csrc/dist.cpp
+unsafe extern "C" {
+    pub fn convnets_store_new(
+        host: *const c_char,
+        port: i32,
+        serve: i32,
+        timeout_ms: i32,
+        prefix: *const c_char,
+        out: *mut *mut c_void,
+        bound_port: *mut i32,
+    ) -> *mut c_char;
+    pub fn convnets_store_free(store: *mut c_void);
+    pub fn convnets_quiet_c10d_logs();
+    pub fn convnets_store_set(store: *mut c_void, key: *const c_char, data: *const u8, len: usize) -> *mut c_char;
+    pub fn convnets_store_get(
+        store: *mut c_void,
+        key: *const c_char,
+        data: *mut *mut u8,
+        len: *mut usize,
+    ) -> *mut c_char;
+    pub fn convnets_store_check(store: *mut c_void, key: *const c_char, present: *mut i32) -> *mut c_char;
+    pub fn convnets_store_add(store: *mut c_void, key: *const c_char, value: i64, out: *mut i64) -> *mut c_char;
+    pub fn convnets_gloo_new(
+        store: *mut c_void,
+        rank: i32,
+        size: i32,
+        timeout_ms: i32,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
+    pub fn convnets_group_free(group: *mut c_void);
+    pub fn convnets_all_reduce(group: *mut c_void, t: *mut C_tensor) -> *mut c_char;
+    pub fn convnets_broadcast(group: *mut c_void, t: *mut C_tensor, root: i32) -> *mut c_char;
+    pub fn convnets_sync_batch_norm(
+        group: *mut c_void,
+        x: *const C_tensor,
+        weight: *const C_tensor,
+        bias: *const C_tensor,
+        running_mean: *mut C_tensor,
+        running_var: *mut C_tensor,
+        momentum: f64,
+        eps: f64,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+}
+
+unsafe extern "C" {
+    #[link_name = "free"]
+    fn libc_free(p: *mut c_void);
+}
+
+/// Frees memory the shim allocated with malloc and handed over.
+///
+/// # Safety
+/// `p` must come from the shim's malloc and not be used afterwards.
+pub unsafe fn free(p: *mut c_void) {
+    unsafe { libc_free(p) }
+}
+
+/// Turns the shim's error convention (NULL or a malloc'ed message) into a `Result`.
+pub fn check(message: *mut c_char) -> anyhow::Result<()> {
+    if message.is_null() {
+        return Ok(());
+    }
+    // SAFETY: the shim returns a NUL-terminated string from malloc, ours to free.
+    let text = unsafe { CStr::from_ptr(message) }.to_string_lossy().into_owned();
+    unsafe { free(message.cast()) };
+    Err(anyhow::anyhow!("libtorch: {}", crate::error::libtorch_message(&text)))
+}
+
+/// The tensor a shim function makes: `call` passes its out-parameter on and returns the shim's
+/// result.
+pub fn new_tensor(call: impl FnOnce(*mut *mut C_tensor) -> *mut c_char) -> anyhow::Result<Tensor> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    check(call(&mut out))?;
+    // SAFETY: on success the shim stored a new, owned at::Tensor.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// `s` as a C string, refused when it holds a NUL byte.
+pub fn c_string(s: &str) -> anyhow::Result<CString> {
+    CString::new(s).map_err(|_| anyhow::anyhow!("{s:?} contains a NUL byte"))
+}

@@ -1,0 +1,199 @@
+//! The zoo: every network of the chapter with d2l's settings and published results for it.
+
+use tch::Device;
+use tch::nn::Path;
+
+use super::{alexnet, densenet, googlenet, lenet, nin, resnet, vgg};
+use crate::accel::MemoryFormat;
+use crate::nn::Sequential;
+
+/// What every network is built for: input channels and number of classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetConfig {
+    pub in_channels: i64,
+    pub num_classes: i64,
+}
+
+impl Default for NetConfig {
+    /// Fashion-MNIST: one grey channel, ten classes.
+    fn default() -> Self {
+        NetConfig { in_channels: 1, num_classes: 10 }
+    }
+}
+
+/// d2l's published result for a network.
+#[derive(Debug, Clone, Copy)]
+pub struct BookResult {
+    pub loss: f64,
+    pub train_acc: f64,
+    pub test_acc: f64,
+    /// On one Tesla V100.
+    pub examples_per_sec: f64,
+    /// Test accuracy range over nine builds of the book.
+    pub test_acc_band: (f64, f64),
+}
+
+/// A network of the zoo with d2l's training settings for it.
+pub struct ModelInfo {
+    /// The CLI name, e.g. `resnet18`.
+    pub name: &'static str,
+    pub description: &'static str,
+    /// Height and width d2l resizes Fashion-MNIST to for this network.
+    pub input_size: i64,
+    pub batch_size: i64,
+    pub lr: f64,
+    pub epochs: usize,
+    /// `None` for networks d2l does not train (full-width VGG-11).
+    pub book: Option<BookResult>,
+    /// Whether channels-last (NHWC) is the faster layout on a GPU, as measured on an H100
+    /// (docs/benchmarks.md): it is for the plain convolution stacks, not for DenseNet, whose
+    /// concatenations cost more in NHWC, nor for LeNet, too small to gain.
+    pub channels_last_on_cuda: bool,
+    /// The same on a CPU (oneDNN; NCHW max pooling in particular is several times slower):
+    /// faster for every network but LeNet, whose 6- and 16-channel maps are too thin for it.
+    pub channels_last_on_cpu: bool,
+    pub build: fn(&Path, &NetConfig) -> Sequential,
+}
+
+impl ModelInfo {
+    /// Whether this network runs channels-last on `device` when `format` is asked for (`auto`:
+    /// where it measured faster, see `channels_last_on_cuda` and `channels_last_on_cpu`).
+    pub fn uses_channels_last(&self, format: MemoryFormat, device: Device) -> bool {
+        match format {
+            MemoryFormat::Auto if device.is_cuda() => self.channels_last_on_cuda,
+            MemoryFormat::Auto => self.channels_last_on_cpu,
+            MemoryFormat::Contiguous => false,
+            MemoryFormat::ChannelsLast => true,
+        }
+    }
+}
+
+const fn book(loss: f64, train_acc: f64, test_acc: f64, examples_per_sec: f64, band: (f64, f64)) -> Option<BookResult> {
+    Some(BookResult { loss, train_acc, test_acc, examples_per_sec, test_acc_band: band })
+}
+
+/// Every network, in the chapter's order.
+pub static MODELS: &[ModelInfo] = &[
+    ModelInfo {
+        name: "alexnet",
+        description: "AlexNet: 5 convolutions, 3 dense layers with dropout, ReLU (d2l 7.1)",
+        input_size: 224,
+        batch_size: 128,
+        lr: 0.01,
+        epochs: 10,
+        book: book(0.327, 0.880, 0.882, 4171.0, (0.877, 0.883)),
+        channels_last_on_cuda: true,
+        channels_last_on_cpu: true,
+        build: alexnet::alexnet,
+    },
+    ModelInfo {
+        name: "vgg11",
+        description: "VGG-11 at full width: 5 vgg_blocks (8 convolutions), 3 dense layers (d2l 7.2)",
+        input_size: 224,
+        batch_size: 128,
+        lr: 0.05,
+        epochs: 10,
+        book: None,
+        channels_last_on_cuda: true,
+        channels_last_on_cpu: true,
+        build: |p, cfg| vgg::vgg(p, &vgg::VGG11_ARCH, 1, cfg),
+    },
+    ModelInfo {
+        name: "vgg11-small",
+        description: "VGG-11 with channels divided by 4, as d2l trains it (d2l 7.2)",
+        input_size: 224,
+        batch_size: 128,
+        lr: 0.05,
+        epochs: 10,
+        book: book(0.185, 0.931, 0.922, 2551.0, (0.915, 0.924)),
+        channels_last_on_cuda: true,
+        channels_last_on_cpu: true,
+        build: |p, cfg| vgg::vgg(p, &vgg::VGG11_ARCH, 4, cfg),
+    },
+    ModelInfo {
+        name: "nin",
+        description: "Network in Network: nin_blocks of 1x1 convolutions, global average pooling (d2l 7.3)",
+        input_size: 224,
+        batch_size: 128,
+        lr: 0.1,
+        epochs: 10,
+        book: book(0.591, 0.795, 0.785, 3201.0, (0.449, 0.872)),
+        channels_last_on_cuda: true,
+        channels_last_on_cpu: true,
+        build: nin::nin,
+    },
+    ModelInfo {
+        name: "googlenet",
+        description: "GoogLeNet: 9 Inception blocks with parallel paths (d2l 7.4)",
+        input_size: 96,
+        batch_size: 128,
+        lr: 0.1,
+        epochs: 10,
+        book: book(0.232, 0.913, 0.883, 3568.0, (0.854, 0.902)),
+        channels_last_on_cuda: true,
+        channels_last_on_cpu: true,
+        build: googlenet::googlenet,
+    },
+    ModelInfo {
+        name: "lenet-bn-scratch",
+        description: "LeNet with batch normalization written from tensor operations (d2l 7.5)",
+        input_size: 28,
+        batch_size: 256,
+        lr: 1.0,
+        epochs: 10,
+        book: book(0.269, 0.900, 0.838, 34609.0, (0.682, 0.885)),
+        channels_last_on_cuda: false,
+        channels_last_on_cpu: false,
+        build: |p, cfg| lenet::lenet_bn(p, cfg, lenet::Norm::Scratch),
+    },
+    ModelInfo {
+        name: "lenet-bn",
+        description: "LeNet with the built-in BatchNorm2d/BatchNorm1d layers (d2l 7.5)",
+        input_size: 28,
+        batch_size: 256,
+        lr: 1.0,
+        epochs: 10,
+        book: book(0.278, 0.897, 0.836, 63564.0, (0.518, 0.883)),
+        channels_last_on_cuda: false,
+        channels_last_on_cpu: false,
+        build: |p, cfg| lenet::lenet_bn(p, cfg, lenet::Norm::BuiltIn),
+    },
+    ModelInfo {
+        name: "resnet18",
+        description: "ResNet-18: Residual blocks with shortcut Y + X, 4 resnet_block stages (d2l 7.6)",
+        input_size: 96,
+        batch_size: 256,
+        lr: 0.05,
+        epochs: 10,
+        book: book(0.013, 0.997, 0.918, 4672.0, (0.894, 0.924)),
+        channels_last_on_cuda: true,
+        channels_last_on_cpu: true,
+        build: resnet::resnet18,
+    },
+    ModelInfo {
+        name: "densenet",
+        description: "DenseNet: 4 DenseBlocks of 4 conv_blocks, growth 32, transition_blocks (d2l 7.7)",
+        input_size: 96,
+        batch_size: 256,
+        lr: 0.1,
+        epochs: 10,
+        book: book(0.139, 0.950, 0.821, 5563.0, (0.821, 0.911)),
+        channels_last_on_cuda: false,
+        channels_last_on_cpu: true,
+        build: densenet::densenet,
+    },
+];
+
+/// A network name that is not in the zoo.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("unknown network '{0}'; valid names: {names}", names = model_names().join(", "))]
+pub struct UnknownModel(pub String);
+
+pub fn model_names() -> Vec<&'static str> {
+    MODELS.iter().map(|m| m.name).collect()
+}
+
+/// Looks a network up by its CLI name.
+pub fn find(name: &str) -> Result<&'static ModelInfo, UnknownModel> {
+    MODELS.iter().find(|m| m.name == name).ok_or_else(|| UnknownModel(name.to_string()))
+}

@@ -1,0 +1,64 @@
+//! `nn.Sequential`.
+
+use tch::Tensor;
+use tch::nn::Path;
+
+use super::{Ctx, Fwd, Layer};
+
+/// `nn.Sequential`: runs its layers in order.
+pub struct Sequential {
+    pub layers: Vec<Box<dyn Layer>>,
+}
+
+impl Sequential {
+    pub fn new() -> Self {
+        Sequential { layers: Vec::new() }
+    }
+
+    /// Appends a layer (builder style, named like tch's `Sequential::add`).
+    #[allow(clippy::should_implement_trait)]
+    pub fn add(mut self, layer: impl Layer + 'static) -> Self {
+        self.layers.push(Box::new(layer));
+        self
+    }
+
+    /// Appends the layer `build` makes under this container's next index, the name PyTorch's
+    /// `nn.Sequential` gives it (`0`, `1`, ...), so weights carry `state_dict` names.
+    pub fn add_at<L: Layer + 'static>(self, p: &Path, build: impl FnOnce(&Path) -> L) -> Self {
+        let child = p / self.layers.len();
+        self.add(build(&child))
+    }
+
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+}
+
+impl Default for Sequential {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Layer for Sequential {
+    fn type_name(&self) -> &'static str {
+        "Sequential"
+    }
+    fn forward(&self, x: &Tensor, cx: &mut Ctx) -> Fwd {
+        let mut y = x.shallow_clone();
+        for layer in &self.layers {
+            y = cx.call(layer.as_ref(), &y)?;
+        }
+        Ok(y)
+    }
+    fn is_container(&self) -> bool {
+        true
+    }
+    fn children(&self) -> Vec<&dyn Layer> {
+        self.layers.iter().map(|l| l.as_ref()).collect()
+    }
+}

@@ -1,0 +1,136 @@
+//! [`Ctx`]: what a forward pass carries besides the tensor, and the one place every layer call
+//! goes through, so that a traced pass records it (summaries, shapes, profiles) and an exporting
+//! pass adds its ONNX nodes.
+
+use tch::Tensor;
+
+use super::layer::shape_error;
+use super::{Fwd, InLayer, Layer, LayerError, SyncBatchNorm, Tracer};
+use crate::onnx::{self, OnnxGraph, proto::AttributeProto};
+
+/// Everything a forward pass carries besides the tensor.
+pub struct Ctx<'t> {
+    /// Training mode: batch statistics in batch norm, dropout active.
+    pub train: bool,
+    tracer: Option<&'t mut Tracer>,
+    /// Non-container layers finished so far: names a failing layer as torchsummary would.
+    finished_leaves: usize,
+    /// `--sync-bn` in a distributed run: training-mode batch norm normalises with the statistics
+    /// of every replica's batch, gathered through this.
+    pub sync_bn: Option<&'t dyn SyncBatchNorm>,
+}
+
+impl<'t> Ctx<'t> {
+    pub fn new(train: bool) -> Ctx<'static> {
+        Ctx { train, tracer: None, finished_leaves: 0, sync_bn: None }
+    }
+
+    pub fn traced(train: bool, tracer: &'t mut Tracer) -> Ctx<'t> {
+        Ctx { train, tracer: Some(tracer), finished_leaves: 0, sync_bn: None }
+    }
+
+    /// A forward pass whose batch norms normalise with the statistics of every replica's batch.
+    pub fn synced(train: bool, sync_bn: &'t dyn SyncBatchNorm) -> Ctx<'t> {
+        Ctx { train, tracer: None, finished_leaves: 0, sync_bn: Some(sync_bn) }
+    }
+
+    /// Runs `layer` on `x`, recording the call when tracing.
+    pub fn call(&mut self, layer: &dyn Layer, x: &Tensor) -> Fwd {
+        let entry = self.tracer.as_deref_mut().map(|t| t.enter(layer));
+        let y = layer.forward(x, self).map_err(|mut e| {
+            if e.layer.is_empty() {
+                e.layer = self.leaf_name(layer);
+            }
+            e
+        })?;
+        // When exporting, a leaf adds its nodes; a block's are its children's and its own
+        // functional steps'.
+        let leaf = !layer.is_container() && layer.children().is_empty();
+        if let Some(graph) = self.graph().filter(|_| leaf) {
+            let exported = graph
+                .value(x)
+                .and_then(|input| layer.onnx(graph, &input).unwrap_or_else(|| Err("no ONNX form".into())));
+            match exported {
+                Ok(output) => graph.bind(&y, output),
+                Err(reason) => return Err(self.export_error(layer, x, reason)),
+            }
+        }
+        if !layer.is_container() {
+            self.finished_leaves += 1;
+        }
+        if let (Some(t), Some(entry)) = (self.tracer.as_deref_mut(), entry) {
+            t.exit(entry, layer, &y.size());
+        }
+        Ok(y)
+    }
+
+    /// The ONNX graph being built, when exporting.
+    fn graph(&mut self) -> Option<&mut OnnxGraph> {
+        self.tracer.as_deref_mut().and_then(|t| t.graph.as_mut())
+    }
+
+    /// `layer` as torchsummary would name its row if it were the next one.
+    fn leaf_name(&self, layer: &dyn Layer) -> String {
+        format!("{}-{}", layer.type_name(), self.finished_leaves + 1)
+    }
+
+    fn export_error(&self, layer: &dyn Layer, x: &Tensor, reason: String) -> LayerError {
+        LayerError { layer: self.leaf_name(layer), shape: x.size(), reason: format!("ONNX export: {reason}") }
+    }
+
+    /// A block's functional ReLU (not a layer of its own, as `F.relu` in PyTorch).
+    pub fn relu(&mut self, x: &Tensor) -> Fwd {
+        let y = x.f_relu().in_layer(x)?;
+        self.functional("Relu", &[x], &y, Vec::new())?;
+        Ok(y)
+    }
+
+    /// A block's sum of two tensors (`Residual`'s `Y + X`).
+    pub fn add(&mut self, a: &Tensor, b: &Tensor) -> Fwd {
+        let y = a.f_add(b).in_layer(a)?;
+        self.functional("Add", &[a, b], &y, Vec::new())?;
+        Ok(y)
+    }
+
+    /// A block's concatenation on the channel axis (`torch.cat(..., dim=1)`).
+    pub fn cat(&mut self, xs: &[&Tensor]) -> Fwd {
+        let first = xs.first().copied().ok_or_else(|| LayerError {
+            layer: String::new(),
+            shape: Vec::new(),
+            reason: "nothing to concatenate".into(),
+        })?;
+        let y = Tensor::f_cat(xs, 1).in_layer(first)?;
+        self.functional("Concat", xs, &y, vec![onnx::int("axis", 1)])?;
+        Ok(y)
+    }
+
+    /// When exporting, adds the node of a functional step that computed `y` from `inputs`.
+    fn functional(
+        &mut self,
+        op_type: &str,
+        inputs: &[&Tensor],
+        y: &Tensor,
+        attributes: Vec<AttributeProto>,
+    ) -> Result<(), LayerError> {
+        let Some(graph) = self.graph() else { return Ok(()) };
+        let names: Result<Vec<String>, String> = inputs.iter().map(|t| graph.value(t)).collect();
+        let names = names.map_err(|reason| shape_error(y, format!("ONNX export: {op_type} reads {reason}")))?;
+        let output = graph.node(op_type, names, attributes);
+        graph.bind(y, output);
+        Ok(())
+    }
+}
+
+impl Ctx<'_> {
+    /// Runs `f`, which calls the children of `container` without calling `container` itself (as
+    /// `DenseBlock` iterates over its `net`). PyTorch's module tree still holds that level, and
+    /// torchinfo lists it (with no output), so the trace records it as an uncalled container.
+    pub fn within<T>(&mut self, container: &dyn Layer, f: impl FnOnce(&mut Self) -> T) -> T {
+        let entry = self.tracer.as_deref_mut().map(|t| t.enter_uncalled(container));
+        let result = f(self);
+        if let (Some(t), Some(entry)) = (self.tracer.as_deref_mut(), entry) {
+            t.leave(entry);
+        }
+        result
+    }
+}

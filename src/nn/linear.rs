@@ -1,0 +1,55 @@
+//! `nn.Linear`.
+
+use tch::Tensor;
+use tch::nn::Path;
+
+use super::init::{default_bias, xavier_uniform};
+use super::layer::shape_error;
+use super::{Ctx, Fwd, InLayer, Layer};
+use crate::onnx::{self, OnnxGraph};
+
+#[derive(Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    in_features: i64,
+}
+
+impl Linear {
+    /// `nn.Linear(in, out)` with d2l's Xavier init.
+    pub fn new(p: &Path, in_features: i64, out_features: i64) -> Self {
+        let weight = xavier_uniform(p, &[out_features, in_features], in_features, out_features);
+        let bias = default_bias(p, out_features, in_features);
+        Linear { weight, bias, in_features }
+    }
+}
+
+impl Layer for Linear {
+    fn type_name(&self) -> &'static str {
+        "Linear"
+    }
+    fn forward(&self, x: &Tensor, _: &mut Ctx) -> Fwd {
+        let shape = x.size();
+        if shape.len() != 2 || shape[1] != self.in_features {
+            return Err(shape_error(x, format!("expects {} input features", self.in_features)));
+        }
+        x.f_linear(&self.weight, Some(&self.bias)).in_layer(x)
+    }
+    fn parameters(&self) -> Vec<&Tensor> {
+        vec![&self.weight, &self.bias]
+    }
+    fn mult_adds(&self, out: &[i64]) -> i64 {
+        (self.weight.numel() + self.bias.numel()) as i64 * out[..out.len() - 1].iter().product::<i64>()
+    }
+    /// `x @ W^T + b`: ONNX's Gemm with the weight transposed.
+    fn onnx(&self, graph: &mut OnnxGraph, input: &str) -> Option<Result<String, String>> {
+        Some((|| {
+            let inputs = vec![
+                input.to_string(),
+                graph.parameter(&self.weight, &self.weight.size())?,
+                graph.parameter(&self.bias, &self.bias.size())?,
+            ];
+            Ok(graph.node("Gemm", inputs, vec![onnx::int("transB", 1)]))
+        })())
+    }
+}

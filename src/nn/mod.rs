@@ -1,0 +1,40 @@
+//! The layers the chapter uses, one file per family, and the one mechanism every network runs
+//! through.
+//!
+//! Each layer is a [`Layer`]; every call of a layer goes through [`Ctx::call`], which carries the
+//! train/eval flag and, when a [`Tracer`] is attached, records what ran: its type, depth, output
+//! shape and parameters (and, when exporting, its ONNX nodes). Summaries (torchsummary,
+//! torchinfo), shape traces, profiles and the ONNX export are all read off that record, so no
+//! network has summary or export code of its own.
+//!
+//! Leaves check their input shape before computing, so an input a network cannot take becomes a
+//! [`LayerError`] naming the layer, never a panic inside libtorch; every tensor operation is a
+//! fallible (`f_`) call, so whatever libtorch raises while computing (a CUDA error, memory) is a
+//! [`LayerError`] too, with libtorch's message.
+
+mod activation;
+mod container;
+mod conv;
+mod ctx;
+mod dropout;
+mod flatten;
+mod init;
+mod layer;
+mod linear;
+mod loss;
+mod norm;
+mod pool;
+mod trace;
+
+pub use activation::{ReLU, Sigmoid};
+pub use container::Sequential;
+pub use conv::Conv2d;
+pub use ctx::Ctx;
+pub use dropout::Dropout;
+pub use flatten::Flatten;
+pub use layer::{Fwd, InLayer, Layer, LayerError, count_parameters};
+pub use linear::Linear;
+pub use loss::cross_entropy;
+pub use norm::{BatchNorm, ScratchBatchNorm, SyncBatchNorm};
+pub use pool::{AvgPool2d, GlobalAvgPool2d, MaxPool2d};
+pub use trace::{Record, Tracer};
