@@ -1,5 +1,6 @@
-// What tch 0.24 does not expose and convnets needs for speed: libtorch's autocast in bfloat16, on
-// the CPU too (tch's `autocast` is CUDA-only and float16), the channels-last memory format, and,
+// What tch 0.24 does not expose and convnets needs: libtorch's autocast in bfloat16, on the CPU
+// too (tch's `autocast` is CUDA-only and float16), the channels-last memory format, `add` with a
+// scale (for the optimizers), and,
 // in a CUDA build, graph capture/replay, host-to-device copies on a side stream and the CUDA
 // allocator's peak statistics.
 //
@@ -56,6 +57,18 @@ char *convnets_set_channels_last(at::Tensor *t) {
 // A channels-last copy of a 4-d tensor (others are returned as they are) in *out.
 char *convnets_channels_last(const at::Tensor *t, at::Tensor **out) {
   GUARD({ *out = new at::Tensor(t->dim() == 4 ? with_channels_last(*t) : *t); })
+}
+
+// `t + alpha * other`, as `Tensor::add(other, alpha)` computes it (one fused multiply-add per
+// value where the CPU has FMA): the optimizers' updates then round as libtorch's own do. tch
+// 0.24 exposes `add` without `alpha`, whose two roundings drift from libtorch's by an ulp a step.
+char *convnets_add_scaled(const at::Tensor *t, const at::Tensor *other, double alpha, at::Tensor **out) {
+  GUARD({ *out = new at::Tensor(t->add(*other, alpha)); })
+}
+
+// The same, in place: `t += alpha * other`.
+char *convnets_add_scaled_(at::Tensor *t, const at::Tensor *other, double alpha) {
+  GUARD({ t->add_(*other, alpha); })
 }
 
 #ifdef CONVNETS_CUDA

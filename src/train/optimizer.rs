@@ -11,6 +11,7 @@ use tch::nn::VarStore;
 use tch::{COptimizer, Kind, TchError, Tensor};
 
 use super::recipe::{OptimizerName, Recipe};
+use crate::ffi::{check, convnets_add_scaled, convnets_add_scaled_, new_tensor};
 
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
@@ -105,8 +106,9 @@ impl Optimizer {
             match self.recipe.optimizer {
                 OptimizerName::Sgd => {
                     // torch.optim.SGD: d = g + wd p; buf = m buf + d (buf = d at first);
-                    // d = d + m buf (Nesterov) or buf; p -= lr d.
-                    let mut d = if wd != 0.0 { grad.f_add(&p.f_mul_scalar(wd)?)? } else { grad };
+                    // d = d + m buf (Nesterov) or buf; p -= lr d. Each `x + a y` as libtorch's
+                    // `add(y, alpha=a)` computes it, so the steps round as libtorch's do.
+                    let mut d = if wd != 0.0 { add_scaled(&grad, &p, wd)? } else { grad };
                     let m = self.recipe.momentum;
                     if m != 0.0 {
                         match state.first_mut() {
@@ -116,9 +118,9 @@ impl Optimizer {
                             None => state.push(d.f_detach_copy()?),
                         }
                         let buf = &state[0];
-                        d = if self.recipe.nesterov { d.f_add(&buf.f_mul_scalar(m)?)? } else { buf.shallow_clone() };
+                        d = if self.recipe.nesterov { add_scaled(&d, buf, m)? } else { buf.shallow_clone() };
                     }
-                    p.f_sub_(&d.f_mul_scalar(lr)?).map(drop)?;
+                    add_scaled_(&mut p, &d, -lr)?;
                 }
                 OptimizerName::Adamw => {
                     // torch.optim.AdamW: decay p, then the bias-corrected Adam update.
@@ -180,4 +182,21 @@ impl Optimizer {
         );
         Ok(())
     }
+}
+
+/// `t + alpha * other`, rounded as libtorch's `add(other, alpha)` rounds it (one fused
+/// multiply-add per value on CPUs with FMA; `t.f_add(&other.f_mul_scalar(alpha))` rounds twice,
+/// and a few steps of that ulp were enough to tip a max-pooling tie and part from libtorch).
+fn add_scaled(t: &Tensor, other: &Tensor, alpha: f64) -> Result<Tensor, TchError> {
+    new_tensor(|out| unsafe { convnets_add_scaled(t.as_ptr(), other.as_ptr(), alpha, out) }).map_err(shim_error)
+}
+
+/// `t += alpha * other`, as [`add_scaled`] computes it.
+fn add_scaled_(t: &mut Tensor, other: &Tensor, alpha: f64) -> Result<(), TchError> {
+    check(unsafe { convnets_add_scaled_(t.as_mut_ptr(), other.as_ptr(), alpha) }).map_err(shim_error)
+}
+
+/// The shim's error as the optimizer reports libtorch's.
+fn shim_error(error: anyhow::Error) -> TchError {
+    TchError::Torch(error.to_string().trim_start_matches("libtorch: ").to_string())
 }
