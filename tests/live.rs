@@ -5,26 +5,26 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 mod common;
 
-/// Starts `convnets ARGS` and waits for the URL it prints on stderr.
-fn start(args: &[&str]) -> (Child, String) {
+/// Starts `convnets ARGS` with the variables `env` and waits for the URL it prints on stderr,
+/// then for a line that starts with `until` (when given).
+fn start(args: &[&str], env: &[(&str, &str)], until: Option<&str>) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_convnets"))
         .args(args)
+        .envs(env.iter().copied())
         .env_remove("CONVNETS_DATA")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next().expect("the URL before stderr ends").unwrap();
-        if let Some(at) = line.find("http://") {
-            break line[at..].split_whitespace().next().unwrap().to_string();
-        }
-    };
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines().map(Result::unwrap);
+    let url = lines.find_map(|line| Some(line[line.find("http://")?..].split_whitespace().next()?.to_string()));
+    let url = url.expect("the URL before stderr ends");
+    if let Some(until) = until {
+        assert!(lines.any(|line| line.starts_with(until)), "no line {until:?} before stderr ended");
+    }
     // Keep draining stderr so the child never blocks on it.
     std::thread::spawn(move || for _ in lines {});
     (child, url)
@@ -52,40 +52,40 @@ fn state(url: &str) -> serde_json::Value {
 fn a_training_run_publishes_its_progress_points_and_config_as_it_goes() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let (mut child, url) = start(&[
-        "train",
-        "googlenet",
-        "--resize",
-        "32",
-        "--batch-size",
-        "64",
-        "--epochs",
-        "2",
-        "--serve",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    // The run is held before the first step of epoch 2: epoch 1's points are published, and the
+    // run is still training.
+    let (mut child, url) = start(
+        &[
+            "train",
+            "googlenet",
+            "--resize",
+            "32",
+            "--batch-size",
+            "64",
+            "--epochs",
+            "2",
+            "--serve",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[("CONVNETS_HOLD_AT", "2:1")],
+        Some("held at epoch 2, batch 1"),
+    );
     assert!(url.starts_with("http://127.0.0.1:"), "loopback by default: {url}");
     assert!(get(&url, "/").contains("<title>convnets: live view</title>"));
 
-    // Points arrive while the run trains.
-    let started = Instant::now();
-    let mut seen = Vec::new();
-    while started.elapsed() < Duration::from_secs(60) {
-        let view = state(&url);
-        let run = &view["runs"][0];
-        if run["status"] == "running" {
-            seen.push(run["points"].as_array().unwrap().len());
-            assert_eq!(run["config"]["net"], "googlenet");
-            assert_eq!(run["progress"]["batches"], 32);
-            assert_eq!(run["name"], "run");
-        }
-        if seen.len() > 1 && seen.last() > seen.first() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(seen.last() > seen.first(), "points were added while running: {seen:?}");
+    let view = state(&url);
+    let run = &view["runs"][0];
+    assert_eq!(run["status"], "running");
+    assert_eq!(run["name"], "run");
+    assert_eq!(run["config"]["net"], "googlenet");
+    assert_eq!(run["progress"], serde_json::json!({"epoch": 1, "epochs": 2, "batch": 32, "batches": 32}));
+    assert_eq!(
+        run["points"].as_array().unwrap().len(),
+        7,
+        "epoch 1's points while the run trains: 32 batches, a point every 6 and after the last, then the test accuracy"
+    );
+    assert_eq!(run["epochs"].as_array().unwrap().len(), 1);
 
     // The event stream starts with the whole state, for a page that connects late.
     let mut stream = TcpStream::connect(host(&url)).unwrap();
@@ -100,8 +100,9 @@ fn a_training_run_publishes_its_progress_points_and_config_as_it_goes() {
         }
     };
     let first: serde_json::Value = serde_json::from_str(&data).unwrap();
-    assert!(!first["runs"][0]["points"].as_array().unwrap().is_empty(), "{first}");
-    assert!(child.wait().unwrap().success());
+    assert_eq!(first, view, "the stream's first event is the state");
+    child.kill().unwrap();
+    let _ = child.wait();
 }
 
 #[test]
@@ -114,7 +115,7 @@ fn serve_shows_every_run_of_a_directory_and_refuses_a_bad_address() {
         assert_eq!(code, 0, "{err}");
     }
     std::fs::create_dir(tmp.path().join("not-a-run")).unwrap();
-    let (mut child, url) = start(&["serve", tmp.path().to_str().unwrap()]);
+    let (mut child, url) = start(&["serve", tmp.path().to_str().unwrap()], &[], None);
     let view = state(&url);
     child.kill().unwrap();
     let _ = child.wait();

@@ -1,9 +1,9 @@
 //! Hostile inputs, interrupted runs, bad arguments and full disks: convnets fails clearly and
 //! never loses or corrupts what it wrote.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use convnets::data::{self, Dataset, Resize, Source};
 use convnets::train;
@@ -130,6 +130,15 @@ fn weights_of(dir: &Path) -> Vec<(String, tch::Tensor)> {
     convnets::weights::state_dict(&train::load_checkpoint(dir, Device::Cpu).unwrap().net.vs)
 }
 
+/// Where a run is killed: held before a training step (`EPOCH:BATCH`), or once it printed a line
+/// that starts so.
+#[derive(Clone, Copy)]
+enum KillAt {
+    Held(&'static str),
+    Line(&'static str),
+}
+use KillAt::{Held, Line};
+
 #[test]
 fn killed_runs_resume_to_the_same_result_and_never_leave_a_partial_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
@@ -143,21 +152,32 @@ fn killed_runs_resume_to_the_same_result_and_never_leave_a_partial_checkpoint() 
 
     let killed = tmp.path().join("killed");
     let killed_str = killed.to_str().unwrap();
-    // Kill at a spread of moments (start-up, mid-epoch, around checkpoint writes), resuming each time.
-    for delay_ms in [150u64, 400, 700, 250, 900, 550, 1200, 300] {
-        let done = killed.join(train::CHECKPOINT_FILE).exists()
-            && train::load_checkpoint(&killed, Device::Cpu).unwrap().state.epoch == 6;
-        if done {
-            break;
-        }
+    // Killed (SIGKILL) at moments spread over the run, each a state the test sees: held before
+    // the first step (start-up), mid-epoch without a checkpoint, just after epoch 1's checkpoint
+    // (its line is printed as the results files are written), mid-epoch with a checkpoint,
+    // between epochs, before the very last step; resumed each time.
+    for kill_at in
+        [Held("1:1"), Held("1:12"), Line("epoch 1/6:"), Held("3:7"), Line("epoch 4/6:"), Held("5:1"), Held("6:20")]
+    {
         let args: Vec<&str> = if killed.join(train::CHECKPOINT_FILE).exists() {
             [&["train", "--resume", killed_str][..], &common[..2], &common[4..]].concat()
         } else {
             [&["train", "lenet-bn", "--out", killed_str][..], &common].concat()
         };
-        let mut child = Command::new(bin()).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = child.kill(); // SIGKILL
+        let mut command = Command::new(bin());
+        command.args(&args).stdout(Stdio::null()).stderr(Stdio::piped());
+        let wanted = match kill_at {
+            Held(step) => {
+                command.env("CONVNETS_HOLD_AT", step);
+                format!("held at epoch {}, batch {}", &step[..1], &step[2..])
+            }
+            Line(line) => line.to_string(),
+        };
+        let mut child = command.spawn().unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let seen = stderr.lines().map(Result::unwrap).find(|l| l.starts_with(&wanted));
+        assert!(seen.is_some(), "the run ended before {wanted:?}");
+        child.kill().unwrap(); // SIGKILL
         let _ = child.wait();
         if killed.join(train::CHECKPOINT_FILE).exists() {
             // Whatever the moment, the checkpoint is a complete one.
@@ -165,18 +185,14 @@ fn killed_runs_resume_to_the_same_result_and_never_leave_a_partial_checkpoint() 
             assert_eq!(state.history.epochs.len(), state.epoch);
         }
     }
-    // Finish the run.
-    loop {
-        let (code, err) = if killed.join(train::CHECKPOINT_FILE).exists() {
-            run(&[&["train", "--resume", killed_str][..], &common[..2], &common[4..]].concat())
-        } else {
-            run(&[&["train", "lenet-bn", "--out", killed_str][..], &common].concat())
-        };
-        if code == 2 && err.contains("already completed all 6 epochs") {
-            break;
-        }
-        assert_eq!(code, 0, "{err}");
-    }
+    assert_eq!(train::load_checkpoint(&killed, Device::Cpu).unwrap().state.epoch, 5);
+    // Finish the run; then it is complete.
+    let resume = [&["train", "--resume", killed_str][..], &common[..2], &common[4..]].concat();
+    let (code, err) = run(&resume);
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = run(&resume);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("already completed all 6 epochs"), "{err}");
     let (a, b) = (weights_of(&straight), weights_of(&killed));
     assert_eq!(a.len(), b.len());
     for ((ka, ta), (kb, tb)) in a.iter().zip(&b) {

@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::evaluate::evaluate_with;
 use super::failure::{OutOfMemory, available_memory, is_out_of_memory, kept_checkpoint, out_of_memory_note};
-use super::fault::injected_fault;
+use super::fault::Injected;
 use super::observer::{BatchDone, Observer, Progress, RunStart};
 use super::{
     CheckpointState, Diverged, EpochRecord, History, Optimizer, Point, RunFailed, TrainConfig, checkpoint_path,
@@ -68,7 +68,7 @@ fn fit(run: &mut Run, net: &Network, start: Option<CheckpointState>) -> anyhow::
     let Run { config: cfg, data, dir, observers, replicas } = run;
     let (cfg, data, dir, replicas) = (&*cfg, *data, &*dir, *replicas);
     cfg.validate().map_err(usage)?;
-    let fault = injected_fault()?;
+    let injected = Injected::from_env()?;
     anyhow::ensure!(
         net.precision() == cfg.precision,
         "the network computes in {} but the run is configured for {}: call Network::set_precision first",
@@ -156,9 +156,10 @@ fn fit(run: &mut Run, net: &Network, start: Option<CheckpointState>) -> anyhow::
             note: [note, kept_checkpoint(epoch, dir)].join(" ").trim().to_string(),
         };
         for (i, batch) in batches.enumerate() {
+            injected.hold_if_at(epoch + 1, i + 1, rank);
             let timer = Instant::now();
             let step = batch.and_then(|batch| {
-                if fault.is_some_and(|f| (f.epoch, f.batch) == (epoch + 1, i + 1) && f.rank.is_none_or(|r| r == rank)) {
+                if injected.fail.is_some_and(|f| f.is(epoch + 1, i + 1, rank)) {
                     // A real libtorch error (a negative size), raised where a step's would be.
                     Tensor::f_zeros([-1], (Kind::Float, device)).map(drop)?;
                 }

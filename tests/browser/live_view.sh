@@ -23,13 +23,39 @@ dump() {
 }
 attr() { grep -o "$1=\"[^\"]*\"" | head -1 | cut -d'"' -f2; }
 
-"$bin" train googlenet --resize 32 --batch-size 64 --epochs 3 --serve --out "$tmp/runs/googlenet" \
+# waits until the file $1 has a line matching $2, as long as process $3 runs.
+wait_for() {
+    while ! grep -q "$2" "$1"; do
+        kill -0 "$3" 2> /dev/null || fail "no \"$2\" before the process ended: $(cat "$1")"
+        sleep 0.1
+    done
+}
+# connections() PORT: established TCP connections whose local port is PORT.
+connections() {
+    awk -v port="$(printf '%04X' "$1")" 'NR > 1 { split($2, local, ":"); if (local[2] == port && $4 == "01") n++ } END { print n + 0 }' /proc/net/tcp
+}
+
+# The run holds before its first step until the page is connected (CONVNETS_HOLD_AT and
+# CONVNETS_HOLD_RELEASE), so that the page follows the whole run whatever the machine's load.
+CONVNETS_HOLD_AT=1:1 CONVNETS_HOLD_RELEASE="$tmp/release" \
+    "$bin" train googlenet --resize 32 --batch-size 64 --epochs 3 --serve --out "$tmp/runs/googlenet" \
     > /dev/null 2> "$tmp/train.txt" &
-for _ in $(seq 100); do grep -q "live view: http" "$tmp/train.txt" && break; sleep 0.1; done
+train=$!
+wait_for "$tmp/train.txt" "held at epoch 1, batch 1" "$train"
 url=$(grep -o "http://[0-9.:]*/" "$tmp/train.txt") || fail "no URL printed: $(cat "$tmp/train.txt")"
 [[ $url == http://127.0.0.1:* ]] || fail "not loopback by default: $url"
+port=${url##*:}
+port=${port%/}
 
-dom=$(dump "${url}?updates=40")
+dump "${url}?updates=40" > "$tmp/page.html" &
+page=$!
+while [ "$(connections "$port")" -lt 1 ]; do
+    kill -0 "$page" 2> /dev/null || fail "the browser ended before it connected"
+    sleep 0.05
+done
+touch "$tmp/release"
+wait "$page" || fail "the browser failed"
+dom=$(cat "$tmp/page.html")
 first=$(attr data-first-points <<< "$dom")
 last=$(attr data-points <<< "$dom")
 updates=$(attr data-updates <<< "$dom")
@@ -40,11 +66,11 @@ grep -q '<polyline' <<< "$dom" || fail "no line drawn"
 grep -q 'id="errors"></div>' <<< "$dom" || fail "script errors: $(grep -o 'id="errors">[^<]*' <<< "$dom")"
 ! grep -i "uncaught\|console.*error" "$tmp/console.txt" || fail "errors in the browser's console"
 echo "live_view: while training, one page followed 40 updates: $first -> $last points" >&2
-wait %1 || fail "training failed: $(cat "$tmp/train.txt")"
+wait "$train" || fail "training failed: $(cat "$tmp/train.txt")"
 
 # After the run: a browser connecting late to `convnets serve` sees the finished run whole.
 "$bin" serve "$tmp/runs" > /dev/null 2> "$tmp/serve.txt" &
-for _ in $(seq 100); do grep -q "http://" "$tmp/serve.txt" && break; sleep 0.1; done
+wait_for "$tmp/serve.txt" "http://" $!
 url=$(grep -o "http://[0-9.:]*/" "$tmp/serve.txt") || fail "serve printed no URL: $(cat "$tmp/serve.txt")"
 dom=$(dump "${url}?updates=1")
 grep -q 'class="status">finished: epoch 3 of 3' <<< "$dom" || fail "the finished run is not shown as such"
