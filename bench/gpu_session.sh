@@ -163,7 +163,7 @@ for l in sys.stdin:
         BENCH_JSON=$OUT/vs_bf16.json python3 bench/vs_pytorch.py --device cuda --steps 30 --warmup 5 \
             --torch-precision bf16 --convnets-args "--precision bf16 --memory-format channels-last" 2>&1 | tee -a "$log" ;;
     train)
-        say "bf16 10-epoch trainings (test accuracy vs REFERENCE.md)"
+        say "bf16 10-epoch trainings (test accuracy vs the book's band, convnets models --json)"
         for pair in ${TRAIN:-lenet-bn:40 lenet-bn-scratch:40 resnet18:90 densenet:90 googlenet:120 nin:150 alexnet:150 vgg11-small:200}; do
             net=${pair%%:*}; need=${pair##*:}
             if [ "$(left)" -lt "$need" ]; then say "skip $net (needs ~$need s)"; continue; fi

@@ -72,10 +72,15 @@ pub fn torchsummary(records: &[Record], input: &[i64], batch_size: i64) -> Strin
     out
 }
 
-/// A nested tree in the style of `torchinfo.summary(net, (B, C, H, W), col_names=(output_size,
-/// num_params, mult_adds))`: depth-indexed rows, output shapes, own parameters, mult-adds, and
-/// the same totals (sizes in MB of 10^6 bytes, as torchinfo counts them).
-pub fn torchinfo(records: &[Record], input: &[i64], batch_size: i64) -> String {
+/// torchinfo's default `depth`: rows below it are folded into their ancestor at this depth.
+pub const TORCHINFO_DEPTH: usize = 3;
+
+/// A nested tree in the style of `torchinfo.summary(net, (B, C, H, W), depth=depth,
+/// col_names=(output_size, num_params, mult_adds))`: depth-indexed rows, output shapes, own
+/// parameters, mult-adds, and the same totals (sizes in MB of 10^6 bytes, as torchinfo counts
+/// them). Rows deeper than `depth` are left out; a block at `depth` then shows what it holds
+/// (its parameters and its leaves' mult-adds), as torchinfo folds them.
+pub fn torchinfo(records: &[Record], input: &[i64], batch_size: i64, depth: usize) -> String {
     let rule = "=".repeat(115);
     let mut out = String::new();
     let row = |out: &mut String, cols: [&str; 4]| {
@@ -89,7 +94,17 @@ pub fn torchinfo(records: &[Record], input: &[i64], batch_size: i64) -> String {
 
     let mut index_at_depth: Vec<usize> = Vec::new();
     let (mut total_params, mut total_mult_adds, mut leaf_output) = (0i64, 0i64, 0i64);
-    for r in records {
+    for (k, r) in records.iter().enumerate() {
+        let mult_adds = r.mult_adds * batch_size;
+        total_params += r.params;
+        total_mult_adds += mult_adds;
+        // torchinfo keeps activations (x2 for their gradients) only of leaves with parameters.
+        if !r.has_children && r.params > 0 {
+            leaf_output += batch_size * r.output.iter().skip(1).product::<i64>();
+        }
+        if r.depth > depth {
+            continue;
+        }
         let name = if r.depth == 0 {
             r.type_name.to_string()
         } else {
@@ -103,14 +118,16 @@ pub fn torchinfo(records: &[Record], input: &[i64], batch_size: i64) -> String {
         };
         // A container that was never called has no output: torchinfo prints "--".
         let shape = if r.called { shape_list(&r.output, batch_size) } else { "--".to_string() };
-        let mult_adds = r.mult_adds * batch_size;
-        row(&mut out, [&name, &shape, &dashed(r.params), &dashed(mult_adds)]);
-        total_params += r.params;
-        total_mult_adds += mult_adds;
-        // torchinfo keeps activations (x2 for their gradients) only of leaves with parameters.
-        if !r.has_children && r.params > 0 {
-            leaf_output += batch_size * r.output.iter().skip(1).product::<i64>();
-        }
+        let (params, mult_adds) = if r.depth == depth && r.has_children {
+            // Everything below the row: all its parameters, its leaves' mult-adds.
+            let below = records[k + 1..].iter().take_while(|d| d.depth > r.depth);
+            below.fold((r.params, 0), |(p, m), d| {
+                (p + d.params, if d.has_children { m } else { m + d.mult_adds * batch_size })
+            })
+        } else {
+            (r.params, mult_adds)
+        };
+        row(&mut out, [&name, &shape, &dashed(params), &dashed(mult_adds)]);
     }
     let (unit, scale) = match total_mult_adds {
         n if n >= 1_000_000_000 => ("GIGABYTES", 1e9),

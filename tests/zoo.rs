@@ -128,11 +128,18 @@ fn scratch_batch_norm_summary_counts_gamma_and_beta() {
 
 #[test]
 fn torchinfo_trees_match_torchinfo() {
-    for (name, batch) in [("googlenet", 128), ("resnet18", 256)] {
+    // torchinfo's default depth (3), and DenseNet, whose conv blocks are at depth 4, at 4 too.
+    let cases = [
+        ("googlenet", 128, 3, "googlenet.torchinfo.txt"),
+        ("resnet18", 256, 3, "resnet18.torchinfo.txt"),
+        ("densenet", 256, 3, "densenet.torchinfo.txt"),
+        ("densenet", 256, 4, "densenet.torchinfo.depth4.txt"),
+    ];
+    for (name, batch, depth, file) in cases {
         let n = net(name);
         let input = n.default_input();
         let records = n.trace(&input).unwrap();
-        assert_eq!(summary::torchinfo(&records, &input, batch), golden(&format!("{name}.torchinfo.txt")), "{name}");
+        assert_eq!(summary::torchinfo(&records, &input, batch, depth), golden(file), "{name}, depth {depth}");
     }
 }
 
@@ -143,7 +150,7 @@ fn torchinfo_lists_the_dense_blocks_uncalled_net_container_as_torchinfo_does() {
     // level above the conv blocks, and numbers every depth across the whole tree.
     let n = net("densenet");
     let records = n.trace(&n.default_input()).unwrap();
-    let tree = summary::torchinfo(&records, &n.default_input(), 256);
+    let tree = summary::torchinfo(&records, &n.default_input(), 256, 4);
     let rows: Vec<&str> = tree.lines().skip(9).take(6).collect();
     assert_eq!(
         rows,
@@ -356,6 +363,14 @@ fn cli_summary_and_errors() {
     assert_eq!(out, golden("resnet18.torchsummary.batch.txt"));
     let (code, out, _) = convnets(&["summary", "googlenet", "--style", "tree"]);
     assert_eq!((code, out), (0, golden("googlenet.torchinfo.txt")));
+    // torchinfo's default depth folds DenseNet's conv blocks into their rows; --depth 4 unfolds them.
+    let (code, out, _) = convnets(&["summary", "densenet", "--style", "tree"]);
+    assert_eq!((code, out), (0, golden("densenet.torchinfo.txt")));
+    let (code, out, _) = convnets(&["summary", "densenet", "--style", "tree", "--depth", "4"]);
+    assert_eq!((code, out), (0, golden("densenet.torchinfo.depth4.txt")));
+    let (code, _, err) = convnets(&["summary", "densenet", "--depth", "2"]);
+    assert_eq!(code, 2);
+    assert_eq!(err, "error: --depth applies to --style tree (torchsummary's table lists every layer)\n");
     let (code, out, _) = convnets(&["summary", "alexnet", "--input", "1x224x224"]);
     assert_eq!((code, out), (0, golden("alexnet.torchsummary.txt")));
 

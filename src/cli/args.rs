@@ -82,6 +82,10 @@ pub enum Command {
         batch_size: Option<i64>,
         #[arg(long, value_enum, default_value_t = SummaryStyle::Torchsummary)]
         style: SummaryStyle,
+        /// With --style tree: the deepest rows shown (torchinfo's `depth`, default 3); a block at
+        /// that depth shows the parameters and mult-adds of everything in it.
+        #[arg(long)]
+        depth: Option<usize>,
         #[command(flatten)]
         shape: NetShapeArgs,
     },

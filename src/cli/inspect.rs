@@ -48,24 +48,28 @@ pub fn models(json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// torchsummary's table or a torchinfo-like tree of `name`.
+/// torchsummary's table or a torchinfo-like tree of `name`, down to `depth`.
 pub fn summary(
     name: &str,
     input: Option<InputShape>,
     batch_size: Option<i64>,
     style: SummaryStyle,
+    depth: Option<usize>,
     shape: &NetShapeArgs,
 ) -> anyhow::Result<()> {
     let (net, shape) = network_for(name, input, shape)?;
     if batch_size.is_some_and(|b| b == 0 || b < -1) {
         return Err(usage("--batch-size must be -1 (unspecified) or at least 1"));
     }
+    if depth.is_some() && style != SummaryStyle::Tree {
+        return Err(usage("--depth applies to --style tree (torchsummary's table lists every layer)"));
+    }
     let records = net.trace(&shape)?;
     let text = match style {
         SummaryStyle::Torchsummary => summary::torchsummary(&records, &shape, batch_size.unwrap_or(-1)),
         SummaryStyle::Tree => {
             let batch = batch_size.filter(|&b| b > 0).unwrap_or(net.info.batch_size);
-            summary::torchinfo(&records, &shape, batch)
+            summary::torchinfo(&records, &shape, batch, depth.unwrap_or(summary::TORCHINFO_DEPTH))
         }
     };
     print!("{text}");

@@ -98,8 +98,8 @@ fn libtorch_panic(payload: &(dyn std::any::Any + Send)) -> Option<String> {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Models { json } => inspect::models(json),
-        Command::Summary { net, input, batch_size, style, shape } => {
-            inspect::summary(&net, input, batch_size, style, &shape)
+        Command::Summary { net, input, batch_size, style, depth, shape } => {
+            inspect::summary(&net, input, batch_size, style, depth, &shape)
         }
         Command::Shapes { net, input, shape } => inspect::shapes(&net, input, &shape),
         Command::Train(args) => train::run(*args),
