@@ -53,7 +53,9 @@ pub fn wait_copied(copied: &mut Tensor) -> anyhow::Result<()> {
 /// malloc took the setting (glibc only; elsewhere nothing changes). The price is a higher
 /// resident peak, as freed heap memory is reused rather than returned: 64 MiB is the largest
 /// threshold that kept every network's peak below PyTorch's at d2l's settings (at 128 MiB VGG's
-/// was above it; docs/benchmarks.md).
+/// was above it; docs/benchmarks.md). The image pipeline's per-batch blocks (decoded photos,
+/// crops, a 224x224 batch's floats) are smaller, so they are reused too: `convnets data bench`
+/// ran as fast as with 256 MiB (2026-12-02). Called once, by the binary, before anything else.
 pub fn keep_large_allocations_on_the_heap() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

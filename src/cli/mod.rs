@@ -20,7 +20,6 @@ use args::{Cli, Command, DataCommand};
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
-    keep_freed_memory();
     // Every libtorch call on the paths a command takes is fallible, but a panic raised with one
     // of libtorch's errors (inside tch, or a call missed) must still end as one line, not as a
     // panic report with a C++ stack: the hook stays quiet for those, and `run_guarded` turns
@@ -49,26 +48,6 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {}", error_line(&e));
             ExitCode::from(if e.downcast_ref::<UsageError>().is_some() { 2 } else { 1 })
-        }
-    }
-}
-
-/// Asks glibc's allocator to keep freed blocks of up to 256 MiB for reuse instead of returning
-/// them to the kernel at once: every batch allocates and frees the same few megabytes (decoded
-/// images, crops, the float input), and fresh pages from the kernel cost a page fault and a
-/// zeroing each, an eighth of an image folder's pipeline. Peak memory is unchanged.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        unsafe extern "C" {
-            fn mallopt(param: i32, value: i32) -> i32;
-        }
-        const M_TRIM_THRESHOLD: i32 = -1;
-        const M_MMAP_THRESHOLD: i32 = -3;
-        // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
-        unsafe {
-            mallopt(M_MMAP_THRESHOLD, 256 << 20);
-            mallopt(M_TRIM_THRESHOLD, 512 << 20);
         }
     }
 }
