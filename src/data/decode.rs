@@ -26,15 +26,18 @@ pub(crate) fn is_grey(path: &Path) -> bool {
 /// repeated), naming the file when it cannot.
 pub fn decode_as(path: &Path, channels: usize) -> anyhow::Result<Image> {
     let rgb = decode(path)?;
-    if channels == 3 {
-        return Ok(rgb);
-    }
+    Ok(if channels == 3 { rgb } else { to_grey(&rgb) })
+}
+
+/// An RGB image in grey, as PIL's `convert("L")` computes it (ITU-R 601-2 luma, 16-bit fixed
+/// point, rounded).
+pub fn to_grey(rgb: &Image) -> Image {
     let n = rgb.height * rgb.width;
     let (r, g, b) = (&rgb.pixels[..n], &rgb.pixels[n..2 * n], &rgb.pixels[2 * n..]);
     let pixels = (0..n)
         .map(|i| ((r[i] as u32 * 19595 + g[i] as u32 * 38470 + b[i] as u32 * 7471 + 0x8000) >> 16) as u8)
         .collect();
-    Ok(Image { pixels, channels: 1, height: rgb.height, width: rgb.width })
+    Image { pixels, channels: 1, height: rgb.height, width: rgb.width }
 }
 
 /// Decodes one image as RGB planes, naming the file when it cannot.
