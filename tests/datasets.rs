@@ -346,3 +346,14 @@ fn normalize_auto_uses_the_training_images_statistics_cached_beside_the_data() {
     let (code, _, err) = convnets(&["eval", run.to_str().unwrap(), "--data", cifar.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn the_help_names_every_kind_of_data_train_takes() {
+    let (code, out, _) = convnets(&["--help"]);
+    assert_eq!(code, 0);
+    let line = out.lines().find(|l| l.trim_start().starts_with("train ")).unwrap();
+    assert!(line.contains("Fashion-MNIST, MNIST, CIFAR-10/100 or a folder of your own images"), "{line}");
+    let (code, out, _) = convnets(&["train", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("or an image folder (train/<class>/*.jpg|png, and val/ or --val-split)"), "{out}");
+}

@@ -97,7 +97,8 @@ pub enum Command {
         #[arg(long, value_parser = InputShape::parse)]
         input: Option<InputShape>,
     },
-    /// Train a network on Fashion-MNIST as d2l's train_ch6 does (d2l's settings by default).
+    /// Train a network as d2l's train_ch6 does (d2l's settings by default), on Fashion-MNIST,
+    /// MNIST, CIFAR-10/100 or a folder of your own images (--data).
     Train(Box<TrainArgs>),
     /// Test accuracy, per-class accuracy and confusion matrix of a trained run.
     Eval {
@@ -108,7 +109,7 @@ pub enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
-    /// Classify test images (d2l's predict_ch3) or your own PNG images.
+    /// Classify test images (d2l's predict_ch3) or your own images (PNG, JPEG).
     Predict {
         /// A run directory or its checkpoint.safetensors.
         run: PathBuf,
@@ -118,7 +119,7 @@ pub enum Command {
         /// Where to write the picture of images with true and predicted labels.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Classify these grayscale PNG images instead (resized to the network's input).
+        /// Classify these images instead (PNG or JPEG, transformed as the run evaluates).
         #[arg(long, num_args = 1..)]
         image: Vec<PathBuf>,
         #[command(flatten)]
@@ -202,7 +203,7 @@ pub enum Command {
         #[arg(long, value_name = "ADDR")]
         addr: Option<String>,
     },
-    /// Fashion-MNIST: download the official files or describe the data in use.
+    /// Data sets: download the official files, describe the data in use, time the pipeline.
     Data {
         #[command(subcommand)]
         command: DataCommand,
@@ -222,8 +223,9 @@ pub struct NetShapeArgs {
 
 #[derive(clap::Args)]
 pub struct DataArgs {
-    /// Directory with a data set: the four (Fashion-)MNIST IDX files (.gz or not), or CIFAR-10's
-    /// or CIFAR-100's binary files. Default: $CONVNETS_DATA, then the user cache
+    /// Directory with a data set: the four (Fashion-)MNIST IDX files (.gz or not), CIFAR-10's or
+    /// CIFAR-100's binary files, or an image folder (train/<class>/*.jpg|png, and val/ or
+    /// --val-split). Default: $CONVNETS_DATA, then the user cache
     /// (~/.cache/convnets/fashion-mnist), then the embedded Fashion-MNIST sample.
     #[arg(long = "data", value_name = "DIR")]
     pub dir: Option<PathBuf>,
