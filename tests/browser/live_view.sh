@@ -65,6 +65,8 @@ grep -q 'class="status">running: epoch' <<< "$dom" || fail "no running status in
 grep -q '<polyline' <<< "$dom" || fail "no line drawn"
 grep -q 'id="errors"></div>' <<< "$dom" || fail "script errors: $(grep -o 'id="errors">[^<]*' <<< "$dom")"
 ! grep -i "uncaught\|console.*error" "$tmp/console.txt" || fail "errors in the browser's console"
+! grep -q 'object Object' <<< "$dom" || fail "a setting shown as [object Object]"
+grep -q '<td>recipe.optimizer</td><td>sgd</td>' <<< "$dom" || fail "no recipe.optimizer row in the configuration"
 echo "live_view: while training, one page followed 40 updates: $first -> $last points" >&2
 wait "$train" || fail "training failed: $(cat "$tmp/train.txt")"
 
