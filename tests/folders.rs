@@ -39,7 +39,7 @@ fn a_folder_of_photos_loads_with_its_classes_and_refuses_what_it_cannot_use() {
     photos(dir, 4);
     let err = Dataset::load(Some(dir), None).unwrap_err().to_string();
     assert!(err.contains("no val folder: add DIR/val/<class>/... or hold out a part with --val-split 0.1"), "{err}");
-    let options = FolderOptions { val_split: Some(0.25), skip_bad_images: false };
+    let options = FolderOptions { val_split: Some(0.25), ..FolderOptions::default() };
     let data = Dataset::load_with(Some(dir), None, &options).unwrap();
     assert_eq!(data.format, Format::Folder);
     assert_eq!(data.classes, ["cat", "dog"]);
@@ -65,7 +65,7 @@ fn a_folder_of_photos_loads_with_its_classes_and_refuses_what_it_cannot_use() {
 
     // A corrupt file: named when its batch is made, or left out and listed with --skip-bad-images.
     std::fs::write(dir.join("train/dog/broken.jpg"), b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
-    let skipping = FolderOptions { val_split: Some(0.25), skip_bad_images: true };
+    let skipping = FolderOptions { val_split: Some(0.25), skip_bad_images: true, ..FolderOptions::default() };
     let data = Dataset::load_with(Some(dir), None, &skipping).unwrap();
     assert_eq!(data.skipped.len(), 1, "{:?}", data.skipped);
     assert!(data.skipped[0].contains("broken.jpg: not a readable image"), "{:?}", data.skipped);
@@ -103,6 +103,13 @@ fn photos_train_with_crops_and_flips_and_a_corrupt_one_is_named() {
     let (code, out, err) = convnets(&["eval", run, "--data", data]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("cat") && out.contains("2 test images"), "{out}");
+    // The run remembers its data: eval and predict find the folder without --data.
+    let (code, out, err) = convnets(&["eval", run]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("(the run's data)") && out.contains("cat") && out.contains("2 test images"), "{err}{out}");
+    let (code, out, err) = convnets(&["predict", run, "--count", "2"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("true cat") && out.contains("true dog"), "{out}");
     // The user's own JPEG, through evaluation's Resize + CenterCrop.
     let (code, out, err) = convnets(&["predict", run, "--image", &format!("{data}/val/dog/a.jpg")]);
     assert_eq!(code, 0, "{err}");
@@ -180,13 +187,30 @@ fn fashion_mnist_as_pngs_trains_exactly_as_its_idx_files() {
 #[test]
 fn the_pipeline_benchmark_counts_every_training_image_of_every_epoch() {
     let tmp = tempfile::tempdir().unwrap();
-    photos(tmp.path(), 3); // 3 cats + 1 JPEG, 3 dogs + 1 grey: 8 training images
-    colour(&tmp.path().join("val/cat/0.png"), 30, 30, [220, 10, 10]);
-    colour(&tmp.path().join("val/dog/0.png"), 30, 30, [10, 10, 220]);
+    photos(tmp.path(), 3); // 3 cats + 1 JPEG, 3 dogs + 1 grey: 8 training images, no val/
     let dir = tmp.path().to_str().unwrap();
     let (code, out, err) =
         convnets(&["data", "bench", "--data", dir, "--side", "24", "--batch-size", "3", "--epochs", "2"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("16 images to 24x24 in "), "{out}");
     assert!(out.contains(" images/s, ") && out.trim_end().ends_with("images per CPU second"), "{out}");
+    // Neither needs a val/ folder, which they never read.
+    let (code, out, err) = convnets(&["data", "info", "--data", dir]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("train: 8 image files, 3 channel(s)") && out.contains("test: 0 image files"), "{out}");
+}
+
+#[test]
+fn lenet_trains_on_a_folder_at_its_own_28x28_by_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("photos");
+    photos(&dir, 2);
+    let run = tmp.path().join("run");
+    let args = ["train", "lenet-bn", "--data", dir.to_str().unwrap(), "--val-split", "0.3", "--epochs", "1"];
+    let (code, out, err) = convnets(&[&args[..], &["--batch-size", "4", "--out", run.to_str().unwrap()]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("test acc"), "{out}");
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["resize"], 28);
+    assert_eq!(config["data_dir"].as_str(), Some(dir.canonicalize().unwrap().to_str().unwrap()));
 }

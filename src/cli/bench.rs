@@ -32,7 +32,7 @@ pub fn bench(
     for net in &nets {
         models::find(net).map_err(|e| usage(e.to_string()))?;
     }
-    let data = data::load(data, None, true)?;
+    let data = data::load(data, None, false, true)?;
     let config = speed.bench_config(device, batch_size, steps, warmup);
     let mut results = Vec::new();
     for net in &nets {

@@ -12,12 +12,23 @@ use crate::data::{self, Dataset, Format};
 use crate::error::usage;
 use crate::train::TrainConfig;
 
-/// Loads the data set and says where it came from (and which images it left out). A run that
-/// held out part of an image folder (`val_split`) holds out the same part again.
-pub fn load(args: &DataArgs, run_val_split: Option<f64>, report: bool) -> anyhow::Result<Dataset> {
-    let options =
-        data::FolderOptions { val_split: args.val_split.or(run_val_split), skip_bad_images: args.skip_bad_images };
-    let data = Dataset::load_with(args.dir.as_deref(), args.dataset, &options)?;
+/// Loads the data set and says where it came from (and which images it left out): `--data`,
+/// else the directory `run` trained on, else the defaults (`$CONVNETS_DATA`, the user cache,
+/// the embedded sample); `--dataset`, else the run's data set. A run that held out part of an
+/// image folder (`val_split`) holds out the same part again. `train_only`: an image folder
+/// needs no test images (see [`data::FolderOptions`]).
+pub fn load(args: &DataArgs, run: Option<&TrainConfig>, train_only: bool, report: bool) -> anyhow::Result<Dataset> {
+    let options = data::FolderOptions {
+        val_split: args.val_split.or(run.and_then(|r| r.val_split)),
+        skip_bad_images: args.skip_bad_images,
+        train_only,
+    };
+    let run_format = run.filter(|_| args.dir.is_none()).and_then(|r| r.dataset.parse().ok());
+    let format = args.dataset.or(run_format);
+    let data = match (&args.dir, run.and_then(|r| r.data_dir.clone())) {
+        (None, Some(dir)) => Dataset::from_source_as(data::Source::Run(dir), format, &options)?,
+        _ => Dataset::load_with(args.dir.as_deref(), format, &options)?,
+    };
     let kind = if data.format == Format::FashionMnist { String::new() } else { format!("{} ", data.format.name()) };
     if !report {
         return Ok(data);
@@ -56,7 +67,7 @@ pub fn download(dataset: Format, dir: Option<PathBuf>) -> anyhow::Result<()> {
 
 /// `convnets data info`: counts, class balance and pixel statistics of both splits.
 pub fn info(args: &DataArgs) -> anyhow::Result<()> {
-    let data = load(args, None, true)?;
+    let data = load(args, None, true, true)?;
     println!("train: {}", data::describe(&data.train, &data.classes).trim_end());
     println!("test: {}", data::describe(&data.test, &data.classes).trim_end());
     Ok(())
@@ -64,7 +75,7 @@ pub fn info(args: &DataArgs) -> anyhow::Result<()> {
 
 /// `convnets data bench`: the training pipeline alone over the training set, `epochs` times.
 pub fn bench(args: &DataArgs, side: usize, batch_size: usize, epochs: usize) -> anyhow::Result<()> {
-    let data = load(args, None, true)?;
+    let data = load(args, None, true, true)?;
     let mut config = TrainConfig::d2l("resnet18").map_err(|e| usage(e.to_string()))?;
     config.use_dataset(&data);
     config.resize = Some(at_least_one("--side", side as i64)?);

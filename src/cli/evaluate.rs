@@ -12,7 +12,7 @@ pub fn run(run: &Path, data: &DataArgs, device: &str) -> anyhow::Result<()> {
     let device = parse_device(device).map_err(usage)?;
     let checkpoint = train::load_checkpoint(run, device)?;
     let config = &checkpoint.state.config;
-    let data = data::load(data, config.val_split, true)?;
+    let data = data::load(data, Some(config), false, true)?;
     config.check_dataset(&data).map_err(usage)?;
     let evaluation = train::evaluate(&checkpoint.net, &data.test, config.batch_size, &config.eval_prep())?;
     println!("{} after {} epochs, {} test images", config.net, checkpoint.state.epoch, data.test.len());

@@ -26,7 +26,7 @@ pub fn run(
     let device = parse_device(device).map_err(usage)?;
     let checkpoint = train::load_checkpoint(run, device)?;
     if images.is_empty() {
-        let data = load::load(data, checkpoint.state.config.val_split, true)?;
+        let data = load::load(data, Some(&checkpoint.state.config), false, true)?;
         checkpoint.state.config.check_dataset(&data).map_err(usage)?;
         predict_test(&checkpoint, &data, count, out)
     } else {

@@ -65,8 +65,9 @@ fn default_run_dir(net: &str) -> PathBuf {
 /// What a rank publishes when it joins a distributed run: everything that must be the same on
 /// every rank (the configuration, where training starts, the program).
 fn run_description(config: &TrainConfig, start_epoch: usize) -> anyhow::Result<String> {
-    // Each rank may name its own device (cuda:LOCAL_RANK): not part of the agreement.
-    let config = TrainConfig { device: String::new(), ..config.clone() };
+    // Each rank may name its own device (cuda:LOCAL_RANK) and see the data at a path of its
+    // machine's: neither is part of the agreement.
+    let config = TrainConfig { device: String::new(), data_dir: None, ..config.clone() };
     Ok(format!(
         "convnets {}\nstarting after epoch {start_epoch}\n{}",
         env!("CARGO_PKG_VERSION"),
@@ -97,7 +98,7 @@ fn train_rank(args: TrainArgs, world: Option<&World>, timeout: Duration) -> anyh
     let resumed = args.resume.as_deref().map(|dir| train::load_checkpoint(dir, device)).transpose()?;
     // The data set decides the network's input channels and classes (a resumed run's, which
     // part of an image folder is held out).
-    let data = data::load(&args.data, resumed.as_ref().and_then(|c| c.state.config.val_split), lead)?;
+    let data = data::load(&args.data, resumed.as_ref().map(|c| &c.state.config), false, lead)?;
     let Prepared { net, config, start, dir } = match (resumed, &args.resume) {
         (Some(checkpoint), Some(dir)) => resume(&args, checkpoint, dir.clone(), device, &data, lead)?,
         _ => start_new(&args, device, &data, lead)?,

@@ -115,6 +115,9 @@ pub struct FolderOptions {
     pub val_split: Option<f64>,
     /// Leave unreadable images out (each is decoded once to check), instead of failing on them.
     pub skip_bad_images: bool,
+    /// Without a `val` folder or a `val_split`, load `train` alone (and an empty test split)
+    /// instead of refusing: for what reads the training images only (`convnets data bench`).
+    pub train_only: bool,
 }
 
 const SAMPLE: [&[u8]; 4] = [
@@ -156,22 +159,18 @@ impl Dataset {
         Self::from_source_as(source, Some(Format::FashionMnist), &FolderOptions::default())
     }
 
-    fn from_source_as(source: Source, format: Option<Format>, options: &FolderOptions) -> Result<Self, DataError> {
-        let dir = match &source {
-            Source::Embedded => None,
-            Source::Flag(dir) | Source::Env(dir) | Source::Cache(dir) => {
-                if !dir.is_dir() {
-                    return Err(DataError::Io {
-                        file: dir.display().to_string(),
-                        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
-                    });
-                }
-                Some(dir.clone())
-            }
-        };
+    /// The data set in `source`: `format`'s, or what its directory holds.
+    pub fn from_source_as(source: Source, format: Option<Format>, options: &FolderOptions) -> Result<Self, DataError> {
+        let dir = source.dir().map(Path::to_path_buf);
+        if let Some(dir) = dir.as_ref().filter(|d| !d.is_dir()) {
+            return Err(DataError::Io {
+                file: dir.display().to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+            });
+        }
         let format = format.or_else(|| dir.as_deref().and_then(Format::detect)).unwrap_or(Format::FashionMnist);
         if let (Format::Folder, Some(dir)) = (format, &dir) {
-            let found = folder::load(dir, options.val_split, options.skip_bad_images)?;
+            let found = folder::load(dir, options)?;
             return Ok(Dataset {
                 format,
                 classes: found.classes,

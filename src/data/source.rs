@@ -15,8 +15,21 @@ pub enum Source {
     Env(PathBuf),
     /// The user cache, where `convnets data download` writes.
     Cache(PathBuf),
+    /// The directory a run trained on, as its configuration recorded it (`eval`, `predict` and
+    /// `--resume` without `--data`).
+    Run(PathBuf),
     /// The sample compiled into the binary.
     Embedded,
+}
+
+impl Source {
+    /// The directory the data is in (none for the embedded sample).
+    pub fn dir(&self) -> Option<&Path> {
+        match self {
+            Source::Flag(dir) | Source::Env(dir) | Source::Cache(dir) | Source::Run(dir) => Some(dir),
+            Source::Embedded => None,
+        }
+    }
 }
 
 impl fmt::Display for Source {
@@ -25,6 +38,7 @@ impl fmt::Display for Source {
             Source::Flag(p) => write!(f, "{} (from --data)", p.display()),
             Source::Env(p) => write!(f, "{} (from $CONVNETS_DATA)", p.display()),
             Source::Cache(p) => write!(f, "{} (the user cache)", p.display()),
+            Source::Run(p) => write!(f, "{} (the run's data)", p.display()),
             Source::Embedded => write!(
                 f,
                 "the embedded sample (2,000 train / 500 test images; use --data DIR, $CONVNETS_DATA or `convnets data download` for the full set)"

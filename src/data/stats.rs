@@ -1,12 +1,13 @@
 //! What a data set holds: counts and class balance (`convnets data info`), and the per-channel
 //! statistics `--normalize auto` normalises with.
 
-use super::{Dataset, Image, Normalize, Prep, Source, Split};
+use super::{Dataset, Image, Normalize, Prep, Split};
 
 /// Counts, class balance and pixel statistics of a split (`convnets data info`).
 pub fn describe(split: &Split, classes: &[String]) -> String {
-    let mut out = if split.files.is_empty() {
-        let n = split.images.len() as f64;
+    // An image folder's splits (rows 0) hold files, even when empty.
+    let mut out = if split.rows > 0 {
+        let n = (split.images.len() as f64).max(1.0);
         let mean = split.images.iter().map(|&p| p as f64 / 255.0).sum::<f64>() / n;
         let var = split.images.iter().map(|&p| (p as f64 / 255.0 - mean).powi(2)).sum::<f64>() / n;
         format!(
@@ -40,10 +41,7 @@ pub fn describe(split: &Split, classes: &[String]) -> String {
 /// set, size and transforms).
 pub fn normalization(data: &Dataset, prep: &Prep) -> anyhow::Result<Normalize> {
     let key = format!("{} {} {:?}", data.format.name(), data.train.len(), prep.pipeline);
-    let cache = match &data.source {
-        Source::Flag(dir) | Source::Env(dir) | Source::Cache(dir) => Some(dir.join("convnets-normalize.json")),
-        Source::Embedded => None,
-    };
+    let cache = data.source.dir().map(|dir| dir.join("convnets-normalize.json"));
     let cached: std::collections::HashMap<String, Normalize> = cache
         .as_ref()
         .and_then(|path| std::fs::read(path).ok())

@@ -1,6 +1,8 @@
 //! [`TrainConfig`]: everything that defines a run, d2l's settings as its defaults, and the checks
 //! made before anything runs.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 use super::Recipe;
@@ -53,6 +55,11 @@ pub struct TrainConfig {
     /// whole global batch (PyTorch's SyncBatchNorm) instead of each rank's share.
     #[serde(default)]
     pub sync_bn: bool,
+    /// The directory of the data set trained on (absolute), so that `eval`, `predict` and
+    /// `--resume` find it without `--data`; none for the embedded sample, and for runs saved
+    /// before it was recorded.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
 }
 
 fn fashion_mnist() -> String {
@@ -92,6 +99,7 @@ impl TrainConfig {
             val_split: None,
             normalize: None,
             sync_bn: false,
+            data_dir: None,
         }
     }
 
@@ -134,6 +142,12 @@ impl TrainConfig {
         self.num_classes = data.classes.len() as i64;
         self.classes = data.classes.clone();
         self.dataset = data.format.name().to_string();
+        self.data_dir = data.source.dir().map(|dir| dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()));
+        if data.format == data::Format::Folder && self.resize.is_none() {
+            // A folder's photos have no size of their own: they are cropped to the network's d2l
+            // input, which d2l's settings leave unset only where it is the MNISTs' 28x28 (LeNet).
+            self.resize = Some(data::Format::Mnist.side());
+        }
     }
 
     /// Checks that `data` is what this run trains on (a resumed run, evaluation).

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use crate::data::decode::{decode, is_grey};
 use crate::data::error::invalid;
-use crate::data::{DataError, Split};
+use crate::data::{DataError, FolderOptions, Split};
 
 const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 /// The held-out part of a folder without `val/` is drawn with this seed, always the same.
@@ -71,14 +71,17 @@ pub struct Folder {
     pub train: Split,
     pub test: Split,
     pub classes: Vec<String>,
-    /// Files left out as unreadable (with `skip_bad`), with why.
+    /// Files left out as unreadable (with `skip_bad_images`), with why.
     pub skipped: Vec<String>,
 }
 
 /// Loads `dir`: its `train` and `val` folders, or `train` alone with a `val_split` fraction of
-/// it held out (by a fixed seed, so that every command holds out the same images). Every file is decoded once to check it when `skip_bad`
-/// asks for unreadable ones to be left out; otherwise one is an error when its batch is made.
-pub fn load(dir: &Path, val_split: Option<f64>, skip_bad: bool) -> Result<Folder, DataError> {
+/// it held out (by a fixed seed, so that every command holds out the same images), or, with
+/// `train_only` and neither, `train` and an empty test split. Every file is decoded once to check
+/// it when `skip_bad_images` asks for unreadable ones to be left out; otherwise one is an error
+/// when its batch is made.
+pub fn load(dir: &Path, options: &FolderOptions) -> Result<Folder, DataError> {
+    let val_split = options.val_split;
     let (classes, mut train) = scan(&dir.join("train"))?;
     let val_dir = dir.join("val");
     let mut test = if val_dir.is_dir() {
@@ -96,6 +99,8 @@ pub fn load(dir: &Path, val_split: Option<f64>, skip_bad: bool) -> Result<Folder
             ));
         }
         val
+    } else if val_split.is_none() && options.train_only {
+        Vec::new()
     } else {
         let fraction = val_split.ok_or_else(|| {
             invalid(
@@ -118,7 +123,7 @@ pub fn load(dir: &Path, val_split: Option<f64>, skip_bad: bool) -> Result<Folder
         test
     };
     let mut skipped = Vec::new();
-    if skip_bad {
+    if options.skip_bad_images {
         for files in [&mut train, &mut test] {
             let results: Vec<Option<String>> =
                 files.par_iter().map(|(p, _)| decode(p).err().map(|e| e.to_string())).collect();
@@ -127,7 +132,7 @@ pub fn load(dir: &Path, val_split: Option<f64>, skip_bad: bool) -> Result<Folder
             skipped.extend(results.into_iter().flatten());
         }
     }
-    if train.is_empty() || test.is_empty() {
+    if train.is_empty() || (test.is_empty() && !options.train_only) {
         return Err(invalid(&dir.display().to_string(), "no readable images left in train or val"));
     }
     // torchvision converts every image to RGB; a folder of grey images only (Fashion-MNIST's,
