@@ -1,7 +1,7 @@
 // Lets the binary find libtorch without LD_LIBRARY_PATH: an rpath to the libtorch that
 // torch-sys linked (scripts/setup.sh caches it outside the clone, keyed by version). Compiles
-// csrc/accel.cpp, the few libtorch calls tch does not expose (see src/accel.rs), and
-// csrc/dist.cpp, libtorch's c10d for data-parallel training (see src/dist/).
+// csrc/accel.cpp, the few libtorch calls tch does not expose (see src/ffi.rs and src/accel/), and
+// csrc/dist.cpp, libtorch's c10d for data-parallel training (see src/distributed/).
 use std::path::PathBuf;
 
 fn main() {
