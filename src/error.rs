@@ -50,3 +50,31 @@ pub fn error_line(error: &anyhow::Error) -> String {
         .collect();
     parts.join(": ")
 }
+
+thread_local! {
+    /// Whether this thread runs inside [`catch_panic`].
+    static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic inside it into an error that says `what` failed: for third-party
+/// code that may assert on hostile input (an image decoder on a crafted file), where a panic
+/// would otherwise end the thread that runs it.
+pub fn catch_panic<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let outer = CATCHING.replace(true);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.set(outer);
+    result.unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        Err(anyhow::anyhow!("{what} failed: {message}"))
+    })
+}
+
+/// Whether a panic on this thread now would be caught by [`catch_panic`] (a panic hook then
+/// has nothing to report).
+pub fn panic_is_caught() -> bool {
+    CATCHING.get()
+}

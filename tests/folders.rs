@@ -214,3 +214,30 @@ fn lenet_trains_on_a_folder_at_its_own_28x28_by_default() {
     assert_eq!(config["resize"], 28);
     assert_eq!(config["data_dir"].as_str(), Some(dir.canonicalize().unwrap().to_str().unwrap()));
 }
+
+#[test]
+fn a_jpeg_that_makes_the_decoder_panic_is_an_unreadable_image_named_in_one_line() {
+    // Found by fuzzing: zune-jpeg 0.5.15 asserts (panics) on this 706-byte file.
+    let bytes = std::fs::read(common::golden("decoder_panic.jpg")).unwrap();
+    let err = convnets::data::decode::decode_bytes(&bytes).unwrap_err().to_string();
+    assert!(err.starts_with("the JPEG decoder failed: "), "{err}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("photos");
+    photos(&dir, 2);
+    colour(&dir.join("val/cat/a.png"), 40, 33, [210, 20, 20]);
+    colour(&dir.join("val/dog/a.jpg"), 33, 40, [20, 20, 210]);
+    std::fs::write(dir.join("train/cat/fuzzed.jpg"), &bytes).unwrap();
+    let data = dir.to_str().unwrap();
+    let args = ["train", "lenet-bn", "--data", data, "--epochs", "1", "--batch-size", "4"];
+    let (code, _, err) = convnets(&[&args[..], &["--out", tmp.path().join("run").to_str().unwrap()]].concat());
+    assert_eq!(code, 1, "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(errors[0].contains("fuzzed.jpg: not a readable image: the JPEG decoder failed"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let (code, _, err) =
+        convnets(&[&args[..], &["--skip-bad-images", "--out", tmp.path().join("r2").to_str().unwrap()]].concat());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("left out 1 unreadable image(s)") && err.contains("fuzzed.jpg"), "{err}");
+}

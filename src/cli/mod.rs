@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::error::{UsageError, error_line, libtorch_message, usage};
+use crate::error::{UsageError, error_line, libtorch_message, panic_is_caught, usage};
 use args::{Cli, Command, DataCommand};
 
 /// Runs the command line; returns the process exit code.
@@ -23,10 +23,12 @@ pub fn main() -> ExitCode {
     // Every libtorch call on the paths a command takes is fallible, but a panic raised with one
     // of libtorch's errors (inside tch, or a call missed) must still end as one line, not as a
     // panic report with a C++ stack: the hook stays quiet for those, and `run_guarded` turns
-    // them into errors. Any other panic is a bug and is reported as usual.
+    // them into errors; it stays quiet too for the panics the library catches itself (a
+    // decoder's on a malformed image, see `error::catch_panic`). Any other panic is a bug and is
+    // reported as usual.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if libtorch_panic(info.payload()).is_none() {
+        if libtorch_panic(info.payload()).is_none() && !panic_is_caught() {
             default_hook(info);
         }
     }));

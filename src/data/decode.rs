@@ -6,6 +6,7 @@ use std::path::Path;
 
 use super::Image;
 use super::kernels::to_planes;
+use crate::error::catch_panic;
 
 /// Larger images are refused before they are decoded.
 const MAX_PIXELS: u64 = 64 << 20;
@@ -47,12 +48,14 @@ pub fn decode(path: &Path) -> anyhow::Result<Image> {
     decode_bytes(&bytes).map_err(|e| bad(format!("not a readable image: {e}")))
 }
 
-/// Decodes the bytes of an image file (JPEG, PNG, ...) as RGB planes.
+/// Decodes the bytes of an image file (JPEG, PNG, ...) as RGB planes. A decoder that panics on
+/// a malformed file (zune-jpeg 0.5.15 asserts on some crafted JPEGs) is an error like any other
+/// unreadable image, not the end of the thread that decodes.
 pub fn decode_bytes(bytes: &[u8]) -> anyhow::Result<Image> {
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        return decode_jpeg(bytes);
+        return catch_panic("the JPEG decoder", || decode_jpeg(bytes));
     }
-    decode_other(bytes)
+    catch_panic("the image decoder", || decode_other(bytes))
 }
 
 thread_local! {

@@ -12,6 +12,7 @@ use tch::{Device, Kind, Tensor};
 use super::kernels::to_floats;
 use super::{Normalize, Pipeline, Resize, Split};
 use crate::accel;
+use crate::error::catch_panic;
 
 /// A batch as the pipeline delivers it: pixels `[B, C, H, W]` as uint8 (a quarter of the bytes
 /// of floats to prepare and to copy to a GPU) and labels `[B]` (int64).
@@ -165,7 +166,9 @@ fn host_batches(
     let (tx, rx) = sync_channel(3);
     std::thread::spawn(move || {
         for chunk in order.chunks(batch_size) {
-            let batch = make_batch_for(&split, chunk, &prep, device);
+            // A panic here must reach the consumer as an error: ending this thread would end
+            // the epoch early, silently.
+            let batch = catch_panic("preparing a batch", || make_batch_for(&split, chunk, &prep, device));
             let failed = batch.is_err();
             if tx.send(batch).is_err() || failed {
                 return; // the consumer stopped early, or will stop at this error
