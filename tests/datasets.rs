@@ -164,9 +164,17 @@ fn colour_images_train_evaluate_predict_and_export_with_their_class_names() {
     assert!(out.starts_with(&format!("{}: ", png.display())), "{out}");
 
     // A resumed run or an evaluation on other data is refused with both sides named.
-    let (code, _, err) = convnets(&["train", "--resume", run, "--epochs", "4"]);
+    let fashion = common::idx_dataset(&tmp.path().join("fashion"), 64, 16);
+    let (code, _, err) = convnets(&["train", "--resume", run, "--epochs", "4", "--data", fashion.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("the run trained on cifar10 (3 channel(s), 10 classes) but the data is fashion-mnist (1 channel(s), 10 classes)"), "{err}");
+    // Without --data, the run continues on its own.
+    let (code, _, err) = convnets(&["train", "--resume", run, "--epochs", "4"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!("data: cifar10 {} (the run's data)", Path::new(cifar).canonicalize().unwrap().display())),
+        "{err}"
+    );
 
     // ONNX: three input channels, CIFAR's names.
     let onnx = format!("{run}/model.onnx");

@@ -113,15 +113,24 @@ pub enum Command {
     Predict {
         /// A run directory or its checkpoint.safetensors.
         run: PathBuf,
-        /// How many test images to show.
+        /// How many test images to show: the first ones (d2l's), or, for an image folder, whose
+        /// images are listed class by class, a spread across the classes (the same every time).
         #[arg(long, default_value_t = 18)]
         count: usize,
-        /// Where to write the picture of images with true and predicted labels.
+        /// Where to write the picture of the images (as the network saw them, before
+        /// normalisation) with true and predicted labels, wrong ones marked in red.
         #[arg(long)]
         out: Option<PathBuf>,
         /// Classify these images instead (PNG or JPEG, transformed as the run evaluates).
         #[arg(long, num_args = 1..)]
         image: Vec<PathBuf>,
+        /// With --image: the most likely classes to print for each, with their probabilities
+        /// (default 5, at most the number of classes).
+        #[arg(long, requires = "image")]
+        topk: Option<usize>,
+        /// With --image: one JSON object per image instead of a line.
+        #[arg(long, requires = "image")]
+        json: bool,
         #[command(flatten)]
         data: DataArgs,
         #[arg(long, default_value = "auto")]

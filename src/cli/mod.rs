@@ -85,8 +85,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Shapes { net, input, shape } => inspect::shapes(&net, input, &shape),
         Command::Train(args) => train::run(*args),
         Command::Eval { run, data, device } => evaluate::run(&run, &data, &device),
-        Command::Predict { run, count, out, image, data, device } => {
-            predict::run(&run, count, out.as_deref(), &image, &data, &device)
+        Command::Predict { run, count, out, image, topk, json, data, device } => {
+            let output = predict::Output { topk, json };
+            predict::run(&run, count, out.as_deref(), &image, output, &data, &device)
         }
         Command::Import { weights, net, out, allow_partial } => weights::import(&weights, &net, &out, allow_partial),
         Command::Export { run, out, format } => weights::export(&run, &out, format),

@@ -1,25 +1,35 @@
-//! `convnets predict`: d2l's `predict_ch3` on the test set, or the user's own images.
+//! `convnets predict`: d2l's `predict_ch3` on the test set, or the user's own images with their
+//! most likely classes.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use tch::Device;
+use tch::{Device, Kind, Tensor};
 
 use super::args::DataArgs;
 use super::data as load;
 use crate::accel::parse_device;
 use crate::atomic::write_atomic;
-use crate::data::{self, Dataset};
+use crate::data::{self, Dataset, Format};
 use crate::error::usage;
 use crate::models::Network;
 use crate::report::plot;
 use crate::train;
+
+/// How `--image` predictions are printed.
+pub struct Output {
+    /// The most likely classes per image (default 5).
+    pub topk: Option<usize>,
+    /// One JSON object per image.
+    pub json: bool,
+}
 
 pub fn run(
     run: &Path,
     count: usize,
     out: Option<&Path>,
     images: &[PathBuf],
+    output: Output,
     data: &DataArgs,
     device: &str,
 ) -> anyhow::Result<()> {
@@ -30,11 +40,12 @@ pub fn run(
         checkpoint.state.config.check_dataset(&data).map_err(usage)?;
         predict_test(&checkpoint, &data, count, out)
     } else {
-        predict_files(&checkpoint, images)
+        predict_files(&checkpoint, images, &output)
     }
 }
 
-/// d2l's `predict_ch3`: the first `count` test images with true and predicted labels.
+/// d2l's `predict_ch3`: `count` test images with true and predicted labels (an image folder's
+/// spread across its classes), printed and drawn as the network saw them.
 fn predict_test(
     checkpoint: &train::Checkpoint,
     data: &Dataset,
@@ -42,21 +53,32 @@ fn predict_test(
     out: Option<&Path>,
 ) -> anyhow::Result<()> {
     let config = &checkpoint.state.config;
-    let count = count.min(data.test.len());
-    let indices: Vec<usize> = (0..count).collect();
+    let indices: Vec<usize> = match data.format {
+        Format::Folder => data.test.spread(count, config.seed),
+        _ => (0..count.min(data.test.len())).collect(),
+    };
     let prep = config.eval_prep();
     let batch = data::make_batch(&data.test, &indices, &prep)?;
-    let predicted = classify(&checkpoint.net, &batch.images(Device::Cpu, prep.normalize.as_ref())?)?;
-    let mut tiles = Vec::new();
+    let probabilities = classify(&checkpoint.net, &batch.images(Device::Cpu, prep.normalize.as_ref())?)?;
+    // The images as the network received them, before normalisation: (N, C, H, W) bytes.
+    let shape = batch.pixels.size();
+    let (size, plane) = ((shape[2] as usize, shape[3] as usize), (shape[1] * shape[2] * shape[3]) as usize);
+    let pixels = Vec::<u8>::try_from(batch.pixels.f_contiguous()?.f_view([-1])?)?;
     let name = |c: usize| config.classes.get(c).map_or("?", String::as_str);
-    for (i, p) in predicted.iter().enumerate() {
-        let (truth, guess) = (name(data.test.labels[i] as usize), name(*p));
-        println!("{i:>4}: true {truth:<11} predicted {guess:<11}{}", if truth == guess { "" } else { "  (wrong)" });
+    let mut tiles = Vec::new();
+    for (k, (&i, probabilities)) in indices.iter().zip(&probabilities).enumerate() {
+        let (truth, guess) = (name(data.test.labels[i] as usize), name(top_k(probabilities, 1)[0].0));
+        let wrong = truth != guess;
+        match wrong {
+            true => println!("{i:>4}: true {truth:<11} predicted {guess:<11}  (wrong)"),
+            false => println!("{i:>4}: true {truth:<11} predicted {guess}"),
+        }
         tiles.push(plot::Labelled {
-            pixels: data.test.image(i),
-            channels: data.test.channels,
-            size: (data.test.rows, data.test.cols),
+            pixels: &pixels[k * plane..(k + 1) * plane],
+            channels: shape[1] as usize,
+            size,
             title: [truth.to_string(), guess.to_string()],
+            wrong,
         });
     }
     if let Some(out) = out {
@@ -67,9 +89,14 @@ fn predict_test(
     Ok(())
 }
 
-/// Classifies the user's own images (PNG or JPEG), transformed as evaluation does.
-fn predict_files(checkpoint: &train::Checkpoint, files: &[PathBuf]) -> anyhow::Result<()> {
+/// Classifies the user's own images (PNG or JPEG), transformed as evaluation does, printing each
+/// one's most likely classes.
+fn predict_files(checkpoint: &train::Checkpoint, files: &[PathBuf], output: &Output) -> anyhow::Result<()> {
     let config = &checkpoint.state.config;
+    let topk = output.topk.unwrap_or(5);
+    if topk == 0 {
+        return Err(usage("--topk must be at least 1"));
+    }
     let channels = config.in_channels as usize;
     let mut pipeline = config.eval_prep().pipeline;
     if pipeline.fixed_size().is_none() {
@@ -83,23 +110,42 @@ fn predict_files(checkpoint: &train::Checkpoint, files: &[PathBuf]) -> anyhow::R
         pixels.extend(image.pixels.iter().map(|&b| b as f32 / 255.0));
     }
     let size = config.image_side() as i64;
-    let images = tch::Tensor::f_from_slice(&pixels)?.f_view([files.len() as i64, channels as i64, size, size])?;
+    let images = Tensor::f_from_slice(&pixels)?.f_view([files.len() as i64, channels as i64, size, size])?;
     let images = match &config.normalize {
         Some(n) => n.apply(&images)?,
         None => images,
     };
-    for (file, p) in files.iter().zip(classify(&checkpoint.net, &images)?) {
-        println!("{}: {}", file.display(), config.classes.get(p).map_or("?", String::as_str));
+    let name = |c: usize| config.classes.get(c).map_or("?", String::as_str);
+    for (file, probabilities) in files.iter().zip(classify(&checkpoint.net, &images)?) {
+        let top = top_k(&probabilities, topk);
+        if output.json {
+            let predictions: Vec<serde_json::Value> =
+                top.iter().map(|&(c, p)| serde_json::json!({"class": name(c), "index": c, "probability": p})).collect();
+            println!("{}", serde_json::json!({"image": file.display().to_string(), "predictions": predictions}));
+        } else {
+            let classes: Vec<String> = top.iter().map(|&(c, p)| format!("{} ({:.1}%)", name(c), 100.0 * p)).collect();
+            println!("{}: {}", file.display(), classes.join(", "));
+        }
     }
     Ok(())
 }
 
-fn classify(net: &Network, images: &tch::Tensor) -> anyhow::Result<Vec<usize>> {
-    let classified = || -> anyhow::Result<Vec<i64>> {
+/// The `k` most likely classes of one image and their probabilities, most likely first (ties in
+/// class order); at most every class.
+fn top_k(probabilities: &[f64], k: usize) -> Vec<(usize, f64)> {
+    let mut ranked: Vec<(usize, f64)> = probabilities.iter().copied().enumerate().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranked.truncate(k);
+    ranked
+}
+
+/// Each image's class probabilities (softmax of the eval-mode logits).
+fn classify(net: &Network, images: &Tensor) -> anyhow::Result<Vec<Vec<f64>>> {
+    let classified = || -> anyhow::Result<Vec<Vec<f64>>> {
         let images = images.f_to_device(net.device())?;
         let logits = tch::no_grad(|| net.forward_t(&images, false))?;
-        Ok(Vec::<i64>::try_from(logits.f_argmax(1, false)?.f_to_device(Device::Cpu)?)?)
+        let probabilities = logits.f_softmax(1, Kind::Double)?.f_to_device(Device::Cpu)?;
+        Ok(Vec::<Vec<f64>>::try_from(probabilities)?)
     };
-    let predicted = classified().with_context(|| format!("{}: prediction failed", net.info.name))?;
-    Ok(predicted.into_iter().map(|p| p as usize).collect())
+    classified().with_context(|| format!("{}: prediction failed", net.info.name))
 }

@@ -5,6 +5,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
+use crate::data::Resize;
 use crate::train::{History, Point};
 
 static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
@@ -124,45 +125,99 @@ pub fn encode_png(rgb: &[u8], w: u32, h: u32) -> anyhow::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// One image of the prediction grid: its pixels (grey, or red, green and blue planes), its size
-/// and its two title lines.
+/// One image of the prediction grid: its pixels as the network saw them before normalisation
+/// (grey, or red, green and blue planes), its size, its two title lines (true and predicted
+/// label), and whether the prediction was wrong (marked in red).
 pub struct Labelled<'a> {
     pub pixels: &'a [u8],
     pub channels: usize,
     pub size: (usize, usize),
     pub title: [String; 2],
+    pub wrong: bool,
+}
+
+/// The smallest and largest side an image is drawn at: d2l's 28x28 images three times over,
+/// photos cut down to a cell a person sees whole.
+const SMALLEST: usize = 84;
+const LARGEST: usize = 160;
+const TITLE: usize = 34;
+
+/// The size an `h` x `w` image is drawn at, its aspect kept: small ones enlarged a whole number
+/// of times (pixels stay sharp), large ones reduced to at most [`LARGEST`].
+pub fn display_size(h: usize, w: usize) -> (usize, usize) {
+    let side = h.max(w).max(1);
+    if side < SMALLEST {
+        let times = SMALLEST.div_ceil(side);
+        (h * times, w * times)
+    } else if side > LARGEST {
+        ((h * LARGEST / side).max(1), (w * LARGEST / side).max(1))
+    } else {
+        (h, w)
+    }
+}
+
+/// Where image `k` of a grid of `count` images of `size` is drawn: (x, y, width, height).
+pub fn image_rect(count: usize, size: (usize, usize), k: usize) -> (usize, usize, usize, usize) {
+    let (dh, dw) = display_size(size.0, size.1);
+    let (per_row, cell_w, cell_h) = layout(count, (dh, dw));
+    (k % per_row * cell_w + 4, k / per_row * cell_h + 4 + TITLE, dw, dh)
+}
+
+/// Images per row and the cell's width and height, for images drawn at `shown` (height, width).
+fn layout(count: usize, shown: (usize, usize)) -> (usize, usize, usize) {
+    let per_row = count.clamp(1, 9);
+    (per_row, shown.1.max(SMALLEST) + 8, shown.0.max(SMALLEST) + TITLE + 8)
+}
+
+/// `im`'s planes at its display size: each pixel repeated when enlarged, Pillow's antialiased
+/// bilinear resampling when reduced.
+fn displayed(im: &Labelled) -> Vec<u8> {
+    let (h, w) = im.size;
+    let (dh, dw) = display_size(h, w);
+    let planes = im.pixels.chunks(h * w).take(im.channels);
+    if dh >= h {
+        let times = dh / h.max(1);
+        planes.flat_map(|plane| (0..dh * dw).map(move |at| plane[(at / dw / times) * w + at % dw / times])).collect()
+    } else {
+        let resize = Resize::new(h, w, dh, dw);
+        planes.flat_map(|plane| resize.apply(plane)).collect()
+    }
 }
 
 /// d2l's `predict_ch3` picture: images in rows of up to nine, each titled with its true and
-/// predicted label.
+/// predicted label; a wrong prediction's label and frame in red.
 pub fn prediction_grid(images: &[Labelled]) -> anyhow::Result<Vec<u8>> {
     ensure_font();
-    const SCALE: usize = 3;
-    const TITLE: usize = 34;
-    let per_row = images.len().clamp(1, 9);
+    let shown = images.iter().fold((0, 0), |(h, w), im| {
+        let (dh, dw) = display_size(im.size.0, im.size.1);
+        (h.max(dh), w.max(dw))
+    });
+    let (per_row, cell_w, cell_h) = layout(images.len(), shown);
     let rows = images.len().div_ceil(per_row).max(1);
-    let (cell_w, cell_h) =
-        images.iter().fold((0, 0), |(w, h), im| (w.max(im.size.1 * SCALE), h.max(im.size.0 * SCALE)));
-    let (cell_w, cell_h) = (cell_w.max(28 * SCALE) + 8, cell_h.max(28 * SCALE) + TITLE + 8);
     let (w, h) = ((per_row * cell_w) as u32, (rows * cell_h) as u32);
     let mut rgb = vec![0u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
         root.fill(&WHITE).plotted()?;
-        let font = ("sans-serif", 12).into_font();
+        let red = RGBColor(200, 0, 0);
         for (k, im) in images.iter().enumerate() {
             let (x0, y0) = ((k % per_row * cell_w + 4) as i32, (k / per_row * cell_h + 4) as i32);
             for (line, text) in im.title.iter().enumerate() {
-                root.draw(&Text::new(text.clone(), (x0, y0 + 15 * line as i32), font.clone())).plotted()?;
+                let colour = if im.wrong && line == 1 { red } else { BLACK };
+                let font = ("sans-serif", 12).into_font().color(&colour);
+                root.draw(&Text::new(text.clone(), (x0, y0 + 15 * line as i32), font)).plotted()?;
             }
-            let (ih, iw) = im.size;
-            for y in 0..ih * SCALE {
-                for x in 0..iw * SCALE {
-                    let at = (y / SCALE) * iw + x / SCALE;
-                    let plane = |c: usize| im.pixels[(c.min(im.channels - 1)) * ih * iw + at];
-                    let px = (x0 + x as i32, y0 + TITLE as i32 + y as i32);
-                    root.draw_pixel(px, &RGBColor(plane(0), plane(1), plane(2))).plotted()?;
-                }
+            let (dh, dw) = display_size(im.size.0, im.size.1);
+            let pixels = displayed(im);
+            let top = y0 + TITLE as i32;
+            if im.wrong {
+                let frame = [(x0 - 2, top - 2), (x0 + dw as i32 + 1, top + dh as i32 + 1)];
+                root.draw(&Rectangle::new(frame, red.stroke_width(2))).plotted()?;
+            }
+            let plane = |c: usize, at: usize| pixels[c.min(im.channels - 1) * dh * dw + at];
+            for at in 0..dh * dw {
+                let px = (x0 + (at % dw) as i32, top + (at / dw) as i32);
+                root.draw_pixel(px, &RGBColor(plane(0, at), plane(1, at), plane(2, at))).plotted()?;
             }
         }
         root.present().plotted()?;
