@@ -133,14 +133,16 @@ void convnets_quiet_c10d_logs() {
 }
 
 // A TCPStore at host:port, serving it (`serve`) or connecting to it, retrying until
-// `timeout_ms`; keys prefixed with `prefix`. Port 0 with `serve` picks a free port; *bound_port
-// says which.
-char *convnets_store_new(const char *host, int port, int serve, int timeout_ms, const char *prefix, void **out,
-                         int *bound_port) {
+// `timeout_ms`; keys prefixed with `prefix`. A server takes over `listen_fd`, a socket the
+// caller bound to the one address it must listen on (c10d's own server would listen on every
+// interface); *bound_port says which port it has.
+char *convnets_store_new(const char *host, int port, int serve, int listen_fd, int timeout_ms, const char *prefix,
+                         void **out, int *bound_port) {
   GUARD({
     c10d::TCPStoreOptions options;
     options.port = static_cast<uint16_t>(port);
     options.isServer = serve != 0;
+    if (serve != 0) options.masterListenFd = listen_fd;
     options.waitWorkers = false;
     options.timeout = std::chrono::milliseconds(timeout_ms);
     auto tcp = c10::make_intrusive<c10d::TCPStore>(host, options);

@@ -43,6 +43,7 @@ unsafe extern "C" {
         host: *const c_char,
         port: i32,
         serve: i32,
+        listen_fd: i32,
         timeout_ms: i32,
         prefix: *const c_char,
         out: *mut *mut c_void,

@@ -449,3 +449,66 @@ fn each_rank_takes_every_world_th_example_of_the_padded_order_as_distributed_sam
         assert_eq!(together, whole);
     }
 }
+
+/// The processes of `pid`'s tree: it and its descendants.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", tree[i])).unwrap_or_default();
+        tree.extend(children.split_whitespace().map(|c| c.parse::<u32>().unwrap()));
+        i += 1;
+    }
+    tree
+}
+
+/// The local addresses (`IP:port`, as /proc/net shows them) that the processes `pids` listen on.
+fn listening(pids: &[u32]) -> Vec<String> {
+    let inodes: std::collections::HashSet<String> = pids
+        .iter()
+        .flat_map(|pid| std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten())
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|link| link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string))
+        .collect();
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .flat_map(|table| {
+            std::fs::read_to_string(table).unwrap_or_default().lines().skip(1).map(str::to_string).collect::<Vec<_>>()
+        })
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // st 0A: LISTEN.
+            (fields[3] == "0A" && inodes.contains(fields[9])).then(|| fields[1].to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_on_one_machine_listens_on_the_loopback_interface_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(&tmp.path().join("data"), 128);
+    let dir = tmp.path().join("run");
+    // Both ranks hold before their second step: the store and Gloo's pairs are all up.
+    let mut launcher = Command::new(bin())
+        .args(["train", "lenet-bn", "--nproc", "2", "--epochs", "1", "--batch-size", "32", "--data", &data])
+        .args(["--device", "cpu", "--out", dir.to_str().unwrap()])
+        .env("CONVNETS_HOLD_AT", "1:2")
+        .env_remove("GLOO_SOCKET_IFNAME")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(launcher.stderr.take().unwrap()).lines().map(Result::unwrap);
+    let held = lines.filter(|l| l.starts_with("held at epoch 1, batch 2")).take(2).count();
+    assert_eq!(held, 2, "both ranks reach the held step");
+    let tree = process_tree(launcher.id());
+    let addresses = listening(&tree);
+    for pid in tree.iter().rev() {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    let _ = launcher.wait();
+    assert_eq!(tree.len(), 3, "the launcher and its two workers: {tree:?}");
+    // The launcher's store and each worker's Gloo pair, on 127.0.0.1 (0100007F) alone.
+    assert!(addresses.len() >= 3, "{addresses:?}");
+    assert!(addresses.iter().all(|a| a.starts_with("0100007F:")), "{addresses:?}");
+}

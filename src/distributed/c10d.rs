@@ -31,6 +31,14 @@ fn millis(d: Duration) -> i32 {
     d.as_millis().clamp(1, i32::MAX as u128) as i32
 }
 
+/// A socket listening on `host:port`, the first address `host` resolves to (an address of this
+/// machine: an IP address, `localhost`, or a name of one of its interfaces).
+fn listen_on(host: &str, port: u16) -> anyhow::Result<std::net::TcpListener> {
+    use std::net::ToSocketAddrs;
+    let addr = (host, port).to_socket_addrs()?.next().ok_or_else(|| anyhow::anyhow!("{host} names no address"))?;
+    Ok(std::net::TcpListener::bind(addr)?)
+}
+
 /// A c10d TCPStore: a small key-value server that the ranks (and a torchrun agent) share.
 pub struct Store {
     raw: *mut c_void,
@@ -44,18 +52,28 @@ unsafe impl Sync for Store {}
 
 impl Store {
     /// Serves a store at `host:port` (`serve`, port 0 for a free one) or connects to one,
-    /// retrying until `timeout`; every key is prefixed with `prefix`.
+    /// retrying until `timeout`; every key is prefixed with `prefix`. A served store listens on
+    /// the address `host` names alone (127.0.0.1: this machine only), not on every interface as
+    /// c10d's own server would: it answers anyone who reaches it, without authentication.
     pub fn new(host: &str, port: u16, serve: bool, timeout: Duration, prefix: &str) -> anyhow::Result<Self> {
         // c10d's own log lines (a timed-out wait, a failed connection, a dropped peer) stay off
         // stderr, where convnets reports the failure in one line; TORCH_CPP_LOG_LEVEL keeps them.
         unsafe { convnets_quiet_c10d_logs() };
+        let listener = match serve {
+            true => Some(listen_on(host, port)?),
+            false => None,
+        };
+        let port = listener.as_ref().map_or(Ok(port), |l| l.local_addr().map(|a| a.port()))?;
         let (host, prefix) = (c_string(host)?, c_string(prefix)?);
         let (mut raw, mut bound) = (std::ptr::null_mut(), 0i32);
+        // The store's server takes the socket over (and closes it).
+        let listen_fd = listener.map_or(-1, std::os::fd::IntoRawFd::into_raw_fd);
         check(unsafe {
             convnets_store_new(
                 host.as_ptr(),
                 port as i32,
                 serve as i32,
+                listen_fd,
                 millis(timeout),
                 prefix.as_ptr(),
                 &mut raw,

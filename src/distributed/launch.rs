@@ -68,6 +68,11 @@ pub fn run(launch: &Launch) -> anyhow::Result<()> {
             .env("TORCHELASTIC_USE_AGENT_STORE", "True")
             .env("TORCHELASTIC_RESTART_COUNT", "0")
             .env(WORKER_VAR, "1");
+        if std::env::var_os("GLOO_SOCKET_IFNAME").is_none() {
+            // The workers talk to each other on this machine alone: Gloo's pairs listen on the
+            // loopback interface, not on whatever address the host name resolves to.
+            command.env("GLOO_SOCKET_IFNAME", "lo");
+        }
         if std::env::var_os("OMP_NUM_THREADS").is_none() {
             command.env("OMP_NUM_THREADS", threads.to_string());
         }
