@@ -130,10 +130,69 @@ fn serve_shows_every_run_of_a_directory_and_refuses_a_bad_address() {
         "8 batches an epoch: a point after each (8 / 5 rounds down to 1), then the test accuracy"
     );
 
+    // Other interfaces only when named, and then with a warning: the page has no authentication.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_convnets"))
+        .args(["serve", tmp.path().to_str().unwrap(), "--addr", "0.0.0.0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines: Vec<String> = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map(Result::unwrap)
+        .take_while(|line| !line.contains("http://"))
+        .collect();
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(
+        lines.iter().any(|l| l.starts_with("warning: the live view listens on 0.0.0.0:")
+            && l.ends_with("anyone who can reach this machine there can read it (it has no authentication)")),
+        "{lines:?}"
+    );
+
     let (code, _, err) = common::convnets(&["serve", tmp.path().to_str().unwrap(), "--addr", "localhost:http"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--addr localhost:http: expected an address such as 127.0.0.1"), "{err}");
     let (code, _, err) = common::convnets(&["serve", "/nonexistent/runs"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("/nonexistent/runs: no such directory"), "{err}");
+}
+
+#[test]
+fn at_most_64_event_streams_are_served_at_once_and_the_training_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, release) = (tmp.path().join("run"), tmp.path().join("release"));
+    let hold = [("CONVNETS_HOLD_AT", "1:2"), ("CONVNETS_HOLD_RELEASE", release.to_str().unwrap())];
+    let args = ["train", "lenet-bn", "--epochs", "1", "--serve", "--out", out.to_str().unwrap()];
+    let (mut child, url) = start(&args, &hold, Some("held at epoch 1, batch 2"));
+    // An event stream's request (the refused one's connection closes after the answer).
+    let open = || {
+        let mut stream = TcpStream::connect(host(&url)).unwrap();
+        write!(stream, "GET /events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        (status, reader)
+    };
+    let mut streams = Vec::new();
+    for _ in 0..64 {
+        let (status, mut reader) = open();
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        let mut line = String::new();
+        while !line.starts_with("data: ") {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+        }
+        streams.push(reader);
+    }
+    let (status, mut reader) = open();
+    assert!(status.starts_with("HTTP/1.1 503"), "the 65th: {status}");
+    let mut body = String::new();
+    reader.read_to_string(&mut body).unwrap();
+    assert!(body.contains("the live view serves 64 event streams at most"), "{body}");
+    // The page itself is still served, and the run trains on to its end.
+    assert!(get(&url, "/").contains("<title>convnets: live view</title>"));
+    std::fs::write(&release, b"").unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(out.join("checkpoint.safetensors").is_file());
+    drop(streams);
 }

@@ -5,9 +5,13 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use axum::Router;
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{Html, IntoResponse, Json};
+use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
@@ -61,6 +65,12 @@ fn start(
     let listener = TcpListener::bind(addr).map_err(|e| crate::error::usage(format!("cannot listen on {addr}: {e}")))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        eprintln!(
+            "warning: the live view listens on {addr}: anyone who can reach this machine there can read it (it has no authentication)"
+        );
+    }
+    let streams = Arc::new(AtomicUsize::new(0));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
     std::thread::Builder::new().name("live-view".into()).spawn(move || {
         runtime.block_on(async move {
@@ -81,7 +91,7 @@ fn start(
             let router = Router::new()
                 .route("/", get(|| async { Html(PAGE) }))
                 .route("/state", get(move || async move { Json(view.borrow().clone()) }))
-                .route("/events", get(move || async move { sse(events.clone()) }));
+                .route("/events", get(move || async move { sse(events.clone(), &streams) }));
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => {
                     if let Err(e) = axum::serve(listener, router).await {
@@ -95,9 +105,31 @@ fn start(
     Ok(Server { addr })
 }
 
-/// The view as a stream of server-sent events: the whole state now, then at every change.
-fn sse(view: watch::Receiver<View>) -> impl IntoResponse {
-    let stream = WatchStream::new(view)
-        .map(|view| Event::default().event("view").json_data(&view).map_err(|e| std::io::Error::other(e.to_string())));
-    Sse::new(stream).keep_alive(KeepAlive::default())
+/// Event streams served at once at most: each holds a connection and a copy of every update, so
+/// that pages left open (or a client opening streams on purpose) cannot exhaust the process.
+pub const MAX_STREAMS: usize = 64;
+
+/// One open event stream, counted in `streams` while it lives.
+struct OpenStream(Arc<AtomicUsize>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The view as a stream of server-sent events: the whole state now, then at every change; or,
+/// with [`MAX_STREAMS`] open already, 503 Service Unavailable.
+fn sse(view: watch::Receiver<View>, streams: &Arc<AtomicUsize>) -> Response {
+    if streams.fetch_add(1, Ordering::SeqCst) >= MAX_STREAMS {
+        streams.fetch_sub(1, Ordering::SeqCst);
+        let why = format!("the live view serves {MAX_STREAMS} event streams at most; close a page and retry\n");
+        return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    }
+    let open = OpenStream(streams.clone());
+    let stream = WatchStream::new(view).map(move |view| {
+        let _counted = &open; // dropped, and uncounted, with the stream
+        Event::default().event("view").json_data(&view).map_err(|e| std::io::Error::other(e.to_string()))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }
