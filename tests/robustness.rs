@@ -62,6 +62,22 @@ proptest! {
         let _ = data::parse_images(&bytes, "f");
         let _ = data::parse_labels(&bytes, "f");
         let _ = convnets::weights::parse_safetensors(&bytes, "f");
+        let _ = convnets::weights::read_pytorch_bytes(&bytes, "f", None);
+        let _ = convnets::data::decode::decode_bytes(&bytes);
+    }
+
+    #[test]
+    fn mangled_pytorch_files_are_errors_never_panics(at in 0usize..2800, byte in any::<u8>(), cut in 1usize..2800) {
+        // A real torch.save file with one byte changed, then cut short.
+        let mut bytes = std::fs::read(common::golden("pytorch/views.pt")).unwrap();
+        let at = at % bytes.len();
+        bytes[at] = byte;
+        bytes.truncate(cut.max(1).min(bytes.len()));
+        let _ = convnets::weights::read_pytorch_bytes(&bytes, "f", None);
+        let mut legacy = std::fs::read(common::golden("pytorch/views_legacy.pt")).unwrap();
+        let at = at % legacy.len();
+        legacy[at] = byte;
+        let _ = convnets::weights::read_pytorch_bytes(&legacy, "f", None);
     }
 
     #[test]

@@ -172,10 +172,105 @@ fn pytorch_saved_state_dicts_load_and_give_pytorchs_outputs() {
     .to_kind(Kind::Float);
     assert!(logits.allclose(&expected, 1e-5, 1e-6, false), "{logits}");
 
-    // What state_dict() itself returns, an OrderedDict, libtorch cannot read: say how to re-save.
-    let e = weights::read_tensors(&golden("lenet_bn_ordered_state_dict.pt")).unwrap_err().to_string();
-    assert!(e.contains("re-save with torch.save(dict(model.state_dict()), path)"), "{e}");
+    // What state_dict() itself returns, an OrderedDict (which libtorch's own reader refuses),
+    // loads the same tensors.
+    let ordered = weights::read_tensors(&golden("lenet_bn_ordered_state_dict.pt")).unwrap();
+    assert_eq!(ordered.len(), 30);
+    for ((a, x), (b, y)) in ordered.iter().zip(&tensors) {
+        assert_eq!(a, b);
+        assert!(x.equal(y), "{a}");
+    }
+}
+
+/// The values of a tensor, as f64, in row-major order.
+fn values(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
+}
+
+#[test]
+fn torch_save_files_read_in_both_formats_with_their_types_and_views() {
+    // Made by torch 2.11.0's torch.save: tests/golden/README.md says how.
+    let file = |name: &str| golden(&format!("pytorch/{name}"));
+    let expected: [(&str, &[f64]); 4] = [
+        ("0.bias", &[0.40334683656692505, 0.8380263447761536]),
+        (
+            "0.weight",
+            &[
+                1.5409960746765137,
+                -0.293428897857666,
+                -2.1787893772125244,
+                0.5684312582015991,
+                -1.0845223665237427,
+                -1.3985954523086548,
+            ],
+        ),
+        ("1.num_batches_tracked", &[7.0]),
+        ("1.running_mean", &[-0.7192575931549072, -0.40334352850914]),
+    ];
+    for name in ["ordered.pt", "legacy.pt"] {
+        let tensors = weights::read_tensors(&file(name)).unwrap();
+        let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, expected.map(|(n, _)| n), "{name}");
+        for ((_, t), (n, v)) in tensors.iter().zip(expected) {
+            assert_eq!(values(t), v, "{name}: {n}");
+        }
+        assert_eq!(tensors[1].1.size(), [2, 3]);
+        assert_eq!((tensors[1].1.kind(), tensors[2].1.kind(), tensors[2].1.size()), (Kind::Float, Kind::Int64, vec![]));
+    }
+
+    // Views of one storage (offsets, strides), and every element type, in both formats.
+    for name in ["views.pt", "views_legacy.pt"] {
+        let tensors: HashMap<String, Tensor> = weights::read_tensors(&file(name)).unwrap().into_iter().collect();
+        let base: Vec<f64> = (0..24).map(f64::from).collect();
+        assert_eq!(values(&tensors["base"]), base, "{name}");
+        assert_eq!(values(&tensors["block"]), [8.0, 9.0, 10.0, 14.0, 15.0, 16.0], "{name}");
+        assert_eq!(tensors["transposed"].size(), [6, 4]);
+        assert_eq!(values(&tensors["transposed"])[..6], [0.0, 6.0, 12.0, 18.0, 1.0, 7.0], "{name}");
+        for (key, kind) in [("half", Kind::Half), ("bfloat", Kind::BFloat16)] {
+            assert_eq!(tensors[key].kind(), kind, "{name}");
+            assert_eq!(values(&tensors[key]), [-2.0, -1.0, 0.0, 1.0, 2.0], "{name}: {key}");
+        }
+        assert_eq!((tensors["long"].kind(), values(&tensors["long"])), (Kind::Int64, vec![0.0, 1.0, 2.0, 3.0]));
+        assert_eq!((tensors["flags"].kind(), values(&tensors["flags"])), (Kind::Bool, vec![1.0, 0.0, 1.0]));
+    }
+
+    // A checkpoint holds its state_dict under a key: named, and picked with --key.
+    let e = weights::read_tensors(&file("checkpoint.pt")).unwrap_err().to_string();
+    assert!(e.ends_with("the file's tensors are under model: choose with --key model (a checkpoint holds the state_dict under a key)"), "{e}");
+    let tensors = weights::read_tensors_under(&file("checkpoint.pt"), Some("model")).unwrap();
+    assert_eq!(tensors.len(), 4);
+    assert_eq!(values(&tensors[0].1), expected[0].1);
+    let e = weights::read_tensors_under(&file("checkpoint.pt"), Some("weights")).unwrap_err().to_string();
+    assert!(e.ends_with("--key weights: no such key; the file's are model, epoch, optimizer"), "{e}");
+}
+
+#[test]
+fn hostile_pytorch_files_are_refused_in_one_line_and_nothing_they_hold_runs() {
+    let file = |name: &str| golden(&format!("pytorch/{name}"));
+    // A pickle whose unpickling would run `touch /tmp/convnets-pickle-ran` (os.system).
+    let marker = Path::new("/tmp/convnets-pickle-ran");
+    let _ = std::fs::remove_file(marker);
+    let e = weights::read_tensors(&file("malicious.pt")).unwrap_err().to_string();
+    assert!(e.contains("refusing the global posix.system") && e.contains("nothing was run"), "{e}");
+    assert!(!marker.exists(), "the command ran");
+    // A storage cut short: the tensor it cannot hold is named.
+    let e = weights::read_tensors(&file("short_storage.pt")).unwrap_err().to_string();
+    assert!(
+        e.contains(
+            "0.weight: its size [2, 3] (stride [3, 1], offset 0) reaches past storage 0, which holds 1 value(s)"
+        ),
+        "{e}"
+    );
+    // Half a file.
+    let e = weights::read_tensors(&file("truncated.pt")).unwrap_err().to_string();
+    assert!(e.contains("truncated.pt: not a PyTorch file convnets can read: a broken zip"), "{e}");
     assert_eq!(e.lines().count(), 1, "{e}");
+    // The command line says the same, in one line.
+    let (code, _, err) =
+        convnets(&["import", file("malicious.pt").to_str().unwrap(), "--net", "lenet-bn", "--out", "/nonexistent/x"]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: ") && err.contains("refusing the global posix.system"), "{err}");
 }
 
 #[test]
@@ -195,7 +290,7 @@ fn bad_weight_files_get_clear_errors() {
     let pt = tmp.path().join("broken.pt");
     std::fs::write(&pt, b"PK\x03\x04 definitely not a zip").unwrap();
     let e = weights::read_tensors(&pt).unwrap_err().to_string();
-    assert!(e.contains("broken.pt: not a PyTorch state_dict libtorch can read"), "{e}");
+    assert!(e.contains("broken.pt: not a PyTorch file convnets can read: a broken zip"), "{e}");
     let e = weights::read_tensors(&tmp.path().join("missing.pth")).unwrap_err().to_string();
     assert!(e.contains("missing.pth: no such file"), "{e}");
 

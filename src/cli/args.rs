@@ -138,10 +138,15 @@ pub enum Command {
     },
     /// Load a PyTorch state_dict (.safetensors, .pt or .pth) into a network, as a new run directory.
     Import {
-        /// The weights, under the key names d2l's PyTorch code gives them (`0.weight`, ...).
+        /// The weights, under the key names d2l's PyTorch code gives them (`0.weight`, ...). A
+        /// .pt/.pth/.bin file is read as torch.load(weights_only=True) would: tensors and
+        /// containers only, nothing in it run.
         weights: PathBuf,
         #[arg(long)]
         net: String,
+        /// A PyTorch checkpoint's key that holds the state_dict (`model`, `state_dict`, ...).
+        #[arg(long)]
+        key: Option<String>,
         /// The run directory to create (then usable with eval, predict and train --resume).
         #[arg(long)]
         out: PathBuf,

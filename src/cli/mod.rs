@@ -89,7 +89,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             let output = predict::Output { topk, json };
             predict::run(&run, count, out.as_deref(), &image, output, &data, &device)
         }
-        Command::Import { weights, net, out, allow_partial } => weights::import(&weights, &net, &out, allow_partial),
+        Command::Import { weights, net, key, out, allow_partial } => {
+            weights::import(&weights, &net, key.as_deref(), &out, allow_partial)
+        }
         Command::Export { run, out, format } => weights::export(&run, &out, format),
         Command::Parity { file, net } => bench::parity(&file, &net),
         Command::Bench { nets, device, batch_size, steps, warmup, json, speed, data } => {

@@ -14,14 +14,15 @@ use crate::models::Network;
 use crate::train::{self, TrainConfig};
 use crate::weights;
 
-/// Loads a PyTorch `state_dict` into `net` and saves it as a new run directory `out`.
-pub fn import(file: &Path, net: &str, out: &Path, allow_partial: bool) -> anyhow::Result<()> {
+/// Loads a PyTorch `state_dict` (from under `key` in a checkpoint) into `net` and saves it as a
+/// new run directory `out`.
+pub fn import(file: &Path, net: &str, key: Option<&str>, out: &Path, allow_partial: bool) -> anyhow::Result<()> {
     let config = TrainConfig::d2l(net).map_err(|e| usage(e.to_string()))?;
     if out.join(train::CHECKPOINT_FILE).exists() {
         return Err(usage(format!("{} already holds a run; choose another --out", out.display())));
     }
     let network = Network::new(net, config.net_config(), Device::Cpu)?;
-    let tensors = weights::read_tensors(file)?;
+    let tensors = weights::read_tensors_under(file, key)?;
     let report = weights::load_state_dict(&network.vs, net, &tensors, allow_partial)?;
     for problem in &report.skipped {
         eprintln!("skipped: {problem}");
