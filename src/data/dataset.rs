@@ -44,8 +44,8 @@ impl Format {
         }
     }
 
-    /// The height and width of its images as the network sees them by default (an image
-    /// folder's are cropped to ImageNet's 224).
+    /// The height and width of its images as they come (an image folder's vary: 224, ImageNet's
+    /// crop, stands for them in runs saved before a folder's run recorded the network's own).
     pub fn side(self) -> usize {
         match self {
             Format::FashionMnist | Format::Mnist => 28,

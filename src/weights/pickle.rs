@@ -453,34 +453,12 @@ impl Machine<'_> {
                     self.stack.push(storage);
                 }
                 b'P' => return self.fail("a text persistent id (protocol 0), which torch.save never writes"),
-                b'p' => {
-                    let line = self.line()?;
-                    let Ok(key) = line.parse::<u64>() else { return self.fail(format!("a memo key {line:?}")) };
+                b'p' | b'q' | b'r' | 0x94 => {
+                    let key = self.memo_key(op)?;
                     self.put(key)?;
                 }
-                b'q' => {
-                    let key = self.uint(1)?;
-                    self.put(key)?;
-                }
-                b'r' => {
-                    let key = self.uint(4)?;
-                    self.put(key)?;
-                }
-                0x94 => {
-                    let key = self.memo.len() as u64;
-                    self.put(key)?;
-                }
-                b'g' => {
-                    let line = self.line()?;
-                    let Ok(key) = line.parse::<u64>() else { return self.fail(format!("a memo key {line:?}")) };
-                    self.get(key)?;
-                }
-                b'h' => {
-                    let key = self.uint(1)?;
-                    self.get(key)?;
-                }
-                b'j' => {
-                    let key = self.uint(4)?;
+                b'g' | b'h' | b'j' => {
+                    let key = self.memo_key(op)?;
                     self.get(key)?;
                 }
                 _ => return self.fail(format!("pickle opcode 0x{op:02x}, which torch.save does not write")),
@@ -492,6 +470,20 @@ impl Machine<'_> {
         match Global::find(module, name) {
             Ok(global) => Ok(Value::Global(global)),
             Err(reason) => self.fail(reason),
+        }
+    }
+
+    /// The memo key of a PUT or GET: a line of digits (protocol 0), 1 or 4 bytes, or, for
+    /// MEMOIZE, the next free one.
+    fn memo_key(&mut self, op: u8) -> Result<u64, PickleError> {
+        match op {
+            b'p' | b'g' => {
+                let line = self.line()?;
+                line.parse::<u64>().or_else(|_| self.fail(format!("a memo key {line:?}")))
+            }
+            b'q' | b'h' => self.uint(1),
+            b'r' | b'j' => self.uint(4),
+            _ => Ok(self.memo.len() as u64),
         }
     }
 
