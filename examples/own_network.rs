@@ -10,7 +10,7 @@
 //! else the Fashion-MNIST sample embedded in the binary.
 
 use convnets::data::Dataset;
-use convnets::models::{ModelInfo, NetConfig, Network};
+use convnets::models::{ModelInfo, NetConfig, Network, Origin};
 use convnets::nn::{BatchNorm, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential};
 use convnets::report::{self, Console};
 use convnets::train::{self, Run, TrainConfig};
@@ -44,6 +44,9 @@ static TINY_VGG: ModelInfo = ModelInfo {
     channels_last_on_cuda: false,
     channels_last_on_cpu: false,
     build: tiny_vgg,
+    origin: Origin::Book,
+    default_config: NetConfig::FASHION_MNIST,
+    extra_heads: &[],
 };
 
 fn main() -> anyhow::Result<()> {

@@ -160,6 +160,41 @@ fn uses_dropout(net: &Network) -> bool {
     walk(&net.body)
 }
 
+/// A parity file holding this key has no weights: they come from [`formula_weights`].
+pub const WEIGHTS_FORMULA: &str = "weights_formula";
+
+/// Weights for every tensor of `net`'s state dict from a formula that `bench/torchvision_reference.py`
+/// computes too, so that a parity file of a large network need not carry them. For the k-th
+/// name in sorted order and its i-th value: b = sin(0.7 i + 1.3 k + 0.1) in float64; weights of
+/// two or more dimensions b * sqrt(6 / fan_in), batch-norm weights 1 + 0.2 b, running variances
+/// 0.5 + b^2, biases and running means 0.1 b, `num_batches_tracked` 0.
+pub fn formula_weights(net: &Network) -> Result<Vec<(String, Tensor)>, TchError> {
+    let mut named: Vec<(String, Tensor)> = net.vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+        .iter()
+        .enumerate()
+        .map(|(k, (name, t))| {
+            let shape = t.size();
+            let n = t.numel();
+            let fan_in = if shape.is_empty() { 1 } else { (n as i64 / shape[0].max(1)).max(1) };
+            let value = |i: usize| {
+                let b = (0.7 * i as f64 + (1.3 * k as f64 + 0.1)).sin();
+                match () {
+                    _ if name.ends_with("num_batches_tracked") => 0.0,
+                    _ if shape.len() >= 2 => b * (6.0 / fan_in as f64).sqrt(),
+                    _ if name.ends_with("running_var") => 0.5 + b * b,
+                    _ if name.ends_with("running_mean") || name.ends_with("bias") => 0.1 * b,
+                    _ => 1.0 + 0.2 * b,
+                }
+            };
+            let values: Vec<f32> = (0..n).map(|i| value(i) as f32).collect();
+            let tensor = Tensor::f_from_slice(&values)?.f_reshape(&shape)?.f_to_kind(t.kind())?;
+            Ok((name.clone(), tensor))
+        })
+        .collect()
+}
+
 /// Replays the parity file at `path` on the network `name`; a failure names the network.
 pub fn run(path: &Path, name: &str) -> anyhow::Result<Report> {
     replay(path, name).with_context(|| format!("parity {name}"))
@@ -175,18 +210,23 @@ fn replay(path: &Path, name: &str) -> anyhow::Result<Report> {
     if input.dim() != 4 {
         anyhow::bail!("{file}: 'input' has shape {:?}, expected (N, C, H, W)", input.size());
     }
-    let config = NetConfig { in_channels: input.size()[1], ..NetConfig::default() };
+    let logits = get("logits_eval")?;
+    let config = NetConfig { in_channels: input.size()[1], num_classes: logits.size().get(1).copied().unwrap_or(10) };
     let net = Network::new(name, config, Device::Cpu)?;
-    let params: Vec<(String, Tensor)> = tensors
-        .iter()
-        .filter_map(|(k, t)| k.strip_prefix("param.").map(|k| (k.to_string(), t.shallow_clone())))
-        .collect();
+    let params: Vec<(String, Tensor)> = if tensors.contains_key(WEIGHTS_FORMULA) {
+        formula_weights(&net)?
+    } else {
+        tensors
+            .iter()
+            .filter_map(|(k, t)| k.strip_prefix("param.").map(|k| (k.to_string(), t.shallow_clone())))
+            .collect()
+    };
     weights::load_state_dict(&net.vs, name, &params, false)?;
     net.check_input(&input.size()[1..])?;
 
     let mut items = Vec::new();
     let logits_eval = tch::no_grad(|| net.forward_t(input, false))?;
-    items.push(compare("logits_eval", &logits_eval, get("logits_eval")?, OUTPUT_TOLERANCE, 0.0)?);
+    items.push(compare("logits_eval", &logits_eval, logits, OUTPUT_TOLERANCE, 0.0)?);
 
     let logits_train = net.forward_t(input, true)?;
     let loss = cross_entropy(&logits_train, &target, 0.0)?;

@@ -62,6 +62,8 @@ fn every_network_runs_in_tract_with_libtorchs_logits_for_any_batch() {
             .variables()
             .iter()
             .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
+            // torchvision GoogLeNet's auxiliary classifiers are kept for loading, never run.
+            .filter(|(k, _)| !(info.name == "tv-googlenet" && (k.starts_with("aux1.") || k.starts_with("aux2."))))
             .map(|(_, t)| t.numel() as i64)
             .sum();
         assert_eq!(weights, state, "{}: every weight and running statistic, once", info.name);
@@ -164,4 +166,24 @@ fn colour_networks_with_other_class_counts_export_too() {
         let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(worst <= 1e-4, "{name}: tract differs from libtorch by {worst}");
     }
+}
+
+#[test]
+fn torchvision_networks_export_at_imagenet_input() {
+    let _rng = common::RNG.lock().unwrap_or_else(|e| e.into_inner());
+    // GoogLeNet's transform_input and ceil-mode pooling, AlexNet's 6x6 adaptive pooling.
+    for name in ["tv-googlenet", "tv-alexnet"] {
+        let net = Network::new(name, NetConfig::IMAGENET, Device::Cpu).unwrap();
+        let bytes = export::export(&net, &card([3, 224, 224])).unwrap();
+        let x = Tensor::rand([1, 3, 224, 224], (Kind::Float, Device::Cpu));
+        let ours = Vec::<f32>::try_from(tch::no_grad(|| net.forward_t(&x, false)).unwrap().flatten(0, -1)).unwrap();
+        let theirs = tract_logits(&bytes, &x);
+        assert_eq!(theirs.len(), 1000, "{name}");
+        let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-4, "{name}: tract differs from libtorch by {worst}");
+    }
+    // At 100x100 AlexNet's features are 2x2: no fixed window makes them 6x6.
+    let net = Network::new("tv-alexnet", NetConfig::IMAGENET, Device::Cpu).unwrap();
+    let err = export::export(&net, &card([3, 100, 100])).unwrap_err().to_string();
+    assert!(err.contains("adaptive average pooling of 2x2 to 6x6 has uneven windows"), "{err}");
 }

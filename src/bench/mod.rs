@@ -93,13 +93,14 @@ pub(crate) fn setup(name: &str, cfg: &BenchConfig) -> anyhow::Result<Setup> {
     let batch = cfg.batch_size.unwrap_or(info.batch_size as usize);
     let side = info.input_size as usize;
     tch::manual_seed(0);
-    let mut net = Network::new(name, NetConfig::default(), cfg.device)?;
+    let mut net = Network::from_info(info, info.default_config, cfg.device);
     net.set_precision(cfg.precision)?;
     net.set_channels_last(info.uses_channels_last(cfg.memory_format, cfg.device))?;
     net.set_cuda_graphs(cfg.cuda_graphs);
     let opt = Optimizer::d2l(&net.vs, info.lr)?;
-    let x = Tensor::f_rand([batch as i64, 1, side as i64, side as i64], (Kind::Float, cfg.device))?;
-    let y = Tensor::f_randint(10, [batch as i64], (Kind::Int64, cfg.device))?;
+    let NetConfig { in_channels, num_classes } = info.default_config;
+    let x = Tensor::f_rand([batch as i64, in_channels, side as i64, side as i64], (Kind::Float, cfg.device))?;
+    let y = Tensor::f_randint(num_classes, [batch as i64], (Kind::Int64, cfg.device))?;
     Ok(Setup { batch, side, net, opt, x, y })
 }
 

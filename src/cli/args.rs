@@ -297,15 +297,39 @@ pub struct TrainArgs {
     pub serve: Option<String>,
     #[command(flatten)]
     pub dist: DistArgs,
+    #[command(flatten)]
+    pub finetune: FineTuneArgs,
     /// Continue the run in this directory from its last complete epoch.
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "net", "lr", "batch_size", "resize", "seed", "out", "precision", "memory_format", "optimizer", "momentum",
         "nesterov", "weight_decay", "lr_schedule", "warmup_epochs", "label_smoothing", "augment", "normalize",
-        "sync_bn",
+        "sync_bn", "pretrained", "pretrained_key", "freeze_backbone", "head_lr_scale",
     ])]
     pub resume: Option<PathBuf>,
     #[command(flatten)]
     pub speed: SpeedArgs,
+}
+
+/// Fine-tuning from pretrained weights, as d2l's computer-vision chapter does it.
+#[derive(clap::Args)]
+pub struct FineTuneArgs {
+    /// Start from these weights: a run directory, or a weight file (torchvision's `.pth` as
+    /// published, any `torch.save`d state dict, safetensors). Every layer but the classifier
+    /// loads; a new classifier is made for the data set's classes. Runs of torchvision's
+    /// networks from a file use ImageNet's normalisation unless --normalize says otherwise.
+    #[arg(long, value_name = "RUN_OR_FILE")]
+    pub pretrained: Option<PathBuf>,
+    /// The state dict's key inside a PyTorch checkpoint file (`model`, `state_dict`, ...).
+    #[arg(long, value_name = "KEY", requires = "pretrained")]
+    pub pretrained_key: Option<String>,
+    /// Train the new classifier alone: the rest keeps its weights and runs as in evaluation
+    /// (batch norm on its running statistics, no dropout).
+    #[arg(long, requires = "pretrained")]
+    pub freeze_backbone: bool,
+    /// The new classifier's learning rate as a multiple of --lr (d2l: 10), in a parameter
+    /// group of its own.
+    #[arg(long, value_name = "K", allow_negative_numbers = true, requires = "pretrained")]
+    pub head_lr_scale: Option<f64>,
 }
 
 /// Data-parallel training (see `convnets::dist`).

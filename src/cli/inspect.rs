@@ -4,46 +4,62 @@ use tch::Device;
 
 use super::args::{InputShape, NetShapeArgs, SummaryStyle};
 use crate::error::usage;
-use crate::models::{self, MODELS, NetConfig, Network};
+use crate::models::{self, MODELS, NetConfig, Network, Origin};
 use crate::summary;
 
-/// Every network with its d2l input and parameter count, as a table or one JSON object each.
+/// Every network with its input and parameter count, the book's and torchvision's apart, as
+/// a table or one JSON object each.
 pub fn models(json: bool) -> anyhow::Result<()> {
-    if !json {
-        println!("{:<18} {:<11} {:>12}  description", "name", "input", "params");
-    }
-    for info in MODELS {
-        let net = Network::from_info(info, NetConfig::default(), Device::Cpu);
-        let [c, h, w] = net.default_input();
-        let input = format!("{c}x{h}x{w}");
-        if json {
-            let book = info.book.map(|b| {
-                serde_json::json!({
-                    "loss": b.loss,
-                    "train_acc": b.train_acc,
-                    "test_acc": b.test_acc,
-                    "test_acc_band": [b.test_acc_band.0, b.test_acc_band.1],
-                })
-            });
-            let line = serde_json::json!({
-                "name": info.name,
-                "input": input,
-                "params": net.num_parameters(),
-                "batch_size": info.batch_size,
-                "lr": info.lr,
-                "epochs": info.epochs,
-                "book": book,
-            });
-            println!("{line}");
-            continue;
+    let groups = [
+        (Origin::Book, "The chapter's networks, as d2l writes them (Fashion-MNIST: 1 channel, 10 classes):"),
+        (
+            Origin::Torchvision,
+            "torchvision's networks, for its published ImageNet weights (`convnets import`, `train --pretrained`):",
+        ),
+    ];
+    for (i, (origin, heading)) in groups.into_iter().enumerate() {
+        if !json {
+            if i > 0 {
+                println!();
+            }
+            println!("{heading}");
+            println!("{:<18} {:<11} {:>12}  description", "name", "input", "params");
         }
-        println!(
-            "{:<18} {:<11} {:>12}  {}",
-            info.name,
-            input,
-            summary::thousands(net.num_parameters()),
-            info.description
-        );
+        for info in MODELS.iter().filter(|m| m.origin == origin) {
+            let net = Network::from_info(info, info.default_config, Device::Cpu);
+            let [c, h, w] = net.default_input();
+            let input = format!("{c}x{h}x{w}");
+            if json {
+                let book = info.book.map(|b| {
+                    serde_json::json!({
+                        "loss": b.loss,
+                        "train_acc": b.train_acc,
+                        "test_acc": b.test_acc,
+                        "test_acc_band": [b.test_acc_band.0, b.test_acc_band.1],
+                    })
+                });
+                let line = serde_json::json!({
+                    "name": info.name,
+                    "origin": if origin == Origin::Book { "book" } else { "torchvision" },
+                    "input": input,
+                    "classes": net.config.num_classes,
+                    "params": net.num_parameters(),
+                    "batch_size": info.batch_size,
+                    "lr": info.lr,
+                    "epochs": info.epochs,
+                    "book": book,
+                });
+                println!("{line}");
+                continue;
+            }
+            println!(
+                "{:<18} {:<11} {:>12}  {}",
+                info.name,
+                input,
+                summary::thousands(net.num_parameters()),
+                info.description
+            );
+        }
     }
     Ok(())
 }
@@ -90,9 +106,9 @@ fn network_for(name: &str, input: Option<InputShape>, shape: &NetShapeArgs) -> a
         (Some(a), Some(b)) if a != b => {
             return Err(usage(format!("--input has {a} channels but --in-channels says {b}")));
         }
-        (a, b) => a.or(b).unwrap_or(1),
+        (a, b) => a.or(b).unwrap_or(info.default_config.in_channels),
     };
-    let classes = shape.classes.unwrap_or(NetConfig::default().num_classes);
+    let classes = shape.classes.unwrap_or(info.default_config.num_classes);
     for (flag, value) in [("--in-channels", channels), ("--classes", classes)] {
         if value < 1 {
             return Err(usage(format!("{flag} must be at least 1, got {value}")));

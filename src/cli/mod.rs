@@ -35,9 +35,12 @@ pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
-            // One line: clap's first, which names the argument and the problem.
+            // One line: clap's first paragraph, which names the problem and the arguments
+            // (a missing one is on the lines after the first).
             let text = e.render().to_string();
-            eprintln!("{} (see --help)", text.lines().next().unwrap_or("error: invalid arguments"));
+            let first: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+            let line = if first.is_empty() { "error: invalid arguments".to_string() } else { first.join(" ") };
+            eprintln!("{line} (see --help)");
             return ExitCode::from(2);
         }
         Err(e) => {

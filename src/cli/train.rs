@@ -12,9 +12,9 @@ use crate::accel::{device_name, parse_device};
 use crate::data::Dataset;
 use crate::distributed::{self, DataParallel, World, launch};
 use crate::error::{UsageError, error_line, usage};
-use crate::models::Network;
+use crate::models::{Network, Origin};
 use crate::report::{self, Console, live};
-use crate::train::{self, CheckpointState, History, Run, TrainConfig};
+use crate::train::{self, CheckpointState, FineTune, History, Run, TrainConfig};
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let world = World::from_env()?;
@@ -201,6 +201,46 @@ fn resume(
     Ok(Prepared { net, config, start: Some(checkpoint.state), dir })
 }
 
+/// `--pretrained`: every weight of `source` but the classifier, a new classifier for the data
+/// set's classes, and the fine-tuning settings in the run's configuration.
+fn start_from_pretrained(
+    args: &TrainArgs,
+    source: &std::path::Path,
+    config: &mut TrainConfig,
+    net: &mut Network,
+    lead: bool,
+) -> anyhow::Result<()> {
+    let pretrained = train::pretrained_weights(source, args.finetune.pretrained_key.as_deref())?;
+    let head = train::load_pretrained(net, &pretrained.tensors)
+        .map_err(|e| anyhow::anyhow!("--pretrained {}: {e}", source.display()))?;
+    if args.normalize.is_none() {
+        // The input the weights learned from: the source run's, or ImageNet's for a file of
+        // torchvision's networks.
+        config.normalize = match pretrained.run {
+            Some(run) => run.normalize,
+            None if net.info.origin == Origin::Torchvision && config.in_channels == 3 => {
+                Some(crate::data::Normalize::imagenet())
+            }
+            None => None,
+        };
+    }
+    let finetune = FineTune {
+        pretrained: source.canonicalize().unwrap_or_else(|_| source.to_path_buf()),
+        head,
+        freeze_backbone: args.finetune.freeze_backbone,
+        head_lr_scale: args.finetune.head_lr_scale.unwrap_or(1.0),
+    };
+    finetune.validate().map_err(usage)?;
+    if finetune.freeze_backbone {
+        net.freeze_backbone();
+    }
+    if lead {
+        eprintln!("{}", finetune.describe());
+    }
+    config.finetune = Some(finetune);
+    Ok(())
+}
+
 /// A new run: d2l's settings for the network, the data set's shape, and the flags.
 fn start_new(args: &TrainArgs, device: Device, data: &Dataset, lead: bool) -> anyhow::Result<Prepared> {
     let name =
@@ -243,6 +283,9 @@ fn start_new(args: &TrainArgs, device: Device, data: &Dataset, lead: bool) -> an
     }
     tch::manual_seed(config.seed as i64);
     let mut net = Network::new(name, config.net_config(), device)?;
+    if let Some(source) = &args.finetune.pretrained {
+        start_from_pretrained(args, source, &mut config, &mut net, lead)?;
+    }
     net.set_precision(config.precision)?;
     args.speed.apply(&mut net)?;
     Ok(Prepared { net, config, start: None, dir })

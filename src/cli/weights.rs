@@ -10,14 +10,18 @@ use crate::accel::Precision;
 use crate::atomic::write_atomic;
 use crate::error::usage;
 use crate::export::{self, ModelCard};
-use crate::models::Network;
+use crate::models::{self, Network, Origin};
 use crate::train::{self, TrainConfig};
 use crate::weights;
 
 /// Loads a PyTorch `state_dict` (from under `key` in a checkpoint) into `net` and saves it as a
 /// new run directory `out`.
 pub fn import(file: &Path, net: &str, key: Option<&str>, out: &Path, allow_partial: bool) -> anyhow::Result<()> {
-    let config = TrainConfig::d2l(net).map_err(|e| usage(e.to_string()))?;
+    let mut config = TrainConfig::d2l(net).map_err(|e| usage(e.to_string()))?;
+    if models::find(net).is_ok_and(|info| info.origin == Origin::Torchvision) {
+        // torchvision's files hold its ImageNet networks: predict classifies photos as it does.
+        config.use_imagenet();
+    }
     if out.join(train::CHECKPOINT_FILE).exists() {
         return Err(usage(format!("{} already holds a run; choose another --out", out.display())));
     }

@@ -11,6 +11,11 @@ pub struct Normalize {
 }
 
 impl Normalize {
+    /// ImageNet's statistics, which torchvision's published weights expect.
+    pub fn imagenet() -> Normalize {
+        Normalize { mean: vec![0.485, 0.456, 0.406], std: vec![0.229, 0.224, 0.225] }
+    }
+
     /// Per-channel mean and standard deviation of `images` (planes of `channels`, values
     /// scaled to [0, 1]), as people compute them for `Normalize`: over every pixel.
     pub fn of(images: &[Image]) -> Normalize {

@@ -7,10 +7,11 @@ pub mod googlenet;
 pub mod lenet;
 pub mod nin;
 pub mod resnet;
+pub mod torchvision;
 pub mod vgg;
 
 mod network;
 mod zoo;
 
 pub use network::{InputError, Network};
-pub use zoo::{BookResult, MODELS, ModelInfo, NetConfig, UnknownModel, find, model_names};
+pub use zoo::{BookResult, MODELS, ModelInfo, NetConfig, Origin, UnknownModel, find, model_names};

@@ -1,6 +1,7 @@
 //! [`Network`]: a network of the zoo with its weights, and how it runs (precision, layout,
 //! graphs), checked against the inputs it cannot take.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::RangeInclusive;
 
@@ -9,7 +10,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::{ModelInfo, NetConfig, UnknownModel, find};
 use crate::accel::{self, Autocast, Precision};
-use crate::nn::{Ctx, Fwd, InLayer, LayerError, Record, Sequential, SyncBatchNorm, Tracer, count_parameters};
+use crate::nn::{Ctx, Fwd, InLayer, Layer, LayerError, Record, Sequential, SyncBatchNorm, Tracer, count_parameters};
 
 /// An input shape a network cannot take, with the sizes it can.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -61,6 +62,9 @@ pub struct Network {
     precision: Precision,
     channels_last: bool,
     cuda_graphs: bool,
+    /// Fine-tuning with a frozen backbone: only the classifier head learns, and everything
+    /// runs as in evaluation (batch norm on its running statistics, no dropout).
+    frozen_backbone: bool,
 }
 
 impl Network {
@@ -76,7 +80,16 @@ impl Network {
             // d2l's shapes are static: cuDNN's autotuner pays for itself within the first steps.
             tch::Cuda::cudnn_set_benchmark(true);
         }
-        Network { info, config, vs, body, precision: Precision::Fp32, channels_last: false, cuda_graphs: false }
+        Network {
+            info,
+            config,
+            vs,
+            body,
+            precision: Precision::Fp32,
+            channels_last: false,
+            cuda_graphs: false,
+            frozen_backbone: false,
+        }
     }
 
     /// Computes forward passes in `precision` (weights stay float32).
@@ -121,6 +134,36 @@ impl Network {
         Ok(())
     }
 
+    /// The classifier layers a new data set's classes replace, by `state_dict` prefix: the
+    /// last Linear layer the network runs (`fc`, `classifier`, `classifier.6`, `15`), and any
+    /// auxiliary classifier its zoo entry names.
+    pub fn head(&self) -> Vec<String> {
+        fn last_linear(layer: &dyn Layer) -> Option<usize> {
+            let own = (layer.type_name() == "Linear").then(|| layer.parameters()[0].data_ptr() as usize);
+            layer.children().into_iter().rev().find_map(last_linear).or(own)
+        }
+        let names: HashMap<usize, String> =
+            self.vs.variables().into_iter().map(|(name, t)| (t.data_ptr() as usize, name)).collect();
+        let last = last_linear(&self.body).and_then(|ptr| names.get(&ptr)).and_then(|w| w.strip_suffix(".weight"));
+        last.into_iter().chain(self.info.extra_heads.iter().copied()).map(str::to_string).collect()
+    }
+
+    /// Freezes everything but the [`Network::head`]: no gradient for the backbone's weights,
+    /// and every forward pass as in evaluation, so its batch-norm statistics stay as they are.
+    pub fn freeze_backbone(&mut self) {
+        let head = self.head();
+        for (name, t) in self.vs.variables() {
+            if !head.iter().any(|h| name.strip_prefix(h.as_str()).is_some_and(|rest| rest.starts_with('.'))) {
+                let _ = t.set_requires_grad(false);
+            }
+        }
+        self.frozen_backbone = true;
+    }
+
+    pub fn frozen_backbone(&self) -> bool {
+        self.frozen_backbone
+    }
+
     /// The (C, H, W) d2l feeds this network.
     pub fn default_input(&self) -> [i64; 3] {
         [self.config.in_channels, self.info.input_size, self.info.input_size]
@@ -155,6 +198,7 @@ impl Network {
     }
 
     fn forward_with(&self, x: &Tensor, mut cx: Ctx) -> Fwd {
+        cx.train &= !self.frozen_backbone;
         if self.precision == Precision::Fp32 && !self.channels_last {
             return cx.call(&self.body, x);
         }

@@ -3,7 +3,7 @@
 use tch::Device;
 use tch::nn::Path;
 
-use super::{alexnet, densenet, googlenet, lenet, nin, resnet, vgg};
+use super::{alexnet, densenet, googlenet, lenet, nin, resnet, torchvision, vgg};
 use crate::accel::MemoryFormat;
 use crate::nn::Sequential;
 
@@ -14,11 +14,28 @@ pub struct NetConfig {
     pub num_classes: i64,
 }
 
+impl NetConfig {
+    /// Fashion-MNIST, what the book's networks are built for: one grey channel, ten classes.
+    pub const FASHION_MNIST: NetConfig = NetConfig { in_channels: 1, num_classes: 10 };
+    /// ImageNet, what torchvision's networks and published weights are for: colour, 1000
+    /// classes.
+    pub const IMAGENET: NetConfig = NetConfig { in_channels: 3, num_classes: 1000 };
+}
+
 impl Default for NetConfig {
     /// Fashion-MNIST: one grey channel, ten classes.
     fn default() -> Self {
-        NetConfig { in_channels: 1, num_classes: 10 }
+        Self::FASHION_MNIST
     }
+}
+
+/// Where a network's definition comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The chapter, as d2l writes it (`nn.Sequential` names, Xavier init, Fashion-MNIST).
+    Book,
+    /// `torchvision.models`, module for module, so that its published weights load.
+    Torchvision,
 }
 
 /// d2l's published result for a network.
@@ -53,6 +70,12 @@ pub struct ModelInfo {
     /// faster for every network but LeNet, whose 6- and 16-channel maps are too thin for it.
     pub channels_last_on_cpu: bool,
     pub build: fn(&Path, &NetConfig) -> Sequential,
+    pub origin: Origin,
+    /// The input channels and classes it is built for unless a data set says otherwise.
+    pub default_config: NetConfig,
+    /// Classifiers besides the last Linear layer that a new data set's classes replace
+    /// (GoogLeNet's auxiliary heads), by `state_dict` prefix.
+    pub extra_heads: &'static [&'static str],
 }
 
 impl ModelInfo {
@@ -85,6 +108,9 @@ pub static MODELS: &[ModelInfo] = &[
         channels_last_on_cuda: true,
         channels_last_on_cpu: true,
         build: alexnet::alexnet,
+        origin: Origin::Book,
+        default_config: NetConfig::FASHION_MNIST,
+        extra_heads: &[],
     },
     ModelInfo {
         name: "vgg11",
@@ -97,6 +123,9 @@ pub static MODELS: &[ModelInfo] = &[
         channels_last_on_cuda: true,
         channels_last_on_cpu: true,
         build: |p, cfg| vgg::vgg(p, &vgg::VGG11_ARCH, 1, cfg),
+        origin: Origin::Book,
+        default_config: NetConfig::FASHION_MNIST,
+        extra_heads: &[],
     },
     ModelInfo {
         name: "vgg11-small",
@@ -109,6 +138,9 @@ pub static MODELS: &[ModelInfo] = &[
         channels_last_on_cuda: true,
         channels_last_on_cpu: true,
         build: |p, cfg| vgg::vgg(p, &vgg::VGG11_ARCH, 4, cfg),
+        origin: Origin::Book,
+        default_config: NetConfig::FASHION_MNIST,
+        extra_heads: &[],
     },
     ModelInfo {
         name: "nin",
@@ -121,6 +153,9 @@ pub static MODELS: &[ModelInfo] = &[
         channels_last_on_cuda: true,
         channels_last_on_cpu: true,
         build: nin::nin,
+        origin: Origin::Book,
+        default_config: NetConfig::FASHION_MNIST,
+        extra_heads: &[],
     },
     ModelInfo {
         name: "googlenet",
@@ -133,6 +168,9 @@ pub static MODELS: &[ModelInfo] = &[
         channels_last_on_cuda: true,
         channels_last_on_cpu: true,
         build: googlenet::googlenet,
+        origin: Origin::Book,
+        default_config: NetConfig::FASHION_MNIST,
+        extra_heads: &[],
     },
     ModelInfo {
         name: "lenet-bn-scratch",
@@ -145,6 +183,9 @@ pub static MODELS: &[ModelInfo] = &[
         channels_last_on_cuda: false,
         channels_last_on_cpu: false,
         build: |p, cfg| lenet::lenet_bn(p, cfg, lenet::Norm::Scratch),
+        origin: Origin::Book,
+        default_config: NetConfig::FASHION_MNIST,
+        extra_heads: &[],
     },
     ModelInfo {
         name: "lenet-bn",
@@ -157,6 +198,9 @@ pub static MODELS: &[ModelInfo] = &[
         channels_last_on_cuda: false,
         channels_last_on_cpu: false,
         build: |p, cfg| lenet::lenet_bn(p, cfg, lenet::Norm::BuiltIn),
+        origin: Origin::Book,
+        default_config: NetConfig::FASHION_MNIST,
+        extra_heads: &[],
     },
     ModelInfo {
         name: "resnet18",
@@ -169,6 +213,9 @@ pub static MODELS: &[ModelInfo] = &[
         channels_last_on_cuda: true,
         channels_last_on_cpu: true,
         build: resnet::resnet18,
+        origin: Origin::Book,
+        default_config: NetConfig::FASHION_MNIST,
+        extra_heads: &[],
     },
     ModelInfo {
         name: "densenet",
@@ -181,6 +228,129 @@ pub static MODELS: &[ModelInfo] = &[
         channels_last_on_cuda: false,
         channels_last_on_cpu: true,
         build: densenet::densenet,
+        origin: Origin::Book,
+        default_config: NetConfig::FASHION_MNIST,
+        extra_heads: &[],
+    },
+    ModelInfo {
+        name: "tv-alexnet",
+        description: "torchvision's alexnet: 5 convolutions (64-192-384-256-256), 6x6 adaptive pool, classifier",
+        input_size: 224,
+        batch_size: 128,
+        lr: 0.01,
+        epochs: 5,
+        book: None,
+        channels_last_on_cuda: true,
+        channels_last_on_cpu: true,
+        build: torchvision::alexnet::alexnet,
+        origin: Origin::Torchvision,
+        default_config: NetConfig::IMAGENET,
+        extra_heads: &[],
+    },
+    ModelInfo {
+        name: "tv-vgg11",
+        description: "torchvision's vgg11 (configuration A): features, 7x7 adaptive pool, classifier",
+        input_size: 224,
+        batch_size: 64,
+        lr: 0.01,
+        epochs: 5,
+        book: None,
+        channels_last_on_cuda: true,
+        channels_last_on_cpu: true,
+        build: |p, cfg| torchvision::vgg::vgg11(p, cfg, false),
+        origin: Origin::Torchvision,
+        default_config: NetConfig::IMAGENET,
+        extra_heads: &[],
+    },
+    ModelInfo {
+        name: "tv-vgg11-bn",
+        description: "torchvision's vgg11_bn: vgg11 with batch norm after every convolution",
+        input_size: 224,
+        batch_size: 64,
+        lr: 0.01,
+        epochs: 5,
+        book: None,
+        channels_last_on_cuda: true,
+        channels_last_on_cpu: true,
+        build: |p, cfg| torchvision::vgg::vgg11(p, cfg, true),
+        origin: Origin::Torchvision,
+        default_config: NetConfig::IMAGENET,
+        extra_heads: &[],
+    },
+    ModelInfo {
+        name: "tv-googlenet",
+        description: "torchvision's googlenet: BasicConv2d, Inception, transform_input; aux1/aux2 kept for loading",
+        input_size: 224,
+        batch_size: 128,
+        lr: 0.01,
+        epochs: 5,
+        book: None,
+        channels_last_on_cuda: true,
+        channels_last_on_cpu: true,
+        build: torchvision::googlenet::googlenet,
+        origin: Origin::Torchvision,
+        default_config: NetConfig::IMAGENET,
+        extra_heads: &["aux1.fc2", "aux2.fc2"],
+    },
+    ModelInfo {
+        name: "tv-resnet18",
+        description: "torchvision's resnet18: BasicBlock x [2, 2, 2, 2], fc",
+        input_size: 224,
+        batch_size: 128,
+        lr: 0.01,
+        epochs: 5,
+        book: None,
+        channels_last_on_cuda: true,
+        channels_last_on_cpu: true,
+        build: torchvision::resnet::resnet18,
+        origin: Origin::Torchvision,
+        default_config: NetConfig::IMAGENET,
+        extra_heads: &[],
+    },
+    ModelInfo {
+        name: "tv-resnet34",
+        description: "torchvision's resnet34: BasicBlock x [3, 4, 6, 3], fc",
+        input_size: 224,
+        batch_size: 128,
+        lr: 0.01,
+        epochs: 5,
+        book: None,
+        channels_last_on_cuda: true,
+        channels_last_on_cpu: true,
+        build: torchvision::resnet::resnet34,
+        origin: Origin::Torchvision,
+        default_config: NetConfig::IMAGENET,
+        extra_heads: &[],
+    },
+    ModelInfo {
+        name: "tv-resnet50",
+        description: "torchvision's resnet50: Bottleneck x [3, 4, 6, 3] (V1.5), fc",
+        input_size: 224,
+        batch_size: 64,
+        lr: 0.01,
+        epochs: 5,
+        book: None,
+        channels_last_on_cuda: true,
+        channels_last_on_cpu: true,
+        build: torchvision::resnet::resnet50,
+        origin: Origin::Torchvision,
+        default_config: NetConfig::IMAGENET,
+        extra_heads: &[],
+    },
+    ModelInfo {
+        name: "tv-densenet121",
+        description: "torchvision's densenet121: _DenseBlock x [6, 12, 24, 16], growth 32, classifier",
+        input_size: 224,
+        batch_size: 64,
+        lr: 0.01,
+        epochs: 5,
+        book: None,
+        channels_last_on_cuda: false,
+        channels_last_on_cpu: true,
+        build: torchvision::densenet::densenet121,
+        origin: Origin::Torchvision,
+        default_config: NetConfig::IMAGENET,
+        extra_heads: &[],
     },
 ];
 

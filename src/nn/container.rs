@@ -8,11 +8,20 @@ use super::{Ctx, Fwd, Layer};
 /// `nn.Sequential`: runs its layers in order.
 pub struct Sequential {
     pub layers: Vec<Box<dyn Layer>>,
+    /// The PyTorch class this sequence stands for, when it is a module of its own that runs its
+    /// children in order (torchvision's `BasicConv2d`, `_DenseLayer`): such a module gets a
+    /// summary row, a pure `nn.Sequential` does not.
+    module: Option<&'static str>,
 }
 
 impl Sequential {
     pub fn new() -> Self {
-        Sequential { layers: Vec::new() }
+        Sequential { layers: Vec::new(), module: None }
+    }
+
+    /// A module of class `type_name` whose forward runs its children in order.
+    pub fn module(type_name: &'static str) -> Self {
+        Sequential { layers: Vec::new(), module: Some(type_name) }
     }
 
     /// Appends a layer (builder style, named like tch's `Sequential::add`).
@@ -26,6 +35,13 @@ impl Sequential {
     /// `nn.Sequential` gives it (`0`, `1`, ...), so weights carry `state_dict` names.
     pub fn add_at<L: Layer + 'static>(self, p: &Path, build: impl FnOnce(&Path) -> L) -> Self {
         let child = p / self.layers.len();
+        self.add(build(&child))
+    }
+
+    /// Appends the layer `build` makes under the attribute name `name` (`conv1`, `layer1`),
+    /// as a PyTorch module registers its children.
+    pub fn add_named<L: Layer + 'static>(self, p: &Path, name: &str, build: impl FnOnce(&Path) -> L) -> Self {
+        let child = p / name;
         self.add(build(&child))
     }
 
@@ -46,7 +62,7 @@ impl Default for Sequential {
 
 impl Layer for Sequential {
     fn type_name(&self) -> &'static str {
-        "Sequential"
+        self.module.unwrap_or("Sequential")
     }
     fn forward(&self, x: &Tensor, cx: &mut Ctx) -> Fwd {
         let mut y = x.shallow_clone();
@@ -56,7 +72,7 @@ impl Layer for Sequential {
         Ok(y)
     }
     fn is_container(&self) -> bool {
-        true
+        self.module.is_none()
     }
     fn children(&self) -> Vec<&dyn Layer> {
         self.layers.iter().map(|l| l.as_ref()).collect()

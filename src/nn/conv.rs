@@ -3,7 +3,7 @@
 use tch::Tensor;
 use tch::nn::Path;
 
-use super::init::{default_bias, xavier_uniform};
+use super::init::{self, BiasInit, WeightInit};
 use super::layer::{check_window, expect_image};
 use super::{Ctx, Fwd, InLayer, Layer};
 use crate::onnx::{self, OnnxGraph};
@@ -11,7 +11,8 @@ use crate::onnx::{self, OnnxGraph};
 #[derive(Debug)]
 pub struct Conv2d {
     pub weight: Tensor,
-    pub bias: Tensor,
+    /// `None` for `bias=False` (a convolution followed by batch norm, as torchvision's).
+    pub bias: Option<Tensor>,
     in_channels: i64,
     kernel: i64,
     stride: i64,
@@ -21,14 +22,24 @@ pub struct Conv2d {
 impl Conv2d {
     /// `nn.Conv2d(in, out, kernel_size, stride, padding)` with d2l's Xavier init.
     pub fn new(p: &Path, in_channels: i64, out_channels: i64, kernel: i64, stride: i64, padding: i64) -> Self {
-        let receptive = kernel * kernel;
-        let weight = xavier_uniform(
+        Self::init(
             p,
-            &[out_channels, in_channels, kernel, kernel],
-            in_channels * receptive,
-            out_channels * receptive,
-        );
-        let bias = default_bias(p, out_channels, in_channels * receptive);
+            [in_channels, out_channels, kernel, stride, padding],
+            WeightInit::XavierUniform,
+            Some(BiasInit::PytorchDefault),
+        )
+    }
+
+    /// `nn.Conv2d(in, out, kernel, stride, padding, bias=bias.is_some())` given as
+    /// `[in, out, kernel, stride, padding]`, initialised by `weight` and `bias`.
+    pub fn init(
+        p: &Path,
+        [in_channels, out_channels, kernel, stride, padding]: [i64; 5],
+        weight: WeightInit,
+        bias: Option<BiasInit>,
+    ) -> Self {
+        let weight = init::weight(p, &[out_channels, in_channels, kernel, kernel], weight);
+        let bias = bias.map(|b| init::bias(p, out_channels, in_channels * kernel * kernel, b));
         Conv2d { weight, bias, in_channels, kernel, stride, padding }
     }
 }
@@ -41,23 +52,22 @@ impl Layer for Conv2d {
         let (h, w) = expect_image(x, self.in_channels)?;
         check_window(x, h, w, self.kernel, self.stride, self.padding)?;
         let (s, p) = (self.stride, self.padding);
-        x.f_conv2d(&self.weight, Some(&self.bias), [s, s], [p, p], [1, 1], 1).in_layer(x)
+        x.f_conv2d(&self.weight, self.bias.as_ref(), [s, s], [p, p], [1, 1], 1).in_layer(x)
     }
     fn parameters(&self) -> Vec<&Tensor> {
-        vec![&self.weight, &self.bias]
+        std::iter::once(&self.weight).chain(&self.bias).collect()
     }
     fn mult_adds(&self, out: &[i64]) -> i64 {
-        let params = self.weight.numel() as i64 + self.bias.numel() as i64;
+        let params: i64 = self.parameters().iter().map(|t| t.numel() as i64).sum();
         params * out.iter().product::<i64>() / out[1]
     }
     fn onnx(&self, graph: &mut OnnxGraph, input: &str) -> Option<Result<String, String>> {
         let (k, s, p) = (self.kernel, self.stride, self.padding);
         Some((|| {
-            let inputs = vec![
-                input.to_string(),
-                graph.parameter(&self.weight, &self.weight.size())?,
-                graph.parameter(&self.bias, &self.bias.size())?,
-            ];
+            let mut inputs = vec![input.to_string(), graph.parameter(&self.weight, &self.weight.size())?];
+            if let Some(bias) = &self.bias {
+                inputs.push(graph.parameter(bias, &bias.size())?);
+            }
             let attributes = vec![
                 onnx::ints("kernel_shape", &[k, k]),
                 onnx::ints("strides", &[s, s]),

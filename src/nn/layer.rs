@@ -94,7 +94,7 @@ impl<T> InLayer<T> for Result<T, TchError> {
 }
 
 /// Checks a 4-d input with `channels` channels, returning its height and width.
-pub(crate) fn expect_image(x: &Tensor, channels: i64) -> Result<(i64, i64), LayerError> {
+pub fn expect_image(x: &Tensor, channels: i64) -> Result<(i64, i64), LayerError> {
     match x.size()[..] {
         [_, c, h, w] if c == channels => Ok((h, w)),
         [_, c, _, _] => Err(shape_error(x, format!("expects {channels} channels, got {c}"))),
@@ -102,14 +102,31 @@ pub(crate) fn expect_image(x: &Tensor, channels: i64) -> Result<(i64, i64), Laye
     }
 }
 
-/// Output size of a sliding window, as PyTorch computes it (floor mode).
-fn window_out(size: i64, kernel: i64, stride: i64, padding: i64) -> i64 {
-    (size + 2 * padding - kernel).div_euclid(stride) + 1
+/// Output size of a sliding window, as PyTorch computes it: rounded down, or up with
+/// `ceil_mode` (then a last window must still start inside the input or its left padding).
+fn window_out(size: i64, kernel: i64, stride: i64, padding: i64, ceil_mode: bool) -> i64 {
+    let span = size + 2 * padding - kernel;
+    if !ceil_mode {
+        return span.div_euclid(stride) + 1;
+    }
+    let out = (span + stride - 1).div_euclid(stride) + 1;
+    if (out - 1) * stride >= size + padding { out - 1 } else { out }
 }
 
 /// Checks that a `k`x`k` window with stride `s` and padding `p` leaves an output on `h`x`w`.
 pub(crate) fn check_window(x: &Tensor, h: i64, w: i64, k: i64, s: i64, p: i64) -> Result<(), LayerError> {
-    let (oh, ow) = (window_out(h, k, s, p), window_out(w, k, s, p));
+    check_pool_window(x, h, w, [k, s, p], false)
+}
+
+/// [`check_window`] for a pooling window `[kernel, stride, padding]`, rounding up in `ceil_mode`.
+pub(crate) fn check_pool_window(
+    x: &Tensor,
+    h: i64,
+    w: i64,
+    [k, s, p]: [i64; 3],
+    ceil_mode: bool,
+) -> Result<(), LayerError> {
+    let (oh, ow) = (window_out(h, k, s, p, ceil_mode), window_out(w, k, s, p, ceil_mode));
     if oh < 1 || ow < 1 {
         return Err(shape_error(
             x,

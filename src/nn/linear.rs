@@ -3,7 +3,7 @@
 use tch::Tensor;
 use tch::nn::Path;
 
-use super::init::{default_bias, xavier_uniform};
+use super::init::{self, BiasInit, WeightInit};
 use super::layer::shape_error;
 use super::{Ctx, Fwd, InLayer, Layer};
 use crate::onnx::{self, OnnxGraph};
@@ -18,10 +18,29 @@ pub struct Linear {
 impl Linear {
     /// `nn.Linear(in, out)` with d2l's Xavier init.
     pub fn new(p: &Path, in_features: i64, out_features: i64) -> Self {
-        let weight = xavier_uniform(p, &[out_features, in_features], in_features, out_features);
-        let bias = default_bias(p, out_features, in_features);
+        Self::init(p, in_features, out_features, WeightInit::XavierUniform, BiasInit::PytorchDefault)
+    }
+
+    /// `nn.Linear(in, out)` initialised by `weight` and `bias`.
+    pub fn init(p: &Path, in_features: i64, out_features: i64, weight: WeightInit, bias: BiasInit) -> Self {
+        let weight = init::weight(p, &[out_features, in_features], weight);
+        let bias = init::bias(p, out_features, in_features, bias);
         Linear { weight, bias, in_features }
     }
+}
+
+/// Draws a Linear layer's weight again from d2l's Xavier-uniform and its bias from PyTorch's
+/// default: a new classifier head, as d2l's fine-tuning section initialises it.
+pub fn reset_linear(weight: &Tensor, bias: &Tensor) -> Result<(), tch::TchError> {
+    let [out_features, in_features] = weight.size()[..] else {
+        return Err(tch::TchError::Shape(format!("a Linear weight is 2-d, not {:?}", weight.size())));
+    };
+    let xavier = (6.0 / (in_features + out_features) as f64).sqrt();
+    let default = 1.0 / (in_features as f64).sqrt();
+    tch::no_grad(|| {
+        let _ = weight.shallow_clone().f_uniform_(-xavier, xavier)?;
+        bias.shallow_clone().f_uniform_(-default, default).map(drop)
+    })
 }
 
 impl Layer for Linear {

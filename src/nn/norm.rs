@@ -38,6 +38,7 @@ pub struct BatchNorm {
     pub num_batches_tracked: Tensor,
     num_features: i64,
     dims: usize,
+    eps: f64,
 }
 
 impl BatchNorm {
@@ -46,6 +47,11 @@ impl BatchNorm {
 
     /// `nn.BatchNorm2d(num_features)` for `dims == 4`, `nn.BatchNorm1d` for `dims == 2`.
     pub fn new(p: &Path, num_features: i64, dims: usize) -> Self {
+        Self::with_eps(p, num_features, dims, Self::EPS)
+    }
+
+    /// [`BatchNorm::new`] with another epsilon (torchvision's GoogLeNet: 0.001).
+    pub fn with_eps(p: &Path, num_features: i64, dims: usize, eps: f64) -> Self {
         assert!(dims == 2 || dims == 4, "batch norm follows 2-d or 4-d inputs");
         BatchNorm {
             weight: p.ones("weight", &[num_features]),
@@ -55,6 +61,7 @@ impl BatchNorm {
             num_batches_tracked: p.add("num_batches_tracked", Tensor::zeros([], (Kind::Int64, p.device())), false),
             num_features,
             dims,
+            eps,
         }
     }
 }
@@ -86,7 +93,7 @@ impl Layer for BatchNorm {
         if let (true, Some(sync)) = (cx.train, cx.sync_bn) {
             let (w, b, mean, var) = (&self.weight, &self.bias, &self.running_mean, &self.running_var);
             return sync
-                .batch_norm(x, w, b, mean, var, Self::MOMENTUM, Self::EPS)
+                .batch_norm(x, w, b, mean, var, Self::MOMENTUM, self.eps)
                 .map_err(|e| shape_error(x, crate::error::error_line(&e)));
         }
         Tensor::f_batch_norm(
@@ -97,7 +104,7 @@ impl Layer for BatchNorm {
             Some(&self.running_var),
             cx.train,
             Self::MOMENTUM,
-            Self::EPS,
+            self.eps,
             true,
         )
         .in_layer(x)
@@ -110,7 +117,7 @@ impl Layer for BatchNorm {
     }
     fn onnx(&self, graph: &mut OnnxGraph, input: &str) -> Option<Result<String, String>> {
         let values = [&self.weight, &self.bias, &self.running_mean, &self.running_var];
-        Some(batch_norm_onnx(graph, input, values, self.num_features, Self::EPS))
+        Some(batch_norm_onnx(graph, input, values, self.num_features, self.eps))
     }
 }
 

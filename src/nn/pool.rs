@@ -2,7 +2,7 @@
 
 use tch::Tensor;
 
-use super::layer::{check_window, expect_image, stateless};
+use super::layer::{check_pool_window, check_window, expect_image, stateless};
 use super::{Ctx, Fwd, InLayer, Layer};
 use crate::onnx::{self, OnnxGraph};
 
@@ -11,6 +11,9 @@ pub struct MaxPool2d {
     pub kernel: i64,
     pub stride: i64,
     pub padding: i64,
+    /// `ceil_mode=True`: the output size rounds up, a last partial window included
+    /// (torchvision's GoogLeNet).
+    pub ceil_mode: bool,
 }
 
 impl MaxPool2d {
@@ -18,17 +21,26 @@ impl MaxPool2d {
         Self::padded(kernel, stride, 0)
     }
     pub fn padded(kernel: i64, stride: i64, padding: i64) -> Self {
-        MaxPool2d { kernel, stride, padding }
+        MaxPool2d { kernel, stride, padding, ceil_mode: false }
+    }
+    /// `nn.MaxPool2d(kernel, stride, padding, ceil_mode=True)`.
+    pub fn ceil(kernel: i64, stride: i64, padding: i64) -> Self {
+        MaxPool2d { kernel, stride, padding, ceil_mode: true }
     }
 }
 stateless!(MaxPool2d, "MaxPool2d", |s, x, _cx| {
     let (h, w) = expect_image(x, x.size().get(1).copied().unwrap_or(-1))?;
-    check_window(x, h, w, s.kernel, s.stride, s.padding)?;
+    check_pool_window(x, h, w, [s.kernel, s.stride, s.padding], s.ceil_mode)?;
     let (k, st, p) = (s.kernel, s.stride, s.padding);
-    x.f_max_pool2d([k, k], [st, st], [p, p], [1, 1], false).in_layer(x)
+    x.f_max_pool2d([k, k], [st, st], [p, p], [1, 1], s.ceil_mode).in_layer(x)
 }, onnx: |s, graph, input| {
     let (k, st, p) = (s.kernel, s.stride, s.padding);
-    let attributes = vec![onnx::ints("kernel_shape", &[k, k]), onnx::ints("strides", &[st, st]), onnx::ints("pads", &[p, p, p, p])];
+    let attributes = vec![
+        onnx::ints("kernel_shape", &[k, k]),
+        onnx::ints("strides", &[st, st]),
+        onnx::ints("pads", &[p, p, p, p]),
+        onnx::int("ceil_mode", s.ceil_mode as i64),
+    ];
     Ok(graph.node("MaxPool", vec![input.into()], attributes))
 });
 
@@ -61,3 +73,37 @@ stateless!(GlobalAvgPool2d, "AdaptiveAvgPool2d", |_s, x, _cx| {
     expect_image(x, x.size().get(1).copied().unwrap_or(-1))?;
     x.f_adaptive_avg_pool2d([1, 1]).in_layer(x)
 }, onnx: |_s, graph, input| Ok(graph.node("GlobalAveragePool", vec![input.into()], Vec::new())));
+
+/// `nn.AdaptiveAvgPool2d((h, w))`: averages over windows that split the input into `h` x `w`
+/// cells (AlexNet's 6x6 and VGG's 7x7 before their classifiers).
+#[derive(Debug)]
+pub struct AdaptiveAvgPool2d(pub i64, pub i64);
+
+impl Layer for AdaptiveAvgPool2d {
+    fn type_name(&self) -> &'static str {
+        "AdaptiveAvgPool2d"
+    }
+    fn forward(&self, x: &Tensor, _: &mut Ctx) -> Fwd {
+        expect_image(x, x.size().get(1).copied().unwrap_or(-1))?;
+        x.f_adaptive_avg_pool2d([self.0, self.1]).in_layer(x)
+    }
+    fn onnx(&self, graph: &mut OnnxGraph, input: &str) -> Option<Result<String, String>> {
+        // ONNX has no adaptive pooling: the windows are fixed only where the output divides
+        // the input (at 224x224, AlexNet's 6x6 and VGG's 7x7 are the input itself).
+        let Some(&[_, _, h, w]) = graph.shape(input).as_deref() else {
+            return Some(Err(format!("{input} has no known 4-d shape")));
+        };
+        let (oh, ow) = (self.0, self.1);
+        Some(match (h % oh, w % ow) {
+            _ if (h, w) == (oh, ow) => Ok(input.to_string()),
+            (0, 0) => {
+                let (kh, kw) = (h / oh, w / ow);
+                let attributes = vec![onnx::ints("kernel_shape", &[kh, kw]), onnx::ints("strides", &[kh, kw])];
+                Ok(graph.node("AveragePool", vec![input.into()], attributes))
+            }
+            _ => Err(format!(
+                "adaptive average pooling of {h}x{w} to {oh}x{ow} has uneven windows; export at an input size it divides"
+            )),
+        })
+    }
+}

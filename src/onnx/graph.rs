@@ -13,6 +13,8 @@ pub struct OnnxGraph {
     /// The value a tensor holds, by storage address and shape (a view such as `Flatten`'s
     /// shares its input's storage; an in-place ReLU's output replaces its input's value).
     values: HashMap<(usize, Vec<i64>), String>,
+    /// The shape of each value bound to a tensor.
+    shapes: HashMap<String, Vec<i64>>,
     /// The names the network's tensors are exported under, by storage address.
     parameter_names: HashMap<usize, String>,
     exported_parameters: HashSet<String>,
@@ -32,6 +34,7 @@ impl OnnxGraph {
             nodes: Vec::new(),
             initializers: Vec::new(),
             values: HashMap::new(),
+            shapes: HashMap::new(),
             parameter_names,
             exported_parameters: HashSet::new(),
             op_counts: HashMap::new(),
@@ -48,7 +51,13 @@ impl OnnxGraph {
 
     /// Records that `t` holds the value `name`.
     pub fn bind(&mut self, t: &Tensor, name: String) {
+        self.shapes.insert(name.clone(), t.size());
         self.values.insert(value_key(t), name);
+    }
+
+    /// The shape of the value `name`, when a tensor holding it was bound.
+    pub fn shape(&self, name: &str) -> Option<Vec<i64>> {
+        self.shapes.get(name).cloned()
     }
 
     /// Adds an `op_type` node reading `inputs`; returns the name of its output.
@@ -92,6 +101,19 @@ impl OnnxGraph {
             });
         }
         Ok(name)
+    }
+
+    /// An initializer holding `values` with shape `dims` that is not one of the network's
+    /// tensors (a fixed scale or shift).
+    pub fn constant(&mut self, values: &[f32], dims: &[i64]) -> String {
+        let name = format!("constant_{}", self.initializers.len());
+        self.initializers.push(TensorProto {
+            dims: dims.to_vec(),
+            data_type: FLOAT,
+            name: name.clone(),
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        });
+        name
     }
 
     /// The nodes and initializers, with the value `last` renamed `output` wherever it appears.

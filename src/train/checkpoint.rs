@@ -29,7 +29,10 @@ pub struct CheckpointState {
 
 impl CheckpointState {
     pub fn new(config: TrainConfig, epoch: usize, history: History) -> Self {
-        let optimizer = config.recipe.describe(config.lr);
+        let mut optimizer = config.recipe.describe(config.lr);
+        if let Some(finetune) = &config.finetune {
+            optimizer = format!("{optimizer}; {}", finetune.describe());
+        }
         CheckpointState { format: CHECKPOINT_FORMAT.into(), config, epoch, optimizer, history }
     }
 }
@@ -76,6 +79,9 @@ pub fn load_checkpoint(run_or_file: &Path, device: Device) -> anyhow::Result<Che
     let (optimizer, weights): (Vec<_>, Vec<_>) =
         tensors.into_iter().partition(|(name, _)| name.starts_with(optimizer::STATE_PREFIX));
     weights::load_state_dict(&net.vs, &state.config.net, &weights, false)?;
+    if state.config.finetune.as_ref().is_some_and(|f| f.freeze_backbone) {
+        net.freeze_backbone();
+    }
     Ok(Checkpoint { net, state, optimizer })
 }
 

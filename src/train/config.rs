@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::Recipe;
+use super::{FineTune, Recipe};
 use crate::accel::{MemoryFormat, Precision};
 use crate::data::{self, CLASSES, Dataset, Split};
 use crate::models::{self, ModelInfo, NetConfig};
@@ -60,7 +60,13 @@ pub struct TrainConfig {
     /// before it was recorded.
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
+    /// Fine-tuning from pretrained weights (`--pretrained`); none for a run from scratch.
+    #[serde(default)]
+    pub finetune: Option<FineTune>,
 }
+
+/// ImageNet's class names in label order, as torchvision lists them.
+const IMAGENET_CLASSES: &str = include_str!("../../assets/imagenet_classes.txt");
 
 fn fashion_mnist() -> String {
     data::Format::FashionMnist.name().to_string()
@@ -79,7 +85,7 @@ impl TrainConfig {
     /// d2l's settings for the network `info` describes, one of the zoo's or a network of your
     /// own (see `examples/own_network.rs`).
     pub fn d2l_for(info: &ModelInfo) -> Self {
-        let config = NetConfig::default();
+        let config = info.default_config;
         TrainConfig {
             net: info.name.to_string(),
             in_channels: config.in_channels,
@@ -100,6 +106,7 @@ impl TrainConfig {
             normalize: None,
             sync_bn: false,
             data_dir: None,
+            finetune: None,
         }
     }
 
@@ -181,7 +188,23 @@ impl TrainConfig {
         if self.resize == Some(0) {
             return Err("--resize must be at least 1".into());
         }
+        if let Some(finetune) = &self.finetune {
+            finetune.validate()?;
+        }
         self.recipe.validate(self.epochs)
+    }
+
+    /// What torchvision's networks are trained on and its weights expect: ImageNet's 1000
+    /// classes, colour, its normalisation and its evaluation crop (`Resize(256)`,
+    /// `CenterCrop(224)`, as an image folder's augmented runs evaluate).
+    pub fn use_imagenet(&mut self) {
+        self.in_channels = 3;
+        self.classes = IMAGENET_CLASSES.lines().map(str::to_string).collect();
+        self.num_classes = self.classes.len() as i64;
+        // ImageNet is an image folder in torchvision's layout.
+        self.dataset = data::Format::Folder.name().to_string();
+        self.augment = true;
+        self.normalize = Some(data::Normalize::imagenet());
     }
 
     /// Checks that one batch of inputs (`examples` of them at most) fits in `available_bytes`

@@ -112,7 +112,10 @@ fn fit(run: &mut Run, net: &Network, start: Option<CheckpointState>) -> anyhow::
         Some(state) => (state.epoch, state.history),
         None => (0, History::default()),
     };
-    let mut opt = Optimizer::new(&net.vs, cfg.lr, &cfg.recipe)?;
+    let mut opt = match &cfg.finetune {
+        Some(finetune) => Optimizer::grouped(&net.vs, cfg.lr, &cfg.recipe, &finetune.head, finetune.head_lr_scale)?,
+        None => Optimizer::new(&net.vs, cfg.lr, &cfg.recipe)?,
+    };
     if first_epoch > 0 {
         // A resumed run's optimizer continues from its checkpoint (momentum, moving averages).
         let checkpoint = load_checkpoint(dir, Device::Cpu)?;

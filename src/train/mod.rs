@@ -1,7 +1,7 @@
 //! Training as d2l's `train_ch6` does it, one concern a file: the run's configuration with d2l's
 //! settings (`config`) and recipe (`recipe`, `optimizer`), the epoch loop (`fit`) and its step
 //! (`step`), evaluation (`evaluate`), what is measured (`history`), the checkpoint and run
-//! directory (`checkpoint`, `run_dir`), how a run stops (`failure`, `fault`), and the trait its
+//! directory (`checkpoint`, `run_dir`), fine-tuning from pretrained weights (`finetune`), how a run stops (`failure`, `fault`), and the trait its
 //! reporters implement (`observer`).
 
 mod checkpoint;
@@ -9,6 +9,7 @@ mod config;
 mod evaluate;
 mod failure;
 mod fault;
+mod finetune;
 mod fit;
 mod history;
 mod observer;
@@ -21,6 +22,7 @@ pub use checkpoint::{CHECKPOINT_FILE, Checkpoint, CheckpointState, checkpoint_pa
 pub use config::TrainConfig;
 pub use evaluate::{Evaluation, evaluate};
 pub use failure::{Diverged, RunFailed, fitting_batch_size, is_out_of_memory};
+pub use finetune::{FineTune, Pretrained, load_pretrained, pretrained_weights};
 pub use fit::{Run, train};
 pub use history::{EpochRecord, History, Point};
 pub use observer::{BatchDone, Observer, Progress, RunStart};

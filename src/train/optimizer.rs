@@ -26,6 +26,9 @@ pub struct Optimizer {
     libtorch: Option<COptimizer>,
     /// The trainable tensors and their `state_dict` names.
     params: Vec<(String, Tensor)>,
+    /// Per parameter, the factor of its group's learning rate: `head_lr_scale` for a
+    /// fine-tuned network's new classifier, 1 for everything else.
+    lr_scales: Vec<f64>,
     /// Per parameter, created at its first step: SGD's momentum buffer, or AdamW's first and
     /// second moment estimates.
     state: Vec<Vec<Tensor>>,
@@ -41,25 +44,45 @@ impl Optimizer {
     /// The optimizer of `recipe` over every trainable variable of `vs` (batch-norm running
     /// statistics are not trainable).
     pub fn new(vs: &VarStore, lr: f64, recipe: &Recipe) -> Result<Self, TchError> {
+        Self::grouped(vs, lr, recipe, &[], 1.0)
+    }
+
+    /// [`Optimizer::new`] with two parameter groups, as d2l's fine-tuning makes them: the
+    /// variables under the `head` prefixes (a new classifier) at `head_lr_scale` times the rate
+    /// of the rest. Variables that take no gradient (a frozen backbone) are left out.
+    pub fn grouped(
+        vs: &VarStore,
+        lr: f64,
+        recipe: &Recipe,
+        head: &[String],
+        head_lr_scale: f64,
+    ) -> Result<Self, TchError> {
         let names: std::collections::HashMap<usize, String> =
             vs.variables().into_iter().map(|(name, t)| (t.data_ptr() as usize, name)).collect();
         let params: Vec<(String, Tensor)> = vs
             .trainable_variables()
             .into_iter()
+            .filter(|t| t.requires_grad())
             .map(|t| (names.get(&(t.data_ptr() as usize)).cloned().unwrap_or_default(), t))
             .collect();
+        let in_head =
+            |name: &str| head.iter().any(|h| name.strip_prefix(h.as_str()).is_some_and(|r| r.starts_with('.')));
+        let lr_scales: Vec<f64> = params.iter().map(|(n, _)| if in_head(n) { head_lr_scale } else { 1.0 }).collect();
         let plain_sgd = recipe.optimizer == OptimizerName::Sgd && recipe.momentum == 0.0 && recipe.weight_decay == 0.0;
         let libtorch = if plain_sgd {
+            // libtorch's groups: 0 at the base rate, 1 (when there is a head) at the head's.
             let mut optimizer = COptimizer::sgd(lr, 0.0, 0.0, 0.0, false)?;
-            for (_, t) in &params {
-                optimizer.add_parameters(t, 0)?;
+            for ((_, t), &scale) in params.iter().zip(&lr_scales) {
+                optimizer.add_parameters(t, (scale != 1.0) as usize)?;
             }
             Some(optimizer)
         } else {
             None
         };
         let state = params.iter().map(|_| Vec::new()).collect();
-        Ok(Optimizer { recipe: recipe.clone(), lr, libtorch, params, state, steps: 0 })
+        let mut optimizer = Optimizer { recipe: recipe.clone(), lr, lr_scales, libtorch, params, state, steps: 0 };
+        optimizer.set_lr(lr)?;
+        Ok(optimizer)
     }
 
     pub fn lr(&self) -> f64 {
@@ -69,7 +92,10 @@ impl Optimizer {
     /// Sets the learning rate of the following steps (a schedule's, at each epoch).
     pub fn set_lr(&mut self, lr: f64) -> Result<(), TchError> {
         if let Some(optimizer) = &mut self.libtorch {
-            optimizer.set_learning_rate(lr)?;
+            optimizer.set_learning_rate_group(0, lr)?;
+            if let Some(&scale) = self.lr_scales.iter().find(|&&s| s != 1.0) {
+                optimizer.set_learning_rate_group(1, lr * scale)?;
+            }
         }
         self.lr = lr;
         Ok(())
@@ -95,9 +121,10 @@ impl Optimizer {
             return optimizer.step();
         }
         self.steps += 1;
-        let (lr, wd) = (self.lr, self.recipe.weight_decay);
+        let wd = self.recipe.weight_decay;
         let _no_grad = tch::no_grad_guard();
-        for ((_, p), state) in self.params.iter().zip(&mut self.state) {
+        for (((_, p), state), scale) in self.params.iter().zip(&mut self.state).zip(&self.lr_scales) {
+            let lr = self.lr * scale;
             let grad = p.grad();
             if !grad.defined() {
                 continue;

@@ -14,7 +14,7 @@ use tch::Tensor;
 
 pub use self::safetensors::{parse_safetensors, safetensors_bytes};
 pub use pickle::PickleError;
-pub use state_dict::{LoadReport, batch_norm_alias, load_state_dict, state_dict};
+pub use state_dict::{LoadReport, batch_norm_alias, load_state_dict, load_state_dict_except, state_dict};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
@@ -22,9 +22,19 @@ pub enum WeightsError {
     Unreadable { file: String, reason: String },
     #[error("{file}: {source}")]
     Io { file: String, source: std::io::Error },
-    #[error("weights do not fit {network}: {problems}{hint}", problems = .problems.join("; "),
+    #[error("weights do not fit {network}: {problems}{hint}", problems = first_problems(.problems),
         hint = if *.partial_possible { " (--allow-partial loads the keys that fit)" } else { "" })]
     Mismatch { network: String, problems: Vec<String>, partial_possible: bool },
+}
+
+/// The first few problems and how many more there are: a file of another network has hundreds.
+fn first_problems(problems: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = problems.iter().take(SHOWN).cloned().collect::<Vec<_>>().join("; ");
+    if problems.len() > SHOWN {
+        text += &format!("; and {} more", problems.len() - SHOWN);
+    }
+    text
 }
 
 /// Reads named tensors from a `.safetensors` file, or from a PyTorch `.pt`/`.pth`/`.bin` file

@@ -79,8 +79,24 @@ pub fn load_state_dict(
     tensors: &[(String, Tensor)],
     allow_partial: bool,
 ) -> Result<LoadReport, WeightsError> {
-    let variables: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
-    let mut given: BTreeMap<String, Tensor> = tensors.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+    load_state_dict_except(vs, network, tensors, allow_partial, &[])
+}
+
+/// [`load_state_dict`] of everything but the layers under the `except` prefixes (a classifier
+/// that fine-tuning replaces): their variables keep their values, and tensors given for them
+/// are ignored.
+pub fn load_state_dict_except(
+    vs: &VarStore,
+    network: &str,
+    tensors: &[(String, Tensor)],
+    allow_partial: bool,
+    except: &[String],
+) -> Result<LoadReport, WeightsError> {
+    let excepted =
+        |name: &str| except.iter().any(|e| name.strip_prefix(e.as_str()).is_some_and(|r| r.starts_with('.')));
+    let variables: BTreeMap<String, Tensor> = vs.variables().into_iter().filter(|(n, _)| !excepted(n)).collect();
+    let mut given: BTreeMap<String, Tensor> =
+        tensors.iter().filter(|(n, _)| !excepted(n)).map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
     translate_batch_norm(&mut given, &variables);
     let mut problems = Vec::new();
     let mut fitting = Vec::new();
