@@ -12,6 +12,9 @@ torchvision==0.26.0).
       (2, 3, SIZE, SIZE), targets [1, 3], 10 classes; eval-mode logits, one train-mode step's
       logits, loss and gradients, and the running statistics after it. Without --all-grads only
       the gradients of tensors of at most 20,000 values are kept (a small file to commit).
+  load-export NET FILE.safetensors
+      Loads a file `convnets export` wrote into torchvision's NET with strict=True and prints
+      its eval-mode logits on the parity input (3 x 224 x 224), for comparison with convnets'.
 
 The formula (float64, then float32), for the k-th key in sorted order and its i-th value
 (row-major): b = sin(0.7 i + 1.3 k + 0.1); weights of 2 or more dimensions b * sqrt(6 / fan_in),
@@ -100,10 +103,24 @@ def parity(name, size, out, all_grads):
     save_file({k: v.contiguous() for k, v in files.items()}, out)
 
 
+def load_export(name, path):
+    from safetensors.torch import load_file
+    net = NETS[name](num_classes=1000)
+    state = load_file(path)
+    net.load_state_dict(state, strict=True)  # raises on any missing, unexpected or misshapen key
+    net.eval()
+    x = torch.sin(torch.arange(3 * 224 * 224, dtype=torch.float64) * 0.05).float().reshape(1, 3, 224, 224)
+    with torch.no_grad():
+        logits = net(x)
+    print(f"{name}: strict load of {len(state)} tensors ok; logits[:5] {[round(float(v), 5) for v in logits[0, :5]]}")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "keys":
         keys(sys.argv[2])
     elif sys.argv[1] == "parity":
         parity(sys.argv[2], int(sys.argv[3]), sys.argv[4], "--all-grads" in sys.argv)
+    elif sys.argv[1] == "load-export":
+        load_export(sys.argv[2], sys.argv[3])
     else:
         sys.exit(__doc__)

@@ -24,6 +24,12 @@ CONVNETS = os.environ.get("CONVNETS_BIN", os.path.join(HERE, "..", "target", "re
 NETS = {"alexnet": ("alexnet", 0.01, 128, 224), "vgg11-small": ("vgg", 0.05, 128, 224), "nin": ("nin", 0.1, 128, 224),
         "googlenet": ("googlenet", 0.1, 128, 96), "lenet-bn": ("lenet_bn", 1.0, 256, 28),
         "resnet18": ("resnet18", 0.05, 256, 96), "densenet": ("densenet", 0.1, 256, 96)}
+BOOK = list(NETS)
+# torchvision's networks (ImageNet input: 3 x 224 x 224, 1000 classes), against torchvision's own.
+TORCHVISION = {"tv-alexnet": "alexnet", "tv-vgg11": "vgg11", "tv-vgg11-bn": "vgg11_bn", "tv-googlenet": "googlenet",
+               "tv-resnet18": "resnet18", "tv-resnet34": "resnet34", "tv-resnet50": "resnet50",
+               "tv-densenet121": "densenet121"}
+NETS.update({name: (builder, 0.01, 32, 224) for name, builder in TORCHVISION.items()})
 
 
 def torch_worker(name, device, batch, steps, warmup, precision):
@@ -37,13 +43,22 @@ def torch_worker(name, device, batch, steps, warmup, precision):
         torch.set_num_threads(os.cpu_count())
     dev = torch.device(device)
     torch.manual_seed(0)
-    net = g[builder]()
-    def init(m):
-        if type(m) in (nn.Linear, nn.Conv2d):
-            nn.init.xavier_uniform_(m.weight)
-    net.apply(init); net.to(dev); net.train()
+    if name in TORCHVISION:
+        import torchvision
+        # GoogLeNet as convnets runs it: transform_input on, no auxiliary heads.
+        extra = dict(aux_logits=False, transform_input=True, init_weights=True) if builder == "googlenet" else {}
+        net = getattr(torchvision.models, builder)(**extra)
+        channels, classes = 3, 1000
+    else:
+        net = g[builder]()
+        def init(m):
+            if type(m) in (nn.Linear, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+        net.apply(init)
+        channels, classes = 1, 10
+    net.to(dev); net.train()
     opt = torch.optim.SGD(net.parameters(), lr=lr); loss = nn.CrossEntropyLoss()
-    X = torch.rand(batch, 1, side, side, device=dev); y = torch.randint(0, 10, (batch,), device=dev)
+    X = torch.rand(batch, channels, side, side, device=dev); y = torch.randint(0, classes, (batch,), device=dev)
     # bf16: PyTorch's own recipe, autocast with channels-last.
     if precision == "bf16":
         net.to(memory_format=torch.channels_last); X = X.to(memory_format=torch.channels_last)
@@ -175,7 +190,7 @@ def densenet():
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("nets", nargs="*", default=list(NETS))
+    p.add_argument("nets", nargs="*", default=BOOK, help="the book's networks by default; tv-* for torchvision's")
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)

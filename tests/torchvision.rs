@@ -333,3 +333,21 @@ fn torchvision_files_import_and_export_under_torchvisions_names() {
         assert!(t.equal(&after[name]), "{name}");
     }
 }
+
+#[test]
+fn every_torchvision_network_trains_an_epoch_on_a_small_colour_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = colour_folder(&tmp.path().join("photos"), 2);
+    for info in torchvision_networks() {
+        let run = tmp.path().join(info.name);
+        let (code, stdout, err) = common::convnets(&[
+            "train", info.name, "--data", &data, "--resize", "64", "--epochs", "1", "--batch-size", "3", "--out",
+            run.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{}: {err}", info.name);
+        assert!(stdout.contains("examples/sec on cpu"), "{}: {stdout}", info.name);
+        let checkpoint = convnets::train::load_checkpoint(&run, Device::Cpu).unwrap();
+        assert_eq!(checkpoint.state.config.num_classes, 3, "{}", info.name);
+        assert_eq!(checkpoint.net.head().len(), 1 + info.extra_heads.len(), "{}", info.name);
+    }
+}

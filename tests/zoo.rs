@@ -399,12 +399,18 @@ fn cli_summary_and_errors() {
 fn cli_lists_models_and_traces_shapes() {
     let (code, out, _) = convnets(&["models"]);
     assert_eq!(code, 0);
-    assert_eq!(out.lines().count(), 10);
-    assert!(out.contains("resnet18           1x96x96       11,178,378  ResNet-18"), "{out}");
+    // The book's nine, then torchvision's eight apart, each group with its heading and columns.
+    let (book, torchvision) = out.split_once("\n\n").unwrap();
+    assert_eq!(book.lines().count(), 2 + 9, "{out}");
+    assert_eq!(torchvision.lines().count(), 2 + 8, "{out}");
+    assert!(book.contains("resnet18           1x96x96       11,178,378  ResNet-18"), "{out}");
+    assert!(torchvision.starts_with("torchvision's networks"), "{out}");
+    assert!(torchvision.contains("tv-resnet18        3x224x224     11,689,512  torchvision's resnet18"), "{out}");
     let (code, out, _) = convnets(&["models", "--json"]);
     assert_eq!(code, 0);
     let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 9);
+    assert_eq!(lines.len(), 17);
+    assert_eq!(lines.iter().filter(|l| l["origin"] == "torchvision").count(), 8);
     let resnet = lines.iter().find(|l| l["name"] == "resnet18").unwrap();
     assert_eq!(resnet["params"], 11_178_378);
     assert_eq!(resnet["batch_size"], 256);
