@@ -10,7 +10,8 @@ torchvision==0.26.0).
       A parity file for `convnets parity OUT --net tv-NET`: weights from a formula that
       convnets computes too (so the file need not hold them), an input of shape
       (2, 3, SIZE, SIZE), targets [1, 3], 10 classes; eval-mode logits, one train-mode step's
-      logits, loss and gradients, and the running statistics after it. Without --all-grads only
+      logits, loss and gradients (dropout at p = 0, key `dropout_off`, so that networks with
+      dropout compare too), and the running statistics after it. Without --all-grads only
       the gradients of tensors of at most 20,000 values are kept (a small file to commit).
   load-export NET FILE.safetensors
       Loads a file `convnets export` wrote into torchvision's NET with strict=True and prints
@@ -84,6 +85,12 @@ def parity(name, size, out, all_grads):
     with torch.no_grad():
         files["logits_eval"] = net(x)
     net.train()
+    # Dropout at p = 0 (every unit kept, as convnets' training pass without dropout), so that
+    # the training step of networks that have it compares too.
+    for m in net.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    files["dropout_off"] = torch.ones(1)
     if name == "googlenet":
         # convnets never runs the auxiliary heads (torchvision drops them when it loads its
         # published weights without aux_logits=True).

@@ -341,7 +341,17 @@ fn every_torchvision_network_trains_an_epoch_on_a_small_colour_folder() {
     for info in torchvision_networks() {
         let run = tmp.path().join(info.name);
         let (code, stdout, err) = common::convnets(&[
-            "train", info.name, "--data", &data, "--resize", "64", "--epochs", "1", "--batch-size", "3", "--out",
+            "train",
+            info.name,
+            "--data",
+            &data,
+            "--resize",
+            "64",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "3",
+            "--out",
             run.to_str().unwrap(),
         ]);
         assert_eq!(code, 0, "{}: {err}", info.name);

@@ -145,7 +145,12 @@ fn measure(name: &str, cfg: &BenchConfig, data: &Dataset) -> anyhow::Result<Benc
     let started = Instant::now();
     for b in data::device_batches(data.train.clone(), order.clone(), batch, data::Prep::d2l(resize), cfg.device) {
         let b = b?;
-        step(&b.images, &b.labels)?;
+        // Grey images for a colour network (torchvision's): the channel repeated, as
+        // torchvision's `Grayscale(3)` makes them.
+        let channels = net.config.in_channels;
+        let images =
+            if b.images.size()[1] == 1 && channels > 1 { b.images.f_repeat([1, channels, 1, 1])? } else { b.images };
+        step(&images, &b.labels)?;
     }
     let epoch_examples_per_s = (batch * cfg.steps) as f64 / started.elapsed().as_secs_f64();
 

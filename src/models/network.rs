@@ -183,6 +183,14 @@ impl Network {
         self.forward_with(x, Ctx::new(train))
     }
 
+    /// A training-mode pass with dropout off: batch statistics as in training, every unit kept
+    /// (to compare a training step with PyTorch's with its dropout at p = 0).
+    pub fn forward_train_without_dropout(&self, x: &Tensor) -> Fwd {
+        let mut cx = Ctx::new(true);
+        cx.dropout = false;
+        self.forward_with(x, cx)
+    }
+
     /// [`Network::forward_t`] with batch norm normalising over the batches of every replica of a
     /// distributed run (`--sync-bn`), when `sync_bn` is given.
     pub fn forward_synced(&self, x: &Tensor, train: bool, sync_bn: Option<&dyn SyncBatchNorm>) -> Fwd {

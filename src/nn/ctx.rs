@@ -18,20 +18,23 @@ pub struct Ctx<'t> {
     /// `--sync-bn` in a distributed run: training-mode batch norm normalises with the statistics
     /// of every replica's batch, gathered through this.
     pub sync_bn: Option<&'t dyn SyncBatchNorm>,
+    /// Whether dropout drops in training mode (off only to compare a training step with
+    /// PyTorch's, whose random masks libtorch cannot draw alike).
+    pub dropout: bool,
 }
 
 impl<'t> Ctx<'t> {
     pub fn new(train: bool) -> Ctx<'static> {
-        Ctx { train, tracer: None, finished_leaves: 0, sync_bn: None }
+        Ctx { train, tracer: None, finished_leaves: 0, sync_bn: None, dropout: true }
     }
 
     pub fn traced(train: bool, tracer: &'t mut Tracer) -> Ctx<'t> {
-        Ctx { train, tracer: Some(tracer), finished_leaves: 0, sync_bn: None }
+        Ctx { train, tracer: Some(tracer), finished_leaves: 0, sync_bn: None, dropout: true }
     }
 
     /// A forward pass whose batch norms normalise with the statistics of every replica's batch.
     pub fn synced(train: bool, sync_bn: &'t dyn SyncBatchNorm) -> Ctx<'t> {
-        Ctx { train, tracer: None, finished_leaves: 0, sync_bn: Some(sync_bn) }
+        Ctx { train, tracer: None, finished_leaves: 0, sync_bn: Some(sync_bn), dropout: true }
     }
 
     /// Runs `layer` on `x`, recording the call when tracing.
