@@ -1,5 +1,6 @@
-//! Training recipes: the optimizers against libtorch's own, schedules, label smoothing, the
-//! learning rate in the run's files, and exact resumption with optimizer state.
+//! Training recipes: the optimizers against libtorch's own, schedules, label smoothing, gradient
+//! clipping and accumulation, the learning rate in the run's files, and exact resumption with
+//! optimizer state.
 
 use std::path::Path;
 
@@ -129,6 +130,7 @@ fn a_resumed_run_with_optimizer_state_and_a_schedule_ends_where_an_uninterrupted
             "0.1",
         ][..],
         &["--optimizer", "adamw", "--weight-decay", "0.05", "--lr-schedule", "onecycle", "--lr", "0.01"],
+        &["--momentum", "0.9", "--lr-schedule", "cosine", "--clip-grad-norm", "0.5", "--accum-steps", "2"],
     ] {
         let common = [&["--epochs", "4", "--batch-size", "50", "--data", data][..], recipe].concat();
         let (straight, resumed) = (tmp.path().join("straight"), tmp.path().join("resumed"));
@@ -193,6 +195,9 @@ fn recipe_flags_are_checked_and_recorded() {
             "unknown learning-rate schedule \"linear\": expected constant, step, cosine, onecycle",
         ),
         (&["--optimizer", "lamb"], "unknown optimizer \"lamb\": expected sgd, adamw"),
+        (&["--clip-grad-norm", "0"], "--clip-grad-norm must be a positive number, got 0"),
+        (&["--accum-steps", "0"], "--accum-steps must be at least 1"),
+        (&["--accum-steps", "-2"], "--accum-steps must be at least 1"),
     ] {
         let (code, _, err) = common::convnets(&[&["train", "lenet-bn", "--out", out][..], args].concat());
         assert_eq!(code, 2, "{args:?}: {err}");
@@ -220,4 +225,94 @@ fn recipe_flags_are_checked_and_recorded() {
     assert_eq!(config["recipe"]["lr_schedule"], "step");
     let (code, _, err) = common::convnets(&["train", "--resume", out, "--epochs", "3", "--momentum", "0.5"]);
     assert_eq!(code, 2, "the recipe belongs to the run: {err}");
+}
+
+#[test]
+fn clipping_scales_every_gradient_to_the_total_norm_as_pytorch_does() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(9);
+    let net = Network::new("lenet-bn", NetConfig::default(), Device::Cpu).unwrap();
+    let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let y = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5, 6, 7]);
+    let params = net.vs.trainable_variables();
+    let backward = || {
+        for p in &params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        convnets::nn::cross_entropy(&net.forward_t(&x, true).unwrap(), &y, 0.0).unwrap().backward();
+        params.iter().map(|p| p.grad().copy()).collect::<Vec<_>>()
+    };
+    let grads = backward();
+    // The total 2-norm in float64: the norm of the per-tensor norms.
+    let total: f64 =
+        grads.iter().map(|g| g.to_kind(Kind::Double).square().sum(Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+    // Above the limit: every gradient times max_norm / (norm + 1e-6).
+    let reported = train::clip_grad_norm(&params, total / 2.0).unwrap().double_value(&[]);
+    assert!((reported - total).abs() <= 1e-5 * total, "{reported} vs {total}");
+    let factor = (total / 2.0) / (total + 1e-6);
+    for (p, g) in params.iter().zip(&grads) {
+        let expected = g.to_kind(Kind::Double) * factor;
+        let worst = (p.grad().to_kind(Kind::Double) - &expected).abs().max().double_value(&[]);
+        assert!(worst <= 1e-6 * total, "clipped gradient off by {worst}");
+    }
+    // Below it: unchanged.
+    let grads = backward();
+    let _ = train::clip_grad_norm(&params, total * 2.0).unwrap();
+    for (p, g) in params.iter().zip(&grads) {
+        assert!(p.grad().equal(g));
+    }
+}
+
+#[test]
+fn k_accumulated_batches_update_as_one_k_times_batch() {
+    // GoogLeNet has neither batch norm (which sees each micro-batch alone) nor dropout.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::idx_dataset(&tmp.path().join("data"), 48, 16);
+    let train = |out: &str, batch: &str, accum: &str| {
+        let run = tmp.path().join(out);
+        let (code, _, err) = common::convnets(&[
+            "train",
+            "googlenet",
+            "--data",
+            data.to_str().unwrap(),
+            "--resize",
+            "16",
+            "--epochs",
+            "2",
+            "--lr",
+            "0.1",
+            "--momentum",
+            "0.9",
+            "--batch-size",
+            batch,
+            "--accum-steps",
+            accum,
+            "--out",
+            run.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        train::load_checkpoint(&run, Device::Cpu).unwrap()
+    };
+    let (whole, accumulated) = (train("whole", "16", "1"), train("accumulated", "8", "2"));
+    assert!(accumulated.state.optimizer.contains("2 micro-batches per update"), "{}", accumulated.state.optimizer);
+    let (a, b) = (whole.net.vs.variables(), accumulated.net.vs.variables());
+    let fresh = {
+        let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(0);
+        Network::new("googlenet", NetConfig::default(), Device::Cpu).unwrap().vs.variables()
+    };
+    let mut moved = 0f64;
+    for (name, t) in &a {
+        let diff = (t - &b[name]).abs().max().double_value(&[]);
+        assert!(diff <= 1e-5, "{name}: {diff} apart");
+        moved = moved.max((t - &fresh[name]).abs().max().double_value(&[]));
+    }
+    assert!(moved > 1e-3, "the six updates moved the weights ({moved})");
+    // A last group shorter than K: 5 batches, 2 per update: updates after batches 2, 4 and 5.
+    let groups: Vec<(usize, usize)> =
+        (0..5).map(|i| train::MicroBatch::of(i, 5, 2)).map(|m| (m.index, m.len)).collect();
+    assert_eq!(groups, [(0, 2), (1, 2), (0, 2), (1, 2), (0, 1)]);
 }

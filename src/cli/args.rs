@@ -303,7 +303,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "net", "lr", "batch_size", "resize", "seed", "out", "precision", "memory_format", "optimizer", "momentum",
         "nesterov", "weight_decay", "lr_schedule", "warmup_epochs", "label_smoothing", "augment", "normalize",
-        "sync_bn", "pretrained", "pretrained_key", "freeze_backbone", "head_lr_scale",
+        "sync_bn", "pretrained", "pretrained_key", "freeze_backbone", "head_lr_scale", "clip_grad_norm", "accum_steps",
     ])]
     pub resume: Option<PathBuf>,
     #[command(flatten)]
@@ -374,6 +374,14 @@ pub struct RecipeArgs {
     /// Label smoothing of the cross-entropy loss, e.g. 0.1 (default 0).
     #[arg(long, allow_negative_numbers = true)]
     pub label_smoothing: Option<f64>,
+    /// Scale the gradients down to a total 2-norm of at most N before each update
+    /// (`torch.nn.utils.clip_grad_norm_`; default: no clipping).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub clip_grad_norm: Option<f64>,
+    /// Add up the gradients of K batches of --batch-size before each update: the update of one
+    /// K-times batch, in the memory of one (batch norm still sees each batch alone).
+    #[arg(long, value_name = "K", allow_negative_numbers = true)]
+    pub accum_steps: Option<i64>,
 }
 
 impl RecipeArgs {
@@ -387,6 +395,9 @@ impl RecipeArgs {
             lr_schedule: self.lr_schedule.unwrap_or(d2l.lr_schedule),
             warmup_epochs: self.warmup_epochs.unwrap_or(d2l.warmup_epochs),
             label_smoothing: self.label_smoothing.unwrap_or(d2l.label_smoothing),
+            clip_grad_norm: self.clip_grad_norm,
+            // Validated with the rest of the recipe (0 or less: a clear error).
+            accum_steps: self.accum_steps.map_or(d2l.accum_steps, |k| k.max(0) as usize),
         }
     }
 }

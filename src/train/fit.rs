@@ -12,8 +12,8 @@ use super::failure::{OutOfMemory, available_memory, is_out_of_memory, kept_check
 use super::fault::Injected;
 use super::observer::{BatchDone, Observer, Progress, RunStart};
 use super::{
-    CheckpointState, Diverged, EpochRecord, History, Optimizer, Point, RunFailed, TrainConfig, checkpoint_path,
-    load_checkpoint, replayed_train_step, run_dir, save_checkpoint,
+    CheckpointState, Diverged, EpochRecord, History, MicroBatch, Optimizer, Point, RunFailed, StepOptions, TrainConfig,
+    checkpoint_path, load_checkpoint, micro_batch_step, replayed_train_step, run_dir, save_checkpoint,
 };
 use crate::data::{self, Dataset};
 use crate::distributed::{self, DataParallel};
@@ -133,6 +133,11 @@ fn fit(run: &mut Run, net: &Network, start: Option<CheckpointState>) -> anyhow::
     let mut replayer = net.replayer();
     let mut eval_replayer = net.replayer();
     let smoothing = cfg.recipe.label_smoothing;
+    let step_options = StepOptions { label_smoothing: smoothing, clip_grad_norm: cfg.recipe.clip_grad_norm };
+    if replayer.enabled() && (cfg.recipe.accum_steps > 1 || step_options.clip_grad_norm.is_some()) {
+        // Off the graphs until a GPU soak has run them (a captured step replays its update).
+        return Err(usage("--accum-steps and --clip-grad-norm do not run under --cuda-graphs yet; leave one out"));
+    }
     let eval_prep = cfg.eval_prep();
     let mut last_finite: Option<f64> = history.epochs.last().map(|e| e.train_loss);
     for epoch in first_epoch..cfg.epochs {
@@ -166,16 +171,14 @@ fn fit(run: &mut Run, net: &Network, start: Option<CheckpointState>) -> anyhow::
                     // A real libtorch error (a negative size), raised where a step's would be.
                     Tensor::f_zeros([-1], (Kind::Float, device)).map(drop)?;
                 }
-                let (loss, correct) = replayed_train_step(
-                    &mut replayer,
-                    net,
-                    replicas,
-                    &mut opt,
-                    smoothing,
-                    &batch.images,
-                    &batch.labels,
-                )
-                .map_err(|error| {
+                let (images, labels) = (&batch.images, &batch.labels);
+                let micro = MicroBatch::of(i, num_batches, cfg.recipe.accum_steps);
+                let step = if micro == MicroBatch::WHOLE && step_options.clip_grad_norm.is_none() {
+                    replayed_train_step(&mut replayer, net, replicas, &mut opt, smoothing, images, labels)
+                } else {
+                    micro_batch_step(net, replicas, &mut opt, &step_options, micro, images, labels)
+                };
+                let (loss, correct) = step.map_err(|error| {
                     if is_out_of_memory(&error_line(&error)) {
                         OutOfMemory { error, input: batch.images.size() }.into()
                     } else {

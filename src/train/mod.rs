@@ -28,4 +28,7 @@ pub use history::{EpochRecord, History, Point};
 pub use observer::{BatchDone, Observer, Progress, RunStart};
 pub use optimizer::Optimizer;
 pub use recipe::{OptimizerName, Recipe, Schedule};
-pub use step::{predict, replayed_train_step, replica_train_step, train_step};
+pub use step::{
+    MicroBatch, StepOptions, clip_grad_norm, micro_batch_step, predict, replayed_train_step, replica_train_step,
+    train_step,
+};

@@ -1,5 +1,5 @@
 //! Training recipes beyond d2l's plain SGD at a constant rate: the optimizer and its settings,
-//! a learning-rate schedule with warm-up, label smoothing. The defaults are d2l's, and a run
+//! a learning-rate schedule with warm-up, label smoothing, gradient clipping and accumulation. The defaults are d2l's, and a run
 //! saved before these options existed reads as those defaults.
 
 use std::f64::consts::PI;
@@ -57,7 +57,7 @@ names!(OptimizerName, "optimizer", Sgd => "sgd", Adamw => "adamw");
 names!(Schedule, "learning-rate schedule", Constant => "constant", Step => "step", Cosine => "cosine", Onecycle => "onecycle");
 
 /// Everything of a recipe besides the base learning rate (`TrainConfig::lr`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Recipe {
     pub optimizer: OptimizerName,
@@ -72,6 +72,29 @@ pub struct Recipe {
     pub warmup_epochs: usize,
     /// Label smoothing of the cross-entropy loss (0: none).
     pub label_smoothing: f64,
+    /// `--clip-grad-norm`: the gradients' total 2-norm is scaled down to at most this before
+    /// each update, as `torch.nn.utils.clip_grad_norm_` does (none: no clipping).
+    pub clip_grad_norm: Option<f64>,
+    /// `--accum-steps`: micro-batches whose gradients add up to one update (1: d2l's, one
+    /// batch per update).
+    pub accum_steps: usize,
+}
+
+impl Default for Recipe {
+    /// d2l's: plain SGD at a constant rate, one batch per update.
+    fn default() -> Self {
+        Recipe {
+            optimizer: OptimizerName::Sgd,
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+            lr_schedule: Schedule::Constant,
+            warmup_epochs: 0,
+            label_smoothing: 0.0,
+            clip_grad_norm: None,
+            accum_steps: 1,
+        }
+    }
 }
 
 impl Recipe {
@@ -94,6 +117,12 @@ impl Recipe {
         }
         if self.momentum != 0.0 && self.optimizer != OptimizerName::Sgd {
             return Err("--momentum is SGD's; AdamW keeps its own moving averages".into());
+        }
+        if let Some(norm) = self.clip_grad_norm.filter(|n| !(n.is_finite() && *n > 0.0)) {
+            return Err(format!("--clip-grad-norm must be a positive number, got {norm}"));
+        }
+        if self.accum_steps == 0 {
+            return Err("--accum-steps must be at least 1".into());
         }
         if self.warmup_epochs >= epochs {
             return Err(format!("--warmup-epochs {} leaves no epoch of the {epochs} after it", self.warmup_epochs));
@@ -144,6 +173,12 @@ impl Recipe {
         }
         if self.label_smoothing > 0.0 {
             out += &format!(", label smoothing {}", self.label_smoothing);
+        }
+        if let Some(norm) = self.clip_grad_norm {
+            out += &format!(", gradients clipped to norm {norm}");
+        }
+        if self.accum_steps > 1 {
+            out += &format!(", {} micro-batches per update", self.accum_steps);
         }
         out
     }
