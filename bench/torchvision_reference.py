@@ -13,6 +13,9 @@ torchvision==0.26.0).
       logits, loss and gradients (dropout at p = 0, key `dropout_off`, so that networks with
       dropout compare too), and the running statistics after it. Without --all-grads only
       the gradients of tensors of at most 20,000 values are kept (a small file to commit).
+  color OUT.json
+      torchvision.transforms.v2.functional's adjust_brightness/contrast/saturation/hue on a
+      3x12x16 and a 1x12x16 uint8 image (torch.manual_seed(0), randint), at fixed factors.
   load-export NET FILE.safetensors
       Loads a file `convnets export` wrote into torchvision's NET with strict=True and prints
       its eval-mode logits on the parity input (3 x 224 x 224), for comparison with convnets'.
@@ -110,6 +113,27 @@ def parity(name, size, out, all_grads):
     save_file({k: v.contiguous() for k, v in files.items()}, out)
 
 
+def color(out):
+    import torchvision.transforms.v2.functional as TF
+    torch.manual_seed(0)
+    rgb = torch.randint(0, 256, (3, 12, 16), dtype=torch.uint8)
+    grey = torch.randint(0, 256, (1, 12, 16), dtype=torch.uint8)
+    cases = []
+    for image, name in [(rgb, "rgb"), (grey, "grey")]:
+        for op, factors in [
+            ("brightness", [0.5, 1.4]),
+            ("contrast", [0.3, 1.8]),
+            ("saturation", [0.0, 0.5, 2.0]),
+            ("hue", [-0.3, 0.1, 0.45]),
+        ]:
+            for f in factors:
+                result = getattr(TF, f"adjust_{op}")(image, f)
+                cases.append({"image": name, "op": op, "factor": f, "output": result.flatten().tolist()})
+    with open(out, "w") as f:
+        json.dump({"rgb": rgb.flatten().tolist(), "grey": grey.flatten().tolist(), "cases": cases}, f)
+        f.write("\n")
+
+
 def load_export(name, path):
     from safetensors.torch import load_file
     net = NETS[name](num_classes=1000)
@@ -127,6 +151,8 @@ if __name__ == "__main__":
         keys(sys.argv[2])
     elif sys.argv[1] == "parity":
         parity(sys.argv[2], int(sys.argv[3]), sys.argv[4], "--all-grads" in sys.argv)
+    elif sys.argv[1] == "color":
+        color(sys.argv[2])
     elif sys.argv[1] == "load-export":
         load_export(sys.argv[2], sys.argv[3])
     else:

@@ -110,6 +110,33 @@ pub enum Command {
         device: String,
     },
     /// Classify test images (d2l's predict_ch3) or your own images (PNG, JPEG).
+    /// d2l's `apply(img, aug)`: an image and augmented versions of it in one picture, to see an
+    /// augmentation before training with it.
+    Augment {
+        /// A PNG or JPEG.
+        image: PathBuf,
+        /// Where to write the picture.
+        #[arg(long)]
+        out: PathBuf,
+        /// How many augmented versions to draw.
+        #[arg(long, default_value_t = 8)]
+        count: usize,
+        /// `RandomResizedCrop(SIZE)` (scale 0.08 to 1, ratio 3/4 to 4/3).
+        #[arg(long, value_name = "SIZE")]
+        crop: Option<usize>,
+        /// `RandomHorizontalFlip()`.
+        #[arg(long)]
+        flip: bool,
+        /// `RandomVerticalFlip()`.
+        #[arg(long)]
+        vertical_flip: bool,
+        /// `ColorJitter(B, C, S, H)`, e.g. 0.5,0,0,0 (d2l's brightness) or 0.5,0.5,0.5,0.5.
+        #[arg(long, value_name = "B,C,S,H", value_parser = crate::data::ColorJitter::parse)]
+        color_jitter: Option<crate::data::ColorJitter>,
+        /// The draws' seed (each version k draws as image k of epoch 0 would in training).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     Predict {
         /// A run directory or its checkpoint.safetensors.
         run: PathBuf,
@@ -291,6 +318,14 @@ pub struct TrainArgs {
     /// computed once and cached beside the data) or none (d2l).
     #[arg(long, value_name = "auto|none", value_parser = ["auto", "none"])]
     pub normalize: Option<String>,
+    /// Also flip training images vertically with probability 0.5 (torchvision's
+    /// `RandomVerticalFlip`), for any data set.
+    #[arg(long)]
+    pub vertical_flip: bool,
+    /// Jitter training images' brightness, contrast, saturation and hue as torchvision's
+    /// `ColorJitter(B, C, S, H)` does (e.g. 0.4,0.4,0.4,0.1; 0 leaves one out), for any data set.
+    #[arg(long, value_name = "B,C,S,H", value_parser = crate::data::ColorJitter::parse)]
+    pub color_jitter: Option<crate::data::ColorJitter>,
     /// Serve a live view of the run (chart, progress, configuration) at ADDR: 127.0.0.1 and a
     /// free port by default (printed at start); other interfaces only when named.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1")]
@@ -303,7 +338,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "net", "lr", "batch_size", "resize", "seed", "out", "precision", "memory_format", "optimizer", "momentum",
         "nesterov", "weight_decay", "lr_schedule", "warmup_epochs", "label_smoothing", "augment", "normalize",
-        "sync_bn", "pretrained", "pretrained_key", "freeze_backbone", "head_lr_scale", "clip_grad_norm", "accum_steps",
+        "sync_bn", "pretrained", "pretrained_key", "freeze_backbone", "head_lr_scale", "clip_grad_norm", "accum_steps", "vertical_flip", "color_jitter",
     ])]
     pub resume: Option<PathBuf>,
     #[command(flatten)]

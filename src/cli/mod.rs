@@ -2,6 +2,7 @@
 //! here the entry point that turns every failure into one line and an exit code.
 
 mod args;
+mod augment;
 mod bench;
 mod data;
 mod evaluate;
@@ -15,6 +16,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use crate::data::{Pipeline, Transform};
 use crate::error::{UsageError, error_line, libtorch_message, panic_is_caught, usage};
 use args::{Cli, Command, DataCommand};
 
@@ -88,6 +90,16 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Shapes { net, input, shape } => inspect::shapes(&net, input, &shape),
         Command::Train(args) => train::run(*args),
         Command::Eval { run, data, device } => evaluate::run(&run, &data, &device),
+        Command::Augment { image, out, count, crop, flip, vertical_flip, color_jitter, seed } => {
+            let transforms = crop
+                .map(Transform::RandomResizedCrop)
+                .into_iter()
+                .chain(flip.then_some(Transform::RandomHorizontalFlip))
+                .chain(vertical_flip.then_some(Transform::RandomVerticalFlip))
+                .chain(color_jitter.map(Transform::ColorJitter))
+                .collect();
+            augment::run(&image, &out, count, Pipeline { transforms }, seed)
+        }
         Command::Predict { run, count, out, image, topk, json, data, device } => {
             let output = predict::Output { topk, json };
             predict::run(&run, count, out.as_deref(), &image, output, &data, &device)

@@ -267,6 +267,8 @@ fn start_new(args: &TrainArgs, device: Device, data: &Dataset, lead: bool) -> an
     if args.augment.as_deref() == Some("none") {
         config.augment = false;
     }
+    config.vertical_flip = args.vertical_flip;
+    config.color_jitter = args.color_jitter;
     if args.normalize.as_deref() == Some("auto") {
         let stats = crate::data::normalization(data, &config.eval_prep())?;
         if lead {

@@ -6,6 +6,7 @@
 //! (`presets`), seeded batches prepared on a background thread (`loader`), statistics (`stats`)
 //! and the official downloads (`download`).
 
+mod color;
 mod dataset;
 pub mod decode;
 mod download;
@@ -21,6 +22,7 @@ mod split;
 mod stats;
 mod transforms;
 
+pub use color::{ColorJitter, adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation};
 pub use dataset::{CLASSES, Dataset, FILES, FolderOptions, Format};
 pub use download::{MIRRORS, OFFICIAL_MD5, cifar_archive, download, download_cifar, mirrors};
 pub use error::DataError;

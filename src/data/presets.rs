@@ -2,7 +2,7 @@
 //! augmentation, and of evaluation, as torchvision's reference recipes make them.
 
 use super::formats::cifar;
-use super::{Format, Normalize, Pipeline, Prep, Transform};
+use super::{ColorJitter, Format, Normalize, Pipeline, Prep, Transform};
 
 /// What decides a run's transforms.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,16 +18,21 @@ pub struct Presets {
     pub seed: u64,
     /// `--normalize`: per-channel `(x - mean) / std` after ToTensor.
     pub normalize: Option<Normalize>,
+    /// `--vertical-flip`: `RandomVerticalFlip()` after the data set's augmentation.
+    pub vertical_flip: bool,
+    /// `--color-jitter`: `ColorJitter(...)` last.
+    pub color_jitter: Option<ColorJitter>,
 }
 
 impl Presets {
     /// How training batches of `epoch` are made. With augmentation, the data set's: for CIFAR,
     /// torchvision's `RandomCrop(32, padding=4)` and `RandomHorizontalFlip()`, then the resize;
     /// for an image folder, `RandomResizedCrop(side)` and the flip; the MNISTs never augment
-    /// (d2l). Without, evaluation's transforms.
+    /// (d2l). Without, evaluation's transforms. `--vertical-flip` and `--color-jitter` follow,
+    /// for any data set.
     pub fn train(&self, epoch: usize) -> Prep {
-        let transforms = match self.format {
-            _ if !self.augment => return Prep { epoch, ..self.eval() },
+        let mut transforms = match self.format {
+            _ if !self.augment => self.eval().pipeline.transforms,
             Format::Folder => vec![Transform::RandomResizedCrop(self.side), Transform::RandomHorizontalFlip],
             Format::Cifar10 | Format::Cifar100 => {
                 let crop = [Transform::RandomCrop { size: cifar::SIDE, padding: 4 }, Transform::RandomHorizontalFlip];
@@ -35,6 +40,10 @@ impl Presets {
             }
             Format::FashionMnist | Format::Mnist => self.resize.map(Transform::Resize).into_iter().collect(),
         };
+        if self.vertical_flip {
+            transforms.push(Transform::RandomVerticalFlip);
+        }
+        transforms.extend(self.color_jitter.map(Transform::ColorJitter));
         self.prep(transforms, epoch)
     }
 

@@ -2,7 +2,7 @@
 //! where the batch becomes floats, see `loader`), and the pipeline of one split, whose random
 //! draws depend on the seed, the epoch and the image alone.
 
-use super::Resize;
+use super::{ColorJitter, Resize};
 
 /// An image as the transforms see it: `channels` planes of `height` x `width` bytes.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +68,17 @@ impl Image {
         }
         self
     }
+
+    fn flip_vertically(mut self) -> Image {
+        let n = self.height * self.width;
+        for plane in self.pixels.chunks_mut(n) {
+            for y in 0..self.height / 2 {
+                let (top, bottom) = plane.split_at_mut((self.height - 1 - y) * self.width);
+                top[y * self.width..(y + 1) * self.width].swap_with_slice(&mut bottom[..self.width]);
+            }
+        }
+        self
+    }
 }
 
 /// One of torchvision's transforms, on uint8 images (ToTensor's division by 255 and Normalize
@@ -86,12 +97,43 @@ pub enum Transform {
     RandomResizedCrop(usize),
     /// `RandomHorizontalFlip()`: p = 0.5.
     RandomHorizontalFlip,
+    /// `RandomVerticalFlip()`: p = 0.5.
+    RandomVerticalFlip,
+    /// `ColorJitter(brightness, contrast, saturation, hue)`.
+    ColorJitter(ColorJitter),
+}
+
+impl std::fmt::Display for Transform {
+    /// As torchvision's `repr` names the transform.
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match *self {
+            Transform::Resize(s) => write!(f, "Resize(({s}, {s}))"),
+            Transform::ResizeShorter(s) => write!(f, "Resize({s})"),
+            Transform::CenterCrop(s) => write!(f, "CenterCrop({s})"),
+            Transform::RandomCrop { size, padding } => write!(f, "RandomCrop({size}, padding={padding})"),
+            Transform::RandomResizedCrop(s) => write!(f, "RandomResizedCrop({s})"),
+            Transform::RandomHorizontalFlip => write!(f, "RandomHorizontalFlip()"),
+            Transform::RandomVerticalFlip => write!(f, "RandomVerticalFlip()"),
+            Transform::ColorJitter(j) => write!(
+                f,
+                "ColorJitter(brightness={}, contrast={}, saturation={}, hue={})",
+                j.brightness, j.contrast, j.saturation, j.hue
+            ),
+        }
+    }
 }
 
 impl Transform {
     /// Whether the transform draws random numbers (training-time augmentation).
     pub fn is_random(self) -> bool {
-        matches!(self, Transform::RandomCrop { .. } | Transform::RandomResizedCrop(_) | Transform::RandomHorizontalFlip)
+        matches!(
+            self,
+            Transform::RandomCrop { .. }
+                | Transform::RandomResizedCrop(_)
+                | Transform::RandomHorizontalFlip
+                | Transform::RandomVerticalFlip
+                | Transform::ColorJitter(_)
+        )
     }
 
     pub fn apply(self, image: Image, rng: &mut impl rand::Rng) -> Image {
@@ -126,6 +168,14 @@ impl Transform {
                     image
                 }
             }
+            Transform::RandomVerticalFlip => {
+                if rng.random_bool(0.5) {
+                    image.flip_vertically()
+                } else {
+                    image
+                }
+            }
+            Transform::ColorJitter(jitter) => jitter.apply(image, rng),
         }
     }
 }
@@ -199,7 +249,7 @@ impl Pipeline {
             | Transform::RandomResizedCrop(s)
             | Transform::RandomCrop { size: s, .. } => Some((s, s)),
             Transform::ResizeShorter(_) => None,
-            Transform::RandomHorizontalFlip => size,
+            Transform::RandomHorizontalFlip | Transform::RandomVerticalFlip | Transform::ColorJitter(_) => size,
         })
     }
 
@@ -214,7 +264,7 @@ impl Pipeline {
                 let long = s * h.max(w) / h.min(w);
                 if h <= w { (s, long) } else { (long, s) }
             }
-            Transform::RandomHorizontalFlip => (h, w),
+            Transform::RandomHorizontalFlip | Transform::RandomVerticalFlip | Transform::ColorJitter(_) => (h, w),
         })
     }
 }

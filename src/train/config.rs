@@ -60,6 +60,12 @@ pub struct TrainConfig {
     /// before it was recorded.
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
+    /// `--vertical-flip`: `RandomVerticalFlip()` in training.
+    #[serde(default)]
+    pub vertical_flip: bool,
+    /// `--color-jitter B,C,S,H`: `ColorJitter` in training.
+    #[serde(default)]
+    pub color_jitter: Option<data::ColorJitter>,
     /// Fine-tuning from pretrained weights (`--pretrained`); none for a run from scratch.
     #[serde(default)]
     pub finetune: Option<FineTune>,
@@ -106,6 +112,8 @@ impl TrainConfig {
             normalize: None,
             sync_bn: false,
             data_dir: None,
+            vertical_flip: false,
+            color_jitter: None,
             finetune: None,
         }
     }
@@ -124,6 +132,8 @@ impl TrainConfig {
             augment: self.augment,
             seed: self.seed,
             normalize: self.normalize.clone(),
+            vertical_flip: self.vertical_flip,
+            color_jitter: self.color_jitter,
         }
     }
 

@@ -1,0 +1,214 @@
+//! d2l's image-augmentation chapter: torchvision's colour adjustments (against torchvision
+//! 0.26's outputs), ColorJitter's draws, the vertical flip, and training with them.
+
+use convnets::data::{self, ColorJitter, Image, Pipeline, Transform};
+use rand::SeedableRng;
+use tch::Device;
+
+mod common;
+
+#[derive(serde::Deserialize)]
+struct Case {
+    image: String,
+    op: String,
+    factor: f32,
+    output: Vec<u8>,
+}
+
+#[derive(serde::Deserialize)]
+struct Golden {
+    rgb: Vec<u8>,
+    grey: Vec<u8>,
+    cases: Vec<Case>,
+}
+
+#[test]
+fn colour_adjustments_match_torchvision_within_one_grey_level() {
+    let text = std::fs::read_to_string(common::golden("torchvision/color.json")).unwrap();
+    let golden: Golden = serde_json::from_str(&text).unwrap();
+    assert_eq!(golden.cases.len(), 20);
+    for case in &golden.cases {
+        let (pixels, channels) = if case.image == "rgb" { (&golden.rgb, 3) } else { (&golden.grey, 1) };
+        let image = Image { pixels: pixels.clone(), channels, height: 12, width: 16 };
+        let ours = match case.op.as_str() {
+            "brightness" => data::adjust_brightness(image, case.factor),
+            "contrast" => data::adjust_contrast(image, case.factor),
+            "saturation" => data::adjust_saturation(image, case.factor),
+            "hue" => data::adjust_hue(image, case.factor),
+            op => panic!("{op}"),
+        };
+        let what = format!("{} {} {}", case.image, case.op, case.factor);
+        assert_eq!(ours.pixels.len(), case.output.len(), "{what}");
+        let worst = ours.pixels.iter().zip(&case.output).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        assert!(worst <= 1, "{what}: {worst} grey levels off");
+        let off = ours.pixels.iter().zip(&case.output).filter(|(a, b)| a != b).count();
+        assert!(off * 50 <= ours.pixels.len(), "{what}: {off} of {} values off by one", ours.pixels.len());
+    }
+}
+
+#[test]
+fn color_jitter_draws_every_order_and_factors_in_their_ranges() {
+    let jitter = ColorJitter::parse("0.4,0.3,0.5,0.1").unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut orders = std::collections::HashSet::new();
+    let mut brightness_sum = 0f64;
+    let n = 4000;
+    for _ in 0..n {
+        let draws = jitter.draw(&mut rng);
+        assert_eq!(draws.len(), 4);
+        orders.insert(draws.iter().map(|d| d.0).collect::<Vec<_>>());
+        for (i, f) in draws {
+            let (lo, hi) = [(0.6, 1.4), (0.7, 1.3), (0.5, 1.5), (-0.1, 0.1)][i];
+            assert!((lo..=hi).contains(&f), "adjustment {i}: {f} outside [{lo}, {hi}]");
+            if i == 0 {
+                brightness_sum += f as f64;
+            }
+        }
+    }
+    assert_eq!(orders.len(), 24, "every order of the four adjustments");
+    let mean = brightness_sum / n as f64;
+    assert!((mean - 1.0).abs() < 0.02, "brightness factors centred on 1: {mean}");
+    // A 0 leaves the adjustment out; brightness spreads clamp at 0.
+    let only_hue = ColorJitter::parse("0,0,0,0.2").unwrap();
+    assert!(only_hue.draw(&mut rng).iter().all(|d| d.0 == 3));
+    let wide = ColorJitter::parse("1.5,0,0,0").unwrap();
+    assert!((0..200).all(|_| wide.draw(&mut rng)[0].1 >= 0.0));
+    for (bad, expected) in [
+        ("0.4,0.4,0.4", "takes four numbers"),
+        ("0.4,0.4,x,0.1", "takes four numbers"),
+        ("0.4,-1,0.4,0.1", "must be 0 or more"),
+        ("0,0,0,0.6", "hue must be at most 0.5"),
+    ] {
+        let err = ColorJitter::parse(bad).unwrap_err();
+        assert!(err.contains(expected), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn the_vertical_flip_reverses_rows_for_about_half_the_images() {
+    let image = Image { pixels: (0..2 * 3 * 4).map(|v| v as u8).collect(), channels: 2, height: 3, width: 4 };
+    let flipped: Vec<u8> =
+        [8u8, 9, 10, 11, 4, 5, 6, 7, 0, 1, 2, 3, 20, 21, 22, 23, 16, 17, 18, 19, 12, 13, 14, 15].to_vec();
+    let pipeline = Pipeline { transforms: vec![Transform::RandomVerticalFlip] };
+    let mut count = 0;
+    for index in 0..400 {
+        let out = pipeline.apply(image.clone(), 3, 1, index);
+        if out.pixels == flipped {
+            count += 1;
+        } else {
+            assert_eq!(out, image, "either flipped or as it was");
+        }
+        assert_eq!(pipeline.apply(image.clone(), 3, 1, index), out, "the same draw for the same image");
+    }
+    assert!((160..=240).contains(&count), "{count} of 400 flipped");
+}
+
+#[test]
+fn training_with_jitter_and_vertical_flips_records_them_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("photos");
+    for split in ["train", "val"] {
+        for (c, class) in ["red", "blue"].iter().enumerate() {
+            let path = dir.join(split).join(class);
+            std::fs::create_dir_all(&path).unwrap();
+            for i in 0..6u32 {
+                let pixel = |x: u32, y: u32| {
+                    let mut rgb = [((x * 5 + y * (i + 2)) % 80) as u8; 3];
+                    rgb[c * 2] = 150 + ((x * y + i) % 100) as u8;
+                    image::Rgb(rgb)
+                };
+                image::RgbImage::from_fn(36, 30, pixel).save(path.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+    let args = |out: &std::path::Path| -> Vec<String> {
+        [
+            "train",
+            "lenet-bn",
+            "--data",
+            dir.to_str().unwrap(),
+            "--epochs",
+            "3",
+            "--batch-size",
+            "4",
+            "--color-jitter",
+            "0.4,0.4,0.4,0.1",
+            "--vertical-flip",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let (straight, resumed) = (tmp.path().join("straight"), tmp.path().join("resumed"));
+    let (code, _, err) = common::convnets(&args(&straight).iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{err}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(straight.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["vertical_flip"], true);
+    assert_eq!(config["color_jitter"]["hue"].as_f64().map(|h| (h * 10.0).round()), Some(1.0));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_convnets"))
+        .args(args(&resumed))
+        .env("CONVNETS_FAIL_AT", "2:2")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let (code, _, err) = common::convnets(&["train", "--resume", resumed.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (a, b) = (
+        convnets::train::load_checkpoint(&straight, Device::Cpu).unwrap(),
+        convnets::train::load_checkpoint(&resumed, Device::Cpu).unwrap(),
+    );
+    for ((name, x), (_, y)) in
+        convnets::weights::state_dict(&a.net.vs).iter().zip(&convnets::weights::state_dict(&b.net.vs))
+    {
+        assert!(x.equal(y), "{name} differs after resuming");
+    }
+    // The training pipeline ends with them, after the folder's crop and flip.
+    let prep = a.state.config.train_prep(0);
+    let names: Vec<String> = prep.pipeline.transforms.iter().map(Transform::to_string).collect();
+    assert_eq!(
+        names,
+        [
+            "RandomResizedCrop(28)",
+            "RandomHorizontalFlip()",
+            "RandomVerticalFlip()",
+            "ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)"
+        ]
+    );
+}
+
+#[test]
+fn augment_draws_an_image_and_its_augmented_versions_as_d2ls_apply_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let photo = tmp.path().join("photo.png");
+    image::RgbImage::from_fn(120, 80, |x, y| image::Rgb([(x * 2) as u8, (y * 3) as u8, 90])).save(&photo).unwrap();
+    let grid = tmp.path().join("grid.png");
+    let (code, stdout, err) = common::convnets(&[
+        "augment",
+        photo.to_str().unwrap(),
+        "--crop",
+        "64",
+        "--flip",
+        "--color-jitter",
+        "0.5,0,0,0",
+        "--count",
+        "4",
+        "--out",
+        grid.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout.contains("4 versions through RandomResizedCrop(64), RandomHorizontalFlip(), ColorJitter(brightness=0.5"),
+        "{stdout}"
+    );
+    let picture = image::open(&grid).unwrap().to_rgb8();
+    // Five cells in a row: the original (drawn at its own 120x80) and four 64x64 crops, enlarged.
+    assert!(picture.width() >= 5 * 84 && picture.height() >= 84, "{}x{}", picture.width(), picture.height());
+    // The original's top-left pixel is drawn below its title.
+    let (x, y, _, _) = convnets::report::plot::image_rect(5, (80, 120), 0);
+    assert_eq!(picture.get_pixel(x as u32 + 10, y as u32 + 10).0, [20, 30, 90]);
+    let (code, _, err) = common::convnets(&["augment", photo.to_str().unwrap(), "--out", grid.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("name an augmentation"), "{err}");
+}
