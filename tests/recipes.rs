@@ -131,6 +131,7 @@ fn a_resumed_run_with_optimizer_state_and_a_schedule_ends_where_an_uninterrupted
         ][..],
         &["--optimizer", "adamw", "--weight-decay", "0.05", "--lr-schedule", "onecycle", "--lr", "0.01"],
         &["--momentum", "0.9", "--lr-schedule", "cosine", "--clip-grad-norm", "0.5", "--accum-steps", "2"],
+        &["--mixup-alpha", "0.2", "--cutmix-alpha", "1.0", "--label-smoothing", "0.1", "--lr-schedule", "step"],
     ] {
         let common = [&["--epochs", "4", "--batch-size", "50", "--data", data][..], recipe].concat();
         let (straight, resumed) = (tmp.path().join("straight"), tmp.path().join("resumed"));
@@ -198,6 +199,7 @@ fn recipe_flags_are_checked_and_recorded() {
         (&["--clip-grad-norm", "0"], "--clip-grad-norm must be a positive number, got 0"),
         (&["--accum-steps", "0"], "--accum-steps must be at least 1"),
         (&["--accum-steps", "-2"], "--accum-steps must be at least 1"),
+        (&["--mixup-alpha", "-0.2"], "--mixup-alpha must be 0 or more, got -0.2"),
     ] {
         let (code, _, err) = common::convnets(&[&["train", "lenet-bn", "--out", out][..], args].concat());
         assert_eq!(code, 2, "{args:?}: {err}");
@@ -315,4 +317,57 @@ fn k_accumulated_batches_update_as_one_k_times_batch() {
     let groups: Vec<(usize, usize)> =
         (0..5).map(|i| train::MicroBatch::of(i, 5, 2)).map(|m| (m.index, m.len)).collect();
     assert_eq!(groups, [(0, 2), (1, 2), (0, 2), (1, 2), (0, 1)]);
+}
+
+#[test]
+fn mixup_and_cutmix_mix_a_batch_with_itself_rolled_and_the_labels_alike() {
+    let x = Tensor::arange(4 * 3 * 8 * 10, (Kind::Float, Device::Cpu)).view([4, 3, 8, 10]);
+    let labels = Tensor::from_slice(&[2i64, 0, 1, 2]);
+    let rolled = x.roll([1], [0]);
+    // MixUp at lam 0.3: 0.3 of each image, 0.7 of the one before it (the last for the first).
+    let (mixed, soft) = train::Mix::MixUp { lam: 0.3 }.apply(&x, &labels, 3).unwrap();
+    let expected = &rolled * 0.7 + &x * 0.3;
+    assert!(f64::try_from((&mixed - &expected).abs().max()).unwrap() < 1e-3);
+    let rows: Vec<Vec<f32>> = (0..4).map(|i| Vec::<f32>::try_from(soft.get(i)).unwrap()).collect();
+    // Image 0 (class 2) mixed with image 3 (class 2); image 1 (class 0) with image 0 (class 2).
+    assert!((rows[0][2] - 1.0).abs() < 1e-6, "{rows:?}");
+    assert!((rows[1][0] - 0.3).abs() < 1e-6 && (rows[1][2] - 0.7).abs() < 1e-6, "{rows:?}");
+    // CutMix: the box from the rolled batch, the rest as it was, labels by the area kept.
+    let cut = train::Mix::CutMix { top: 2, bottom: 6, left: 3, right: 8 };
+    let (mixed, soft) = cut.apply(&x, &labels, 3).unwrap();
+    let inside = |t: &Tensor| t.narrow(2, 2, 4).narrow(3, 3, 5);
+    assert!(inside(&mixed).equal(&inside(&rolled)));
+    let outside = Tensor::ones([4, 3, 8, 10], (Kind::Float, Device::Cpu));
+    let _ = inside(&outside).fill_(0.0);
+    assert!((&mixed * &outside).equal(&(&x * &outside)));
+    let lam = 1.0 - 20.0 / 80.0;
+    assert!((cut.lam(8, 10) - lam).abs() < 1e-12);
+    assert!((f64::try_from(soft.get(1).get(0)).unwrap() - lam).abs() < 1e-6);
+    assert!(
+        f64::try_from((soft.sum_dim_intlist([1i64].as_slice(), false, Kind::Float) - 1.0).abs().max()).unwrap() < 1e-6
+    );
+}
+
+#[test]
+fn mix_draws_follow_their_distributions_and_repeat_for_the_same_batch() {
+    let (mut mixups, mut lam_sum, n) = (0, 0.0, 4000u64);
+    for batch in 0..n {
+        let mix = train::draw_mix(0.2, 1.0, [5, 2, batch, 0], 32, 32).unwrap();
+        assert_eq!(train::draw_mix(0.2, 1.0, [5, 2, batch, 0], 32, 32), Some(mix), "the same draw for the same batch");
+        match mix {
+            train::Mix::MixUp { lam } => {
+                mixups += 1;
+                lam_sum += lam;
+                assert!((0.0..=1.0).contains(&lam));
+            }
+            train::Mix::CutMix { top, bottom, left, right } => {
+                assert!(0 <= top && top <= bottom && bottom <= 32 && 0 <= left && left <= right && right <= 32);
+            }
+        }
+    }
+    assert!((1800..=2200).contains(&mixups), "one of the two per batch, each half the time: {mixups}");
+    let mean = lam_sum / mixups as f64;
+    assert!((mean - 0.5).abs() < 0.03, "Beta(0.2, 0.2) is centred on 1/2: {mean}");
+    assert_eq!(train::draw_mix(0.0, 0.0, [5, 2, 0, 0], 32, 32), None);
+    assert!(matches!(train::draw_mix(0.0, 1.0, [5, 2, 0, 0], 32, 32), Some(train::Mix::CutMix { .. })));
 }

@@ -338,7 +338,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "net", "lr", "batch_size", "resize", "seed", "out", "precision", "memory_format", "optimizer", "momentum",
         "nesterov", "weight_decay", "lr_schedule", "warmup_epochs", "label_smoothing", "augment", "normalize",
-        "sync_bn", "pretrained", "pretrained_key", "freeze_backbone", "head_lr_scale", "clip_grad_norm", "accum_steps", "vertical_flip", "color_jitter",
+        "sync_bn", "pretrained", "pretrained_key", "freeze_backbone", "head_lr_scale", "clip_grad_norm", "accum_steps", "vertical_flip", "color_jitter", "mixup_alpha", "cutmix_alpha",
     ])]
     pub resume: Option<PathBuf>,
     #[command(flatten)]
@@ -417,6 +417,13 @@ pub struct RecipeArgs {
     /// K-times batch, in the memory of one (batch norm still sees each batch alone).
     #[arg(long, value_name = "K", allow_negative_numbers = true)]
     pub accum_steps: Option<i64>,
+    /// MixUp each training batch with itself rolled by one, lam ~ Beta(A, A), labels mixed
+    /// alike (torchvision's recipe: 0.2; default 0, none).
+    #[arg(long, value_name = "A", allow_negative_numbers = true)]
+    pub mixup_alpha: Option<f64>,
+    /// CutMix likewise (torchvision's recipe: 1.0); with --mixup-alpha, one of the two per batch.
+    #[arg(long, value_name = "A", allow_negative_numbers = true)]
+    pub cutmix_alpha: Option<f64>,
 }
 
 impl RecipeArgs {
@@ -433,6 +440,8 @@ impl RecipeArgs {
             clip_grad_norm: self.clip_grad_norm,
             // Validated with the rest of the recipe (0 or less: a clear error).
             accum_steps: self.accum_steps.map_or(d2l.accum_steps, |k| k.max(0) as usize),
+            mixup_alpha: self.mixup_alpha.unwrap_or(d2l.mixup_alpha),
+            cutmix_alpha: self.cutmix_alpha.unwrap_or(d2l.cutmix_alpha),
         }
     }
 }

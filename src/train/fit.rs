@@ -13,7 +13,7 @@ use super::fault::Injected;
 use super::observer::{BatchDone, Observer, Progress, RunStart};
 use super::{
     CheckpointState, Diverged, EpochRecord, History, MicroBatch, Optimizer, Point, RunFailed, StepOptions, TrainConfig,
-    checkpoint_path, load_checkpoint, micro_batch_step, replayed_train_step, run_dir, save_checkpoint,
+    checkpoint_path, draw_mix, load_checkpoint, micro_batch_step, replayed_train_step, run_dir, save_checkpoint,
 };
 use crate::data::{self, Dataset};
 use crate::distributed::{self, DataParallel};
@@ -134,9 +134,12 @@ fn fit(run: &mut Run, net: &Network, start: Option<CheckpointState>) -> anyhow::
     let mut eval_replayer = net.replayer();
     let smoothing = cfg.recipe.label_smoothing;
     let step_options = StepOptions { label_smoothing: smoothing, clip_grad_norm: cfg.recipe.clip_grad_norm };
-    if replayer.enabled() && (cfg.recipe.accum_steps > 1 || step_options.clip_grad_norm.is_some()) {
+    let mixing = cfg.recipe.mixup_alpha > 0.0 || cfg.recipe.cutmix_alpha > 0.0;
+    if replayer.enabled() && (cfg.recipe.accum_steps > 1 || step_options.clip_grad_norm.is_some() || mixing) {
         // Off the graphs until a GPU soak has run them (a captured step replays its update).
-        return Err(usage("--accum-steps and --clip-grad-norm do not run under --cuda-graphs yet; leave one out"));
+        return Err(usage(
+            "--accum-steps, --clip-grad-norm, --mixup-alpha and --cutmix-alpha do not run under --cuda-graphs yet; leave one out",
+        ));
     }
     let eval_prep = cfg.eval_prep();
     let mut last_finite: Option<f64> = history.epochs.last().map(|e| e.train_loss);
@@ -171,9 +174,15 @@ fn fit(run: &mut Run, net: &Network, start: Option<CheckpointState>) -> anyhow::
                     // A real libtorch error (a negative size), raised where a step's would be.
                     Tensor::f_zeros([-1], (Kind::Float, device)).map(drop)?;
                 }
-                let (images, labels) = (&batch.images, &batch.labels);
+                let (mut images, mut labels) = (batch.images.shallow_clone(), batch.labels.shallow_clone());
+                let [h, w] = [images.size()[2], images.size()[3]];
+                let at = [cfg.seed, epoch as u64, i as u64, rank as u64];
+                if let Some(mix) = draw_mix(cfg.recipe.mixup_alpha, cfg.recipe.cutmix_alpha, at, h, w) {
+                    (images, labels) = mix.apply(&images, &labels, cfg.num_classes)?;
+                }
+                let (images, labels) = (&images, &labels);
                 let micro = MicroBatch::of(i, num_batches, cfg.recipe.accum_steps);
-                let step = if micro == MicroBatch::WHOLE && step_options.clip_grad_norm.is_none() {
+                let step = if micro == MicroBatch::WHOLE && step_options.clip_grad_norm.is_none() && !mixing {
                     replayed_train_step(&mut replayer, net, replicas, &mut opt, smoothing, images, labels)
                 } else {
                     micro_batch_step(net, replicas, &mut opt, &step_options, micro, images, labels)

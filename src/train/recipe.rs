@@ -78,6 +78,11 @@ pub struct Recipe {
     /// `--accum-steps`: micro-batches whose gradients add up to one update (1: d2l's, one
     /// batch per update).
     pub accum_steps: usize,
+    /// `--mixup-alpha`: MixUp with lam ~ Beta(alpha, alpha) (0: none).
+    pub mixup_alpha: f64,
+    /// `--cutmix-alpha`: CutMix with lam ~ Beta(alpha, alpha) (0: none); with MixUp, one of the
+    /// two per batch, each with probability 1/2.
+    pub cutmix_alpha: f64,
 }
 
 impl Default for Recipe {
@@ -93,6 +98,8 @@ impl Default for Recipe {
             label_smoothing: 0.0,
             clip_grad_norm: None,
             accum_steps: 1,
+            mixup_alpha: 0.0,
+            cutmix_alpha: 0.0,
         }
     }
 }
@@ -120,6 +127,11 @@ impl Recipe {
         }
         if let Some(norm) = self.clip_grad_norm.filter(|n| !(n.is_finite() && *n > 0.0)) {
             return Err(format!("--clip-grad-norm must be a positive number, got {norm}"));
+        }
+        for (flag, alpha) in [("--mixup-alpha", self.mixup_alpha), ("--cutmix-alpha", self.cutmix_alpha)] {
+            if !(alpha.is_finite() && alpha >= 0.0) {
+                return Err(format!("{flag} must be 0 or more, got {alpha}"));
+            }
         }
         if self.accum_steps == 0 {
             return Err("--accum-steps must be at least 1".into());
@@ -179,6 +191,12 @@ impl Recipe {
         }
         if self.accum_steps > 1 {
             out += &format!(", {} micro-batches per update", self.accum_steps);
+        }
+        match (self.mixup_alpha > 0.0, self.cutmix_alpha > 0.0) {
+            (true, true) => out += &format!(", MixUp({}) or CutMix({})", self.mixup_alpha, self.cutmix_alpha),
+            (true, false) => out += &format!(", MixUp({})", self.mixup_alpha),
+            (false, true) => out += &format!(", CutMix({})", self.cutmix_alpha),
+            (false, false) => {}
         }
         out
     }

@@ -65,7 +65,8 @@ impl MicroBatch {
     }
 }
 
-/// One batch of a gradient-accumulation group: the gradients are cleared at the group's first
+/// One batch (`y`: class indices, or class probabilities (N, C) of a mixed batch) of a
+/// gradient-accumulation group: the gradients are cleared at the group's first
 /// batch, each batch's loss counts 1/len of the update, and the group's last batch averages the
 /// gradients over the ranks, clips them and steps. Returns this batch's loss (the ranks' mean
 /// at an update) and correct predictions.
@@ -102,7 +103,9 @@ pub fn micro_batch_step(
         }
         opt.step()?;
     }
-    let correct = tch::no_grad(|| y_hat.f_argmax(1, false)?.f_eq_tensor(y)?.f_sum(Kind::Int64))?;
+    // Mixed labels count as their larger share's class, as torchvision's reference counts them.
+    let classes = if y.is_floating_point() { y.f_argmax(1, false)? } else { y.shallow_clone() };
+    let correct = tch::no_grad(|| y_hat.f_argmax(1, false)?.f_eq_tensor(&classes)?.f_sum(Kind::Int64))?;
     Ok((loss.detach(), correct))
 }
 
