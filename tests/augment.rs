@@ -212,3 +212,67 @@ fn augment_draws_an_image_and_its_augmented_versions_as_d2ls_apply_does() {
     assert_eq!(code, 2);
     assert!(err.contains("name an augmentation"), "{err}");
 }
+
+#[test]
+fn a_folder_trains_and_evaluates_at_crop_sizes_of_its_own_and_evaluates_with_flips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("photos");
+    for split in ["train", "val"] {
+        for (c, class) in ["left", "right"].iter().enumerate() {
+            let path = dir.join(split).join(class);
+            std::fs::create_dir_all(&path).unwrap();
+            for i in 0..4u32 {
+                // Bright on the left or on the right half: a mirror swaps the classes.
+                let pixel = |x: u32, _y: u32| image::Luma([if (x < 40) == (c == 0) { 200 + i as u8 } else { 20 }]);
+                image::GrayImage::from_fn(80, 70, pixel).save(path.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+    let run = tmp.path().join("run");
+    let (code, _, err) = common::convnets(&[
+        "train",
+        "tv-resnet18",
+        "--data",
+        dir.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--train-crop-size",
+        "48",
+        "--val-crop-size",
+        "64",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let checkpoint = convnets::train::load_checkpoint(&run, Device::Cpu).unwrap();
+    let config = &checkpoint.state.config;
+    let names = |prep: data::Prep| prep.pipeline.transforms.iter().map(Transform::to_string).collect::<Vec<_>>();
+    assert_eq!(names(config.train_prep(0)), ["RandomResizedCrop(48)", "RandomHorizontalFlip()"]);
+    assert_eq!(names(config.eval_prep()), ["Resize(73)", "CenterCrop(64)"], "64 / 0.875, rounded");
+    assert_eq!(config.eval_side(), 64);
+    // Flip TTA: each image's probabilities averaged with its mirror's, here computed by hand.
+    let data = data::Dataset::load(Some(&dir), None).unwrap();
+    let with_flips = convnets::train::evaluate_with_flips(&checkpoint.net, &data.test, 4, &config.eval_prep()).unwrap();
+    let batch = data::make_batch(&data.test, &(0..data.test.len()).collect::<Vec<_>>(), &config.eval_prep()).unwrap();
+    let x = batch.images(Device::Cpu, config.normalize.as_ref()).unwrap();
+    let p = |x: &tch::Tensor| checkpoint.net.forward_t(x, false).unwrap().softmax(1, tch::Kind::Float);
+    let predicted = Vec::<i64>::try_from((p(&x) + p(&x.flip([3]))).argmax(1, false)).unwrap();
+    let correct = predicted.iter().zip(&data.test.labels).filter(|(p, l)| **p == **l as i64).count();
+    assert!((with_flips.accuracy - correct as f64 / data.test.len() as f64).abs() < 1e-9);
+    let (code, stdout, err) = common::convnets(&["eval", run.to_str().unwrap(), "--tta", "flip"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("each with its mirror image (--tta flip)"), "{stdout}");
+    // Not for data sets without crops.
+    let (code, _, err) = common::convnets(&[
+        "train",
+        "lenet-bn",
+        "--val-crop-size",
+        "24",
+        "--out",
+        tmp.path().join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--val-crop-size applies to image folders"), "{err}");
+}

@@ -108,8 +108,11 @@ pub enum Command {
         data: DataArgs,
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Test-time augmentation: `flip` averages each image's class probabilities with its
+        /// horizontal mirror's.
+        #[arg(long, value_parser = ["flip"])]
+        tta: Option<String>,
     },
-    /// Classify test images (d2l's predict_ch3) or your own images (PNG, JPEG).
     /// d2l's `apply(img, aug)`: an image and augmented versions of it in one picture, to see an
     /// augmentation before training with it.
     Augment {
@@ -137,6 +140,7 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Classify test images (d2l's predict_ch3) or your own images (PNG, JPEG).
     Predict {
         /// A run directory or its checkpoint.safetensors.
         run: PathBuf,
@@ -326,6 +330,16 @@ pub struct TrainArgs {
     /// `ColorJitter(B, C, S, H)` does (e.g. 0.4,0.4,0.4,0.1; 0 leaves one out), for any data set.
     #[arg(long, value_name = "B,C,S,H", value_parser = crate::data::ColorJitter::parse)]
     pub color_jitter: Option<crate::data::ColorJitter>,
+    /// An image folder's training crop (`RandomResizedCrop`), when not --resize's side
+    /// (torchvision's reference recipe; FixRes trains at 176 and evaluates at 224).
+    #[arg(long, value_name = "SIZE")]
+    pub train_crop_size: Option<usize>,
+    /// An image folder's evaluation resize (shorter side), by default 1/0.875 of the crop.
+    #[arg(long, value_name = "SIZE")]
+    pub val_resize_size: Option<usize>,
+    /// An image folder's evaluation crop (`CenterCrop`), when not --resize's side.
+    #[arg(long, value_name = "SIZE")]
+    pub val_crop_size: Option<usize>,
     /// Serve a live view of the run (chart, progress, configuration) at ADDR: 127.0.0.1 and a
     /// free port by default (printed at start); other interfaces only when named.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1")]
@@ -338,7 +352,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "net", "lr", "batch_size", "resize", "seed", "out", "precision", "memory_format", "optimizer", "momentum",
         "nesterov", "weight_decay", "lr_schedule", "warmup_epochs", "label_smoothing", "augment", "normalize",
-        "sync_bn", "pretrained", "pretrained_key", "freeze_backbone", "head_lr_scale", "clip_grad_norm", "accum_steps", "vertical_flip", "color_jitter", "mixup_alpha", "cutmix_alpha",
+        "sync_bn", "pretrained", "pretrained_key", "freeze_backbone", "head_lr_scale", "clip_grad_norm", "accum_steps", "vertical_flip", "color_jitter", "mixup_alpha", "cutmix_alpha", "train_crop_size", "val_resize_size", "val_crop_size",
     ])]
     pub resume: Option<PathBuf>,
     #[command(flatten)]

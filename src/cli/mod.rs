@@ -89,7 +89,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Shapes { net, input, shape } => inspect::shapes(&net, input, &shape),
         Command::Train(args) => train::run(*args),
-        Command::Eval { run, data, device } => evaluate::run(&run, &data, &device),
+        Command::Eval { run, data, device, tta } => evaluate::run(&run, &data, &device, tta.is_some()),
         Command::Augment { image, out, count, crop, flip, vertical_flip, color_jitter, seed } => {
             let transforms = crop
                 .map(Transform::RandomResizedCrop)

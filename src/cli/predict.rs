@@ -101,7 +101,7 @@ fn predict_files(checkpoint: &train::Checkpoint, files: &[PathBuf], output: &Out
     let mut pipeline = config.eval_prep().pipeline;
     if pipeline.fixed_size().is_none() {
         // d2l's data sets need no resize of their own images; the user's do.
-        pipeline.transforms.push(data::Transform::Resize(config.image_side()));
+        pipeline.transforms.push(data::Transform::Resize(config.eval_side()));
     }
     let mut pixels = Vec::new();
     for file in files {
@@ -109,7 +109,7 @@ fn predict_files(checkpoint: &train::Checkpoint, files: &[PathBuf], output: &Out
         let image = pipeline.apply(image, config.seed, 0, 0);
         pixels.extend(image.pixels.iter().map(|&b| b as f32 / 255.0));
     }
-    let size = config.image_side() as i64;
+    let size = config.eval_side() as i64;
     let images = Tensor::f_from_slice(&pixels)?.f_view([files.len() as i64, channels as i64, size, size])?;
     let images = match &config.normalize {
         Some(n) => n.apply(&images)?,

@@ -268,6 +268,11 @@ fn start_new(args: &TrainArgs, device: Device, data: &Dataset, lead: bool) -> an
         config.augment = false;
     }
     config.vertical_flip = args.vertical_flip;
+    config.crops = crate::data::CropSizes {
+        train: args.train_crop_size,
+        val_resize: args.val_resize_size,
+        val_crop: args.val_crop_size,
+    };
     config.color_jitter = args.color_jitter;
     if args.normalize.as_deref() == Some("auto") {
         let stats = crate::data::normalization(data, &config.eval_prep())?;

@@ -30,7 +30,7 @@ pub use formats::idx::{parse_images, parse_labels, parse_split};
 pub use formats::{CIFAR10_CLASSES, Cifar};
 pub use loader::{Batch, DeviceBatch, DeviceBatches, Prep, batches, device_batches, epoch_order, make_batch};
 pub use normalize::Normalize;
-pub use presets::Presets;
+pub use presets::{CropSizes, Presets};
 pub use resize::Resize;
 pub use source::{Source, cache_dir, cache_dir_of, resolve_source};
 pub use split::Split;

@@ -22,6 +22,19 @@ pub struct Presets {
     pub vertical_flip: bool,
     /// `--color-jitter`: `ColorJitter(...)` last.
     pub color_jitter: Option<ColorJitter>,
+    /// An image folder's crop sizes when they are not `side` (torchvision's reference names).
+    pub crops: CropSizes,
+}
+
+/// `--train-crop-size`, `--val-resize-size` and `--val-crop-size`: an image folder trained on
+/// `RandomResizedCrop(train)` and evaluated on `Resize(val_resize)` then `CenterCrop(val_crop)`
+/// (FixRes: train at 176, evaluate at 224); each defaults to the run's side (and 1/0.875 of
+/// the crop for the resize).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CropSizes {
+    pub train: Option<usize>,
+    pub val_resize: Option<usize>,
+    pub val_crop: Option<usize>,
 }
 
 impl Presets {
@@ -33,7 +46,12 @@ impl Presets {
     pub fn train(&self, epoch: usize) -> Prep {
         let mut transforms = match self.format {
             _ if !self.augment => self.eval().pipeline.transforms,
-            Format::Folder => vec![Transform::RandomResizedCrop(self.side), Transform::RandomHorizontalFlip],
+            Format::Folder => {
+                vec![
+                    Transform::RandomResizedCrop(self.crops.train.unwrap_or(self.side)),
+                    Transform::RandomHorizontalFlip,
+                ]
+            }
             Format::Cifar10 | Format::Cifar100 => {
                 let crop = [Transform::RandomCrop { size: cifar::SIDE, padding: 4 }, Transform::RandomHorizontalFlip];
                 crop.into_iter().chain(self.resize.map(Transform::Resize)).collect()
@@ -53,8 +71,9 @@ impl Presets {
     pub fn eval(&self) -> Prep {
         let transforms = match self.format {
             Format::Folder if self.augment => {
-                let resize = (self.side as f64 / 0.875).round() as usize;
-                vec![Transform::ResizeShorter(resize), Transform::CenterCrop(self.side)]
+                let crop = self.crops.val_crop.unwrap_or(self.side);
+                let resize = self.crops.val_resize.unwrap_or((crop as f64 / 0.875).round() as usize);
+                vec![Transform::ResizeShorter(resize), Transform::CenterCrop(crop)]
             }
             Format::Folder => vec![Transform::Resize(self.side)],
             _ => self.resize.map(Transform::Resize).into_iter().collect(),

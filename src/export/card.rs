@@ -18,7 +18,7 @@ impl ModelCard {
     /// class names, where it stood and how it was trained.
     pub fn of_run(state: &CheckpointState) -> ModelCard {
         let config = &state.config;
-        let side = config.image_side() as i64;
+        let side = config.eval_side() as i64;
         let kind = if config.in_channels == 1 { "grey images" } else { "RGB images (red, green, blue planes)" };
         let normalisation = match &config.normalize {
             Some(n) => format!("then per channel (x - mean) / std with mean {:?} and std {:?}", n.mean, n.std),

@@ -66,6 +66,10 @@ pub struct TrainConfig {
     /// `--color-jitter B,C,S,H`: `ColorJitter` in training.
     #[serde(default)]
     pub color_jitter: Option<data::ColorJitter>,
+    /// An image folder's crop sizes where they differ from `resize` (`--train-crop-size`,
+    /// `--val-resize-size`, `--val-crop-size`).
+    #[serde(default)]
+    pub crops: data::CropSizes,
     /// Fine-tuning from pretrained weights (`--pretrained`); none for a run from scratch.
     #[serde(default)]
     pub finetune: Option<FineTune>,
@@ -114,6 +118,7 @@ impl TrainConfig {
             data_dir: None,
             vertical_flip: false,
             color_jitter: None,
+            crops: data::CropSizes::default(),
             finetune: None,
         }
     }
@@ -121,6 +126,16 @@ impl TrainConfig {
     /// The height and width of the network's input: the resize, or the data set's own size.
     pub fn image_side(&self) -> usize {
         self.resize.unwrap_or_else(|| self.format().side())
+    }
+
+    /// The height and width evaluation feeds the network (`--val-crop-size`, else the side).
+    pub fn eval_side(&self) -> usize {
+        self.crops.val_crop.unwrap_or_else(|| self.image_side())
+    }
+
+    /// The height and width training feeds the network (`--train-crop-size`, else the side).
+    pub fn train_side(&self) -> usize {
+        self.crops.train.unwrap_or_else(|| self.image_side())
     }
 
     /// How this run's images become batches (see [`data::Presets`]).
@@ -134,6 +149,7 @@ impl TrainConfig {
             normalize: self.normalize.clone(),
             vertical_flip: self.vertical_flip,
             color_jitter: self.color_jitter,
+            crops: self.crops,
         }
     }
 
@@ -198,6 +214,22 @@ impl TrainConfig {
         if self.resize == Some(0) {
             return Err("--resize must be at least 1".into());
         }
+        let crops = [
+            ("--train-crop-size", self.crops.train),
+            ("--val-resize-size", self.crops.val_resize),
+            ("--val-crop-size", self.crops.val_crop),
+        ];
+        for (flag, size) in crops.iter().filter_map(|(f, s)| s.map(|s| (f, s))) {
+            if size == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+            if self.format() != data::Format::Folder || !self.augment {
+                return Err(format!(
+                    "{flag} applies to image folders trained with their augmentation (torchvision's recipe), not to this run's {}",
+                    self.dataset
+                ));
+            }
+        }
         if let Some(finetune) = &self.finetune {
             finetune.validate()?;
         }
@@ -222,7 +254,9 @@ impl TrainConfig {
     /// an allocation failure that aborts the process. Training needs several times the input
     /// (activations), so a quarter of the available memory is the limit for the input alone.
     pub fn check_batch_memory(&self, split: &Split, available_bytes: u64) -> Result<(), String> {
-        let [c, h, w] = self.input_shape();
+        let [c, _, _] = self.input_shape();
+        let side = self.train_side().max(self.eval_side()) as i64;
+        let (h, w) = (side, side);
         let per_example = (c * h * w) as u64 * 4;
         let batch = self.batch_size.min(split.len().max(1)) as u64;
         let limit = available_bytes / 4;

@@ -26,7 +26,28 @@ pub struct Evaluation {
 
 /// d2l's `evaluate_accuracy_gpu`: eval mode, no gradients, batches in order.
 pub fn evaluate(net: &Network, split: &Arc<Split>, batch_size: usize, prep: &data::Prep) -> anyhow::Result<Evaluation> {
-    evaluate_with(&mut net.replayer(), net, None, split, batch_size, prep).map_err(|failed| {
+    evaluate_once(net, split, batch_size, prep, false)
+}
+
+/// [`evaluate`] with flip test-time augmentation: each image's class probabilities averaged with
+/// those of its horizontal mirror.
+pub fn evaluate_with_flips(
+    net: &Network,
+    split: &Arc<Split>,
+    batch_size: usize,
+    prep: &data::Prep,
+) -> anyhow::Result<Evaluation> {
+    evaluate_once(net, split, batch_size, prep, true)
+}
+
+fn evaluate_once(
+    net: &Network,
+    split: &Arc<Split>,
+    batch_size: usize,
+    prep: &data::Prep,
+    flip_tta: bool,
+) -> anyhow::Result<Evaluation> {
+    evaluate_with(&mut net.replayer(), net, None, split, batch_size, prep, flip_tta).map_err(|failed| {
         RunFailed {
             net: net.info.name.to_string(),
             phase: "evaluation",
@@ -47,6 +68,7 @@ pub(crate) fn evaluate_with(
     split: &Arc<Split>,
     batch_size: usize,
     prep: &data::Prep,
+    flip_tta: bool,
 ) -> Result<Evaluation, EvalFailed> {
     let classes = net.config.num_classes as usize;
     let mut confusion = vec![vec![0u64; classes]; classes];
@@ -61,7 +83,15 @@ pub(crate) fn evaluate_with(
     let _guard = tch::no_grad_guard();
     for (i, batch) in data::device_batches(split.clone(), order, batch_size, prep.clone(), net.device()).enumerate() {
         let counted = batch.and_then(|batch| {
-            let predicted = predict(replayer, net, &batch.images)?;
+            let predicted = if flip_tta {
+                let probabilities = |x: &tch::Tensor| -> anyhow::Result<tch::Tensor> {
+                    Ok(net.forward_t(x, false)?.f_softmax(1, tch::Kind::Float)?)
+                };
+                let both = probabilities(&batch.images)?.f_add(&probabilities(&batch.images.f_flip([3])?)?)?;
+                both.f_argmax(1, false)?
+            } else {
+                predict(replayer, net, &batch.images)?
+            };
             let predicted = Vec::<i64>::try_from(predicted.f_to_device(Device::Cpu)?)?;
             let truth = Vec::<i64>::try_from(&batch.host_labels)?;
             for (&t, &p) in truth.iter().zip(&predicted) {

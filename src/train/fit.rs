@@ -103,6 +103,12 @@ fn fit(run: &mut Run, net: &Network, start: Option<CheckpointState>) -> anyhow::
         Some(side) => usage(format!("--resize {side}: {e}")),
         None => usage(format!("{e} (the data set's size; --resize changes it)")),
     })?;
+    for (flag, size) in [("--train-crop-size", cfg.crops.train), ("--val-crop-size", cfg.crops.val_crop)] {
+        if let Some(side) = size {
+            net.check_input(&[cfg.in_channels, side as i64, side as i64])
+                .map_err(|e| usage(format!("{flag} {side}: {e}")))?;
+        }
+    }
     // Only now, with everything checked, does the run directory appear.
     if lead {
         run_dir::prepare(dir, cfg)?;
@@ -240,15 +246,13 @@ fn fit(run: &mut Run, net: &Network, start: Option<CheckpointState>) -> anyhow::
             let done = BatchDone { progress, train_loss, train_acc, examples_per_sec };
             tell(observers, |o| o.batch(&done))?;
         }
-        let test =
-            evaluate_with(&mut eval_replayer, net, replicas, &data.test, batch_size, &eval_prep).map_err(|f| {
-                RunFailed {
-                    net: cfg.net.clone(),
-                    phase: "evaluation",
-                    at: format!("epoch {}, test batch {} of {}", epoch + 1, f.batch, f.batches),
-                    cause: error_line(&f.error),
-                    note: kept_checkpoint(epoch, dir),
-                }
+        let test = evaluate_with(&mut eval_replayer, net, replicas, &data.test, batch_size, &eval_prep, false)
+            .map_err(|f| RunFailed {
+                net: cfg.net.clone(),
+                phase: "evaluation",
+                at: format!("epoch {}, test batch {} of {}", epoch + 1, f.batch, f.batches),
+                cause: error_line(&f.error),
+                note: kept_checkpoint(epoch, dir),
             })?;
         let point = Point { x: (epoch + 1) as f64, train_loss: None, train_acc: None, test_acc: Some(test.accuracy) };
         tell(observers, |o| o.point(&point))?;
