@@ -132,6 +132,17 @@ fn a_resumed_run_with_optimizer_state_and_a_schedule_ends_where_an_uninterrupted
         &["--optimizer", "adamw", "--weight-decay", "0.05", "--lr-schedule", "onecycle", "--lr", "0.01"],
         &["--momentum", "0.9", "--lr-schedule", "cosine", "--clip-grad-norm", "0.5", "--accum-steps", "2"],
         &["--mixup-alpha", "0.2", "--cutmix-alpha", "1.0", "--label-smoothing", "0.1", "--lr-schedule", "step"],
+        &[
+            "--momentum",
+            "0.9",
+            "--lr-schedule",
+            "step",
+            "--model-ema",
+            "--model-ema-steps",
+            "2",
+            "--warmup-epochs",
+            "1",
+        ],
     ] {
         let common = [&["--epochs", "4", "--batch-size", "50", "--data", data][..], recipe].concat();
         let (straight, resumed) = (tmp.path().join("straight"), tmp.path().join("resumed"));
@@ -156,7 +167,13 @@ fn a_resumed_run_with_optimizer_state_and_a_schedule_ends_where_an_uninterrupted
             train::load_checkpoint(&straight, Device::Cpu).unwrap(),
             train::load_checkpoint(&resumed, Device::Cpu).unwrap(),
         );
-        let epochs = |h: &train::History| h.epochs.iter().map(|e| (e.train_loss, e.test_acc, e.lr)).collect::<Vec<_>>();
+        let epochs = |h: &train::History| {
+            h.epochs.iter().map(|e| (e.train_loss, e.test_acc, e.lr, e.ema_test_acc)).collect::<Vec<_>>()
+        };
+        assert_eq!(a.ema.len(), b.ema.len(), "{recipe:?}");
+        for ((name, x), (_, y)) in a.ema.iter().zip(&b.ema) {
+            assert!(x.equal(y), "{name} differs after resuming ({recipe:?})");
+        }
         assert_eq!(epochs(&a.state.history), epochs(&b.state.history), "{recipe:?}");
         for ((name, x), (_, y)) in
             convnets::weights::state_dict(&a.net.vs).iter().zip(&convnets::weights::state_dict(&b.net.vs))
@@ -370,4 +387,77 @@ fn mix_draws_follow_their_distributions_and_repeat_for_the_same_batch() {
     assert!((mean - 0.5).abs() < 0.03, "Beta(0.2, 0.2) is centred on 1/2: {mean}");
     assert_eq!(train::draw_mix(0.0, 0.0, [5, 2, 0, 0], 32, 32), None);
     assert!(matches!(train::draw_mix(0.0, 1.0, [5, 2, 0, 0], 32, 32), Some(train::Mix::CutMix { .. })));
+}
+
+#[test]
+fn the_weights_average_copies_then_averages_every_n_batches_and_exports() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(4);
+    let net = Network::new("lenet-bn", NetConfig::default(), Device::Cpu).unwrap();
+    let mut config = train::TrainConfig::d2l("lenet-bn").unwrap();
+    // torchvision's adjustment: alpha = (1 - decay) * batch * steps / epochs, here 0.1 * 1.
+    (config.batch_size, config.epochs) = (1, 2);
+    config.recipe = Recipe { model_ema: true, model_ema_decay: 0.9, model_ema_steps: 2, ..Recipe::default() };
+    let mut ema = train::Ema::new(&net, &config).unwrap();
+    assert!((ema.decay - 0.9).abs() < 1e-12);
+    let weight = |n: &Network| n.vs.variables()["0.weight"].copy();
+    let shift = |by: f64| {
+        tch::no_grad(|| {
+            net.vs.variables().values().filter(|t| t.is_floating_point()).for_each(|t| {
+                let _ = t.shallow_clone().g_add_scalar_(by);
+            })
+        })
+    };
+    shift(1.0);
+    ema.after_batch(&net, 1, 0, 0).unwrap(); // the first update copies
+    assert!(weight(&ema.net).equal(&weight(&net)));
+    let before = weight(&ema.net);
+    shift(1.0);
+    ema.after_batch(&net, 1, 1, 0).unwrap(); // not a multiple of 2 batches: nothing
+    assert!(weight(&ema.net).equal(&before));
+    ema.after_batch(&net, 1, 2, 0).unwrap();
+    let expected = &before * 0.9 + weight(&net) * 0.1;
+    assert!(f64::try_from((weight(&ema.net) - expected).abs().max()).unwrap() < 1e-6);
+    // During warm-up every update copies.
+    shift(1.0);
+    ema.after_batch(&net, 0, 4, 1).unwrap();
+    ema.after_batch(&net, 0, 6, 1).unwrap();
+    assert!(weight(&ema.net).equal(&weight(&net)));
+
+    // A run keeps the average in its checkpoint, reports it and exports it on request.
+    drop(_rng);
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let (code, _, err) = common::convnets(&[
+        "train",
+        "lenet-bn",
+        "--epochs",
+        "2",
+        "--model-ema",
+        "--model-ema-steps",
+        "3",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(", EMA 0."), "{err}");
+    let checkpoint = train::load_checkpoint(&run, Device::Cpu).unwrap();
+    assert!(checkpoint.state.history.epochs.iter().all(|e| e.ema_test_acc.is_some()));
+    let exported = tmp.path().join("ema.safetensors");
+    let (code, _, err) =
+        common::convnets(&["export", run.to_str().unwrap(), "--ema", "--out", exported.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let written: std::collections::HashMap<String, Tensor> =
+        convnets::weights::read_tensors(&exported).unwrap().into_iter().collect();
+    let average: std::collections::HashMap<&str, &Tensor> =
+        checkpoint.ema.iter().filter_map(|(k, t)| k.strip_prefix(train::EMA_PREFIX).map(|k| (k, t))).collect();
+    assert!(written["0.weight"].equal(average["0.weight"]));
+    assert!(!written["0.weight"].equal(&checkpoint.net.vs.variables()["0.weight"]), "the average, not the weights");
+    let plain = tmp.path().join("plain");
+    let (code, _, _) = common::convnets(&["train", "lenet-bn", "--epochs", "1", "--out", plain.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let (code, _, err) =
+        common::convnets(&["export", plain.to_str().unwrap(), "--ema", "--out", exported.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("has no average of its weights: train with --model-ema"), "{err}");
 }

@@ -195,6 +195,9 @@ pub enum Command {
         /// Default: onnx when --out ends in .onnx, else safetensors.
         #[arg(long, value_enum)]
         format: Option<ExportFormat>,
+        /// The moving average of the weights instead of the weights (runs with --model-ema).
+        #[arg(long)]
+        ema: bool,
     },
     /// Compare a network with PyTorch on a parity file (weights, input, outputs, gradients).
     Parity {
@@ -352,7 +355,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "net", "lr", "batch_size", "resize", "seed", "out", "precision", "memory_format", "optimizer", "momentum",
         "nesterov", "weight_decay", "lr_schedule", "warmup_epochs", "label_smoothing", "augment", "normalize",
-        "sync_bn", "pretrained", "pretrained_key", "freeze_backbone", "head_lr_scale", "clip_grad_norm", "accum_steps", "vertical_flip", "color_jitter", "mixup_alpha", "cutmix_alpha", "train_crop_size", "val_resize_size", "val_crop_size",
+        "sync_bn", "pretrained", "pretrained_key", "freeze_backbone", "head_lr_scale", "clip_grad_norm", "accum_steps", "vertical_flip", "color_jitter", "mixup_alpha", "cutmix_alpha", "train_crop_size", "val_resize_size", "val_crop_size", "model_ema", "model_ema_decay", "model_ema_steps",
     ])]
     pub resume: Option<PathBuf>,
     #[command(flatten)]
@@ -438,6 +441,17 @@ pub struct RecipeArgs {
     /// CutMix likewise (torchvision's recipe: 1.0); with --mixup-alpha, one of the two per batch.
     #[arg(long, value_name = "A", allow_negative_numbers = true)]
     pub cutmix_alpha: Option<f64>,
+    /// Keep an exponential moving average of the weights, evaluated beside them every epoch
+    /// (`export --ema` writes it).
+    #[arg(long)]
+    pub model_ema: bool,
+    /// The average's decay per update, before torchvision's adjustment for batch size and
+    /// epochs (default 0.99998).
+    #[arg(long, value_name = "D", allow_negative_numbers = true, requires = "model_ema")]
+    pub model_ema_decay: Option<f64>,
+    /// Batches between two updates of the average (default 32).
+    #[arg(long, value_name = "N", requires = "model_ema")]
+    pub model_ema_steps: Option<usize>,
 }
 
 impl RecipeArgs {
@@ -456,6 +470,9 @@ impl RecipeArgs {
             accum_steps: self.accum_steps.map_or(d2l.accum_steps, |k| k.max(0) as usize),
             mixup_alpha: self.mixup_alpha.unwrap_or(d2l.mixup_alpha),
             cutmix_alpha: self.cutmix_alpha.unwrap_or(d2l.cutmix_alpha),
+            model_ema: self.model_ema,
+            model_ema_decay: self.model_ema_decay.unwrap_or(d2l.model_ema_decay),
+            model_ema_steps: self.model_ema_steps.unwrap_or(d2l.model_ema_steps),
         }
     }
 }

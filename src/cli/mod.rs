@@ -107,7 +107,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Import { weights, net, key, out, allow_partial } => {
             weights::import(&weights, &net, key.as_deref(), &out, allow_partial)
         }
-        Command::Export { run, out, format } => weights::export(&run, &out, format),
+        Command::Export { run, out, format, ema } => weights::export(&run, &out, format, ema),
         Command::Parity { file, net } => bench::parity(&file, &net),
         Command::Bench { nets, device, batch_size, steps, warmup, json, speed, data } => {
             bench::bench(nets, &device, batch_size, steps, warmup, json, &speed, &data)

@@ -34,15 +34,27 @@ pub fn import(file: &Path, net: &str, key: Option<&str>, out: &Path, allow_parti
     std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
     train::run_dir::write_config(out, &config)?;
     let state = train::CheckpointState::new(config, 0, train::History::default());
-    train::save_checkpoint(out, &network, None, &state)?;
+    train::save_checkpoint(out, &network, None, None, &state)?;
     println!("loaded {} tensors into {net}; run directory {}", report.loaded.len(), out.display());
     Ok(())
 }
 
 /// Writes a run's network as ONNX, or its weights as safetensors (by `format`, else by `out`'s
 /// extension).
-pub fn export(run: &Path, out: &Path, format: Option<ExportFormat>) -> anyhow::Result<()> {
+pub fn export(run: &Path, out: &Path, format: Option<ExportFormat>, ema: bool) -> anyhow::Result<()> {
     let mut checkpoint = train::load_checkpoint(run, Device::Cpu)?;
+    if ema {
+        if checkpoint.ema.is_empty() {
+            return Err(usage(format!("{} has no average of its weights: train with --model-ema", run.display())));
+        }
+        let average: Vec<_> = checkpoint
+            .ema
+            .iter()
+            .filter_map(|(k, t)| k.strip_prefix(train::EMA_PREFIX).map(|k| (k.to_string(), t.shallow_clone())))
+            .filter(|(k, _)| k != "n_averaged")
+            .collect();
+        weights::load_state_dict(&checkpoint.net.vs, &checkpoint.state.config.net, &average, false)?;
+    }
     let format = format.unwrap_or(if out.extension().is_some_and(|e| e == "onnx") {
         ExportFormat::Onnx
     } else {

@@ -47,8 +47,9 @@ impl Observer for Console {
 
     fn epoch(&mut self, record: &EpochRecord, _history: &History) -> anyhow::Result<()> {
         self.bar.finish_and_clear();
+        let ema = record.ema_test_acc.map(|acc| format!(", EMA {acc:.3}")).unwrap_or_default();
         eprintln!(
-            "epoch {}/{}: loss {:.3}, train acc {:.3}, test acc {:.3}, {:.1} s",
+            "epoch {}/{}: loss {:.3}, train acc {:.3}, test acc {:.3}{ema}, {:.1} s",
             record.epoch, self.epochs, record.train_loss, record.train_acc, record.test_acc, record.wall_seconds
         );
         Ok(())

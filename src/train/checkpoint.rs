@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use super::optimizer::{self, Optimizer};
-use super::{History, TrainConfig};
+use super::{EMA_PREFIX, Ema, History, TrainConfig};
 use crate::atomic::write_atomic;
 use crate::models::Network;
 use crate::weights;
@@ -47,6 +47,8 @@ pub struct Checkpoint {
     pub state: CheckpointState,
     /// The optimizer's tensors (`optimizer.*`; none for d2l's plain SGD).
     pub optimizer: Vec<(String, Tensor)>,
+    /// The moving average of the weights (`ema.*`; `--model-ema` runs only).
+    pub ema: Vec<(String, Tensor)>,
 }
 
 /// Finds the checkpoint file of a run directory, or takes the file itself.
@@ -78,11 +80,12 @@ pub fn load_checkpoint(run_or_file: &Path, device: Device) -> anyhow::Result<Che
     // The network's weights; the optimizer's state (see optimizer.rs) is read on resume.
     let (optimizer, weights): (Vec<_>, Vec<_>) =
         tensors.into_iter().partition(|(name, _)| name.starts_with(optimizer::STATE_PREFIX));
+    let (ema, weights): (Vec<_>, Vec<_>) = weights.into_iter().partition(|(name, _)| name.starts_with(EMA_PREFIX));
     weights::load_state_dict(&net.vs, &state.config.net, &weights, false)?;
     if state.config.finetune.as_ref().is_some_and(|f| f.freeze_backbone) {
         net.freeze_backbone();
     }
-    Ok(Checkpoint { net, state, optimizer })
+    Ok(Checkpoint { net, state, optimizer, ema })
 }
 
 /// Writes `checkpoint.safetensors` in `dir` atomically: weights and state, one file.
@@ -90,12 +93,16 @@ pub fn save_checkpoint(
     dir: &Path,
     net: &Network,
     optimizer: Option<&Optimizer>,
+    ema: Option<&Ema>,
     state: &CheckpointState,
 ) -> anyhow::Result<()> {
     let metadata = HashMap::from([(STATE_KEY.to_string(), serde_json::to_string(state)?)]);
     let mut tensors = weights::state_dict(&net.vs);
     if let Some(optimizer) = optimizer {
         tensors.extend(optimizer.state_dict()?);
+    }
+    if let Some(ema) = ema {
+        tensors.extend(ema.state_dict()?);
     }
     let bytes = weights::safetensors_bytes(&tensors, Some(metadata))?;
     let path = dir.join(CHECKPOINT_FILE);

@@ -12,8 +12,9 @@ use super::failure::{OutOfMemory, available_memory, is_out_of_memory, kept_check
 use super::fault::Injected;
 use super::observer::{BatchDone, Observer, Progress, RunStart};
 use super::{
-    CheckpointState, Diverged, EpochRecord, History, MicroBatch, Optimizer, Point, RunFailed, StepOptions, TrainConfig,
-    checkpoint_path, draw_mix, load_checkpoint, micro_batch_step, replayed_train_step, run_dir, save_checkpoint,
+    CheckpointState, Diverged, Ema, EpochRecord, History, MicroBatch, Optimizer, Point, RunFailed, StepOptions,
+    TrainConfig, checkpoint_path, draw_mix, load_checkpoint, micro_batch_step, replayed_train_step, run_dir,
+    save_checkpoint,
 };
 use crate::data::{self, Dataset};
 use crate::distributed::{self, DataParallel};
@@ -132,6 +133,16 @@ fn fit(run: &mut Run, net: &Network, start: Option<CheckpointState>) -> anyhow::
         // Rank 0's starting point everywhere (fresh weights, or its checkpoint).
         replicas.broadcast_variables(&net.vs)?;
     }
+    // The weights' moving average, from the (broadcast) weights or the checkpoint's average.
+    let mut ema = match cfg.recipe.model_ema {
+        true => Some(Ema::new(net, cfg)?),
+        false => None,
+    };
+    if let (Some(ema), true) = (&mut ema, first_epoch > 0) {
+        let checkpoint = load_checkpoint(dir, Device::Cpu)?;
+        ema.load_state_dict(&checkpoint.ema).map_err(|e| anyhow::anyhow!("{}: {e}", checkpoint_path(dir).display()))?;
+    }
+    let mut ema_replayer = ema.as_ref().map(|ema| ema.net.replayer());
     let num_batches = train_split.len().div_ceil(world).div_ceil(batch_size);
     let start =
         RunStart { dir, config: cfg, history: &history, first_epoch, batches_per_epoch: num_batches, device, world };
@@ -200,6 +211,9 @@ fn fit(run: &mut Run, net: &Network, start: Option<CheckpointState>) -> anyhow::
                         error
                     }
                 })?;
+                if let Some(ema) = &mut ema {
+                    ema.after_batch(net, epoch, i, cfg.recipe.warmup_epochs)?;
+                }
                 Ok((loss.f_double_value(&[])?, correct.f_int64_value(&[])?, batch.host_labels.size()[0] as usize))
             });
             let (loss_value, batch_correct, n) = match step {
@@ -254,6 +268,20 @@ fn fit(run: &mut Run, net: &Network, start: Option<CheckpointState>) -> anyhow::
                 cause: error_line(&f.error),
                 note: kept_checkpoint(epoch, dir),
             })?;
+        let ema_test = match (&ema, &mut ema_replayer) {
+            (Some(ema), Some(replayer)) => Some(
+                evaluate_with(replayer, &ema.net, replicas, &data.test, batch_size, &eval_prep, false)
+                    .map_err(|f| RunFailed {
+                        net: cfg.net.clone(),
+                        phase: "evaluation of the weights' average",
+                        at: format!("epoch {}, test batch {} of {}", epoch + 1, f.batch, f.batches),
+                        cause: error_line(&f.error),
+                        note: kept_checkpoint(epoch, dir),
+                    })?
+                    .accuracy,
+            ),
+            _ => None,
+        };
         let point = Point { x: (epoch + 1) as f64, train_loss: None, train_acc: None, test_acc: Some(test.accuracy) };
         tell(observers, |o| o.point(&point))?;
         history.points.push(point);
@@ -266,13 +294,14 @@ fn fit(run: &mut Run, net: &Network, start: Option<CheckpointState>) -> anyhow::
             step_seconds,
             wall_seconds: started.elapsed().as_secs_f64(),
             lr: Some(lr),
+            ema_test_acc: ema_test,
         };
         history.epochs.push(record.clone());
         if !lead {
             continue;
         }
         let state = CheckpointState::new(cfg.clone(), epoch + 1, history.clone());
-        save_checkpoint(dir, net, Some(&opt), &state)?;
+        save_checkpoint(dir, net, Some(&opt), ema.as_ref(), &state)?;
         tell(observers, |o| o.epoch(&record, &history))?;
     }
     tell(observers, |o| o.finished(&history))?;

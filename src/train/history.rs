@@ -25,6 +25,9 @@ pub struct EpochRecord {
     /// The learning rate of the epoch (runs saved before it was recorded: none).
     #[serde(default)]
     pub lr: Option<f64>,
+    /// The test accuracy of the weights' moving average (`--model-ema`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_test_acc: Option<f64>,
 }
 
 /// Everything measured so far; stored in the checkpoint and as `metrics.json`.

@@ -6,6 +6,7 @@
 
 mod checkpoint;
 mod config;
+mod ema;
 mod evaluate;
 mod failure;
 mod fault;
@@ -21,6 +22,7 @@ mod step;
 
 pub use checkpoint::{CHECKPOINT_FILE, Checkpoint, CheckpointState, checkpoint_path, load_checkpoint, save_checkpoint};
 pub use config::TrainConfig;
+pub use ema::{EMA_PREFIX, Ema};
 pub use evaluate::{Evaluation, evaluate, evaluate_with_flips};
 pub use failure::{Diverged, RunFailed, fitting_batch_size, is_out_of_memory};
 pub use finetune::{FineTune, Pretrained, load_pretrained, pretrained_weights};

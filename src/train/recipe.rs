@@ -83,6 +83,12 @@ pub struct Recipe {
     /// `--cutmix-alpha`: CutMix with lam ~ Beta(alpha, alpha) (0: none); with MixUp, one of the
     /// two per batch, each with probability 1/2.
     pub cutmix_alpha: f64,
+    /// `--model-ema`: keep and evaluate an exponential moving average of the weights.
+    pub model_ema: bool,
+    /// `--model-ema-decay` (torchvision's default 0.99998, before its batch-size adjustment).
+    pub model_ema_decay: f64,
+    /// `--model-ema-steps`: batches between two updates of the average (torchvision: 32).
+    pub model_ema_steps: usize,
 }
 
 impl Default for Recipe {
@@ -100,6 +106,9 @@ impl Default for Recipe {
             accum_steps: 1,
             mixup_alpha: 0.0,
             cutmix_alpha: 0.0,
+            model_ema: false,
+            model_ema_decay: 0.99998,
+            model_ema_steps: 32,
         }
     }
 }
@@ -132,6 +141,12 @@ impl Recipe {
             if !(alpha.is_finite() && alpha >= 0.0) {
                 return Err(format!("{flag} must be 0 or more, got {alpha}"));
             }
+        }
+        if !(0.0..1.0).contains(&self.model_ema_decay) {
+            return Err(format!("--model-ema-decay must be at least 0 and below 1, got {}", self.model_ema_decay));
+        }
+        if self.model_ema_steps == 0 {
+            return Err("--model-ema-steps must be at least 1".into());
         }
         if self.accum_steps == 0 {
             return Err("--accum-steps must be at least 1".into());
@@ -197,6 +212,12 @@ impl Recipe {
             (true, false) => out += &format!(", MixUp({})", self.mixup_alpha),
             (false, true) => out += &format!(", CutMix({})", self.cutmix_alpha),
             (false, false) => {}
+        }
+        if self.model_ema {
+            out += &format!(
+                ", EMA of the weights (decay {} every {} batches)",
+                self.model_ema_decay, self.model_ema_steps
+            );
         }
         out
     }
