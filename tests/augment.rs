@@ -134,6 +134,8 @@ fn training_with_jitter_and_vertical_flips_records_them_and_resumes_exactly() {
             "--color-jitter",
             "0.4,0.4,0.4,0.1",
             "--vertical-flip",
+            "--random-erase",
+            "0.5",
             "--out",
             out.to_str().unwrap(),
         ]
@@ -146,6 +148,7 @@ fn training_with_jitter_and_vertical_flips_records_them_and_resumes_exactly() {
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(straight.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["vertical_flip"], true);
+    assert_eq!(config["random_erase"], 0.5);
     assert_eq!(config["color_jitter"]["hue"].as_f64().map(|h| (h * 10.0).round()), Some(1.0));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_convnets"))
         .args(args(&resumed))
@@ -275,4 +278,28 @@ fn a_folder_trains_and_evaluates_at_crop_sizes_of_its_own_and_evaluates_with_fli
     ]);
     assert_eq!(code, 2);
     assert!(err.contains("--val-crop-size applies to image folders"), "{err}");
+}
+
+#[test]
+fn random_erasing_zeroes_one_box_of_about_p_of_the_images_within_torchvisions_bounds() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let (h, w) = (40i64, 60i64);
+    let mut erased = 0;
+    for _ in 0..2000 {
+        let Some(e) = data::erasing_draw(0.5, h, w, &mut rng) else { continue };
+        erased += 1;
+        assert!(e.top >= 0 && e.left >= 0 && e.top + e.height <= h && e.left + e.width <= w, "{e:?}");
+        assert!(e.height < h && e.width < w);
+        let share = (e.height * e.width) as f64 / (h * w) as f64;
+        assert!((0.01..=0.36).contains(&share), "{e:?}: {share} of the area");
+    }
+    assert!((900..=1100).contains(&erased), "{erased} of 2000 with p = 0.5");
+    // On a batch: the box holds zeros, the rest is untouched, the same key erases alike.
+    let x = tch::Tensor::ones([16, 3, 20, 30], (tch::Kind::Float, Device::Cpu));
+    let out = data::random_erasing(&x, 1.0, 42).unwrap();
+    assert!(out.equal(&data::random_erasing(&x, 1.0, 42).unwrap()));
+    let zeros = i64::try_from(out.eq(0.0).sum(tch::Kind::Int64)).unwrap();
+    assert!(zeros > 0 && zeros % 3 == 0, "every channel of each box: {zeros}");
+    assert!(x.equal(&tch::Tensor::ones([16, 3, 20, 30], (tch::Kind::Float, Device::Cpu))), "the input is not changed");
+    assert!(data::random_erasing(&x, 0.0, 42).unwrap().equal(&x));
 }

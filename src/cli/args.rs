@@ -333,6 +333,10 @@ pub struct TrainArgs {
     /// `ColorJitter(B, C, S, H)` does (e.g. 0.4,0.4,0.4,0.1; 0 leaves one out), for any data set.
     #[arg(long, value_name = "B,C,S,H", value_parser = crate::data::ColorJitter::parse)]
     pub color_jitter: Option<crate::data::ColorJitter>,
+    /// Erase a random box of each training image with probability P, after normalisation
+    /// (torchvision's `RandomErasing(p=P)`; its recipe: 0.1).
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
+    pub random_erase: Option<f64>,
     /// An image folder's training crop (`RandomResizedCrop`), when not --resize's side
     /// (torchvision's reference recipe; FixRes trains at 176 and evaluates at 224).
     #[arg(long, value_name = "SIZE")]
@@ -355,7 +359,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "net", "lr", "batch_size", "resize", "seed", "out", "precision", "memory_format", "optimizer", "momentum",
         "nesterov", "weight_decay", "lr_schedule", "warmup_epochs", "label_smoothing", "augment", "normalize",
-        "sync_bn", "pretrained", "pretrained_key", "freeze_backbone", "head_lr_scale", "clip_grad_norm", "accum_steps", "vertical_flip", "color_jitter", "mixup_alpha", "cutmix_alpha", "train_crop_size", "val_resize_size", "val_crop_size", "model_ema", "model_ema_decay", "model_ema_steps",
+        "sync_bn", "pretrained", "pretrained_key", "freeze_backbone", "head_lr_scale", "clip_grad_norm", "accum_steps", "vertical_flip", "color_jitter", "mixup_alpha", "cutmix_alpha", "train_crop_size", "val_resize_size", "val_crop_size", "model_ema", "model_ema_decay", "model_ema_steps", "random_erase",
     ])]
     pub resume: Option<PathBuf>,
     #[command(flatten)]

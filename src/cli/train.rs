@@ -268,6 +268,7 @@ fn start_new(args: &TrainArgs, device: Device, data: &Dataset, lead: bool) -> an
         config.augment = false;
     }
     config.vertical_flip = args.vertical_flip;
+    config.random_erase = args.random_erase.unwrap_or(0.0);
     config.crops = crate::data::CropSizes {
         train: args.train_crop_size,
         val_resize: args.val_resize_size,

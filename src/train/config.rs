@@ -66,6 +66,10 @@ pub struct TrainConfig {
     /// `--color-jitter B,C,S,H`: `ColorJitter` in training.
     #[serde(default)]
     pub color_jitter: Option<data::ColorJitter>,
+    /// `--random-erase P`: torchvision's `RandomErasing(p=P)` on each normalised training image
+    /// (0: none).
+    #[serde(default)]
+    pub random_erase: f64,
     /// An image folder's crop sizes where they differ from `resize` (`--train-crop-size`,
     /// `--val-resize-size`, `--val-crop-size`).
     #[serde(default)]
@@ -119,6 +123,7 @@ impl TrainConfig {
             vertical_flip: false,
             color_jitter: None,
             crops: data::CropSizes::default(),
+            random_erase: 0.0,
             finetune: None,
         }
     }
@@ -213,6 +218,9 @@ impl TrainConfig {
         }
         if self.resize == Some(0) {
             return Err("--resize must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.random_erase) {
+            return Err(format!("--random-erase is a probability from 0 to 1, got {}", self.random_erase));
         }
         let crops = [
             ("--train-crop-size", self.crops.train),

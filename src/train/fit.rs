@@ -194,6 +194,12 @@ fn fit(run: &mut Run, net: &Network, start: Option<CheckpointState>) -> anyhow::
                 let (mut images, mut labels) = (batch.images.shallow_clone(), batch.labels.shallow_clone());
                 let [h, w] = [images.size()[2], images.size()[3]];
                 let at = [cfg.seed, epoch as u64, i as u64, rank as u64];
+                if cfg.random_erase > 0.0 {
+                    let key = at
+                        .iter()
+                        .fold(0x0065_7261_7365_u64, |k, &v| k.rotate_left(17) ^ v.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                    images = data::random_erasing(&images, cfg.random_erase, key)?;
+                }
                 if let Some(mix) = draw_mix(cfg.recipe.mixup_alpha, cfg.recipe.cutmix_alpha, at, h, w) {
                     (images, labels) = mix.apply(&images, &labels, cfg.num_classes)?;
                 }
