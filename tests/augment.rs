@@ -121,52 +121,28 @@ fn training_with_jitter_and_vertical_flips_records_them_and_resumes_exactly() {
             }
         }
     }
-    let args = |out: &std::path::Path| -> Vec<String> {
-        [
-            "train",
-            "lenet-bn",
-            "--data",
-            dir.to_str().unwrap(),
-            "--epochs",
-            "3",
-            "--batch-size",
-            "4",
-            "--color-jitter",
-            "0.4,0.4,0.4,0.1",
-            "--vertical-flip",
-            "--random-erase",
-            "0.5",
-            "--out",
-            out.to_str().unwrap(),
-        ]
-        .map(String::from)
-        .to_vec()
-    };
-    let (straight, resumed) = (tmp.path().join("straight"), tmp.path().join("resumed"));
-    let (code, _, err) = common::convnets(&args(&straight).iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(code, 0, "{err}");
+    let args = [
+        "lenet-bn",
+        "--data",
+        dir.to_str().unwrap(),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--color-jitter",
+        "0.4,0.4,0.4,0.1",
+        "--vertical-flip",
+        "--random-erase",
+        "0.5",
+    ];
+    let (straight, resumed) = common::straight_and_resumed(tmp.path(), &args, "2:2");
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(straight.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["vertical_flip"], true);
     assert_eq!(config["random_erase"], 0.5);
     assert_eq!(config["color_jitter"]["hue"].as_f64().map(|h| (h * 10.0).round()), Some(1.0));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_convnets"))
-        .args(args(&resumed))
-        .env("CONVNETS_FAIL_AT", "2:2")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let (code, _, err) = common::convnets(&["train", "--resume", resumed.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
-    let (a, b) = (
-        convnets::train::load_checkpoint(&straight, Device::Cpu).unwrap(),
-        convnets::train::load_checkpoint(&resumed, Device::Cpu).unwrap(),
-    );
-    for ((name, x), (_, y)) in
-        convnets::weights::state_dict(&a.net.vs).iter().zip(&convnets::weights::state_dict(&b.net.vs))
-    {
-        assert!(x.equal(y), "{name} differs after resuming");
-    }
+    common::assert_same_weights(&straight, &resumed);
+    let a = convnets::train::load_checkpoint(&straight, Device::Cpu).unwrap();
     // The training pipeline ends with them, after the folder's crop and flip.
     let prep = a.state.config.train_prep(0);
     let names: Vec<String> = prep.pipeline.transforms.iter().map(Transform::to_string).collect();

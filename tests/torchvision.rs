@@ -230,47 +230,27 @@ fn a_fine_tuned_run_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let data = colour_folder(&tmp.path().join("photos"), 4);
     let source = pretrained_file(tmp.path(), "tv-resnet18");
-    let args = |out: &std::path::Path| -> Vec<String> {
-        [
-            "train",
-            "tv-resnet18",
-            "--pretrained",
-            source.to_str().unwrap(),
-            "--head-lr-scale",
-            "10",
-            "--momentum",
-            "0.9",
-            "--data",
-            &data,
-            "--resize",
-            "64",
-            "--epochs",
-            "3",
-            "--batch-size",
-            "6",
-            "--lr",
-            "0.01",
-            "--out",
-            out.to_str().unwrap(),
-        ]
-        .map(String::from)
-        .to_vec()
-    };
-    let (straight, resumed) = (tmp.path().join("straight"), tmp.path().join("resumed"));
-    let (code, _, err) = common::convnets(&args(&straight).iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(code, 0, "{err}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_convnets"))
-        .args(args(&resumed))
-        .env("CONVNETS_FAIL_AT", "2:1")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
-    let (code, _, err) = common::convnets(&["train", "--resume", resumed.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
-    let (a, b) = (state(&straight), state(&resumed));
-    for (name, t) in &a {
-        assert!(t.equal(&b[name]), "{name} differs after resuming");
-    }
+    let args = [
+        "tv-resnet18",
+        "--pretrained",
+        source.to_str().unwrap(),
+        "--head-lr-scale",
+        "10",
+        "--momentum",
+        "0.9",
+        "--data",
+        &data,
+        "--resize",
+        "64",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "6",
+        "--lr",
+        "0.01",
+    ];
+    let (straight, resumed) = common::straight_and_resumed(tmp.path(), &args, "2:1");
+    common::assert_same_weights(&straight, &resumed);
     let checkpoint = convnets::train::load_checkpoint(&resumed, Device::Cpu).unwrap();
     assert!(checkpoint.state.optimizer.contains("new fc at 10x the backbone's rate"), "{}", checkpoint.state.optimizer);
     assert!(checkpoint.optimizer.iter().any(|(k, _)| k == "optimizer.fc.weight.0"), "the head's momentum is kept");

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 
-use super::evaluate::evaluate_with;
+use super::evaluate::{EvalFailed, evaluate_with};
 use super::failure::{OutOfMemory, available_memory, is_out_of_memory, kept_checkpoint, out_of_memory_note};
 use super::fault::Injected;
 use super::observer::{BatchDone, Observer, Progress, RunStart};
@@ -266,24 +266,22 @@ fn fit(run: &mut Run, net: &Network, start: Option<CheckpointState>) -> anyhow::
             let done = BatchDone { progress, train_loss, train_acc, examples_per_sec };
             tell(observers, |o| o.batch(&done))?;
         }
-        let test = evaluate_with(&mut eval_replayer, net, replicas, &data.test, batch_size, &eval_prep, false)
-            .map_err(|f| RunFailed {
+        // What a failed evaluation of `phase` reports.
+        let eval_failed = |phase: &'static str| {
+            move |f: EvalFailed| RunFailed {
                 net: cfg.net.clone(),
-                phase: "evaluation",
+                phase,
                 at: format!("epoch {}, test batch {} of {}", epoch + 1, f.batch, f.batches),
                 cause: error_line(&f.error),
                 note: kept_checkpoint(epoch, dir),
-            })?;
+            }
+        };
+        let test = evaluate_with(&mut eval_replayer, net, replicas, &data.test, batch_size, &eval_prep, false)
+            .map_err(eval_failed("evaluation"))?;
         let ema_test = match (&ema, &mut ema_replayer) {
             (Some(ema), Some(replayer)) => Some(
                 evaluate_with(replayer, &ema.net, replicas, &data.test, batch_size, &eval_prep, false)
-                    .map_err(|f| RunFailed {
-                        net: cfg.net.clone(),
-                        phase: "evaluation of the weights' average",
-                        at: format!("epoch {}, test batch {} of {}", epoch + 1, f.batch, f.batches),
-                        cause: error_line(&f.error),
-                        note: kept_checkpoint(epoch, dir),
-                    })?
+                    .map_err(eval_failed("evaluation of the weights' average"))?
                     .accuracy,
             ),
             _ => None,

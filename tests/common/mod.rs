@@ -76,3 +76,36 @@ pub fn gz(bytes: &[u8]) -> Vec<u8> {
     e.write_all(bytes).unwrap();
     e.finish().unwrap()
 }
+
+/// Runs `convnets train ARGS` twice: straight into `dir/straight`, and into `dir/resumed` with a
+/// libtorch failure injected at `fail_at` (`EPOCH:BATCH`, which must stop it with exit code 1)
+/// and then `--resume`d. Returns the two run directories.
+pub fn straight_and_resumed(dir: &Path, args: &[&str], fail_at: &str) -> (PathBuf, PathBuf) {
+    let (straight, resumed) = (dir.join("straight"), dir.join("resumed"));
+    fn with_out<'a>(args: &[&'a str], out: &'a Path) -> Vec<&'a str> {
+        [&["train"][..], args, &["--out", out.to_str().unwrap()]].concat()
+    }
+    let (code, _, err) = convnets(&with_out(args, &straight));
+    assert_eq!(code, 0, "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_convnets"))
+        .args(with_out(args, &resumed))
+        .env("CONVNETS_FAIL_AT", fail_at)
+        .env_remove("CONVNETS_DATA")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, _, err) = convnets(&["train", "--resume", resumed.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    (straight, resumed)
+}
+
+/// Asserts that two runs' checkpoints hold the same weights and state, bit for bit.
+pub fn assert_same_weights(a: &Path, b: &Path) {
+    let load = |run: &Path| convnets::train::load_checkpoint(run, tch::Device::Cpu).unwrap();
+    let (a, b) = (load(a), load(b));
+    let (a, b) = (convnets::weights::state_dict(&a.net.vs), convnets::weights::state_dict(&b.net.vs));
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x.equal(y), "{name} differs after resuming");
+    }
+}
