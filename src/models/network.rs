@@ -153,15 +153,11 @@ impl Network {
     pub fn freeze_backbone(&mut self) {
         let head = self.head();
         for (name, t) in self.vs.variables() {
-            if !head.iter().any(|h| name.strip_prefix(h.as_str()).is_some_and(|rest| rest.starts_with('.'))) {
+            if !crate::weights::is_under(&name, &head) {
                 let _ = t.set_requires_grad(false);
             }
         }
         self.frozen_backbone = true;
-    }
-
-    pub fn frozen_backbone(&self) -> bool {
-        self.frozen_backbone
     }
 
     /// The (C, H, W) d2l feeds this network.

@@ -191,18 +191,8 @@ fn fit(run: &mut Run, net: &Network, start: Option<CheckpointState>) -> anyhow::
                     // A real libtorch error (a negative size), raised where a step's would be.
                     Tensor::f_zeros([-1], (Kind::Float, device)).map(drop)?;
                 }
-                let (mut images, mut labels) = (batch.images.shallow_clone(), batch.labels.shallow_clone());
-                let [h, w] = [images.size()[2], images.size()[3]];
                 let at = [cfg.seed, epoch as u64, i as u64, rank as u64];
-                if cfg.random_erase > 0.0 {
-                    let key = at
-                        .iter()
-                        .fold(0x0065_7261_7365_u64, |k, &v| k.rotate_left(17) ^ v.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                    images = data::random_erasing(&images, cfg.random_erase, key)?;
-                }
-                if let Some(mix) = draw_mix(cfg.recipe.mixup_alpha, cfg.recipe.cutmix_alpha, at, h, w) {
-                    (images, labels) = mix.apply(&images, &labels, cfg.num_classes)?;
-                }
+                let (images, labels) = augment_batch(cfg, at, &batch.images, &batch.labels)?;
                 let (images, labels) = (&images, &labels);
                 let micro = MicroBatch::of(i, num_batches, cfg.recipe.accum_steps);
                 let step = if micro == MicroBatch::WHOLE && step_options.clip_grad_norm.is_none() && !mixing {
@@ -310,6 +300,28 @@ fn fit(run: &mut Run, net: &Network, start: Option<CheckpointState>) -> anyhow::
     }
     tell(observers, |o| o.finished(&history))?;
     Ok(history)
+}
+
+/// The recipe's augmentations of a whole batch, after the per-image transforms: random erasing
+/// of each normalised image, then MixUp or CutMix (labels become class probabilities). Their
+/// draws depend on `at`, (seed, epoch, batch, rank), alone.
+fn augment_batch(
+    cfg: &TrainConfig,
+    at: [u64; 4],
+    images: &Tensor,
+    labels: &Tensor,
+) -> anyhow::Result<(Tensor, Tensor)> {
+    let (mut images, mut labels) = (images.shallow_clone(), labels.shallow_clone());
+    if cfg.random_erase > 0.0 {
+        let key =
+            at.iter().fold(0x0065_7261_7365_u64, |k, &v| k.rotate_left(17) ^ v.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        images = data::random_erasing(&images, cfg.random_erase, key)?;
+    }
+    let [h, w] = [images.size()[2], images.size()[3]];
+    if let Some(mix) = draw_mix(cfg.recipe.mixup_alpha, cfg.recipe.cutmix_alpha, at, h, w) {
+        (images, labels) = mix.apply(&images, &labels, cfg.num_classes)?;
+    }
+    Ok((images, labels))
 }
 
 fn layout_name(channels_last: bool) -> &'static str {

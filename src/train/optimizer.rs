@@ -65,9 +65,8 @@ impl Optimizer {
             .filter(|t| t.requires_grad())
             .map(|t| (names.get(&(t.data_ptr() as usize)).cloned().unwrap_or_default(), t))
             .collect();
-        let in_head =
-            |name: &str| head.iter().any(|h| name.strip_prefix(h.as_str()).is_some_and(|r| r.starts_with('.')));
-        let lr_scales: Vec<f64> = params.iter().map(|(n, _)| if in_head(n) { head_lr_scale } else { 1.0 }).collect();
+        let lr_scales: Vec<f64> =
+            params.iter().map(|(n, _)| if crate::weights::is_under(n, head) { head_lr_scale } else { 1.0 }).collect();
         let plain_sgd = recipe.optimizer == OptimizerName::Sgd && recipe.momentum == 0.0 && recipe.weight_decay == 0.0;
         let libtorch = if plain_sgd {
             // libtorch's groups: 0 at the base rate, 1 (when there is a head) at the head's.

@@ -14,7 +14,7 @@ use tch::Tensor;
 
 pub use self::safetensors::{parse_safetensors, safetensors_bytes};
 pub use pickle::PickleError;
-pub use state_dict::{LoadReport, batch_norm_alias, load_state_dict, load_state_dict_except, state_dict};
+pub use state_dict::{LoadReport, batch_norm_alias, is_under, load_state_dict, load_state_dict_except, state_dict};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {

@@ -82,6 +82,12 @@ pub fn load_state_dict(
     load_state_dict_except(vs, network, tensors, allow_partial, &[])
 }
 
+/// Whether the `state_dict` name `name` belongs to a module under one of `prefixes` (`fc.weight`
+/// is under `fc`; `fc2.weight` is not).
+pub fn is_under(name: &str, prefixes: &[String]) -> bool {
+    prefixes.iter().any(|p| name.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('.')))
+}
+
 /// [`load_state_dict`] of everything but the layers under the `except` prefixes (a classifier
 /// that fine-tuning replaces): their variables keep their values, and tensors given for them
 /// are ignored.
@@ -92,8 +98,7 @@ pub fn load_state_dict_except(
     allow_partial: bool,
     except: &[String],
 ) -> Result<LoadReport, WeightsError> {
-    let excepted =
-        |name: &str| except.iter().any(|e| name.strip_prefix(e.as_str()).is_some_and(|r| r.starts_with('.')));
+    let excepted = |name: &str| is_under(name, except);
     let variables: BTreeMap<String, Tensor> = vs.variables().into_iter().filter(|(n, _)| !excepted(n)).collect();
     let mut given: BTreeMap<String, Tensor> =
         tensors.iter().filter(|(n, _)| !excepted(n)).map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
