@@ -53,7 +53,10 @@ pub fn main() -> ExitCode {
     match run_guarded(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", error_line(&e));
+            // One write for the whole line: the ranks of a --nproc run share stderr, and a line
+            // written in pieces (eprintln! writes each piece) interleaves with another rank's.
+            let line = format!("error: {}\n", error_line(&e));
+            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
             ExitCode::from(if e.downcast_ref::<UsageError>().is_some() { 2 } else { 1 })
         }
     }
