@@ -47,12 +47,7 @@ pub fn export(run: &Path, out: &Path, format: Option<ExportFormat>, ema: bool) -
         if checkpoint.ema.is_empty() {
             return Err(usage(format!("{} has no average of its weights: train with --model-ema", run.display())));
         }
-        let average: Vec<_> = checkpoint
-            .ema
-            .iter()
-            .filter_map(|(k, t)| k.strip_prefix(train::EMA_PREFIX).map(|k| (k.to_string(), t.shallow_clone())))
-            .filter(|(k, _)| k != "n_averaged")
-            .collect();
+        let average = train::Ema::averaged_weights(&checkpoint.ema);
         weights::load_state_dict(&checkpoint.net.vs, &checkpoint.state.config.net, &average, false)?;
     }
     let format = format.unwrap_or(if out.extension().is_some_and(|e| e == "onnx") {

@@ -92,16 +92,22 @@ impl Ema {
         Ok(out)
     }
 
+    /// The averaged weights among a checkpoint's `ema.*` tensors, under the network's names
+    /// (the count left out).
+    pub fn averaged_weights(tensors: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+        tensors
+            .iter()
+            .filter(|(key, _)| key != COUNT_KEY)
+            .filter_map(|(key, t)| key.strip_prefix(EMA_PREFIX).map(|name| (name.to_string(), t.shallow_clone())))
+            .collect()
+    }
+
     /// Restores what [`Ema::state_dict`] saved.
     pub fn load_state_dict(&mut self, tensors: &[(String, Tensor)]) -> anyhow::Result<()> {
-        let mut weights = Vec::new();
-        for (key, value) in tensors {
-            if key == COUNT_KEY {
-                self.n_averaged = value.f_to_kind(Kind::Int64)?.f_int64_value(&[0])?;
-            } else if let Some(name) = key.strip_prefix(EMA_PREFIX) {
-                weights.push((name.to_string(), value.shallow_clone()));
-            }
+        if let Some((_, count)) = tensors.iter().find(|(key, _)| key == COUNT_KEY) {
+            self.n_averaged = count.f_to_kind(Kind::Int64)?.f_int64_value(&[0])?;
         }
+        let weights = Self::averaged_weights(tensors);
         anyhow::ensure!(!weights.is_empty(), "the checkpoint holds no weight average (ema.*) to resume");
         crate::weights::load_state_dict(&self.net.vs, self.net.info.name, &weights, false)?;
         Ok(())

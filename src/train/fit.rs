@@ -13,7 +13,7 @@ use super::fault::Injected;
 use super::observer::{BatchDone, Observer, Progress, RunStart};
 use super::{
     CheckpointState, Diverged, Ema, EpochRecord, History, MicroBatch, Optimizer, Point, RunFailed, StepOptions,
-    TrainConfig, checkpoint_path, draw_mix, load_checkpoint, micro_batch_step, replayed_train_step, run_dir,
+    TrainConfig, batch_key, checkpoint_path, draw_mix, load_checkpoint, micro_batch_step, replayed_train_step, run_dir,
     save_checkpoint,
 };
 use crate::data::{self, Dataset};
@@ -123,11 +123,18 @@ fn fit(run: &mut Run, net: &Network, start: Option<CheckpointState>) -> anyhow::
         Some(finetune) => Optimizer::grouped(&net.vs, cfg.lr, &cfg.recipe, &finetune.head, finetune.head_lr_scale)?,
         None => Optimizer::new(&net.vs, cfg.lr, &cfg.recipe)?,
     };
+    // A resumed run continues from its checkpoint's optimizer state (momentum, moving averages)
+    // and average of the weights, read once.
+    let (optimizer_state, ema_state) = match first_epoch > 0 {
+        true => {
+            let checkpoint = load_checkpoint(dir, Device::Cpu)?;
+            (checkpoint.optimizer, checkpoint.ema)
+        }
+        false => (Vec::new(), Vec::new()),
+    };
+    let in_checkpoint = |e: anyhow::Error| anyhow::anyhow!("{}: {e}", checkpoint_path(dir).display());
     if first_epoch > 0 {
-        // A resumed run's optimizer continues from its checkpoint (momentum, moving averages).
-        let checkpoint = load_checkpoint(dir, Device::Cpu)?;
-        opt.load_state_dict(&checkpoint.optimizer)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", checkpoint_path(dir).display()))?;
+        opt.load_state_dict(&optimizer_state).map_err(in_checkpoint)?;
     }
     if let Some(replicas) = replicas {
         // Rank 0's starting point everywhere (fresh weights, or its checkpoint).
@@ -139,8 +146,7 @@ fn fit(run: &mut Run, net: &Network, start: Option<CheckpointState>) -> anyhow::
         false => None,
     };
     if let (Some(ema), true) = (&mut ema, first_epoch > 0) {
-        let checkpoint = load_checkpoint(dir, Device::Cpu)?;
-        ema.load_state_dict(&checkpoint.ema).map_err(|e| anyhow::anyhow!("{}: {e}", checkpoint_path(dir).display()))?;
+        ema.load_state_dict(&ema_state).map_err(in_checkpoint)?;
     }
     let mut ema_replayer = ema.as_ref().map(|ema| ema.net.replayer());
     let num_batches = train_split.len().div_ceil(world).div_ceil(batch_size);
@@ -313,9 +319,7 @@ fn augment_batch(
 ) -> anyhow::Result<(Tensor, Tensor)> {
     let (mut images, mut labels) = (images.shallow_clone(), labels.shallow_clone());
     if cfg.random_erase > 0.0 {
-        let key =
-            at.iter().fold(0x0065_7261_7365_u64, |k, &v| k.rotate_left(17) ^ v.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        images = data::random_erasing(&images, cfg.random_erase, key)?;
+        images = data::random_erasing(&images, cfg.random_erase, batch_key(at) ^ 0x0065_7261_7365)?;
     }
     let [h, w] = [images.size()[2], images.size()[3]];
     if let Some(mix) = draw_mix(cfg.recipe.mixup_alpha, cfg.recipe.cutmix_alpha, at, h, w) {

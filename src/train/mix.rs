@@ -17,22 +17,19 @@ pub enum Mix {
     CutMix { top: i64, bottom: i64, left: i64, right: i64 },
 }
 
-/// Draws the mix of batch `batch` of `epoch` (rank `rank`'s) for images of `height` x `width`:
+/// The key of a batch's random draws, from (seed, epoch, batch, rank): each batch-level
+/// augmentation salts it with a constant of its own.
+pub fn batch_key([seed, epoch, batch, rank]: [u64; 4]) -> u64 {
+    seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ batch.wrapping_mul(0xD1B5_4A32_D192_ED03)
+        ^ rank.wrapping_mul(0x94D0_49BB_1331_11EB)
+}
+
+/// Draws the mix of the batch `at` (seed, epoch, batch, rank) for images of `height` x `width`:
 /// MixUp with `mixup_alpha`, CutMix with `cutmix_alpha` (0 leaves one out), one of the two with
 /// probability 1/2 when both are on (torchvision's `RandomChoice`). None when both are 0.
-pub fn draw(
-    mixup_alpha: f64,
-    cutmix_alpha: f64,
-    [seed, epoch, batch, rank]: [u64; 4],
-    height: i64,
-    width: i64,
-) -> Option<Mix> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
-        seed ^ 0x6D69_7875_7063_7574
-            ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            ^ batch.wrapping_mul(0xD1B5_4A32_D192_ED03)
-            ^ rank.wrapping_mul(0x94D0_49BB_1331_11EB),
-    );
+pub fn draw(mixup_alpha: f64, cutmix_alpha: f64, at: [u64; 4], height: i64, width: i64) -> Option<Mix> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(batch_key(at) ^ 0x6D69_7875_7063_7574);
     let cutmix = match (mixup_alpha > 0.0, cutmix_alpha > 0.0) {
         (false, false) => return None,
         (true, true) => rng.random_bool(0.5),

@@ -28,7 +28,7 @@ pub use failure::{Diverged, RunFailed, fitting_batch_size, is_out_of_memory};
 pub use finetune::{FineTune, Pretrained, load_pretrained, pretrained_weights};
 pub use fit::{Run, train};
 pub use history::{EpochRecord, History, Point};
-pub use mix::{Mix, draw as draw_mix};
+pub use mix::{Mix, batch_key, draw as draw_mix};
 pub use observer::{BatchDone, Observer, Progress, RunStart};
 pub use optimizer::Optimizer;
 pub use recipe::{OptimizerName, Recipe, Schedule};
