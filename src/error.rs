@@ -13,6 +13,14 @@ pub fn usage(message: impl Into<String>) -> anyhow::Error {
     UsageError(message.into()).into()
 }
 
+/// Writes `line` and a newline to stderr in one write. The ranks of a `--nproc` run share
+/// stderr, and a line written in pieces (as `eprintln!` writes its arguments) interleaves with
+/// another rank's: two ranks' `held at ...` lines have come out merged into one.
+pub fn stderr_line(line: &str) {
+    let whole = format!("{line}\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), whole.as_bytes());
+}
+
 /// Whether the user asked for backtraces (`RUST_BACKTRACE` set and not `0`): then libtorch's
 /// messages keep their C++ stack, otherwise only their first line is shown.
 pub fn backtraces_wanted() -> bool {

@@ -488,25 +488,33 @@ fn a_run_on_one_machine_listens_on_the_loopback_interface_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let data = dataset(&tmp.path().join("data"), 128);
     let dir = tmp.path().join("run");
-    // Both ranks hold before their second step: the store and Gloo's pairs are all up.
+    // Both ranks hold before their second step: the store and Gloo's pairs are all up. They go
+    // on when the release file exists, so the run ends by itself (no process to kill).
+    let release = tmp.path().join("release");
     let mut launcher = Command::new(bin())
         .args(["train", "lenet-bn", "--nproc", "2", "--epochs", "1", "--batch-size", "32", "--data", &data])
         .args(["--device", "cpu", "--out", dir.to_str().unwrap()])
         .env("CONVNETS_HOLD_AT", "1:2")
+        .env("CONVNETS_HOLD_RELEASE", &release)
         .env_remove("GLOO_SOCKET_IFNAME")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let lines = BufReader::new(launcher.stderr.take().unwrap()).lines().map(Result::unwrap);
-    let held = lines.filter(|l| l.starts_with("held at epoch 1, batch 2")).take(2).count();
+    let mut lines = BufReader::new(launcher.stderr.take().unwrap()).lines().map(Result::unwrap);
+    let mut held = 0;
+    for line in lines.by_ref() {
+        held += usize::from(line.starts_with("held at epoch 1, batch 2"));
+        if held == 2 {
+            break;
+        }
+    }
     assert_eq!(held, 2, "both ranks reach the held step");
     let tree = process_tree(launcher.id());
     let addresses = listening(&tree);
-    for pid in tree.iter().rev() {
-        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-    }
-    let _ = launcher.wait();
+    std::fs::write(&release, "").unwrap();
+    let rest: Vec<String> = lines.collect();
+    assert!(launcher.wait().unwrap().success(), "{rest:?}");
     assert_eq!(tree.len(), 3, "the launcher and its two workers: {tree:?}");
     // The launcher's store and each worker's Gloo pair, on 127.0.0.1 (0100007F) alone.
     assert!(addresses.len() >= 3, "{addresses:?}");

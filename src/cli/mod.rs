@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::data::{Pipeline, Transform};
-use crate::error::{UsageError, error_line, libtorch_message, panic_is_caught, usage};
+use crate::error::{UsageError, error_line, libtorch_message, panic_is_caught, stderr_line, usage};
 use args::{Cli, Command, DataCommand};
 
 /// Runs the command line; returns the process exit code.
@@ -42,7 +42,7 @@ pub fn main() -> ExitCode {
             let text = e.render().to_string();
             let first: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
             let line = if first.is_empty() { "error: invalid arguments".to_string() } else { first.join(" ") };
-            eprintln!("{line} (see --help)");
+            stderr_line(&format!("{line} (see --help)"));
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -53,10 +53,7 @@ pub fn main() -> ExitCode {
     match run_guarded(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One write for the whole line: the ranks of a --nproc run share stderr, and a line
-            // written in pieces (eprintln! writes each piece) interleaves with another rank's.
-            let line = format!("error: {}\n", error_line(&e));
-            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+            stderr_line(&format!("error: {}", error_line(&e)));
             ExitCode::from(if e.downcast_ref::<UsageError>().is_some() { 2 } else { 1 })
         }
     }

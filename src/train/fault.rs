@@ -63,7 +63,8 @@ impl Injected {
         if !self.hold.is_some_and(|h| h.is(epoch, batch, rank)) {
             return;
         }
-        eprintln!("held at epoch {epoch}, batch {batch}");
+        // Every rank of a run prints this line at the same moment.
+        crate::error::stderr_line(&format!("held at epoch {epoch}, batch {batch}"));
         match &self.release {
             Some(file) => {
                 while !file.exists() {
