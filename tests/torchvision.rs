@@ -84,25 +84,6 @@ fn tv_resnet18_computes_what_torchvision_computes_from_the_same_weights() {
     assert_eq!(report.count(|s| *s == parity::Status::Pass), 87, "{report}");
 }
 
-/// A colour folder of three classes (`train/` with `per_class` images each, `val/` with 2).
-fn colour_folder(dir: &std::path::Path, per_class: u32) -> String {
-    for (split, n) in [("train", per_class), ("val", 2)] {
-        for (c, class) in ["red", "green", "blue"].iter().enumerate() {
-            let path = dir.join(split).join(class);
-            std::fs::create_dir_all(&path).unwrap();
-            for i in 0..n {
-                let pixel = |x: u32, y: u32| {
-                    let mut rgb = [((x * 7 + y * (3 + i)) % 64) as u8; 3];
-                    rgb[c] = 160 + ((x + y * i) % 90) as u8;
-                    image::Rgb(rgb)
-                };
-                image::RgbImage::from_fn(48, 40, pixel).save(path.join(format!("{i}.png"))).unwrap();
-            }
-        }
-    }
-    dir.to_str().unwrap().to_string()
-}
-
 /// A weight file of `name` as torchvision would publish it (ImageNet's 1000 classes), with
 /// batch-norm statistics that are not the defaults.
 fn pretrained_file(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
@@ -129,7 +110,7 @@ fn read_file_state(path: &std::path::Path) -> BTreeMap<String, tch::Tensor> {
 #[test]
 fn a_frozen_backbone_keeps_its_weights_and_statistics_and_only_the_new_head_learns() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = colour_folder(&tmp.path().join("photos"), 4);
+    let data = common::colour_folder(&tmp.path().join("photos"), 4);
     let source = pretrained_file(tmp.path(), "tv-resnet18");
     let run = tmp.path().join("run");
     let (code, _, err) = common::convnets(&[
@@ -172,7 +153,7 @@ fn a_frozen_backbone_keeps_its_weights_and_statistics_and_only_the_new_head_lear
 #[test]
 fn the_head_learns_at_its_own_rate_in_a_group_of_its_own() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = colour_folder(&tmp.path().join("photos"), 2);
+    let data = common::colour_folder(&tmp.path().join("photos"), 2);
     let source = pretrained_file(tmp.path(), "tv-resnet18");
     // One step (the whole folder in one batch) at --lr 0.01, with and without a 10x head.
     let train = |out: &str, scale: &str| {
@@ -228,7 +209,7 @@ fn the_head_learns_at_its_own_rate_in_a_group_of_its_own() {
 #[test]
 fn a_fine_tuned_run_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = colour_folder(&tmp.path().join("photos"), 4);
+    let data = common::colour_folder(&tmp.path().join("photos"), 4);
     let source = pretrained_file(tmp.path(), "tv-resnet18");
     let args = [
         "tv-resnet18",
@@ -259,7 +240,7 @@ fn a_fine_tuned_run_resumes_exactly() {
 #[test]
 fn weights_that_do_not_fit_are_one_clear_line_each() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = colour_folder(&tmp.path().join("photos"), 2);
+    let data = common::colour_folder(&tmp.path().join("photos"), 2);
     let resnet18 = pretrained_file(tmp.path(), "tv-resnet18");
     let truncated = tmp.path().join("truncated.pth");
     let whole = std::fs::read(common::golden("pytorch/ordered.pt")).unwrap();
@@ -317,7 +298,7 @@ fn torchvision_files_import_and_export_under_torchvisions_names() {
 #[test]
 fn every_torchvision_network_trains_an_epoch_on_a_small_colour_folder() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = colour_folder(&tmp.path().join("photos"), 2);
+    let data = common::colour_folder(&tmp.path().join("photos"), 2);
     for info in torchvision_networks() {
         let run = tmp.path().join(info.name);
         let (code, stdout, err) = common::convnets(&[

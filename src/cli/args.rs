@@ -136,6 +136,8 @@ pub enum Command {
         /// `ColorJitter(B, C, S, H)`, e.g. 0.5,0,0,0 (d2l's brightness) or 0.5,0.5,0.5,0.5.
         #[arg(long, value_name = "B,C,S,H", value_parser = crate::data::ColorJitter::parse)]
         color_jitter: Option<crate::data::ColorJitter>,
+        #[command(flatten)]
+        auto_augment: AutoAugmentArgs,
         /// The draws' seed (each version k draws as image k of epoch 0 would in training).
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -333,6 +335,8 @@ pub struct TrainArgs {
     /// `ColorJitter(B, C, S, H)` does (e.g. 0.4,0.4,0.4,0.1; 0 leaves one out), for any data set.
     #[arg(long, value_name = "B,C,S,H", value_parser = crate::data::ColorJitter::parse)]
     pub color_jitter: Option<crate::data::ColorJitter>,
+    #[command(flatten)]
+    pub auto_augment: AutoAugmentArgs,
     /// Erase a random box of each training image with probability P, after normalisation
     /// (torchvision's `RandomErasing(p=P)`; its recipe: 0.1).
     #[arg(long, value_name = "P", allow_negative_numbers = true)]
@@ -359,11 +363,37 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "net", "lr", "batch_size", "resize", "seed", "out", "precision", "memory_format", "optimizer", "momentum",
         "nesterov", "weight_decay", "lr_schedule", "warmup_epochs", "label_smoothing", "augment", "normalize",
-        "sync_bn", "pretrained", "pretrained_key", "freeze_backbone", "head_lr_scale", "clip_grad_norm", "accum_steps", "vertical_flip", "color_jitter", "mixup_alpha", "cutmix_alpha", "train_crop_size", "val_resize_size", "val_crop_size", "model_ema", "model_ema_decay", "model_ema_steps", "random_erase",
+        "sync_bn", "pretrained", "pretrained_key", "freeze_backbone", "head_lr_scale", "clip_grad_norm", "accum_steps", "vertical_flip", "color_jitter", "auto_augment", "ra_magnitude", "augmix_severity", "mixup_alpha", "cutmix_alpha", "train_crop_size", "val_resize_size", "val_crop_size", "model_ema", "model_ema_decay", "model_ema_steps", "random_erase",
     ])]
     pub resume: Option<PathBuf>,
     #[command(flatten)]
     pub speed: SpeedArgs,
+}
+
+/// An automatic augmentation policy, as torchvision's reference recipe names it.
+#[derive(clap::Args)]
+pub struct AutoAugmentArgs {
+    /// Augment each training image with one of torchvision's automatic policies, after the
+    /// flips: ra (RandAugment, 2 operations), ta_wide (TrivialAugmentWide), augmix (AugMix), or
+    /// AutoAugment's learned policy for imagenet, cifar10 or svhn.
+    #[arg(long, value_name = "POLICY", value_parser = ["ra", "ta_wide", "augmix", "imagenet", "cifar10", "svhn"])]
+    pub auto_augment: Option<String>,
+    /// RandAugment's magnitude, 0 to 30.
+    #[arg(long, default_value_t = crate::data::RA_MAGNITUDE as u64, requires = "auto_augment",
+          value_parser = clap::value_parser!(u64).range(0..=30))]
+    pub ra_magnitude: u64,
+    /// AugMix's severity, 1 to 10.
+    #[arg(long, default_value_t = crate::data::AUGMIX_SEVERITY as u64, requires = "auto_augment",
+          value_parser = clap::value_parser!(u64).range(1..=10))]
+    pub augmix_severity: u64,
+}
+
+impl AutoAugmentArgs {
+    /// The policy asked for, if any.
+    pub fn policy(&self) -> Result<Option<crate::data::AutoAugment>, String> {
+        let Some(name) = &self.auto_augment else { return Ok(None) };
+        crate::data::AutoAugment::parse(name, self.ra_magnitude as usize, self.augmix_severity as usize).map(Some)
+    }
 }
 
 /// Fine-tuning from pretrained weights, as d2l's computer-vision chapter does it.

@@ -10,7 +10,9 @@ use crate::report::plot;
 
 pub fn run(image: &Path, out: &Path, count: usize, pipeline: Pipeline, seed: u64) -> anyhow::Result<()> {
     if pipeline.transforms.is_empty() {
-        return Err(usage("name an augmentation: --crop SIZE, --flip, --vertical-flip or --color-jitter B,C,S,H"));
+        return Err(usage(
+            "name an augmentation: --crop SIZE, --flip, --vertical-flip, --auto-augment POLICY or --color-jitter B,C,S,H",
+        ));
     }
     if count == 0 {
         return Err(usage("--count must be at least 1"));

@@ -90,12 +90,14 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Shapes { net, input, shape } => inspect::shapes(&net, input, &shape),
         Command::Train(args) => train::run(*args),
         Command::Eval { run, data, device, tta } => evaluate::run(&run, &data, &device, tta.is_some()),
-        Command::Augment { image, out, count, crop, flip, vertical_flip, color_jitter, seed } => {
+        Command::Augment { image, out, count, crop, flip, vertical_flip, color_jitter, auto_augment, seed } => {
+            let auto_augment = auto_augment.policy().map_err(usage)?;
             let transforms = crop
                 .map(Transform::RandomResizedCrop)
                 .into_iter()
                 .chain(flip.then_some(Transform::RandomHorizontalFlip))
                 .chain(vertical_flip.then_some(Transform::RandomVerticalFlip))
+                .chain(auto_augment.map(Transform::AutoAugment))
                 .chain(color_jitter.map(Transform::ColorJitter))
                 .collect();
             augment::run(&image, &out, count, Pipeline { transforms }, seed)

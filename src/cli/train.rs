@@ -275,6 +275,7 @@ fn start_new(args: &TrainArgs, device: Device, data: &Dataset, lead: bool) -> an
         val_crop: args.val_crop_size,
     };
     config.color_jitter = args.color_jitter;
+    config.auto_augment = args.auto_augment.policy().map_err(usage)?;
     if args.normalize.as_deref() == Some("auto") {
         let stats = crate::data::normalization(data, &config.eval_prep())?;
         if lead {

@@ -14,6 +14,14 @@ pub struct Erasure {
     pub width: i64,
 }
 
+impl Erasure {
+    /// Zeroes the box in every channel of `images` (N, C, H, W), in place.
+    pub fn erase(&self, images: &Tensor) -> Result<(), TchError> {
+        let _ = images.f_narrow(2, self.top, self.height)?.f_narrow(3, self.left, self.width)?.f_fill_(0.0)?;
+        Ok(())
+    }
+}
+
 /// `RandomErasing.get_params` after the coin with probability `p`: up to ten tries at a box of
 /// 2% to 33% of the area with an aspect ratio from 0.3 to 3.3 (log-uniform) that fits inside
 /// the `h` x `w` image; none when the coin or every try fails.
@@ -48,7 +56,7 @@ pub fn random_erasing(x: &Tensor, p: f64, key: u64) -> Result<Tensor, TchError> 
     for k in 0..size[0] {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(key ^ (k as u64).wrapping_mul(0xA24B_AED4_963E_E407));
         if let Some(e) = draw(p, h, w, &mut rng) {
-            let _ = out.f_narrow(0, k, 1)?.f_narrow(2, e.top, e.height)?.f_narrow(3, e.left, e.width)?.f_fill_(0.0)?;
+            e.erase(&out.f_narrow(0, k, 1)?)?;
         }
     }
     Ok(out)

@@ -6,6 +6,7 @@
 //! (`presets`), seeded batches prepared on a background thread (`loader`), statistics (`stats`)
 //! and the official downloads (`download`).
 
+mod auto_augment;
 mod color;
 mod dataset;
 pub mod decode;
@@ -23,6 +24,9 @@ mod split;
 mod stats;
 mod transforms;
 
+pub use auto_augment::{
+    AUGMIX_SEVERITY, AugMixDraw, AutoAugment, Interpolation, Magnitudes, Op, Policy, RA_MAGNITUDE, Space, apply_op,
+};
 pub use color::{ColorJitter, adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation};
 pub use dataset::{CLASSES, Dataset, FILES, FolderOptions, Format};
 pub use download::{MIRRORS, OFFICIAL_MD5, cifar_archive, download, download_cifar, mirrors};

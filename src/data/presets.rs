@@ -2,7 +2,7 @@
 //! augmentation, and of evaluation, as torchvision's reference recipes make them.
 
 use super::formats::cifar;
-use super::{ColorJitter, Format, Normalize, Pipeline, Prep, Transform};
+use super::{AutoAugment, ColorJitter, Format, Normalize, Pipeline, Prep, Transform};
 
 /// What decides a run's transforms.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +20,9 @@ pub struct Presets {
     pub normalize: Option<Normalize>,
     /// `--vertical-flip`: `RandomVerticalFlip()` after the data set's augmentation.
     pub vertical_flip: bool,
+    /// `--auto-augment`: an automatic policy after the flips, as torchvision's reference recipe
+    /// places it.
+    pub auto_augment: Option<AutoAugment>,
     /// `--color-jitter`: `ColorJitter(...)` last.
     pub color_jitter: Option<ColorJitter>,
     /// An image folder's crop sizes when they are not `side` (torchvision's reference names).
@@ -41,8 +44,8 @@ impl Presets {
     /// How training batches of `epoch` are made. With augmentation, the data set's: for CIFAR,
     /// torchvision's `RandomCrop(32, padding=4)` and `RandomHorizontalFlip()`, then the resize;
     /// for an image folder, `RandomResizedCrop(side)` and the flip; the MNISTs never augment
-    /// (d2l). Without, evaluation's transforms. `--vertical-flip` and `--color-jitter` follow,
-    /// for any data set.
+    /// (d2l). Without, evaluation's transforms. `--vertical-flip`, `--auto-augment` and
+    /// `--color-jitter` follow, for any data set.
     pub fn train(&self, epoch: usize) -> Prep {
         let mut transforms = match self.format {
             _ if !self.augment => self.eval().pipeline.transforms,
@@ -61,6 +64,7 @@ impl Presets {
         if self.vertical_flip {
             transforms.push(Transform::RandomVerticalFlip);
         }
+        transforms.extend(self.auto_augment.map(Transform::AutoAugment));
         transforms.extend(self.color_jitter.map(Transform::ColorJitter));
         self.prep(transforms, epoch)
     }

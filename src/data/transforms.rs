@@ -2,7 +2,7 @@
 //! where the batch becomes floats, see `loader`), and the pipeline of one split, whose random
 //! draws depend on the seed, the epoch and the image alone.
 
-use super::{ColorJitter, Resize};
+use super::{AutoAugment, ColorJitter, Resize};
 
 /// An image as the transforms see it: `channels` planes of `height` x `width` bytes.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +101,8 @@ pub enum Transform {
     RandomVerticalFlip,
     /// `ColorJitter(brightness, contrast, saturation, hue)`.
     ColorJitter(ColorJitter),
+    /// `RandAugment`, `TrivialAugmentWide`, `AutoAugment` or `AugMix`.
+    AutoAugment(AutoAugment),
 }
 
 impl std::fmt::Display for Transform {
@@ -119,6 +121,14 @@ impl std::fmt::Display for Transform {
                 "ColorJitter(brightness={}, contrast={}, saturation={}, hue={})",
                 j.brightness, j.contrast, j.saturation, j.hue
             ),
+            Transform::AutoAugment(a) => match a {
+                AutoAugment::RandAugment { magnitude } => write!(f, "RandAugment(num_ops=2, magnitude={magnitude})"),
+                AutoAugment::TrivialAugmentWide => write!(f, "TrivialAugmentWide()"),
+                AutoAugment::Learned(_) => {
+                    write!(f, "AutoAugment(policy=AutoAugmentPolicy.{})", a.name().to_uppercase())
+                }
+                AutoAugment::AugMix { severity } => write!(f, "AugMix(severity={severity})"),
+            },
         }
     }
 }
@@ -133,6 +143,7 @@ impl Transform {
                 | Transform::RandomHorizontalFlip
                 | Transform::RandomVerticalFlip
                 | Transform::ColorJitter(_)
+                | Transform::AutoAugment(_)
         )
     }
 
@@ -176,6 +187,7 @@ impl Transform {
                 }
             }
             Transform::ColorJitter(jitter) => jitter.apply(image, rng),
+            Transform::AutoAugment(policy) => policy.apply(image, rng),
         }
     }
 }
@@ -249,7 +261,10 @@ impl Pipeline {
             | Transform::RandomResizedCrop(s)
             | Transform::RandomCrop { size: s, .. } => Some((s, s)),
             Transform::ResizeShorter(_) => None,
-            Transform::RandomHorizontalFlip | Transform::RandomVerticalFlip | Transform::ColorJitter(_) => size,
+            Transform::RandomHorizontalFlip
+            | Transform::RandomVerticalFlip
+            | Transform::ColorJitter(_)
+            | Transform::AutoAugment(_) => size,
         })
     }
 
@@ -264,7 +279,10 @@ impl Pipeline {
                 let long = s * h.max(w) / h.min(w);
                 if h <= w { (s, long) } else { (long, s) }
             }
-            Transform::RandomHorizontalFlip | Transform::RandomVerticalFlip | Transform::ColorJitter(_) => (h, w),
+            Transform::RandomHorizontalFlip
+            | Transform::RandomVerticalFlip
+            | Transform::ColorJitter(_)
+            | Transform::AutoAugment(_) => (h, w),
         })
     }
 }

@@ -63,6 +63,9 @@ pub struct TrainConfig {
     /// `--vertical-flip`: `RandomVerticalFlip()` in training.
     #[serde(default)]
     pub vertical_flip: bool,
+    /// `--auto-augment`: an automatic augmentation policy in training.
+    #[serde(default)]
+    pub auto_augment: Option<data::AutoAugment>,
     /// `--color-jitter B,C,S,H`: `ColorJitter` in training.
     #[serde(default)]
     pub color_jitter: Option<data::ColorJitter>,
@@ -121,6 +124,7 @@ impl TrainConfig {
             sync_bn: false,
             data_dir: None,
             vertical_flip: false,
+            auto_augment: None,
             color_jitter: None,
             crops: data::CropSizes::default(),
             random_erase: 0.0,
@@ -153,6 +157,7 @@ impl TrainConfig {
             seed: self.seed,
             normalize: self.normalize.clone(),
             vertical_flip: self.vertical_flip,
+            auto_augment: self.auto_augment,
             color_jitter: self.color_jitter,
             crops: self.crops,
         }

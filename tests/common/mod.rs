@@ -109,3 +109,22 @@ pub fn assert_same_weights(a: &Path, b: &Path) {
         assert!(x.equal(y), "{name} differs after resuming");
     }
 }
+
+/// A colour folder of three classes (`train/` with `per_class` images each, `val/` with 2).
+pub fn colour_folder(dir: &std::path::Path, per_class: u32) -> String {
+    for (split, n) in [("train", per_class), ("val", 2)] {
+        for (c, class) in ["red", "green", "blue"].iter().enumerate() {
+            let path = dir.join(split).join(class);
+            std::fs::create_dir_all(&path).unwrap();
+            for i in 0..n {
+                let pixel = |x: u32, y: u32| {
+                    let mut rgb = [((x * 7 + y * (3 + i)) % 64) as u8; 3];
+                    rgb[c] = 160 + ((x + y * i) % 90) as u8;
+                    image::Rgb(rgb)
+                };
+                image::RgbImage::from_fn(48, 40, pixel).save(path.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+    dir.to_str().unwrap().to_string()
+}
