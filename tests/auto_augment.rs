@@ -294,11 +294,12 @@ fn mixup_cutmix_and_erasing_match_torchvision_at_fixed_parameters() {
 }
 
 #[test]
-fn every_policy_trains_records_itself_and_resumes_exactly() {
+fn every_policy_and_the_crops_area_train_record_themselves_and_resume_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let data = common::colour_folder(&tmp.path().join("photos"), 4);
     let base = ["lenet-bn", "--data", data.as_str(), "--batch-size", "4"];
-    let ra = [&base[..], &["--epochs", "2", "--auto-augment", "ra", "--ra-magnitude", "12"]].concat();
+    let crop = ["--train-crop-scale", "0.35,1", "--train-crop-ratio", "0.8,1.25"];
+    let ra = [&base[..], &crop, &["--epochs", "2", "--auto-augment", "ra", "--ra-magnitude", "12"]].concat();
     let (straight, resumed) = common::straight_and_resumed(&tmp.path().join("ra"), &ra, "2:2");
     common::assert_same_weights(&straight, &resumed);
     let config: serde_json::Value =
@@ -306,7 +307,34 @@ fn every_policy_trains_records_itself_and_resumes_exactly() {
     assert_eq!(config["auto_augment"], serde_json::json!({"policy": "ra", "magnitude": 12}));
     let run = convnets::train::load_checkpoint(&straight, tch::Device::Cpu).unwrap();
     let names: Vec<String> = run.state.config.train_prep(0).pipeline.transforms.iter().map(|t| t.to_string()).collect();
-    assert_eq!(names, ["RandomResizedCrop(28)", "RandomHorizontalFlip()", "RandAugment(num_ops=2, magnitude=12)"]);
+    assert_eq!(
+        names,
+        [
+            "RandomResizedCrop(28, scale=(0.35, 1), ratio=(0.8, 1.25))",
+            "RandomHorizontalFlip()",
+            "RandAugment(num_ops=2, magnitude=12)"
+        ]
+    );
+    assert_eq!(config["crops"]["scale"], serde_json::json!([0.35, 1.0]));
+    let refused = [
+        (
+            &["train", "lenet-bn", "--train-crop-scale", "0.5,1"][..],
+            "error: --train-crop-scale applies to image folders",
+        ),
+        (
+            &["train", "lenet-bn", "--data", data.as_str(), "--train-crop-ratio", "2,1"],
+            "error: --train-crop-ratio must be LO,HI with 0 < LO <= HI, got 2,1",
+        ),
+        (
+            &["train", "lenet-bn", "--train-crop-scale", "0.5"],
+            "error: invalid value '0.5' for '--train-crop-scale <LO,HI>': expected two numbers LO,HI",
+        ),
+    ];
+    for (args, expected) in refused {
+        let (code, _, err) = common::convnets(args);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.lines().last().unwrap().starts_with(expected), "{err}");
+    }
     // A resumed run keeps its policy: --auto-augment is refused beside --resume.
     let (code, _, err) = common::convnets(&["train", "--resume", straight.to_str().unwrap(), "--auto-augment", "ra"]);
     assert_eq!(code, 2, "{err}");

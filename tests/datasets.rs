@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use convnets::data::{Dataset, Format, Image, Pipeline, Source, Transform};
+use convnets::data::{CropArea, Dataset, Format, Image, Pipeline, Source, Transform};
 use rand::SeedableRng;
 
 mod common;
@@ -246,9 +246,28 @@ fn transforms_follow_torchvision() {
     assert!((70..130).contains(&flips), "{flips} of 200");
     // RandomResizedCrop: always the asked size.
     for _ in 0..50 {
-        let out = Transform::RandomResizedCrop(16).apply(image(30, 50), &mut rng);
+        let out = Transform::RandomResizedCrop(16, CropArea::DEFAULT).apply(image(30, 50), &mut rng);
         assert_eq!((out.height, out.width), (16, 16));
     }
+    // Its scale and ratio: boxes of 25% to 50% of the area, 1/2 to 2 times as wide as high.
+    let area = CropArea { scale: [0.25, 0.5], ratio: [0.5, 2.0] };
+    for _ in 0..500 {
+        let (top, left, h, w) = area.draw_box(200, 300, &mut rng);
+        let share = (h * w) as f64 / 60_000.0;
+        assert!((0.245..0.505).contains(&share), "{h}x{w}");
+        assert!((0.49..2.01).contains(&(w as f64 / h as f64)), "{h}x{w}");
+        assert!(top + h <= 200 && left + w <= 300);
+    }
+    // The whole area at ratio 1 never fits a 30x50 image: torchvision's fallback, the central
+    // 30x30 square.
+    let whole = CropArea { scale: [1.0, 1.0], ratio: [1.0, 1.0] };
+    let out = Transform::RandomResizedCrop(16, whole).apply(image(30, 50), &mut rng);
+    let centre = Pipeline { transforms: vec![Transform::CenterCrop(30), Transform::Resize(16)] };
+    assert_eq!(out, centre.apply(image(30, 50), 0, 0, 0));
+    assert_eq!(
+        Transform::RandomResizedCrop(16, whole).to_string(),
+        "RandomResizedCrop(16, scale=(1, 1), ratio=(1, 1))"
+    );
 }
 
 #[test]

@@ -124,9 +124,15 @@ pub enum Command {
         /// How many augmented versions to draw.
         #[arg(long, default_value_t = 8)]
         count: usize,
-        /// `RandomResizedCrop(SIZE)` (scale 0.08 to 1, ratio 3/4 to 4/3).
+        /// `RandomResizedCrop(SIZE)` (scale 0.08 to 1, ratio 3/4 to 4/3 unless given).
         #[arg(long, value_name = "SIZE")]
         crop: Option<usize>,
+        /// --crop's share of the image's area, LO,HI.
+        #[arg(long, value_name = "LO,HI", value_parser = crate::data::parse_range, requires = "crop")]
+        crop_scale: Option<[f64; 2]>,
+        /// --crop's width over its height, LO,HI.
+        #[arg(long, value_name = "LO,HI", value_parser = crate::data::parse_range, requires = "crop")]
+        crop_ratio: Option<[f64; 2]>,
         /// `RandomHorizontalFlip()`.
         #[arg(long)]
         flip: bool,
@@ -345,6 +351,14 @@ pub struct TrainArgs {
     /// (torchvision's reference recipe; FixRes trains at 176 and evaluates at 224).
     #[arg(long, value_name = "SIZE")]
     pub train_crop_size: Option<usize>,
+    /// The training crop's share of the image's area, LO,HI (`RandomResizedCrop`'s scale;
+    /// torchvision's 0.08,1 by default).
+    #[arg(long, value_name = "LO,HI", value_parser = crate::data::parse_range)]
+    pub train_crop_scale: Option<[f64; 2]>,
+    /// The training crop's width over its height, LO,HI (`RandomResizedCrop`'s ratio; 0.75,1.333
+    /// by default).
+    #[arg(long, value_name = "LO,HI", value_parser = crate::data::parse_range)]
+    pub train_crop_ratio: Option<[f64; 2]>,
     /// An image folder's evaluation resize (shorter side), by default 1/0.875 of the crop.
     #[arg(long, value_name = "SIZE")]
     pub val_resize_size: Option<usize>,
@@ -363,7 +377,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "net", "lr", "batch_size", "resize", "seed", "out", "precision", "memory_format", "optimizer", "momentum",
         "nesterov", "weight_decay", "lr_schedule", "warmup_epochs", "label_smoothing", "augment", "normalize",
-        "sync_bn", "pretrained", "pretrained_key", "freeze_backbone", "head_lr_scale", "clip_grad_norm", "accum_steps", "vertical_flip", "color_jitter", "auto_augment", "ra_magnitude", "augmix_severity", "mixup_alpha", "cutmix_alpha", "train_crop_size", "val_resize_size", "val_crop_size", "model_ema", "model_ema_decay", "model_ema_steps", "random_erase",
+        "sync_bn", "pretrained", "pretrained_key", "freeze_backbone", "head_lr_scale", "clip_grad_norm", "accum_steps", "vertical_flip", "color_jitter", "auto_augment", "ra_magnitude", "augmix_severity", "mixup_alpha", "cutmix_alpha", "train_crop_size", "train_crop_scale", "train_crop_ratio", "val_resize_size", "val_crop_size", "model_ema", "model_ema_decay", "model_ema_steps", "random_erase",
     ])]
     pub resume: Option<PathBuf>,
     #[command(flatten)]

@@ -90,10 +90,24 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Shapes { net, input, shape } => inspect::shapes(&net, input, &shape),
         Command::Train(args) => train::run(*args),
         Command::Eval { run, data, device, tta } => evaluate::run(&run, &data, &device, tta.is_some()),
-        Command::Augment { image, out, count, crop, flip, vertical_flip, color_jitter, auto_augment, seed } => {
+        Command::Augment {
+            image,
+            out,
+            count,
+            crop,
+            crop_scale,
+            crop_ratio,
+            flip,
+            vertical_flip,
+            color_jitter,
+            auto_augment,
+            seed,
+        } => {
             let auto_augment = auto_augment.policy().map_err(usage)?;
+            let area = crate::data::CropSizes { scale: crop_scale, ratio: crop_ratio, ..Default::default() }.area();
+            area.validate().map_err(|e| usage(e.replace("--train-crop-", "--crop-")))?;
             let transforms = crop
-                .map(Transform::RandomResizedCrop)
+                .map(|size| Transform::RandomResizedCrop(size, area))
                 .into_iter()
                 .chain(flip.then_some(Transform::RandomHorizontalFlip))
                 .chain(vertical_flip.then_some(Transform::RandomVerticalFlip))

@@ -273,6 +273,8 @@ fn start_new(args: &TrainArgs, device: Device, data: &Dataset, lead: bool) -> an
         train: args.train_crop_size,
         val_resize: args.val_resize_size,
         val_crop: args.val_crop_size,
+        scale: args.train_crop_scale,
+        ratio: args.train_crop_ratio,
     };
     config.color_jitter = args.color_jitter;
     config.auto_augment = args.auto_augment.policy().map_err(usage)?;

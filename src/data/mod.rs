@@ -41,4 +41,4 @@ pub use resize::Resize;
 pub use source::{Source, cache_dir, cache_dir_of, resolve_source};
 pub use split::Split;
 pub use stats::{describe, normalization};
-pub use transforms::{Image, Pipeline, Transform};
+pub use transforms::{CropArea, Image, Pipeline, Transform, parse_range};

@@ -2,7 +2,7 @@
 //! augmentation, and of evaluation, as torchvision's reference recipes make them.
 
 use super::formats::cifar;
-use super::{AutoAugment, ColorJitter, Format, Normalize, Pipeline, Prep, Transform};
+use super::{AutoAugment, ColorJitter, CropArea, Format, Normalize, Pipeline, Prep, Transform};
 
 /// What decides a run's transforms.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,11 +33,28 @@ pub struct Presets {
 /// `RandomResizedCrop(train)` and evaluated on `Resize(val_resize)` then `CenterCrop(val_crop)`
 /// (FixRes: train at 176, evaluate at 224); each defaults to the run's side (and 1/0.875 of
 /// the crop for the resize).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CropSizes {
     pub train: Option<usize>,
     pub val_resize: Option<usize>,
     pub val_crop: Option<usize>,
+    /// `--train-crop-scale`: the training crop's share of the area, torchvision's (0.08, 1)
+    /// when not given.
+    #[serde(default)]
+    pub scale: Option<[f64; 2]>,
+    /// `--train-crop-ratio`: the training crop's width over height, (3/4, 4/3) when not given.
+    #[serde(default)]
+    pub ratio: Option<[f64; 2]>,
+}
+
+impl CropSizes {
+    /// The training crop's `scale` and `ratio` ranges.
+    pub fn area(&self) -> CropArea {
+        CropArea {
+            scale: self.scale.unwrap_or(CropArea::DEFAULT.scale),
+            ratio: self.ratio.unwrap_or(CropArea::DEFAULT.ratio),
+        }
+    }
 }
 
 impl Presets {
@@ -51,7 +68,7 @@ impl Presets {
             _ if !self.augment => self.eval().pipeline.transforms,
             Format::Folder => {
                 vec![
-                    Transform::RandomResizedCrop(self.crops.train.unwrap_or(self.side)),
+                    Transform::RandomResizedCrop(self.crops.train.unwrap_or(self.side), self.crops.area()),
                     Transform::RandomHorizontalFlip,
                 ]
             }

@@ -93,8 +93,8 @@ pub enum Transform {
     CenterCrop(usize),
     /// `RandomCrop(s, padding=p)`: zero padding, then a uniformly placed crop.
     RandomCrop { size: usize, padding: usize },
-    /// `RandomResizedCrop(s)`: scale (0.08, 1), ratio (3/4, 4/3), bilinear.
-    RandomResizedCrop(usize),
+    /// `RandomResizedCrop(s, scale, ratio)`, bilinear.
+    RandomResizedCrop(usize, CropArea),
     /// `RandomHorizontalFlip()`: p = 0.5.
     RandomHorizontalFlip,
     /// `RandomVerticalFlip()`: p = 0.5.
@@ -113,7 +113,10 @@ impl std::fmt::Display for Transform {
             Transform::ResizeShorter(s) => write!(f, "Resize({s})"),
             Transform::CenterCrop(s) => write!(f, "CenterCrop({s})"),
             Transform::RandomCrop { size, padding } => write!(f, "RandomCrop({size}, padding={padding})"),
-            Transform::RandomResizedCrop(s) => write!(f, "RandomResizedCrop({s})"),
+            Transform::RandomResizedCrop(s, area) if area == CropArea::DEFAULT => write!(f, "RandomResizedCrop({s})"),
+            Transform::RandomResizedCrop(s, CropArea { scale: [s0, s1], ratio: [r0, r1] }) => {
+                write!(f, "RandomResizedCrop({s}, scale=({s0}, {s1}), ratio=({r0}, {r1}))")
+            }
             Transform::RandomHorizontalFlip => write!(f, "RandomHorizontalFlip()"),
             Transform::RandomVerticalFlip => write!(f, "RandomVerticalFlip()"),
             Transform::ColorJitter(j) => write!(
@@ -139,7 +142,7 @@ impl Transform {
         matches!(
             self,
             Transform::RandomCrop { .. }
-                | Transform::RandomResizedCrop(_)
+                | Transform::RandomResizedCrop(..)
                 | Transform::RandomHorizontalFlip
                 | Transform::RandomVerticalFlip
                 | Transform::ColorJitter(_)
@@ -168,8 +171,8 @@ impl Transform {
                 let left = rng.random_range(0..=(w as i64 + 2 * p - size as i64).max(0)) - p;
                 image.crop(top, left, size, size)
             }
-            Transform::RandomResizedCrop(s) => {
-                let (top, left, ch, cw) = resized_crop_box(h, w, rng);
+            Transform::RandomResizedCrop(s, area) => {
+                let (top, left, ch, cw) = area.draw_box(h, w, rng);
                 image.resized_crop(top, left, ch, cw, s, s)
             }
             Transform::RandomHorizontalFlip => {
@@ -192,31 +195,73 @@ impl Transform {
     }
 }
 
-/// torchvision's `RandomResizedCrop.get_params` with scale (0.08, 1) and ratio (3/4, 4/3):
-/// (top, left, height, width).
-fn resized_crop_box(height: usize, width: usize, rng: &mut impl rand::Rng) -> (usize, usize, usize, usize) {
-    let area = (height * width) as f64;
-    let (log_lo, log_hi) = ((3f64 / 4.0).ln(), (4f64 / 3.0).ln());
-    for _ in 0..10 {
-        let target = area * rng.random_range(0.08..1.0);
-        let ratio = rng.random_range(log_lo..log_hi).exp();
-        // Python's round(), as torchvision calls it.
-        let w = (target * ratio).sqrt().round_ties_even() as usize;
-        let h = (target / ratio).sqrt().round_ties_even() as usize;
-        if 0 < w && w <= width && 0 < h && h <= height {
-            return (rng.random_range(0..=height - h), rng.random_range(0..=width - w), h, w);
+/// `RandomResizedCrop`'s `scale` (the crop's share of the image's area) and `ratio` (its width
+/// over its height) ranges.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CropArea {
+    pub scale: [f64; 2],
+    pub ratio: [f64; 2],
+}
+
+impl CropArea {
+    /// torchvision's defaults: scale (0.08, 1), ratio (3/4, 4/3).
+    pub const DEFAULT: CropArea = CropArea { scale: [0.08, 1.0], ratio: [3.0 / 4.0, 4.0 / 3.0] };
+
+    /// Checks the ranges as torchvision's transform would use them.
+    pub fn validate(&self) -> Result<(), String> {
+        let [s0, s1] = self.scale;
+        if !(s0 > 0.0 && s0 <= s1 && s1 <= 1.0) {
+            return Err(format!("--train-crop-scale must be LO,HI with 0 < LO <= HI <= 1, got {s0},{s1}"));
         }
+        let [r0, r1] = self.ratio;
+        if !(r0 > 0.0 && r0 <= r1 && r1.is_finite()) {
+            return Err(format!("--train-crop-ratio must be LO,HI with 0 < LO <= HI, got {r0},{r1}"));
+        }
+        Ok(())
     }
-    // The fallback: a central crop of the largest box within the ratios.
-    let in_ratio = width as f64 / height as f64;
-    let (h, w) = if in_ratio < 3.0 / 4.0 {
-        ((width as f64 / (3.0 / 4.0)).round_ties_even() as usize, width)
-    } else if in_ratio > 4.0 / 3.0 {
-        (height, (height as f64 * 4.0 / 3.0).round_ties_even() as usize)
-    } else {
-        (height, width)
-    };
-    ((height - h) / 2, (width - w) / 2, h, w)
+
+    /// `RandomResizedCrop.get_params`: (top, left, height, width) of the crop of a `height` x
+    /// `width` image.
+    pub fn draw_box(&self, height: usize, width: usize, rng: &mut impl rand::Rng) -> (usize, usize, usize, usize) {
+        let between = |rng: &mut dyn rand::RngCore, lo: f64, hi: f64| {
+            if lo < hi { rand::Rng::random_range(rng, lo..hi) } else { lo }
+        };
+        let area = (height * width) as f64;
+        let [min_ratio, max_ratio] = self.ratio;
+        for _ in 0..10 {
+            let target = area * between(rng, self.scale[0], self.scale[1]);
+            let ratio = between(rng, min_ratio.ln(), max_ratio.ln()).exp();
+            // Python's round(), as torchvision calls it.
+            let w = (target * ratio).sqrt().round_ties_even() as usize;
+            let h = (target / ratio).sqrt().round_ties_even() as usize;
+            if 0 < w && w <= width && 0 < h && h <= height {
+                return (rng.random_range(0..=height - h), rng.random_range(0..=width - w), h, w);
+            }
+        }
+        // The fallback: a central crop of the largest box within the ratios.
+        let in_ratio = width as f64 / height as f64;
+        let (h, w) = if in_ratio < min_ratio {
+            ((width as f64 / min_ratio).round_ties_even() as usize, width)
+        } else if in_ratio > max_ratio {
+            (height, (height as f64 * max_ratio).round_ties_even() as usize)
+        } else {
+            (height, width)
+        };
+        ((height - h) / 2, (width - w) / 2, h, w)
+    }
+}
+
+/// Parses `LO,HI` for a range flag.
+pub fn parse_range(text: &str) -> Result<[f64; 2], String> {
+    let values: Vec<f64> = text
+        .split(',')
+        .map(|v| v.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("expected two numbers LO,HI, got {text:?}"))?;
+    match values[..] {
+        [lo, hi] => Ok([lo, hi]),
+        _ => Err(format!("expected two numbers LO,HI, got {text:?}")),
+    }
 }
 
 /// The transforms of one split, in order, and where their random draws come from: each image's
@@ -258,7 +303,7 @@ impl Pipeline {
         self.transforms.iter().fold(None, |size, t| match *t {
             Transform::Resize(s)
             | Transform::CenterCrop(s)
-            | Transform::RandomResizedCrop(s)
+            | Transform::RandomResizedCrop(s, _)
             | Transform::RandomCrop { size: s, .. } => Some((s, s)),
             Transform::ResizeShorter(_) => None,
             Transform::RandomHorizontalFlip
@@ -273,7 +318,7 @@ impl Pipeline {
         self.transforms.iter().fold((h, w), |(h, w), t| match *t {
             Transform::Resize(s)
             | Transform::CenterCrop(s)
-            | Transform::RandomResizedCrop(s)
+            | Transform::RandomResizedCrop(s, _)
             | Transform::RandomCrop { size: s, .. } => (s, s),
             Transform::ResizeShorter(s) => {
                 let long = s * h.max(w) / h.min(w);

@@ -227,22 +227,26 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&self.random_erase) {
             return Err(format!("--random-erase is a probability from 0 to 1, got {}", self.random_erase));
         }
-        let crops = [
+        let sizes = [
             ("--train-crop-size", self.crops.train),
             ("--val-resize-size", self.crops.val_resize),
             ("--val-crop-size", self.crops.val_crop),
         ];
-        for (flag, size) in crops.iter().filter_map(|(f, s)| s.map(|s| (f, s))) {
-            if size == 0 {
-                return Err(format!("{flag} must be at least 1"));
-            }
-            if self.format() != data::Format::Folder || !self.augment {
-                return Err(format!(
-                    "{flag} applies to image folders trained with their augmentation (torchvision's recipe), not to this run's {}",
-                    self.dataset
-                ));
-            }
+        if let Some((flag, _)) = sizes.iter().find(|(_, size)| *size == Some(0)) {
+            return Err(format!("{flag} must be at least 1"));
         }
+        let ranges = [("--train-crop-scale", self.crops.scale), ("--train-crop-ratio", self.crops.ratio)];
+        let given = sizes.iter().filter(|(_, s)| s.is_some()).map(|(f, _)| f);
+        let first = given.chain(ranges.iter().filter(|(_, r)| r.is_some()).map(|(f, _)| f)).next();
+        if let Some(flag) = first
+            && (self.format() != data::Format::Folder || !self.augment)
+        {
+            return Err(format!(
+                "{flag} applies to image folders trained with their augmentation (torchvision's recipe), not to this run's {}",
+                self.dataset
+            ));
+        }
+        self.crops.area().validate()?;
         if let Some(finetune) = &self.finetune {
             finetune.validate()?;
         }
