@@ -1,14 +1,15 @@
 """The image-folder training pipeline, convnets against torchvision, side by side on one machine.
 
 Both decode photo-sized JPEGs (500x375, colour), apply RandomResizedCrop(224) and
-RandomHorizontalFlip, convert to floats and Normalize with ImageNet's constants, in batches of
-32: torchvision through ImageFolder and a DataLoader with PIL (num_workers=0, one libtorch
+RandomHorizontalFlip (with --recipe, then TrivialAugmentWide, and RandomErasing(0.1) after
+Normalize, as torchvision's reference recipe orders them), convert to floats and Normalize with
+ImageNet's constants, in batches of 32: torchvision through ImageFolder and a DataLoader with PIL (num_workers=0, one libtorch
 thread), convnets through `convnets data bench` (one rayon and one libtorch thread). Reported:
 images per second of wall time and per second of CPU time, the per-core figure issue 12 asks
 for (convnets' decoding thread and its main thread can overlap, so its wall rate on one core's
 worth of threads is not a per-core rate; CPU time is).
 
-    python bench/pipeline_vs_torchvision.py [--images 512] [--epochs 4] [--binary target/release/convnets]
+    python bench/pipeline_vs_torchvision.py [--images 512] [--epochs 4] [--recipe] [--binary target/release/convnets]
 
 Needs torch, torchvision and Pillow. The JPEGs are made here (photos cannot be shipped): smooth
 colour fields with shapes and sensor-like noise, saved at quality 90, which decode at the cost
@@ -55,14 +56,15 @@ def make_images(root, count, seed=0):
             image.save(os.path.join(root, split, klass, f"{i:05d}.jpg"), quality=90)
 
 
-def torchvision_rate(root, epochs):
+def torchvision_rate(root, epochs, recipe):
     torch.set_num_threads(1)
-    pipeline = T.Compose([
-        T.RandomResizedCrop(SIDE),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-    ])
+    steps = [T.RandomResizedCrop(SIDE), T.RandomHorizontalFlip()]
+    if recipe:
+        steps.append(T.TrivialAugmentWide())
+    steps += [T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+    if recipe:
+        steps.append(T.RandomErasing(0.1))
+    pipeline = T.Compose(steps)
     dataset = torchvision.datasets.ImageFolder(os.path.join(root, "train"), transform=pipeline)
     loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=0)
     images = 0
@@ -74,11 +76,12 @@ def torchvision_rate(root, epochs):
     return images, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def convnets_rate(binary, root, epochs):
+def convnets_rate(binary, root, epochs, recipe):
     env = dict(os.environ, RAYON_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    extra = ["--auto-augment", "ta_wide", "--random-erase", "0.1"] if recipe else []
     out = subprocess.run(
         [binary, "data", "bench", "--data", root, "--side", str(SIDE), "--batch-size", str(BATCH),
-         "--epochs", str(epochs)],
+         "--epochs", str(epochs)] + extra,
         env=env, check=True, capture_output=True, text=True).stdout
     match = re.search(r"(\d+) images to \S+ in ([\d.]+) s: ([\d.]+) images/s, ([\d.]+) images per CPU second", out)
     images, wall, _, per_cpu = match.groups()
@@ -90,16 +93,19 @@ def main():
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--binary", default="target/release/convnets")
+    parser.add_argument("--recipe", action="store_true",
+                        help="add TrivialAugmentWide and RandomErasing(0.1) on both sides")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
         make_images(root, args.images)
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
         print(f"{args.images} JPEGs of 500x375 ({size / (args.images + 8) / 1024:.0f} KiB each), "
               f"{args.epochs} epochs, torch {torch.__version__}, torchvision {torchvision.__version__}, "
-              f"Pillow {Image.__version__}, {os.cpu_count()} cores")
-        torchvision_rate(root, 1)  # the files into the page cache, for both
-        results = [("torchvision ImageFolder + DataLoader (PIL)", torchvision_rate(root, args.epochs)),
-                   ("convnets data bench", convnets_rate(args.binary, root, args.epochs))]
+              f"Pillow {Image.__version__}, {os.cpu_count()} cores"
+              + (", with TrivialAugmentWide and RandomErasing(0.1)" if args.recipe else ""))
+        torchvision_rate(root, 1, False)  # the files into the page cache, for both
+        results = [("torchvision ImageFolder + DataLoader (PIL)", torchvision_rate(root, args.epochs, args.recipe)),
+                   ("convnets data bench", convnets_rate(args.binary, root, args.epochs, args.recipe))]
         print("| pipeline | images | wall s | images/s | CPU s | images per CPU second |")
         print("|---|---:|---:|---:|---:|---:|")
         for name, (images, wall, cpu) in results:

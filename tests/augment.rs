@@ -271,11 +271,21 @@ fn random_erasing_zeroes_one_box_of_about_p_of_the_images_within_torchvisions_bo
     }
     assert!((900..=1100).contains(&erased), "{erased} of 2000 with p = 0.5");
     // On a batch: the box holds zeros, the rest is untouched, the same key erases alike.
-    let x = tch::Tensor::ones([16, 3, 20, 30], (tch::Kind::Float, Device::Cpu));
-    let out = data::random_erasing(&x, 1.0, 42).unwrap();
-    assert!(out.equal(&data::random_erasing(&x, 1.0, 42).unwrap()));
-    let zeros = i64::try_from(out.eq(0.0).sum(tch::Kind::Int64)).unwrap();
+    let ones = || tch::Tensor::ones([16, 3, 20, 30], (tch::Kind::Float, Device::Cpu));
+    let (a, b) = (ones(), ones());
+    data::random_erasing_(&a, 1.0, 42).unwrap();
+    data::random_erasing_(&b, 1.0, 42).unwrap();
+    assert!(a.equal(&b));
+    let zeros = i64::try_from(a.eq(0.0).sum(tch::Kind::Int64)).unwrap();
     assert!(zeros > 0 && zeros % 3 == 0, "every channel of each box: {zeros}");
-    assert!(x.equal(&tch::Tensor::ones([16, 3, 20, 30], (tch::Kind::Float, Device::Cpu))), "the input is not changed");
-    assert!(data::random_erasing(&x, 0.0, 42).unwrap().equal(&x));
+    // Each image erased in one box: its zeros are a rectangle in every channel.
+    for k in 0..16 {
+        let image = a.get(k);
+        let per_channel: Vec<i64> =
+            (0..3).map(|c| i64::try_from(image.get(c).eq(0.0).sum(tch::Kind::Int64)).unwrap()).collect();
+        assert!(per_channel[0] > 0 && per_channel.iter().all(|&z| z == per_channel[0]), "image {k}: {per_channel:?}");
+    }
+    let untouched = ones();
+    data::random_erasing_(&untouched, 0.0, 42).unwrap();
+    assert!(untouched.equal(&ones()));
 }

@@ -595,5 +595,11 @@ pub enum DataCommand {
         /// Passes over the training set (each with new random crops).
         #[arg(long, default_value_t = 1)]
         epochs: usize,
+        /// An automatic augmentation policy after the crop and flip, as `train` applies it.
+        #[command(flatten)]
+        auto_augment: AutoAugmentArgs,
+        /// Random erasing with probability P after normalisation, as `train` applies it.
+        #[arg(long, value_name = "P", default_value_t = 0.0)]
+        random_erase: f64,
     },
 }

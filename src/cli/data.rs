@@ -74,10 +74,26 @@ pub fn info(args: &DataArgs) -> anyhow::Result<()> {
 }
 
 /// `convnets data bench`: the training pipeline alone over the training set, `epochs` times.
-pub fn bench(args: &DataArgs, side: usize, batch_size: usize, epochs: usize) -> anyhow::Result<()> {
+/// What `data bench` adds to the data set's own augmentation.
+pub struct BenchRecipe {
+    pub auto_augment: Option<data::AutoAugment>,
+    pub random_erase: f64,
+}
+
+pub fn bench(
+    args: &DataArgs,
+    side: usize,
+    batch_size: usize,
+    epochs: usize,
+    recipe: BenchRecipe,
+) -> anyhow::Result<()> {
     let data = load(args, None, true, true)?;
     let mut config = TrainConfig::d2l("resnet18").map_err(|e| usage(e.to_string()))?;
     config.use_dataset(&data);
+    config.auto_augment = recipe.auto_augment;
+    if !(0.0..=1.0).contains(&recipe.random_erase) {
+        return Err(usage(format!("--random-erase is a probability from 0 to 1, got {}", recipe.random_erase)));
+    }
     config.resize = Some(at_least_one("--side", side as i64)?);
     // torchvision's ImageNet constants, as its reference training script uses them.
     let imagenet = data::Normalize { mean: vec![0.485, 0.456, 0.406], std: vec![0.229, 0.224, 0.225] };
@@ -91,8 +107,12 @@ pub fn bench(args: &DataArgs, side: usize, batch_size: usize, epochs: usize) -> 
     for epoch in 0..at_least_one("--epochs", epochs as i64)? {
         let prep = config.train_prep(epoch);
         let order = data::epoch_order(data.train.len(), config.seed, epoch);
-        for batch in data::batches(data.train.clone(), order, batch_size, prep.clone()) {
+        for (k, batch) in data::batches(data.train.clone(), order, batch_size, prep.clone()).into_iter().enumerate() {
             let input = batch?.images(Device::Cpu, prep.normalize.as_ref())?;
+            if recipe.random_erase > 0.0 {
+                let key = crate::train::batch_key([config.seed, epoch as u64, k as u64, 0]);
+                data::random_erasing_(&input, recipe.random_erase, key)?;
+            }
             images += input.size()[0] as usize;
         }
     }

@@ -135,7 +135,10 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Data { command } => match command {
             DataCommand::Download { dataset, dir } => data::download(dataset, dir),
             DataCommand::Info { data } => data::info(&data),
-            DataCommand::Bench { data, side, batch_size, epochs } => data::bench(&data, side, batch_size, epochs),
+            DataCommand::Bench { data, side, batch_size, epochs, auto_augment, random_erase } => {
+                let recipe = data::BenchRecipe { auto_augment: auto_augment.policy().map_err(usage)?, random_erase };
+                data::bench(&data, side, batch_size, epochs, recipe)
+            }
         },
     }
 }

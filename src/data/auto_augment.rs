@@ -192,8 +192,13 @@ fn sample_grid(image: &Image, matrix: [f64; 6], interpolation: Interpolation) ->
     // theta transposed and divided by the half sizes, as `_affine_grid` rescales it.
     let (gx_x, gx_y, gx_1) = (theta[0] / half_w, theta[1] / half_w, theta[2] / half_w);
     let (gy_x, gy_y, gy_1) = (theta[3] / half_h, theta[4] / half_h, theta[5] / half_h);
-    let mut pixels = vec![0u8; image.pixels.len()];
     let n = h * w;
+    let mut pixels = vec![0u8; image.pixels.len()];
+    // The index of an input pixel, none outside the image (zeros padding).
+    let index = |y: f32, x: f32| -> Option<usize> {
+        let (y, x) = (y as i64, x as i64);
+        ((0..h as i64).contains(&y) && (0..w as i64).contains(&x)).then(|| y as usize * w + x as usize)
+    };
     for i in 0..h {
         let y = i as f32 - (h as f32 - 1.0) * 0.5;
         for j in 0..w {
@@ -203,31 +208,50 @@ fn sample_grid(image: &Image, matrix: [f64; 6], interpolation: Interpolation) ->
             // grid_sample's unnormalisation without aligned corners.
             let ix = (gx + 1.0) * half_w - 0.5;
             let iy = (gy + 1.0) * half_h - 0.5;
-            for c in 0..image.channels {
-                let plane = image.plane(c);
-                let at = |y: i64, x: i64| -> f32 {
-                    if (0..h as i64).contains(&y) && (0..w as i64).contains(&x) {
-                        plane[y as usize * w + x as usize] as f32
-                    } else {
-                        0.0
+            let out = i * w + j;
+            match interpolation {
+                Interpolation::Nearest => {
+                    if let Some(source) = index(round_even(iy), round_even(ix)) {
+                        for c in 0..image.channels {
+                            pixels[c * n + out] = image.pixels[c * n + source];
+                        }
                     }
-                };
-                let value = match interpolation {
-                    Interpolation::Nearest => at(iy.round_ties_even() as i64, ix.round_ties_even() as i64),
-                    Interpolation::Bilinear => {
-                        let (x0, y0) = (ix.floor(), iy.floor());
-                        let (x1, y1) = (x0 + 1.0, y0 + 1.0);
-                        let (nw, ne) = ((x1 - ix) * (y1 - iy), (ix - x0) * (y1 - iy));
-                        let (sw, se) = ((x1 - ix) * (iy - y0), (ix - x0) * (iy - y0));
-                        let (x0, y0, x1, y1) = (x0 as i64, y0 as i64, x1 as i64, y1 as i64);
-                        at(y0, x0) * nw + at(y0, x1) * ne + at(y1, x0) * sw + at(y1, x1) * se
+                }
+                Interpolation::Bilinear => {
+                    let (x0, y0) = (floor(ix), floor(iy));
+                    let (x1, y1) = (x0 + 1.0, y0 + 1.0);
+                    let taps = [
+                        (index(y0, x0), (x1 - ix) * (y1 - iy)),
+                        (index(y0, x1), (ix - x0) * (y1 - iy)),
+                        (index(y1, x0), (x1 - ix) * (iy - y0)),
+                        (index(y1, x1), (ix - x0) * (iy - y0)),
+                    ];
+                    for c in 0..image.channels {
+                        let plane = &image.pixels[c * n..(c + 1) * n];
+                        let value = taps
+                            .iter()
+                            .fold(0.0f32, |sum, &(at, weight)| sum + at.map_or(0.0, |k| plane[k] as f32) * weight);
+                        pixels[c * n + out] = round_even(value).clamp(0.0, 255.0) as u8;
                     }
-                };
-                pixels[c * n + i * w + j] = value.round_ties_even().clamp(0.0, 255.0) as u8;
+                }
             }
         }
     }
     Image { pixels, channels: image.channels, height: h, width: w }
+}
+
+/// `v` rounded to the nearest integer, halves to even, for |v| < 2^22: adding and taking away
+/// 1.5 * 2^23 leaves no fraction bits, and the float unit rounds halves to even. (The baseline
+/// x86-64 target has no rounding instruction: `round_ties_even` is a library call per value.)
+fn round_even(v: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0;
+    (v + SHIFT) - SHIFT
+}
+
+/// `v` rounded down, for |v| < 2^31.
+fn floor(v: f32) -> f32 {
+    let t = v as i32 as f32;
+    if t > v { t - 1.0 } else { t }
 }
 
 /// `adjust_sharpness`: the inner pixels blended with a smoothed copy (3x3, 5 in the middle and
@@ -243,16 +267,22 @@ fn adjust_sharpness(mut image: Image, factor: f64) -> Image {
     for plane in image.pixels.chunks_mut(n) {
         let source = plane.to_vec();
         for y in 1..h - 1 {
+            let (above, row, below) =
+                (&source[(y - 1) * w..y * w], &source[y * w..(y + 1) * w], &source[(y + 1) * w..]);
             for x in 1..w - 1 {
+                // The sum in the kernel's order, row by row.
                 let mut blurred = 0.0f32;
-                for dy in 0..3 {
-                    for dx in 0..3 {
-                        let weight = if (dy, dx) == (1, 1) { b } else { a };
-                        blurred += weight * source[(y + dy - 1) * w + x + dx - 1] as f32;
-                    }
-                }
-                let v = source[y * w + x] as f32;
-                let out = v + alpha * (blurred.round_ties_even() - v);
+                blurred += a * above[x - 1] as f32;
+                blurred += a * above[x] as f32;
+                blurred += a * above[x + 1] as f32;
+                blurred += a * row[x - 1] as f32;
+                blurred += b * row[x] as f32;
+                blurred += a * row[x + 1] as f32;
+                blurred += a * below[x - 1] as f32;
+                blurred += a * below[x] as f32;
+                blurred += a * below[x + 1] as f32;
+                let v = row[x] as f32;
+                let out = v + alpha * (round_even(blurred) - v);
                 plane[y * w + x] = out.clamp(0.0, 255.0) as u8;
             }
         }

@@ -53,9 +53,10 @@ pub fn adjust_saturation(mut image: Image, factor: f32) -> Image {
         return image;
     }
     let luma = floored_grey(&image);
-    let n = luma.len();
-    for (i, v) in image.pixels.iter_mut().enumerate() {
-        *v = blend(*v, luma[i % n], factor);
+    for plane in image.pixels.chunks_mut(luma.len()) {
+        for (v, &grey) in plane.iter_mut().zip(&luma) {
+            *v = blend(*v, grey, factor);
+        }
     }
     image
 }

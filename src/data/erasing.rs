@@ -47,17 +47,17 @@ pub fn draw(p: f64, h: i64, w: i64, rng: &mut impl Rng) -> Option<Erasure> {
     None
 }
 
-/// Erases each image of the (N, C, H, W) batch `x` with probability `p`, the draws of image k
-/// depending on `key` and k alone; returns the erased batch.
-pub fn random_erasing(x: &Tensor, p: f64, key: u64) -> Result<Tensor, TchError> {
+/// Erases each image of the (N, C, H, W) batch `x` with probability `p`, in place (the batch is
+/// the caller's own, so the erased images need no copy), the draws of image k depending on `key`
+/// and k alone.
+pub fn random_erasing_(x: &Tensor, p: f64, key: u64) -> Result<(), TchError> {
     let size = x.size();
     let (h, w) = (size[2], size[3]);
-    let out = x.f_detach_copy()?;
     for k in 0..size[0] {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(key ^ (k as u64).wrapping_mul(0xA24B_AED4_963E_E407));
         if let Some(e) = draw(p, h, w, &mut rng) {
-            e.erase(&out.f_narrow(0, k, 1)?)?;
+            e.erase(&x.f_narrow(0, k, 1)?)?;
         }
     }
-    Ok(out)
+    Ok(())
 }

@@ -30,7 +30,7 @@ pub use auto_augment::{
 pub use color::{ColorJitter, adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation};
 pub use dataset::{CLASSES, Dataset, FILES, FolderOptions, Format};
 pub use download::{MIRRORS, OFFICIAL_MD5, cifar_archive, download, download_cifar, mirrors};
-pub use erasing::{Erasure, draw as erasing_draw, random_erasing};
+pub use erasing::{Erasure, draw as erasing_draw, random_erasing_};
 pub use error::DataError;
 pub use formats::idx::{parse_images, parse_labels, parse_split};
 pub use formats::{CIFAR10_CLASSES, Cifar};

@@ -319,7 +319,8 @@ fn augment_batch(
 ) -> anyhow::Result<(Tensor, Tensor)> {
     let (mut images, mut labels) = (images.shallow_clone(), labels.shallow_clone());
     if cfg.random_erase > 0.0 {
-        images = data::random_erasing(&images, cfg.random_erase, batch_key(at) ^ 0x0065_7261_7365)?;
+        // In place: the batch is this step's alone.
+        data::random_erasing_(&images, cfg.random_erase, batch_key(at) ^ 0x0065_7261_7365)?;
     }
     let [h, w] = [images.size()[2], images.size()[3]];
     if let Some(mix) = draw_mix(cfg.recipe.mixup_alpha, cfg.recipe.cutmix_alpha, at, h, w) {
