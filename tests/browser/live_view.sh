@@ -38,7 +38,8 @@ connections() {
 # The run holds before its first step until the page is connected (CONVNETS_HOLD_AT and
 # CONVNETS_HOLD_RELEASE), so that the page follows the whole run whatever the machine's load.
 CONVNETS_HOLD_AT=1:1 CONVNETS_HOLD_RELEASE="$tmp/release" \
-    "$bin" train googlenet --resize 32 --batch-size 64 --epochs 3 --serve --out "$tmp/runs/googlenet" \
+    "$bin" train googlenet --resize 32 --batch-size 64 --epochs 3 --model-ema --auto-augment ta_wide \
+    --serve --out "$tmp/runs/googlenet" \
     > /dev/null 2> "$tmp/train.txt" &
 train=$!
 wait_for "$tmp/train.txt" "held at epoch 1, batch 1" "$train"
@@ -78,6 +79,9 @@ dom=$(dump "${url}?updates=1")
 grep -q 'class="status">finished: epoch 3 of 3' <<< "$dom" || fail "the finished run is not shown as such"
 [ "$(attr data-points <<< "$dom")" = 21 ] || fail "expected 3 epochs x 7 points"
 grep -q 'id="errors"></div>' <<< "$dom" || fail "script errors after the run"
+grep -q 'data-series="ema"' <<< "$dom" || fail "no EMA line in the chart"
+grep -q 'class="final">epoch 3: [^<]*, EMA 0\.[0-9]*<' <<< "$dom" || fail "no EMA accuracy in the last epoch's line"
+grep -q '<td>auto_augment.policy</td><td>ta_wide</td>' <<< "$dom" || fail "no auto_augment row in the configuration"
 if [ -n "${SCREENSHOT:-}" ]; then
     timeout 60 chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1240,760 \
         --virtual-time-budget=30000 --screenshot="$SCREENSHOT" "${url}?updates=1" 2> /dev/null
