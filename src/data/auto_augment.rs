@@ -32,6 +32,8 @@ pub enum Op {
 }
 
 impl Op {
+    /// Every operation, in the order of torchvision's RandAugment space with Invert last (the
+    /// spaces below are slices of it).
     pub const ALL: [Op; 15] = [
         Op::Identity,
         Op::ShearX,
@@ -413,38 +415,10 @@ impl Space {
     pub fn ops(self) -> &'static [Op] {
         use Op::*;
         match self {
-            Space::RandAugment | Space::TrivialAugmentWide => &[
-                Identity,
-                ShearX,
-                ShearY,
-                TranslateX,
-                TranslateY,
-                Rotate,
-                Brightness,
-                Color,
-                Contrast,
-                Sharpness,
-                Posterize,
-                Solarize,
-                AutoContrast,
-                Equalize,
-            ],
-            Space::AutoAugment => &[
-                ShearX,
-                ShearY,
-                TranslateX,
-                TranslateY,
-                Rotate,
-                Brightness,
-                Color,
-                Contrast,
-                Sharpness,
-                Posterize,
-                Solarize,
-                AutoContrast,
-                Equalize,
-                Invert,
-            ],
+            // All but Invert.
+            Space::RandAugment | Space::TrivialAugmentWide => &Op::ALL[..14],
+            // All but Identity.
+            Space::AutoAugment => &Op::ALL[1..],
             Space::AugMix => &[
                 ShearX,
                 ShearY,
