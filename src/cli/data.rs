@@ -73,13 +73,13 @@ pub fn info(args: &DataArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `convnets data bench`: the training pipeline alone over the training set, `epochs` times.
 /// What `data bench` adds to the data set's own augmentation.
 pub struct BenchRecipe {
     pub auto_augment: Option<data::AutoAugment>,
     pub random_erase: f64,
 }
 
+/// `convnets data bench`: the training pipeline alone over the training set, `epochs` times.
 pub fn bench(
     args: &DataArgs,
     side: usize,
@@ -91,9 +91,8 @@ pub fn bench(
     let mut config = TrainConfig::d2l("resnet18").map_err(|e| usage(e.to_string()))?;
     config.use_dataset(&data);
     config.auto_augment = recipe.auto_augment;
-    if !(0.0..=1.0).contains(&recipe.random_erase) {
-        return Err(usage(format!("--random-erase is a probability from 0 to 1, got {}", recipe.random_erase)));
-    }
+    config.random_erase = recipe.random_erase;
+    config.validate().map_err(usage)?;
     config.resize = Some(at_least_one("--side", side as i64)?);
     // torchvision's ImageNet constants, as its reference training script uses them.
     let imagenet = data::Normalize { mean: vec![0.485, 0.456, 0.406], std: vec![0.229, 0.224, 0.225] };
@@ -108,11 +107,11 @@ pub fn bench(
         let prep = config.train_prep(epoch);
         let order = data::epoch_order(data.train.len(), config.seed, epoch);
         for (k, batch) in data::batches(data.train.clone(), order, batch_size, prep.clone()).into_iter().enumerate() {
-            let input = batch?.images(Device::Cpu, prep.normalize.as_ref())?;
-            if recipe.random_erase > 0.0 {
-                let key = crate::train::batch_key([config.seed, epoch as u64, k as u64, 0]);
-                data::random_erasing_(&input, recipe.random_erase, key)?;
-            }
+            let batch = batch?;
+            let input = batch.images(Device::Cpu, prep.normalize.as_ref())?;
+            // Random erasing as training applies it (the batch-level augmentations).
+            let at = [config.seed, epoch as u64, k as u64, 0];
+            let (input, _) = crate::train::augment_batch(&config, at, &input, &batch.labels)?;
             images += input.size()[0] as usize;
         }
     }

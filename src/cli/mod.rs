@@ -105,7 +105,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let auto_augment = auto_augment.policy().map_err(usage)?;
             let area = crate::data::CropSizes { scale: crop_scale, ratio: crop_ratio, ..Default::default() }.area();
-            area.validate().map_err(|e| usage(e.replace("--train-crop-", "--crop-")))?;
+            area.validate("--crop-").map_err(usage)?;
             let transforms = crop
                 .map(|size| Transform::RandomResizedCrop(size, area))
                 .into_iter()

@@ -207,15 +207,17 @@ impl CropArea {
     /// torchvision's defaults: scale (0.08, 1), ratio (3/4, 4/3).
     pub const DEFAULT: CropArea = CropArea { scale: [0.08, 1.0], ratio: [3.0 / 4.0, 4.0 / 3.0] };
 
-    /// Checks the ranges as torchvision's transform would use them.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the ranges as torchvision's transform would use them; the messages name the
+    /// flags `{flags}scale` and `{flags}ratio` (`--train-crop-` for `train`, `--crop-` for
+    /// `augment`).
+    pub fn validate(&self, flags: &str) -> Result<(), String> {
         let [s0, s1] = self.scale;
         if !(s0 > 0.0 && s0 <= s1 && s1 <= 1.0) {
-            return Err(format!("--train-crop-scale must be LO,HI with 0 < LO <= HI <= 1, got {s0},{s1}"));
+            return Err(format!("{flags}scale must be LO,HI with 0 < LO <= HI <= 1, got {s0},{s1}"));
         }
         let [r0, r1] = self.ratio;
         if !(r0 > 0.0 && r0 <= r1 && r1.is_finite()) {
-            return Err(format!("--train-crop-ratio must be LO,HI with 0 < LO <= HI, got {r0},{r1}"));
+            return Err(format!("{flags}ratio must be LO,HI with 0 < LO <= HI, got {r0},{r1}"));
         }
         Ok(())
     }

@@ -246,7 +246,7 @@ impl TrainConfig {
                 self.dataset
             ));
         }
-        self.crops.area().validate()?;
+        self.crops.area().validate("--train-crop-")?;
         if let Some(finetune) = &self.finetune {
             finetune.validate()?;
         }

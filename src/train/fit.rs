@@ -310,8 +310,8 @@ fn fit(run: &mut Run, net: &Network, start: Option<CheckpointState>) -> anyhow::
 
 /// The recipe's augmentations of a whole batch, after the per-image transforms: random erasing
 /// of each normalised image, then MixUp or CutMix (labels become class probabilities). Their
-/// draws depend on `at`, (seed, epoch, batch, rank), alone.
-fn augment_batch(
+/// draws depend on `at`, (seed, epoch, batch, rank), alone. `data bench` measures it too.
+pub fn augment_batch(
     cfg: &TrainConfig,
     at: [u64; 4],
     images: &Tensor,

@@ -26,7 +26,7 @@ pub use ema::{EMA_PREFIX, Ema};
 pub use evaluate::{Evaluation, evaluate, evaluate_with_flips};
 pub use failure::{Diverged, RunFailed, fitting_batch_size, is_out_of_memory};
 pub use finetune::{FineTune, Pretrained, load_pretrained, pretrained_weights};
-pub use fit::{Run, train};
+pub use fit::{Run, augment_batch, train};
 pub use history::{EpochRecord, History, Point};
 pub use mix::{Mix, batch_key, draw as draw_mix};
 pub use observer::{BatchDone, Observer, Progress, RunStart};
