@@ -6,6 +6,7 @@ use convnets::export::{self, ModelCard};
 use convnets::models::{MODELS, NetConfig, Network};
 use convnets::onnx::proto::ModelProto;
 use prost::Message;
+use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 use tract_onnx::prelude::*;
 
@@ -45,7 +46,9 @@ fn tract_logits(bytes: &[u8], x: &Tensor) -> Vec<f32> {
 #[test]
 fn every_network_runs_in_tract_with_libtorchs_logits_for_any_batch() {
     let _rng = common::RNG.lock().unwrap_or_else(|e| e.into_inner());
-    for info in MODELS {
+    // Two networks at a time: most of this is single-threaded (protobuf, tract's optimiser), and
+    // which weights each network draws does not matter here.
+    MODELS.par_iter().for_each(|info| {
         let net = network(info.name);
         let input = net.default_input();
         let bytes = export::export(&net, &card(input)).unwrap();
@@ -77,7 +80,7 @@ fn every_network_runs_in_tract_with_libtorchs_logits_for_any_batch() {
             let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(worst <= 1e-4, "{} batch {batch}: tract differs from libtorch by {worst}", info.name);
         }
-    }
+    });
 }
 
 #[test]

@@ -317,7 +317,12 @@ fn every_torchvision_network_trains_an_epoch_on_a_small_colour_folder() {
         ]);
         assert_eq!(code, 0, "{}: {err}", info.name);
         assert!(stdout.contains("examples/sec on cpu"), "{}: {stdout}", info.name);
-        let checkpoint = convnets::train::load_checkpoint(&run, Device::Cpu).unwrap();
+        // Loading builds the network first, which draws from libtorch's global generator: under
+        // the lock, so that it cannot land between another test's seeding and its draws.
+        let checkpoint = {
+            let _rng = common::RNG.lock().unwrap_or_else(|e| e.into_inner());
+            convnets::train::load_checkpoint(&run, Device::Cpu).unwrap()
+        };
         assert_eq!(checkpoint.state.config.num_classes, 3, "{}", info.name);
         assert_eq!(checkpoint.net.head().len(), 1 + info.extra_heads.len(), "{}", info.name);
     }
