@@ -7,14 +7,18 @@ install torch==2.11.0` (about 3.5 GB; convnets itself does not need it), then ru
 with that venv's python:
 
     ~/.cache/convnets/torch-venv/bin/python bench/vs_pytorch.py [--device cpu|cuda]
-        [--steps N] [--warmup N] [--batch-size B] [--torch-variants eager,channels-last,compile,...] [net ...]
+        [--steps N] [--warmup N] [--batch-size B] [--torch-variants eager,channels-last,compile,...]
+        [--torch-precision fp32|bf16] [--convnets-args '--precision bf16'] [--kernel-share] [net ...]
 
 PyTorch's side runs each of `--torch-variants` in a process of its own: `eager` (contiguous
 tensors, d2l's code as written), `channels-last` (network and batch in channels-last),
 `compile` and `compile-max-autotune` (`torch.compile` of the channels-last network, default
 mode or mode="max-autotune"; compilation happens in the warm-up steps, outside the timing). The
 ratios are against the fastest variant, train and eval each, so every claim is a ratio from one
-run on one machine against the best PyTorch a speed-minded user would write.
+run on one machine against the best PyTorch a speed-minded user would write. `--kernel-share`
+(CPU) profiles the eager variants too: the share of their time spent in convolution and
+matrix-product kernels gives, per network, the ratio an implementation would reach against the
+best variant if those kernels were all it spent time on (the "kernel bound").
 
 Each side measures d2l's timed train step (zero grad, forward, loss, backward, step, loss read
 back) on a fixed random batch, and eval-mode forward passes, after warm-up steps; each network runs
@@ -29,7 +33,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CONVNETS = os.environ.get("CONVNETS_BIN", os.path.join(HERE, "..", "target", "release", "convnets"))
 # convnets name -> (PyTorch builder name, lr, d2l batch, side)
 NETS = {"alexnet": ("alexnet", 0.01, 128, 224), "vgg11-small": ("vgg", 0.05, 128, 224), "nin": ("nin", 0.1, 128, 224),
-        "googlenet": ("googlenet", 0.1, 128, 96), "lenet-bn": ("lenet_bn", 1.0, 256, 28),
+        "googlenet": ("googlenet", 0.1, 128, 96), "lenet-bn-scratch": ("lenet_bn_scratch", 1.0, 256, 28),
+        "lenet-bn": ("lenet_bn", 1.0, 256, 28),
         "resnet18": ("resnet18", 0.05, 256, 96), "densenet": ("densenet", 0.1, 256, 96)}
 BOOK = list(NETS)
 # torchvision's networks (ImageNet input: 3 x 224 x 224, 1000 classes), against torchvision's own.
@@ -42,7 +47,7 @@ NETS.update({name: (builder, 0.01, 32, 224) for name, builder in TORCHVISION.ite
 VARIANTS = ["eager", "channels-last", "compile", "compile-max-autotune"]
 
 
-def torch_worker(name, device, batch, steps, warmup, precision, variant):
+def torch_worker(name, device, batch, steps, warmup, precision, variant, share):
     import torch
     from torch import nn
     from torch.nn import functional as F
@@ -96,6 +101,7 @@ def torch_worker(name, device, batch, steps, warmup, precision, variant):
         for _ in range(steps):
             int(net(X).argmax(1).sum())
         evaluate = batch * steps / (time.perf_counter() - t0)
+    shares = kernel_shares(net, X, y, opt, loss, cast, steps) if share and device == "cpu" else {}
     peak = None
     if device == "cpu":
         with open("/proc/self/status") as f:
@@ -103,7 +109,44 @@ def torch_worker(name, device, batch, steps, warmup, precision, variant):
     else:
         peak = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps(dict(train_examples_per_s=train, eval_examples_per_s=evaluate, peak_mib=peak,
-                          threads=torch.get_num_threads(), torch=torch.__version__, variant=variant)))
+                          threads=torch.get_num_threads(), torch=torch.__version__, variant=variant, **shares)))
+
+
+# The operators whose self time is arithmetic both sides must do with the same oneDNN and BLAS
+# kernels: convolutions (forward and backward) and matrix products.
+KERNELS = ("mkldnn_convolution", "convolution_backward", "slow_conv", "addmm", "aten::mm", "bmm", "mkldnn_linear")
+
+
+def kernel_shares(net, X, y, opt, loss, cast, steps):
+    """The share of a train step's and of an eval pass's CPU time that convolution and matrix
+    product kernels take (torch.profiler's self times, over `steps` steps). The rest is what
+    another implementation could at best save: `1 / share` bounds its speed-up over this variant."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    def share(run):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                run()
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        kernels = sum(e.self_cpu_time_total for e in events if any(k in e.key for k in KERNELS))
+        return kernels / total
+
+    def train_step():
+        opt.zero_grad()
+        with cast():
+            l = loss(net(X), y)
+        l.backward(); opt.step(); float(l.detach())
+
+    def eval_pass():
+        with torch.no_grad(), cast():
+            int(net(X).argmax(1).sum())
+
+    net.train()
+    train = share(train_step)
+    net.eval()
+    return dict(train_kernel_share=train, eval_kernel_share=share(eval_pass))
 
 
 MODELS = r'''
@@ -155,6 +198,30 @@ def googlenet():
     b5 = nn.Sequential(Inception(832, 256, (160, 320), (32, 128), 128), Inception(832, 384, (192, 384), (48, 128), 128),
                        nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten())
     return nn.Sequential(b1, b2, b3, b4, b5, nn.Linear(1024, 10))
+
+class BatchNorm(nn.Module):
+    """d2l's from-scratch batch norm, its mode taken from the module (not from autograd)."""
+    def __init__(self, num_features, num_dims):
+        super().__init__()
+        shape = (1, num_features) if num_dims == 2 else (1, num_features, 1, 1)
+        self.gamma = nn.Parameter(torch.ones(shape)); self.beta = nn.Parameter(torch.zeros(shape))
+        self.register_buffer("moving_mean", torch.zeros(shape)); self.register_buffer("moving_var", torch.ones(shape))
+    def forward(self, X):
+        if not self.training:
+            X_hat = (X - self.moving_mean) / torch.sqrt(self.moving_var + 1e-5)
+        else:
+            dims = 0 if X.dim() == 2 else (0, 2, 3)
+            mean = X.mean(dim=dims, keepdim=True); var = ((X - mean) ** 2).mean(dim=dims, keepdim=True)
+            X_hat = (X - mean) / torch.sqrt(var + 1e-5)
+            with torch.no_grad():
+                self.moving_mean.mul_(0.9).add_(0.1 * mean); self.moving_var.mul_(0.9).add_(0.1 * var)
+        return self.gamma * X_hat + self.beta
+
+def lenet_bn_scratch():
+    return nn.Sequential(nn.Conv2d(1, 6, 5), BatchNorm(6, 4), nn.Sigmoid(), nn.AvgPool2d(2, 2),
+                         nn.Conv2d(6, 16, 5), BatchNorm(16, 4), nn.Sigmoid(), nn.AvgPool2d(2, 2), nn.Flatten(),
+                         nn.Linear(256, 120), BatchNorm(120, 2), nn.Sigmoid(), nn.Linear(120, 84), BatchNorm(84, 2),
+                         nn.Sigmoid(), nn.Linear(84, 10))
 
 def lenet_bn():
     return nn.Sequential(nn.Conv2d(1, 6, 5), nn.BatchNorm2d(6), nn.Sigmoid(), nn.AvgPool2d(2, 2),
@@ -214,16 +281,20 @@ def main():
     p.add_argument("--variant", default="eager", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--convnets-args", default="",
                    help="extra `convnets bench` options, e.g. '--precision bf16 --memory-format channels-last'")
+    p.add_argument("--kernel-share", action="store_true",
+                   help="profile the eager variants (CPU) for the share of time in convolution and matrix "
+                        "product kernels, and print the speed-up over the best variant that bounds any implementation")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
-        return torch_worker(a.worker, a.device, a.batch_size, a.steps, a.warmup, a.torch_precision, a.variant)
+        return torch_worker(a.worker, a.device, a.batch_size, a.steps, a.warmup, a.torch_precision, a.variant,
+                            a.kernel_share)
     variants = a.torch_variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown --torch-variants {unknown}; choose from {VARIANTS}")
     rows = []
-    print(f"{'network':<13} {'batch':>5} {'torch train':>12} {'convnets':>10} {'ratio':>6} "
+    print(f"{'network':<16} {'batch':>5} {'torch train':>12} {'convnets':>10} {'ratio':>6} "
           f"{'torch eval':>11} {'convnets':>10} {'ratio':>6} {'torch MiB':>10} {'convnets':>9}  best torch (train, eval)",
           flush=True)
     for name in a.nets:
@@ -232,8 +303,9 @@ def main():
         try:
             measured = []
             for variant in variants:
+                share = ["--kernel-share"] if a.kernel_share and not variant.startswith("compile") else []
                 torch_out = subprocess.run([sys.executable, __file__, "--worker", name, "--torch-precision",
-                                            a.torch_precision, "--variant", variant] + common,
+                                            a.torch_precision, "--variant", variant] + common + share,
                                            check=True, capture_output=True, text=True).stdout
                 measured.append(json.loads(torch_out.strip().splitlines()[-1]))
             best_train = max(measured, key=lambda m: m["train_examples_per_s"])
@@ -250,15 +322,28 @@ def main():
                    convnets_args=a.convnets_args, torch=t, torch_variants=measured, convnets=c,
                    train_ratio=c["train_examples_per_s"] / t["train_examples_per_s"],
                    eval_ratio=c["eval_examples_per_s"] / t["eval_examples_per_s"])
+        # Kernel-only time per example: the least over the profiled variants; the best variant's
+        # time over it is the ratio an implementation that spent nothing outside those kernels
+        # would reach.
+        for kind in ("train", "eval"):
+            kernel_times = [m[f"{kind}_kernel_share"] / m[f"{kind}_examples_per_s"]
+                            for m in measured if f"{kind}_kernel_share" in m]
+            if kernel_times:
+                row[f"{kind}_bound"] = 1 / (t[f"{kind}_examples_per_s"] * min(kernel_times))
         rows.append(row)
-        print(f"{name:<13} {batch:>5} {t['train_examples_per_s']:>12.1f} {c['train_examples_per_s']:>10.1f} "
+        print(f"{name:<16} {batch:>5} {t['train_examples_per_s']:>12.1f} {c['train_examples_per_s']:>10.1f} "
               f"{row['train_ratio']:>6.2f} {t['eval_examples_per_s']:>11.1f} {c['eval_examples_per_s']:>10.1f} "
               f"{row['eval_ratio']:>6.2f} {t['peak_mib'] or 0:>10.0f} {peak if peak is not None else float('nan'):>9.0f}"
               f"  {best_train['variant']}, {best_eval['variant']}", flush=True)
+        if "train_bound" in row:
+            print(f"  kernel bound: train {row['train_bound']:.2f}, eval {row['eval_bound']:.2f} "
+                  f"(the ratio if nothing but convolution and matrix-product kernels took time)", flush=True)
         if len(measured) > 1:
             for m in measured:
-                print(f"  torch {m['variant']:<20} train {m['train_examples_per_s']:>9.1f}  eval {m['eval_examples_per_s']:>9.1f}",
-                      flush=True)
+                shares = (f"  kernel share train {m['train_kernel_share']:.2f}, eval {m['eval_kernel_share']:.2f}"
+                          if "train_kernel_share" in m else "")
+                print(f"  torch {m['variant']:<20} train {m['train_examples_per_s']:>9.1f}  eval {m['eval_examples_per_s']:>9.1f}"
+                      f"{shares}", flush=True)
     with open(os.environ.get("BENCH_JSON", os.devnull), "w") as f:
         json.dump(rows, f, indent=1)
 
