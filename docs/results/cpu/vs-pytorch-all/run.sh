@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Issue 21's table: the eight d2l networks, fp32 and bf16, convnets against PyTorch's eager,
+# channels-last and torch.compile variants, with the kernel-share bound. Run from the repository
+# root with PyTorch's venv python as $PY; writes <precision>.txt and <precision>-<group>.json here.
+set -euo pipefail
+here=docs/results/cpu/vs-pytorch-all
+PY=${PY:-python3}
+variants=eager,channels-last,compile
+for precision in ${PRECISIONS:-fp32 bf16}; do
+    log=$here/$precision.txt
+    {
+        lscpu | grep -E '^Model name|^CPU\(s\)'
+        echo "flags: $(grep -o -w 'avx2\|avx512f\|avx512_bf16\|amx_bf16' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+        echo "date: $(date -u +%F)"
+    } > "$log"
+    convnets_args=""
+    [ "$precision" = bf16 ] && convnets_args="--precision bf16"
+    # The LeNets take microseconds per example: more steps for a steady figure.
+    for group in "small:10:3:lenet-bn lenet-bn-scratch" "large:5:2:alexnet vgg11-small nin googlenet resnet18 densenet"; do
+        IFS=: read -r name steps warmup nets <<< "$group"
+        echo "command: bench/vs_pytorch.py --steps $steps --warmup $warmup --torch-variants $variants --kernel-share --torch-precision $precision --convnets-args '$convnets_args' $nets" >> "$log"
+        # shellcheck disable=SC2086
+        BENCH_JSON=$here/$precision-$name.json $PY bench/vs_pytorch.py --steps "$steps" --warmup "$warmup" \
+            --torch-variants "$variants" --kernel-share --torch-precision "$precision" \
+            --convnets-args "$convnets_args" $nets 2>&1 | tee -a "$log"
+    done
+done
