@@ -99,21 +99,6 @@ fn glibc_setting(plain: Option<&str>, tunables: Option<&str>, tunable: &str) -> 
     from_tunables.or(plain).and_then(|value| value.trim().parse().ok())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::glibc_setting;
-
-    #[test]
-    fn a_users_own_malloc_threshold_is_read_as_glibc_reads_it() {
-        assert_eq!(glibc_setting(Some("1073741824"), None, "mmap_threshold"), Some(1 << 30));
-        let tunables = "glibc.malloc.check=0:glibc.malloc.mmap_threshold=1048576";
-        assert_eq!(glibc_setting(Some("5"), Some(tunables), "mmap_threshold"), Some(1 << 20));
-        assert_eq!(glibc_setting(None, Some(tunables), "trim_threshold"), None);
-        assert_eq!(glibc_setting(None, None, "mmap_threshold"), None);
-        assert_eq!(glibc_setting(Some("lots"), None, "mmap_threshold"), None, "glibc ignores what is not a number");
-    }
-}
-
 /// The most memory tensors held on `device` since the last [`reset_peak_memory`], in MiB (CUDA
 /// only; on the CPU the process's peak resident size is the figure, see `bench`).
 pub fn peak_memory_mib(device: Device) -> Option<f64> {
@@ -133,4 +118,19 @@ pub fn reset_peak_memory(device: Device) {
         let _ = check(unsafe { convnets_cuda_reset_peak(index as i32) });
     }
     let _ = device;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glibc_setting;
+
+    #[test]
+    fn a_users_own_malloc_threshold_is_read_as_glibc_reads_it() {
+        assert_eq!(glibc_setting(Some("1073741824"), None, "mmap_threshold"), Some(1 << 30));
+        let tunables = "glibc.malloc.check=0:glibc.malloc.mmap_threshold=1048576";
+        assert_eq!(glibc_setting(Some("5"), Some(tunables), "mmap_threshold"), Some(1 << 20));
+        assert_eq!(glibc_setting(None, Some(tunables), "trim_threshold"), None);
+        assert_eq!(glibc_setting(None, None, "mmap_threshold"), None);
+        assert_eq!(glibc_setting(Some("lots"), None, "mmap_threshold"), None, "glibc ignores what is not a number");
+    }
 }
