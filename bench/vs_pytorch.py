@@ -80,16 +80,23 @@ def torch_worker(name, device, batch, steps, warmup, precision, variant, share):
     if variant.startswith("compile"):
         net = torch.compile(net, mode="max-autotune" if variant == "compile-max-autotune" else None)
     cast = lambda: torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    t = 0.0
-    for i in range(warmup + steps):
-        if i == warmup and device == "cuda":
-            torch.cuda.reset_peak_memory_stats()  # the steady state, as convnets bench reports it
-        t0 = time.perf_counter()
+
+    def train_step():
         opt.zero_grad()
         with cast():
             l = loss(net(X), y)
         l.backward(); opt.step()
         float(l.detach())
+
+    def eval_pass():  # in eval mode, under no_grad and cast
+        int(net(X).argmax(1).sum())
+
+    t = 0.0
+    for i in range(warmup + steps):
+        if i == warmup and device == "cuda":
+            torch.cuda.reset_peak_memory_stats()  # the steady state, as convnets bench reports it
+        t0 = time.perf_counter()
+        train_step()
         if i >= warmup:
             t += time.perf_counter() - t0
     train = batch * steps / t
@@ -99,9 +106,9 @@ def torch_worker(name, device, batch, steps, warmup, precision, variant, share):
             net(X)
         t0 = time.perf_counter()
         for _ in range(steps):
-            int(net(X).argmax(1).sum())
+            eval_pass()
         evaluate = batch * steps / (time.perf_counter() - t0)
-    shares = kernel_shares(net, X, y, opt, loss, cast, steps) if share and device == "cpu" else {}
+    shares = kernel_shares(net, train_step, eval_pass, cast, steps) if share and device == "cpu" else {}
     peak = None
     if device == "cpu":
         with open("/proc/self/status") as f:
@@ -117,10 +124,11 @@ def torch_worker(name, device, batch, steps, warmup, precision, variant, share):
 KERNELS = ("mkldnn_convolution", "convolution_backward", "slow_conv", "addmm", "aten::mm", "bmm", "mkldnn_linear")
 
 
-def kernel_shares(net, X, y, opt, loss, cast, steps):
+def kernel_shares(net, train_step, eval_pass, cast, steps):
     """The share of a train step's and of an eval pass's CPU time that convolution and matrix
-    product kernels take (torch.profiler's self times, over `steps` steps). The rest is what
-    another implementation could at best save: `1 / share` bounds its speed-up over this variant."""
+    product kernels take (torch.profiler's self times, over `steps` more of the timed steps). The rest
+    is what another implementation could at best save: `1 / share` bounds its speed-up over this
+    variant."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -133,20 +141,14 @@ def kernel_shares(net, X, y, opt, loss, cast, steps):
         kernels = sum(e.self_cpu_time_total for e in events if any(k in e.key for k in KERNELS))
         return kernels / total
 
-    def train_step():
-        opt.zero_grad()
-        with cast():
-            l = loss(net(X), y)
-        l.backward(); opt.step(); float(l.detach())
-
-    def eval_pass():
+    def eval_without_grad():
         with torch.no_grad(), cast():
-            int(net(X).argmax(1).sum())
+            eval_pass()
 
     net.train()
     train = share(train_step)
     net.eval()
-    return dict(train_kernel_share=train, eval_kernel_share=share(eval_pass))
+    return dict(train_kernel_share=train, eval_kernel_share=share(eval_without_grad))
 
 
 MODELS = r'''
