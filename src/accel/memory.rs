@@ -80,7 +80,7 @@ pub fn keep_large_allocations_on_the_heap() -> bool {
         // which glibc would keep at twice the mmap threshold; left at its 128 KiB default, the
         // heap's top is handed back and faulted in again every step (LeNet: 12-13k -> 14.5-16k
         // examples/s with it). Twice the mmap threshold, at least 128 MiB, as glibc would adapt it.
-        let trim = (2 * users_mmap.unwrap_or(64 << 20)).clamp(128 << 20, i32::MAX as u64) as i32;
+        let trim = users_mmap.unwrap_or(64 << 20).saturating_mul(2).clamp(128 << 20, i32::MAX as u64) as i32;
         // SAFETY: as above.
         let trim_set = users_trim.is_some() || unsafe { mallopt(M_TRIM_THRESHOLD, trim) == 1 };
         mmap_set && trim_set
