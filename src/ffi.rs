@@ -1,7 +1,7 @@
 //! The C shim in `csrc/` (compiled by `build.rs`): the libtorch calls tch does not expose, for
-//! `accel` (`csrc/accel.cpp`) and `distributed` (`csrc/dist.cpp`). Its error convention
-//! (`csrc/guard.h`): every function returns NULL on success or a malloc'ed message, which
-//! [`check`] turns into an error value; no C++ exception crosses into Rust.
+//! `accel` (`csrc/accel.cpp`, `csrc/cpu_blocks.cpp`) and `distributed` (`csrc/dist.cpp`). Its
+//! error convention (`csrc/guard.h`): every function returns NULL on success or a malloc'ed
+//! message, which [`check`] turns into an error value; no C++ exception crosses into Rust.
 
 use std::ffi::{CStr, CString, c_char, c_void};
 
@@ -19,6 +19,17 @@ unsafe extern "C" {
         other: *const C_tensor,
         alpha: f64,
         out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+}
+
+// csrc/cpu_blocks.cpp
+unsafe extern "C" {
+    pub fn convnets_reuse_large_cpu_blocks(min_bytes: i64) -> *mut c_char;
+    pub fn convnets_large_cpu_block_stats(
+        kept_bytes: *mut i64,
+        peak_in_use_bytes: *mut i64,
+        reused: *mut i64,
+        fresh: *mut i64,
     ) -> *mut c_char;
 }
 

@@ -1,12 +1,14 @@
 //! Memory: host buffers a GPU copies from fastest, copies that overlap computation, glibc's
-//! allocator kept from returning large blocks, and the GPU allocator's peak.
+//! allocator kept from returning blocks, large CPU blocks reused from step to step, and the GPU
+//! allocator's peak.
 
 use tch::{Device, Tensor};
 
+use crate::ffi::{check, convnets_large_cpu_block_stats, convnets_reuse_large_cpu_blocks};
 #[cfg(feature = "cuda")]
 use crate::ffi::{
-    check, convnets_copy_to_cuda_async, convnets_cuda_peak_allocated, convnets_cuda_reset_peak,
-    convnets_empty_pinned_u8, convnets_wait_copied, new_tensor,
+    convnets_copy_to_cuda_async, convnets_cuda_peak_allocated, convnets_cuda_reset_peak, convnets_empty_pinned_u8,
+    convnets_wait_copied, new_tensor,
 };
 
 /// An uninitialised uint8 CPU tensor of `shape` that `device` copies from fastest: page-locked
@@ -46,6 +48,10 @@ pub fn wait_copied(copied: &mut Tensor) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where glibc's malloc stops serving blocks from its heap and [`reuse_large_cpu_blocks`] starts
+/// keeping them.
+const LARGE_BLOCK: u64 = 64 << 20;
+
 /// Makes glibc's malloc serve allocations below 64 MiB from its heap instead of a fresh `mmap`
 /// each time. By default, blocks over an adaptive threshold (at most 32 MiB) are mapped and
 /// unmapped on every use, and each reuse then pays a page fault and zeroing per 4 KiB page: on a
@@ -75,18 +81,61 @@ pub fn keep_large_allocations_on_the_heap() -> bool {
         let (users_mmap, users_trim) =
             (users("MALLOC_MMAP_THRESHOLD_", "mmap_threshold"), users("MALLOC_TRIM_THRESHOLD_", "trim_threshold"));
         // SAFETY: mallopt only sets malloc parameters; it is safe to call at any time.
-        let mmap_set = users_mmap.is_some() || unsafe { mallopt(M_MMAP_THRESHOLD, 64 << 20) == 1 };
+        let mmap_set = users_mmap.is_some() || unsafe { mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK as i32) == 1 };
         // Setting the mmap threshold stops glibc adapting it, and with it the trim threshold,
         // which glibc would keep at twice the mmap threshold; left at its 128 KiB default, the
         // heap's top is handed back and faulted in again every step (LeNet: 12-13k -> 14.5-16k
         // examples/s with it). Twice the mmap threshold, at least 128 MiB, as glibc would adapt it.
-        let trim = users_mmap.unwrap_or(64 << 20).saturating_mul(2).clamp(128 << 20, i32::MAX as u64) as i32;
+        let trim = users_mmap.unwrap_or(LARGE_BLOCK).saturating_mul(2).clamp(128 << 20, i32::MAX as u64) as i32;
         // SAFETY: as above.
         let trim_set = users_trim.is_some() || unsafe { mallopt(M_TRIM_THRESHOLD, trim) == 1 };
         mmap_set && trim_set
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     false
+}
+
+/// Makes libtorch's CPU tensors of 64 MiB and more come from an allocator that keeps them when
+/// they are freed and hands them to the next request of the same size (`csrc/cpu_blocks.cpp`).
+/// A training step allocates the same large activations and gradients every step; freshly mapped
+/// ones cost a page fault and the zeroing of each page, a fifth of VGG's step on 2 cores.
+/// `torch.compile` reuses its buffers in the same way. The total never grows past the most the
+/// tensors alive at once need (see the C++ file), but kept blocks are not returned to the system
+/// until a request of another size needs the room. Called once, by the binary, before anything
+/// else; `CONVNETS_CPU_BLOCK_CACHE=off` leaves libtorch's own allocator in place.
+pub fn reuse_large_cpu_blocks() -> anyhow::Result<bool> {
+    if std::env::var("CONVNETS_CPU_BLOCK_CACHE").is_ok_and(|value| value == "off") {
+        return Ok(false);
+    }
+    check(unsafe { convnets_reuse_large_cpu_blocks(LARGE_BLOCK as i64) })?;
+    Ok(true)
+}
+
+/// What [`reuse_large_cpu_blocks`]' allocator has done so far (all zeros when it is not
+/// installed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LargeCpuBlocks {
+    /// Bytes kept for reuse, not in use now.
+    pub kept_bytes: u64,
+    /// The most bytes of large blocks in use at once so far; in use and kept together stay
+    /// within it.
+    pub peak_in_use_bytes: u64,
+    /// Requests served with a kept block.
+    pub reused: u64,
+    /// Requests served with a freshly allocated block.
+    pub fresh: u64,
+}
+
+/// The counts of [`reuse_large_cpu_blocks`]' allocator now.
+pub fn large_cpu_blocks() -> anyhow::Result<LargeCpuBlocks> {
+    let (mut kept_bytes, mut peak_in_use_bytes, mut reused, mut fresh) = (0i64, 0i64, 0i64, 0i64);
+    check(unsafe { convnets_large_cpu_block_stats(&mut kept_bytes, &mut peak_in_use_bytes, &mut reused, &mut fresh) })?;
+    Ok(LargeCpuBlocks {
+        kept_bytes: kept_bytes as u64,
+        peak_in_use_bytes: peak_in_use_bytes as u64,
+        reused: reused as u64,
+        fresh: fresh as u64,
+    })
 }
 
 /// The value, in bytes, that glibc's malloc takes for `tunable` (`mmap_threshold`,

@@ -1,0 +1,100 @@
+//! The allocator that reuses large CPU blocks (`accel::reuse_large_cpu_blocks`, which the binary
+//! installs at start-up): a freed block goes to the next request of its size, a training step
+//! computes the same on reused blocks as on fresh ones, and the blocks kept never make the total
+//! larger than the most that was in use at once. In a test binary of its own, so that no other
+//! test's tensors come through the allocator and change its counts.
+
+use std::sync::Mutex;
+
+use convnets::accel::{self, LargeCpuBlocks};
+use convnets::models::{NetConfig, Network};
+use tch::{Device, Kind, Tensor};
+
+/// The tests here read the allocator's counts: they take turns.
+static ALLOCATOR: Mutex<()> = Mutex::new(());
+
+const MIB: i64 = 1 << 20;
+
+fn installed() -> LargeCpuBlocks {
+    assert!(accel::reuse_large_cpu_blocks().unwrap(), "CONVNETS_CPU_BLOCK_CACHE=off is set");
+    accel::large_cpu_blocks().unwrap()
+}
+
+/// A float tensor of `mib` MiB, filled with `value`.
+fn filled(mib: i64, value: f64) -> Tensor {
+    Tensor::f_full([mib * MIB / 4], value, (Kind::Float, Device::Cpu)).unwrap()
+}
+
+#[test]
+fn a_freed_large_block_goes_to_the_next_request_of_its_size() {
+    let _turn = ALLOCATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let before = installed();
+    let first = filled(100, 1.0);
+    let address = first.data_ptr();
+    drop(first);
+    let after_free = accel::large_cpu_blocks().unwrap();
+    assert_eq!(after_free.kept_bytes, before.kept_bytes + 100 * MIB as u64);
+
+    let second = filled(100, 2.0);
+    assert_eq!(second.data_ptr(), address, "the same block, not a fresh one");
+    let (lowest, highest) = (second.min().double_value(&[]), second.max().double_value(&[]));
+    assert_eq!((lowest, highest), (2.0, 2.0), "the block holds what it was filled with");
+    let now = accel::large_cpu_blocks().unwrap();
+    assert_eq!(now.reused, before.reused + 1);
+    assert_eq!(now.kept_bytes, before.kept_bytes);
+
+    // Small tensors are not the cache's: they leave its counts alone.
+    drop(Tensor::f_zeros([1024], (Kind::Float, Device::Cpu)).unwrap());
+    assert_eq!(accel::large_cpu_blocks().unwrap(), now);
+}
+
+#[test]
+fn kept_blocks_are_freed_before_the_total_outgrows_the_largest_use() {
+    let _turn = ALLOCATOR.lock().unwrap_or_else(|e| e.into_inner());
+    installed();
+    drop((0..3).map(|_| filled(100, 0.0)).collect::<Vec<_>>());
+    let before = accel::large_cpu_blocks().unwrap();
+    assert!(before.kept_bytes >= 300 * MIB as u64);
+
+    // Blocks of a class nothing has used, as many as make a new largest use on their own: each is
+    // taken fresh, and the kept blocks must make way for them, all of them by the end.
+    let block = 150 * MIB as u64;
+    let count = before.peak_in_use_bytes.div_ceil(block) + 1;
+    let big: Vec<Tensor> =
+        (0..count).map(|_| Tensor::f_empty([block as i64 / 4], (Kind::Float, Device::Cpu)).unwrap()).collect();
+    let now = accel::large_cpu_blocks().unwrap();
+    assert_eq!(now.fresh, before.fresh + count);
+    assert_eq!(now.peak_in_use_bytes, count * block);
+    assert_eq!(now.kept_bytes, 0, "{} MiB kept beside a new largest use", now.kept_bytes >> 20);
+    drop(big);
+    assert_eq!(accel::large_cpu_blocks().unwrap().kept_bytes, count * block);
+}
+
+#[test]
+fn a_training_step_on_reused_blocks_computes_what_it_computed_on_fresh_ones() {
+    let _turn = ALLOCATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let before = installed();
+    tch::manual_seed(0);
+    let net = Network::new("lenet-bn", NetConfig::default(), Device::Cpu).unwrap();
+    // 8,192 images: LeNet's first activations are 147 MiB, its gradients as large.
+    let images = Tensor::f_rand([8192, 1, 28, 28], (Kind::Float, Device::Cpu)).unwrap();
+    let labels = Tensor::f_randint(10, [8192], (Kind::Int64, Device::Cpu)).unwrap();
+    let mut variables: Vec<(String, Tensor)> =
+        net.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    let weights: Vec<&Tensor> = variables.iter().map(|(_, v)| v).collect();
+    let gradients = || {
+        let loss = net.forward_t(&images, true).unwrap().cross_entropy_for_logits(&labels);
+        let grads = Tensor::run_backward(&[&loss], &weights, false, false);
+        (loss.double_value(&[]), variables.iter().map(|(name, _)| name.clone()).zip(grads).collect::<Vec<_>>())
+    };
+    let (fresh_loss, fresh) = gradients();
+    for _ in 0..2 {
+        let (loss, reused) = gradients();
+        assert_eq!(loss, fresh_loss);
+        for ((name, a), (_, b)) in fresh.iter().zip(&reused) {
+            assert!(a.equal(b), "{name}'s gradient differs on reused blocks");
+        }
+    }
+    assert!(accel::large_cpu_blocks().unwrap().reused >= before.reused + 2, "the steps reused no block");
+}
