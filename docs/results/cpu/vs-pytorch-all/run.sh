@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Issue 21's table: the eight d2l networks, fp32 and bf16, convnets against PyTorch's eager,
 # channels-last and torch.compile variants, with the kernel-share bound. Run from the repository
-# root with PyTorch's venv python as $PY; writes <precision>.txt and <precision>-<group>.json here.
+# root with PyTorch's venv python as $PY; writes <precision>.txt and <precision>-<group>.json here,
+# or in $HERE. NET_GROUPS=large (or small) runs one group of networks only.
 set -euo pipefail
-here=docs/results/cpu/vs-pytorch-all
+here=${HERE:-docs/results/cpu/vs-pytorch-all}
 PY=${PY:-python3}
 variants=eager,channels-last,compile
 for precision in ${PRECISIONS:-fp32 bf16}; do
@@ -18,6 +19,7 @@ for precision in ${PRECISIONS:-fp32 bf16}; do
     # The LeNets take microseconds per example: more steps for a steady figure.
     for group in "small:10:3:lenet-bn lenet-bn-scratch" "large:5:2:alexnet vgg11-small nin googlenet resnet18 densenet"; do
         IFS=: read -r name steps warmup nets <<< "$group"
+        case " ${NET_GROUPS:-small large} " in *" $name "*) ;; *) continue ;; esac
         echo "command: bench/vs_pytorch.py --steps $steps --warmup $warmup --torch-variants $variants --kernel-share --torch-precision $precision --convnets-args '$convnets_args' $nets" >> "$log"
         # shellcheck disable=SC2086
         BENCH_JSON=$here/$precision-$name.json $PY bench/vs_pytorch.py --steps "$steps" --warmup "$warmup" \
