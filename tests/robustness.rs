@@ -142,6 +142,20 @@ fn bad_arguments_get_one_line_with_the_fix_and_exit_code_2() {
     assert!(!Path::new(out).exists(), "nothing written for refused runs");
 }
 
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // The reading end is closed before the command starts, so its first line already meets a
+    // pipe without a reader, as `convnets models | head -1` does after head's line.
+    for args in [&["models"][..], &["summary", "lenet-bn"], &["models", "--json"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(bin()).args(args).stdout(writer).stderr(Stdio::piped()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.is_empty(), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+    }
+}
+
 fn weights_of(dir: &Path) -> Vec<(String, tch::Tensor)> {
     convnets::weights::state_dict(&train::load_checkpoint(dir, Device::Cpu).unwrap().net.vs)
 }

@@ -26,11 +26,11 @@ pub fn main() -> ExitCode {
     // of libtorch's errors (inside tch, or a call missed) must still end as one line, not as a
     // panic report with a C++ stack: the hook stays quiet for those, and `run_guarded` turns
     // them into errors; it stays quiet too for the panics the library catches itself (a
-    // decoder's on a malformed image, see `error::catch_panic`). Any other panic is a bug and is
-    // reported as usual.
+    // decoder's on a malformed image, see `error::catch_panic`), and for `println!` finding
+    // stdout closed (`convnets models | head`). Any other panic is a bug and is reported as usual.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if libtorch_panic(info.payload()).is_none() && !panic_is_caught() {
+        if libtorch_panic(info.payload()).is_none() && !stdout_closed(info.payload()) && !panic_is_caught() {
             default_hook(info);
         }
     }));
@@ -59,15 +59,25 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// [`run`], with a panic that carries a libtorch error turned into that error.
+/// [`run`], with a panic that carries a libtorch error turned into that error, and one from
+/// writing to a closed stdout into success: whoever reads the output has read all they wanted,
+/// as `head` has, and the command stops there.
 fn run_guarded(command: Command) -> anyhow::Result<()> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(command))) {
         Ok(result) => result,
+        Err(payload) if stdout_closed(payload.as_ref()) => Ok(()),
         Err(payload) => match libtorch_panic(payload.as_ref()) {
             Some(message) => Err(anyhow::anyhow!("libtorch: {}", libtorch_message(&message))),
             None => std::panic::resume_unwind(payload),
         },
     }
+}
+
+/// Whether a panic is `println!`'s on a stdout whose reader has gone (the process ignores
+/// SIGPIPE, as Rust programs do, so the write fails with EPIPE instead of ending it).
+fn stdout_closed(payload: &(dyn std::any::Any + Send)) -> bool {
+    let text = payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied());
+    text.is_some_and(|text| text.starts_with("failed printing to stdout") && text.contains("os error 32"))
 }
 
 /// libtorch's message, when a panic's payload is tch unwrapping one of its errors.
