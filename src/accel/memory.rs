@@ -145,7 +145,21 @@ pub fn large_cpu_blocks() -> anyhow::Result<LargeCpuBlocks> {
 fn glibc_setting(plain: Option<&str>, tunables: Option<&str>, tunable: &str) -> Option<u64> {
     let key = format!("glibc.malloc.{tunable}=");
     let from_tunables = tunables.and_then(|t| t.split(':').find_map(|entry| entry.strip_prefix(key.as_str())));
-    from_tunables.or(plain).and_then(|value| value.trim().parse().ok())
+    from_tunables.or(plain).and_then(|value| glibc_number(value.trim()))
+}
+
+/// A number as glibc's tunables read it: `0x` hexadecimal, a leading `0` octal, else decimal;
+/// anything else (or trailing characters) makes glibc ignore the setting.
+fn glibc_number(text: &str) -> Option<u64> {
+    if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        u64::from_str_radix(hex, 16).ok()
+    } else if text.len() > 1
+        && let Some(octal) = text.strip_prefix('0')
+    {
+        u64::from_str_radix(octal, 8).ok()
+    } else {
+        text.parse().ok()
+    }
 }
 
 /// The most memory tensors held on `device` since the last [`reset_peak_memory`], in MiB (CUDA
@@ -181,5 +195,11 @@ mod tests {
         assert_eq!(glibc_setting(None, Some(tunables), "trim_threshold"), None);
         assert_eq!(glibc_setting(None, None, "mmap_threshold"), None);
         assert_eq!(glibc_setting(Some("lots"), None, "mmap_threshold"), None, "glibc ignores what is not a number");
+        assert_eq!(glibc_setting(Some("0x40000000"), None, "mmap_threshold"), Some(1 << 30));
+        assert_eq!(glibc_setting(None, Some("glibc.malloc.mmap_threshold=0X100000"), "mmap_threshold"), Some(1 << 20));
+        assert_eq!(glibc_setting(Some("0100"), None, "mmap_threshold"), Some(64), "a leading 0 is octal");
+        assert_eq!(glibc_setting(Some("0"), None, "mmap_threshold"), Some(0));
+        assert_eq!(glibc_setting(Some("0x"), None, "mmap_threshold"), None);
+        assert_eq!(glibc_setting(Some("1g"), None, "mmap_threshold"), None);
     }
 }
