@@ -11,7 +11,8 @@
 // the most that were ever in use at once (or what the request at hand needs): a request that
 // finds no kept block of its class first frees kept blocks of other classes, longest unused
 // first, until its fresh block fits under that mark. So the resident peak stays where it was
-// without the cache. Smaller blocks go to libtorch's default allocator (glibc's heap reuses them).
+// without the cache; and when memory runs out, every kept block is handed back before the request
+// fails. Smaller blocks go to libtorch's default allocator (glibc's heap reuses them).
 #include "guard.h"
 
 #include <algorithm>
@@ -38,7 +39,7 @@ class LargeBlockCache final : public c10::Allocator {
     if (n < min_bytes_) return small_->allocate(n);
     size_t bytes = (n + kClass - 1) / kClass * kClass;
     void *data = take(bytes);
-    if (data == nullptr) data = c10::alloc_cpu(bytes);
+    if (data == nullptr) data = allocate_fresh(bytes);
     std::lock_guard<std::mutex> guard(lock_);
     in_use_.emplace(data, bytes);
     in_use_bytes_ += bytes;
@@ -90,6 +91,26 @@ class LargeBlockCache final : public c10::Allocator {
     }
     for (void *data : to_free) c10::free_cpu(data);
     return nullptr;
+  }
+
+  // A new block; when memory runs out, after handing every kept block back, since they may be
+  // what stands in the way (the bound above lets them stay beside the request).
+  void *allocate_fresh(size_t bytes) {
+    try {
+      return c10::alloc_cpu(bytes);
+    } catch (const c10::Error &) {
+      std::vector<void *> kept;
+      {
+        std::lock_guard<std::mutex> guard(lock_);
+        for (auto &[data, size] : unused_) kept.push_back(data);
+        unused_.clear();
+        by_class_.clear();
+        kept_bytes_ = 0;
+      }
+      if (kept.empty()) throw;
+      for (void *data : kept) c10::free_cpu(data);
+      return c10::alloc_cpu(bytes);
+    }
   }
 
   void forget_class_entry(void *data, size_t size) {

@@ -98,3 +98,56 @@ fn a_training_step_on_reused_blocks_computes_what_it_computed_on_fresh_ones() {
     }
     assert!(accel::large_cpu_blocks().unwrap().reused >= before.reused + 2, "the steps reused no block");
 }
+
+#[test]
+fn when_memory_runs_out_the_kept_blocks_make_way() {
+    // In a process of its own: the child caps its address space.
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "allocates_under_an_address_space_cap", "--nocapture", "--test-threads", "1"])
+        .env("CONVNETS_TEST_ADDRESS_CAP", "1")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("allocated beside no kept block"), "{stdout}\n{stderr}");
+}
+
+#[test]
+#[ignore = "run by when_memory_runs_out_the_kept_blocks_make_way, in a process of its own"]
+fn allocates_under_an_address_space_cap() {
+    if std::env::var_os("CONVNETS_TEST_ADDRESS_CAP").is_none() {
+        return;
+    }
+    #[repr(C)]
+    struct Rlimit {
+        current: u64,
+        max: u64,
+    }
+    unsafe extern "C" {
+        fn setrlimit(resource: i32, limit: *const Rlimit) -> i32;
+    }
+    const RLIMIT_AS: i32 = 9;
+    let empty = |mib: i64| Tensor::f_empty([mib * MIB / 4], (Kind::Float, Device::Cpu));
+
+    installed();
+    drop((0..3).map(|_| empty(300).unwrap()).collect::<Vec<_>>());
+    assert_eq!(accel::large_cpu_blocks().unwrap().kept_bytes, 900 * MIB as u64);
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let vm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    // A fresh 302 MiB block does not fit beside the one kept 300 MiB block the bound leaves
+    // (the bound frees two of the three), but fits once that one is handed back too.
+    let cap = (vm_kib << 10) - 450 * MIB as u64;
+    assert_eq!(unsafe { setrlimit(RLIMIT_AS, &Rlimit { current: cap, max: u64::MAX }) }, 0);
+    let block = empty(302).expect("a kept block stood in the way");
+    assert_eq!(accel::large_cpu_blocks().unwrap().kept_bytes, 0);
+    drop(block);
+    println!("allocated beside no kept block");
+}
