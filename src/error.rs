@@ -72,13 +72,14 @@ pub fn catch_panic<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyh
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     CATCHING.set(outer);
     result.unwrap_or_else(|payload| {
-        let message = payload
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| payload.downcast_ref::<&str>().copied())
-            .unwrap_or("unknown panic");
+        let message = panic_text(payload.as_ref()).unwrap_or("unknown panic");
         Err(anyhow::anyhow!("{what} failed: {message}"))
     })
+}
+
+/// A panic's message: what `panic!` with a format (a `String`) or a literal (a `&str`) carries.
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+    payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied())
 }
 
 /// Whether a panic on this thread now would be caught by [`catch_panic`] (a panic hook then

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::data::{Pipeline, Transform};
-use crate::error::{UsageError, error_line, libtorch_message, panic_is_caught, stderr_line, usage};
+use crate::error::{UsageError, error_line, libtorch_message, panic_is_caught, panic_text, stderr_line, usage};
 use args::{Cli, Command, DataCommand};
 
 /// Runs the command line; returns the process exit code.
@@ -76,14 +76,13 @@ fn run_guarded(command: Command) -> anyhow::Result<()> {
 /// Whether a panic is `println!`'s on a stdout whose reader has gone (the process ignores
 /// SIGPIPE, as Rust programs do, so the write fails with EPIPE instead of ending it).
 fn stdout_closed(payload: &(dyn std::any::Any + Send)) -> bool {
-    let text = payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied());
-    text.is_some_and(|text| text.starts_with("failed printing to stdout") && text.contains("os error 32"))
+    panic_text(payload)
+        .is_some_and(|text| text.starts_with("failed printing to stdout") && text.contains("os error 32"))
 }
 
 /// libtorch's message, when a panic's payload is tch unwrapping one of its errors.
 fn libtorch_panic(payload: &(dyn std::any::Any + Send)) -> Option<String> {
-    let text =
-        payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied())?;
+    let text = panic_text(payload)?;
     // tch's `unwrap()`s read: called `Result::unwrap()` on an `Err` value: Torch("...")
     let start = text.find("Torch(\"")? + "Torch(\"".len();
     let message = text[start..].trim_end_matches(')').trim_end_matches('"');
