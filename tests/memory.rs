@@ -25,6 +25,11 @@ fn filled(mib: i64, value: f64) -> Tensor {
     Tensor::f_full([mib * MIB / 4], value, (Kind::Float, Device::Cpu)).unwrap()
 }
 
+/// An uninitialised float tensor of `mib` MiB (its pages are never touched).
+fn empty(mib: i64) -> Result<Tensor, tch::TchError> {
+    Tensor::f_empty([mib * MIB / 4], (Kind::Float, Device::Cpu))
+}
+
 #[test]
 fn a_freed_large_block_goes_to_the_next_request_of_its_size() {
     let _turn = ALLOCATOR.lock().unwrap_or_else(|e| e.into_inner());
@@ -63,8 +68,7 @@ fn kept_blocks_are_freed_before_the_total_outgrows_the_largest_use() {
     // taken fresh, and the kept blocks must make way for them, all of them by the end.
     let block = 150 * MIB as u64;
     let count = before.peak_in_use_bytes.div_ceil(block) + 1;
-    let big: Vec<Tensor> =
-        (0..count).map(|_| Tensor::f_empty([block as i64 / 4], (Kind::Float, Device::Cpu)).unwrap()).collect();
+    let big: Vec<Tensor> = (0..count).map(|_| empty(150).unwrap()).collect();
     let now = accel::large_cpu_blocks().unwrap();
     assert_eq!(now.fresh, before.fresh + count);
     assert_eq!(now.peak_in_use_bytes, count * block);
@@ -131,7 +135,6 @@ fn allocates_under_an_address_space_cap() {
         fn setrlimit(resource: i32, limit: *const Rlimit) -> i32;
     }
     const RLIMIT_AS: i32 = 9;
-    let empty = |mib: i64| Tensor::f_empty([mib * MIB / 4], (Kind::Float, Device::Cpu));
 
     installed();
     drop((0..3).map(|_| empty(300).unwrap()).collect::<Vec<_>>());
