@@ -1,8 +1,8 @@
 // Lets the binary find libtorch without LD_LIBRARY_PATH: an rpath to the libtorch that
 // torch-sys linked (scripts/setup.sh caches it outside the clone, keyed by version). Compiles
 // csrc/accel.cpp and csrc/cpu_blocks.cpp, the few libtorch calls tch does not expose and a CPU
-// allocator that reuses large blocks (see src/ffi.rs and src/accel/), and csrc/dist.cpp,
-// libtorch's c10d for data-parallel training (see src/distributed/).
+// allocator that reuses large blocks (see src/ffi.rs and src/accel/), and csrc/dist.cpp and
+// csrc/grad_buckets.cpp, libtorch's c10d for data-parallel training (see src/distributed/).
 use std::path::PathBuf;
 
 fn main() {
@@ -21,6 +21,7 @@ fn main() {
         .file("csrc/accel.cpp")
         .file("csrc/cpu_blocks.cpp")
         .file("csrc/dist.cpp")
+        .file("csrc/grad_buckets.cpp")
         .include(libtorch.join("include"))
         // torch/types.h and the autograd Function of SyncBatchNorm live with the C++ frontend.
         .include(libtorch.join("include/torch/csrc/api/include"))

@@ -7,6 +7,7 @@
 // Every function returns NULL on success or a malloc'ed error message (freed by the caller):
 // c10d reports a dead peer, a timeout or a port in use with C++ exceptions, which must not cross
 // into Rust.
+#include "dist.h"
 #include "guard.h"
 
 #include <c10/util/Logging.h>
@@ -26,16 +27,6 @@ namespace {
 struct Store {
   c10::intrusive_ptr<c10d::Store> store;
 };
-
-struct Group {
-  c10::intrusive_ptr<c10d::Backend> backend;
-  int rank;
-  int size;
-};
-
-void wait(const c10::intrusive_ptr<c10d::Work> &work) {
-  work->wait();
-}
 
 void all_reduce_sum(Group *group, at::Tensor &t) {
   std::vector<at::Tensor> tensors{t};

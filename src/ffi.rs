@@ -92,6 +92,22 @@ unsafe extern "C" {
         eps: f64,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
+    pub fn convnets_grad_buckets_new(
+        group: *mut c_void,
+        params: *const *const C_tensor,
+        n: i32,
+        first_bucket_bytes: i64,
+        bucket_bytes: i64,
+        out: *mut *mut c_void,
+        count: *mut i64,
+    ) -> *mut c_char;
+    pub fn convnets_grad_buckets_free(buckets: *mut c_void);
+    pub fn convnets_grad_buckets_arm(buckets: *mut c_void, loss: *const C_tensor) -> *mut c_char;
+    pub fn convnets_grad_buckets_finish(
+        buckets: *mut c_void,
+        loss_mean: *mut *mut C_tensor,
+        started_in_backward: *mut i64,
+    ) -> *mut c_char;
 }
 
 unsafe extern "C" {

@@ -138,14 +138,39 @@ fn two_processes_with_half_batches_take_the_steps_of_one_process_with_the_whole_
     let stdout = String::from_utf8_lossy(&two.stdout);
     assert!(stdout.contains("training on cpu x 2 processes"), "{stdout}");
     assert_eq!(stdout.matches("examples/sec").count(), 1, "rank 0 alone prints d2l's lines: {stdout}");
+    // GoogLeNet's 6 million parameters make two buckets or more (the first of 1 MiB), and they
+    // start as their gradients are ready, before backward ends.
+    let (buckets, started) = overlap(&stdout);
+    assert!(buckets >= 2.0 && (1.0..=buckets).contains(&started), "{buckets} buckets, {started} started: {stdout}");
 
-    let difference = max_relative_difference(Path::new(&out("one")), Path::new(&out("two")));
-    assert!(difference.0 < 1e-5, "weights differ by {difference:?} relative");
-    let (a, b) = (history_of(Path::new(&out("one"))), history_of(Path::new(&out("two"))));
-    let (a, b) = (&a.epochs[0], &b.epochs[0]);
-    assert_eq!(b.examples, 256, "every example once, counted over both ranks");
-    assert!((a.train_loss - b.train_loss).abs() <= 1e-5 * a.train_loss, "{a:?} vs {b:?}");
-    assert_eq!((a.train_acc, a.test_acc), (b.train_acc, b.test_acc), "accuracy over the whole sets");
+    // Two micro-batches of 8 per rank and update: the first one's backward all-reduces nothing.
+    let dir = out("accumulated");
+    let half_batch = common.map(|a| if a == "32" { "16" } else { a });
+    let accumulated = convnets(
+        &[&["train", "googlenet", "--nproc", "2", "--accum-steps", "2", "--out", &dir][..], &half_batch].concat(),
+    );
+    assert!(accumulated.status.success(), "{}", stderr(&accumulated));
+
+    for run in ["two", "accumulated"] {
+        let difference = max_relative_difference(Path::new(&out("one")), Path::new(&out(run)));
+        assert!(difference.0 < 1e-5, "{run}: weights differ by {difference:?} relative");
+        let (a, b) = (history_of(Path::new(&out("one"))), history_of(Path::new(&out(run))));
+        let (a, b) = (&a.epochs[0], &b.epochs[0]);
+        assert_eq!(b.examples, 256, "every example once, counted over both ranks");
+        assert!((a.train_loss - b.train_loss).abs() <= 1e-5 * a.train_loss, "{run}: {a:?} vs {b:?}");
+        assert_eq!((a.train_acc, a.test_acc), (b.train_acc, b.test_acc), "{run}: accuracy over the whole sets");
+    }
+}
+
+/// Buckets per step, and how many of them started during backward, from a distributed run's
+/// last line ("... MB per step in B buckets, S of them started during backward; ...").
+fn overlap(stdout: &str) -> (f64, f64) {
+    let line = stdout.lines().find(|l| l.starts_with("gradient all-reduce")).expect("the all-reduce line");
+    let number_before = |marker: &str| -> f64 {
+        let head = &line[..line.find(marker).unwrap_or_else(|| panic!("{marker:?} in {line}"))];
+        head.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    (number_before(" buckets,"), number_before(" of them started during backward"))
 }
 
 #[test]

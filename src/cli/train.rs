@@ -156,18 +156,28 @@ fn train_rank(args: TrainArgs, world: Option<&World>, timeout: Duration) -> anyh
     Ok(())
 }
 
-/// What the gradient all-reduces of this process's epochs cost, per step.
+/// What the gradient all-reduces of this process's epochs cost, per step: where they overlap
+/// backward (on the CPU), the time waited for them after it, and how many buckets had started
+/// before it ended.
 fn print_traffic(replicas: &DataParallel, history: &History, first_epoch: usize) {
     let traffic = replicas.traffic();
     let steps = traffic.steps.max(1) as f64;
     let step_seconds: f64 = history.epochs[first_epoch..].iter().map(|e| e.step_seconds).sum();
-    println!(
-        "gradient all-reduce over {} processes: {:.2} MB and {:.1} ms per step ({:.0}% of the step)",
-        replicas.size(),
-        traffic.bytes as f64 / steps / 1e6,
-        traffic.seconds / steps * 1e3,
-        100.0 * traffic.seconds / step_seconds.max(1e-9)
-    );
+    let (megabytes, milliseconds) = (traffic.bytes as f64 / steps / 1e6, traffic.seconds / steps * 1e3);
+    let share = 100.0 * traffic.seconds / step_seconds.max(1e-9);
+    let size = replicas.size();
+    if traffic.overlapped_buckets > 0 {
+        println!(
+            "gradient all-reduce over {size} processes: {megabytes:.2} MB per step in {:.1} buckets, {:.1} of them started \
+             during backward; {milliseconds:.1} ms per step waited for after it ({share:.0}% of the step)",
+            traffic.overlapped_buckets as f64 / steps,
+            traffic.started_in_backward as f64 / steps,
+        );
+    } else {
+        println!(
+            "gradient all-reduce over {size} processes: {megabytes:.2} MB and {milliseconds:.1} ms per step ({share:.0}% of the step)"
+        );
+    }
 }
 
 /// `--resume DIR`: the run's own configuration (only `--epochs` may change), from its checkpoint.

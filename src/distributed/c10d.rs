@@ -9,7 +9,8 @@ use tch::Tensor;
 use torch_sys::C_tensor;
 
 use crate::ffi::{
-    c_string, check, convnets_all_reduce, convnets_broadcast, convnets_gloo_new, convnets_group_free,
+    c_string, check, convnets_all_reduce, convnets_broadcast, convnets_gloo_new, convnets_grad_buckets_arm,
+    convnets_grad_buckets_finish, convnets_grad_buckets_free, convnets_grad_buckets_new, convnets_group_free,
     convnets_quiet_c10d_logs, convnets_store_add, convnets_store_check, convnets_store_free, convnets_store_get,
     convnets_store_new, convnets_store_set, convnets_sync_batch_norm,
 };
@@ -219,5 +220,69 @@ impl SyncBatchNorm for ProcessGroup {
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
         unsafe { convnets_group_free(self.raw) };
+    }
+}
+
+/// A replica's parameters in buckets whose gradients are all-reduced while the backward pass
+/// still runs (DDP's overlap, see `csrc/grad_buckets.cpp`): each bucket starts once the
+/// gradients in it and in the buckets before it are accumulated, the last layers' first.
+/// It refers to its process group and must be dropped before it.
+pub struct GradBuckets {
+    raw: *mut c_void,
+    /// How many buckets the parameters make.
+    pub count: usize,
+}
+
+// SAFETY: the shim's buckets guard their state with a mutex (their hooks run on autograd's
+// thread); the collectives they start are issued in the same order on every rank.
+unsafe impl Send for GradBuckets {}
+unsafe impl Sync for GradBuckets {}
+
+impl GradBuckets {
+    /// Buckets for `params` (CPU float tensors that take gradients) in `group`: the first (the
+    /// last parameters) of about `first_bucket_bytes`, the rest of `bucket_bytes` (a larger
+    /// tensor alone).
+    pub fn new(
+        group: &ProcessGroup,
+        params: &[Tensor],
+        first_bucket_bytes: usize,
+        bucket_bytes: usize,
+    ) -> anyhow::Result<Self> {
+        let pointers: Vec<*const C_tensor> = params.iter().map(|p| p.as_ptr()).collect();
+        let (mut raw, mut count) = (std::ptr::null_mut(), 0i64);
+        check(unsafe {
+            convnets_grad_buckets_new(
+                group.raw,
+                pointers.as_ptr(),
+                pointers.len().try_into()?,
+                first_bucket_bytes as i64,
+                bucket_bytes as i64,
+                &mut raw,
+                &mut count,
+            )
+        })?;
+        Ok(GradBuckets { raw, count: count as usize })
+    }
+
+    /// The next backward pass ends an update whose loss is `loss`: its buckets start as their
+    /// gradients are ready.
+    pub fn arm(&self, loss: &Tensor) -> anyhow::Result<()> {
+        check(unsafe { convnets_grad_buckets_arm(self.raw, loss.as_ptr()) })
+    }
+
+    /// After that backward pass: starts the buckets still waiting, waits for all, and leaves the
+    /// ranks' mean in every gradient. Returns the ranks' mean loss and how many buckets had
+    /// started before backward ended.
+    pub fn finish(&self) -> anyhow::Result<(Tensor, usize)> {
+        let (mut loss, mut started) = (std::ptr::null_mut(), 0i64);
+        check(unsafe { convnets_grad_buckets_finish(self.raw, &mut loss, &mut started) }).map_err(collective_failed)?;
+        // SAFETY: a tensor the shim allocated with `new`, now owned by the returned Tensor.
+        Ok((unsafe { Tensor::from_ptr(loss) }, started as usize))
+    }
+}
+
+impl Drop for GradBuckets {
+    fn drop(&mut self) {
+        unsafe { convnets_grad_buckets_free(self.raw) };
     }
 }

@@ -9,13 +9,21 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use super::ProcessGroup;
+use super::c10d::GradBuckets;
 
 /// DDP's default bucket size (`bucket_cap_mb=25`): few enough all-reduces that their latency
 /// does not dominate, small enough that a bucket's copy stays cheap.
 const BUCKET_BYTES: usize = 25 << 20;
 
+/// DDP's first bucket when it overlaps backward (1 MiB): small, so that communication starts
+/// as soon as the last layers' gradients are ready.
+const FIRST_BUCKET_BYTES: usize = 1 << 20;
+
 /// A network's replicas across the ranks of `group`.
 pub struct DataParallel {
+    /// The buckets of the parameters being trained, keyed by their addresses, once a CPU update
+    /// has made them. Declared before `group`: they refer to it, and fields drop in order.
+    overlapped: Mutex<Option<(Vec<usize>, GradBuckets)>>,
     pub group: ProcessGroup,
     /// `--sync-bn`: batch norm normalises with the statistics of the whole global batch.
     pub sync_bn: bool,
@@ -28,13 +36,18 @@ pub struct AllReduceTraffic {
     pub steps: u64,
     /// Bytes all-reduced per rank (gradients and the loss).
     pub bytes: u64,
-    /// Wall time in the all-reduces, copies to and from the buckets included.
+    /// Wall time in the all-reduces, copies to and from the buckets included; where they
+    /// overlap backward (on the CPU), the time waited for them after it.
     pub seconds: f64,
+    /// Buckets all-reduced while backward overlapped them, and how many of those started
+    /// before backward ended.
+    pub overlapped_buckets: u64,
+    pub started_in_backward: u64,
 }
 
 impl DataParallel {
     pub fn new(group: ProcessGroup, sync_bn: bool) -> Self {
-        DataParallel { group, sync_bn, traffic: Mutex::default() }
+        DataParallel { overlapped: Mutex::default(), group, sync_bn, traffic: Mutex::default() }
     }
 
     /// The gradient all-reduces' totals since the start.
@@ -143,6 +156,42 @@ impl DataParallel {
         traffic.bytes += bytes;
         traffic.seconds += started.elapsed().as_secs_f64();
         Ok(mean)
+    }
+
+    /// Arms the all-reduce of `params`' gradients to overlap the backward pass of `loss`, the
+    /// last micro-batch of an update, when they are float tensors on the CPU; [`Self::finish_overlapped`]
+    /// then ends it. Returns whether it did: on a GPU the gradients are averaged after backward
+    /// ([`Self::average_gradients`]).
+    pub fn overlap_backward(&self, params: &[Tensor], loss: &Tensor) -> anyhow::Result<bool> {
+        if params.is_empty() || !params.iter().all(|p| p.device() == Device::Cpu && p.kind() == Kind::Float) {
+            return Ok(false);
+        }
+        let key: Vec<usize> = params.iter().map(|p| p.data_ptr() as usize).collect();
+        let mut overlapped = self.overlapped.lock().unwrap_or_else(|e| e.into_inner());
+        if overlapped.as_ref().is_none_or(|(made_for, _)| *made_for != key) {
+            *overlapped = None; // its hooks go before the new ones come
+            *overlapped = Some((key, GradBuckets::new(&self.group, params, FIRST_BUCKET_BYTES, BUCKET_BYTES)?));
+        }
+        let (_, buckets) = overlapped.as_ref().expect("made above");
+        buckets.arm(loss)?;
+        Ok(true)
+    }
+
+    /// Ends the update [`Self::overlap_backward`] armed, once its backward pass has run: the ranks'
+    /// mean in every gradient of `params`, and their mean loss (on `loss`'s device).
+    pub fn finish_overlapped(&self, params: &[Tensor], loss: &Tensor) -> anyhow::Result<Tensor> {
+        let _no_grad = tch::no_grad_guard();
+        let started = Instant::now();
+        let overlapped = self.overlapped.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, buckets) = overlapped.as_ref().ok_or_else(|| anyhow::anyhow!("no backward pass was armed"))?;
+        let (mean, started_in_backward) = buckets.finish()?;
+        let mut traffic = self.traffic.lock().unwrap_or_else(|e| e.into_inner());
+        traffic.steps += 1;
+        traffic.bytes += 4 * (params.iter().map(|p| p.numel() as u64).sum::<u64>() + 1);
+        traffic.seconds += started.elapsed().as_secs_f64();
+        traffic.overlapped_buckets += buckets.count as u64;
+        traffic.started_in_backward += started_in_backward as u64;
+        Ok(mean.f_to_device(loss.device())?)
     }
 
     /// Element-wise sums of `values` over the ranks (exact for counts below 2^53).

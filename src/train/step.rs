@@ -87,16 +87,25 @@ pub fn micro_batch_step(
     }
     let y_hat = net.forward_synced(x, true, replicas.and_then(DataParallel::sync_bn))?;
     let mut loss = cross_entropy(&y_hat, y, options.label_smoothing)?;
+    let update = micro.index + 1 == micro.len;
+    let params = if update { net.vs.trainable_variables() } else { Vec::new() };
+    // On the CPU, an update's gradients travel between the ranks while backward still runs.
+    let overlapped = match replicas {
+        Some(replicas) if update => replicas.overlap_backward(&params, &loss)?,
+        _ => false,
+    };
     if micro.len > 1 {
         loss.f_div_scalar(micro.len as f64)?.f_backward()?;
     } else {
         loss.f_backward()?;
     }
-    if micro.index + 1 == micro.len {
-        let params = net.vs.trainable_variables();
+    if update {
         if let Some(replicas) = replicas {
             // All ranks then take the same step: that of the whole global batch.
-            loss = replicas.average_gradients(&params.iter().collect::<Vec<_>>(), &loss)?;
+            loss = match overlapped {
+                true => replicas.finish_overlapped(&params, &loss)?,
+                false => replicas.average_gradients(&params.iter().collect::<Vec<_>>(), &loss)?,
+            };
         }
         if let Some(max_norm) = options.clip_grad_norm {
             let _norm_before = clip_grad_norm(&params, max_norm)?;
