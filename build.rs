@@ -1,7 +1,8 @@
 // Lets the binary find libtorch without LD_LIBRARY_PATH: an rpath to the libtorch that
 // torch-sys linked (scripts/setup.sh caches it outside the clone, keyed by version). Compiles
-// csrc/accel.cpp and csrc/cpu_blocks.cpp, the few libtorch calls tch does not expose and a CPU
-// allocator that reuses large blocks (see src/ffi.rs and src/accel/), and csrc/dist.cpp and
+// csrc/accel.cpp, csrc/cpu_blocks.cpp and csrc/fused.cpp, the few libtorch calls tch does not
+// expose, a CPU allocator that reuses large blocks and evaluation's fused convolutions (see
+// src/ffi.rs, src/accel/ and src/nn/), and csrc/dist.cpp and
 // csrc/grad_buckets.cpp, libtorch's c10d for data-parallel training (see src/distributed/).
 use std::path::PathBuf;
 
@@ -20,6 +21,7 @@ fn main() {
     shim.cpp(true)
         .file("csrc/accel.cpp")
         .file("csrc/cpu_blocks.cpp")
+        .file("csrc/fused.cpp")
         .file("csrc/dist.cpp")
         .file("csrc/grad_buckets.cpp")
         .include(libtorch.join("include"))

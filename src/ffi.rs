@@ -23,6 +23,31 @@ unsafe extern "C" {
 }
 
 // csrc/cpu_blocks.cpp
+/// An eval-mode batch norm's tensors, for the shim to fold into the layer before it.
+#[repr(C)]
+pub struct ConvnetsNorm {
+    pub weight: *const C_tensor,
+    pub bias: *const C_tensor,
+    pub mean: *const C_tensor,
+    pub var: *const C_tensor,
+    pub eps: f64,
+}
+
+unsafe extern "C" {
+    #[allow(clippy::too_many_arguments)]
+    pub fn convnets_conv2d_pointwise(
+        x: *const C_tensor,
+        w: *const C_tensor,
+        b: *const C_tensor,
+        stride: i64,
+        padding: i64,
+        norm: *const ConvnetsNorm,
+        other: *const C_tensor,
+        activation: *const c_char,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+}
+
 unsafe extern "C" {
     pub fn convnets_reuse_large_cpu_blocks(min_bytes: i64) -> *mut c_char;
     pub fn convnets_large_cpu_block_stats(

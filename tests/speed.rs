@@ -8,6 +8,7 @@ mod common;
 use common::{RNG, small_data};
 use convnets::data::{self, Dataset};
 use convnets::models::{self, NetConfig, Network};
+use convnets::nn::Tracer;
 use convnets::train::{self, Run, TrainConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -100,6 +101,61 @@ fn bf16_logits_are_float32_and_near_fp32() {
     let scale = fp32.abs().max().double_value(&[]);
     let diff = (&fp32 - &bf16).abs().max().double_value(&[]);
     assert!(diff > 0.0 && diff < 0.05 * scale, "max difference {diff} for logits up to {scale}");
+}
+
+#[test]
+fn evaluation_fuses_layers_with_their_batch_norm_and_activation_and_computes_the_same_logits() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(9);
+    // The fused calls of one channels-last evaluation: a convolution followed by a ReLU in a
+    // Sequential (AlexNet's 5, VGG's 8, NiN's 12) or in a block (GoogLeNet's stem's 3 and 6 in
+    // each of its 9 Inception blocks); ResNet's stem and two per residual block (batch norm
+    // folded in, the second with the shortcut's sum); the LeNets' convolution + batch norm +
+    // sigmoid, 2 each (built-in and from-scratch batch norm).
+    let nets = [
+        ("alexnet", 224, 5),
+        ("vgg11-small", 224, 8),
+        ("nin", 224, 12),
+        ("googlenet", 96, 3 + 9 * 6),
+        ("resnet18", 64, 1 + 8 * 2),
+        ("lenet-bn", 28, 2),
+        ("lenet-bn-scratch", 28, 2),
+    ];
+    for (name, side, calls) in nets {
+        let mut net = Network::new(name, NetConfig::default(), Device::Cpu).unwrap();
+        net.set_channels_last(true).unwrap();
+        let x = Tensor::rand([4, 1, side, side], (Kind::Float, Device::Cpu));
+        // Batch statistics that differ from the initial ones, for the folded batch norms.
+        let _ = tch::no_grad(|| net.forward_t(&x, true).unwrap());
+        for precision in [Precision::Fp32, Precision::Bf16] {
+            net.set_precision(precision).unwrap();
+            let before = convnets::nn::fused_calls();
+            let fused = tch::no_grad(|| net.forward_t(&x, false)).unwrap();
+            assert_eq!(convnets::nn::fused_calls() - before, calls, "{name} {precision}");
+            // A traced pass records every layer, so it runs them one by one.
+            let layer_by_layer = tch::no_grad(|| net.forward_traced(&x, false, &mut Tracer::new())).unwrap();
+            let scale = layer_by_layer.abs().max().double_value(&[]);
+            let diff = (&fused - &layer_by_layer).abs().max().double_value(&[]);
+            let tolerance = if precision == Precision::Fp32 { 1e-5 } else { 2e-2 };
+            // NiN's untrained last block leaves every logit at 0 (its ReLUs' inputs are all
+            // negative); the count above still checks that it fused.
+            assert!(scale > 0.0 || name == "nin", "{name} {precision}: all logits 0");
+            assert!(diff <= tolerance * scale, "{name} {precision}: logits differ by {diff} (up to {scale})");
+        }
+        // LeNet's own layout (NCHW) is not fused: oneDNN's reorders cost its small maps more.
+        if name.starts_with("lenet") {
+            net.set_channels_last(false).unwrap();
+            let before = convnets::nn::fused_calls();
+            let _ = tch::no_grad(|| net.forward_t(&x, false)).unwrap();
+            assert_eq!(convnets::nn::fused_calls(), before, "{name} NCHW");
+        }
+        // With a gradient to track, nothing is fused (the fused operator has no derivative).
+        net.set_precision(Precision::Fp32).unwrap();
+        let before = convnets::nn::fused_calls();
+        net.forward_t(&x, false).unwrap().sum(Kind::Float).backward();
+        assert_eq!(convnets::nn::fused_calls(), before, "{name} with gradients");
+        assert!(net.vs.trainable_variables()[0].grad().defined());
+    }
 }
 
 #[test]

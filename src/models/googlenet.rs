@@ -42,19 +42,13 @@ impl Layer for Inception {
     }
     fn forward(&self, x: &Tensor, cx: &mut Ctx) -> Fwd {
         // Each path's convolutions are followed by a ReLU.
-        let p1 = cx.call(&self.p1_1, x)?;
-        let p1 = cx.relu(&p1)?;
-        let p2 = cx.call(&self.p2_1, x)?;
-        let p2 = cx.relu(&p2)?;
-        let p2 = cx.call(&self.p2_2, &p2)?;
-        let p2 = cx.relu(&p2)?;
-        let p3 = cx.call(&self.p3_1, x)?;
-        let p3 = cx.relu(&p3)?;
-        let p3 = cx.call(&self.p3_2, &p3)?;
-        let p3 = cx.relu(&p3)?;
+        let p1 = cx.conv_relu(&self.p1_1, x)?;
+        let p2 = cx.conv_relu(&self.p2_1, x)?;
+        let p2 = cx.conv_relu(&self.p2_2, &p2)?;
+        let p3 = cx.conv_relu(&self.p3_1, x)?;
+        let p3 = cx.conv_relu(&self.p3_2, &p3)?;
         let p4 = cx.call(&self.p4_1, x)?;
-        let p4 = cx.call(&self.p4_2, &p4)?;
-        let p4 = cx.relu(&p4)?;
+        let p4 = cx.conv_relu(&self.p4_2, &p4)?;
         // Concatenate the paths' outputs on the channel axis.
         cx.cat(&[&p1, &p2, &p3, &p4])
     }

@@ -203,6 +203,7 @@ impl Network {
 
     fn forward_with(&self, x: &Tensor, mut cx: Ctx) -> Fwd {
         cx.train &= !self.frozen_backbone;
+        cx.fuse = self.channels_last;
         if self.precision == Precision::Fp32 && !self.channels_last {
             return cx.call(&self.body, x);
         }

@@ -33,18 +33,14 @@ impl Layer for Residual {
         "Residual"
     }
     fn forward(&self, x: &Tensor, cx: &mut Ctx) -> Fwd {
-        let y = cx.call(&self.conv1, x)?;
-        let y = cx.call(&self.bn1, &y)?;
-        let y = cx.relu(&y)?;
-        let y = cx.call(&self.conv2, &y)?;
-        let y = cx.call(&self.bn2, &y)?;
-        let shortcut = match &self.conv3 {
-            Some(conv3) => cx.call(conv3, x)?,
-            None => x.shallow_clone(),
-        };
-        // The shortcut: add the block's input (the seed's `Y += Y` is a bug).
-        let sum = cx.add(&y, &shortcut)?;
-        cx.relu(&sum)
+        // Y = relu(bn1(conv1(X))); evaluation fuses each line into one call.
+        let y = cx.conv_norm_relu(&self.conv1, &self.bn1, x)?;
+        // relu(bn2(conv2(Y)) + shortcut): add the block's input, through conv3 where it changes
+        // shape (the seed's `Y += Y` is a bug).
+        cx.conv_norm_add_relu(&self.conv2, &self.bn2, &y, |cx| match &self.conv3 {
+            Some(conv3) => cx.call(conv3, x),
+            None => Ok(x.shallow_clone()),
+        })
     }
     fn children(&self) -> Vec<&dyn Layer> {
         let mut children: Vec<&dyn Layer> = vec![&self.conv1, &self.conv2];

@@ -3,7 +3,7 @@
 use tch::Tensor;
 use tch::nn::Path;
 
-use super::{Ctx, Fwd, Layer};
+use super::{Ctx, Fwd, Layer, fused};
 
 /// `nn.Sequential`: runs its layers in order.
 pub struct Sequential {
@@ -66,8 +66,17 @@ impl Layer for Sequential {
     }
     fn forward(&self, x: &Tensor, cx: &mut Ctx) -> Fwd {
         let mut y = x.shallow_clone();
-        for layer in &self.layers {
-            y = cx.call(layer.as_ref(), &y)?;
+        let mut next = 0;
+        while next < self.layers.len() {
+            // A convolution or linear layer with the batch norm and activation after it, in
+            // one call where evaluation can fuse them.
+            if let Some((fused, used)) = fused::run_sequence(&self.layers[next..], &y, cx) {
+                y = fused?;
+                next += used;
+                continue;
+            }
+            y = cx.call(self.layers[next].as_ref(), &y)?;
+            next += 1;
         }
         Ok(y)
     }

@@ -3,6 +3,7 @@
 use tch::Tensor;
 use tch::nn::Path;
 
+use super::fused::{self, ConvCall, Epilogue, Fusable};
 use super::init::{self, BiasInit, WeightInit};
 use super::layer::{check_window, expect_image};
 use super::{Ctx, Fwd, InLayer, Layer};
@@ -44,6 +45,20 @@ impl Conv2d {
     }
 }
 
+impl Conv2d {
+    /// `self(x)` and `epilogue` in one fused call (see [`fused`]), `None` where it does not apply.
+    pub(crate) fn forward_fused(&self, x: &Tensor, epilogue: &Epilogue) -> Option<Fwd> {
+        let checked = expect_image(x, self.in_channels)
+            .and_then(|(h, w)| check_window(x, h, w, self.kernel, self.stride, self.padding));
+        if let Err(e) = checked {
+            return Some(Err(e));
+        }
+        let conv =
+            ConvCall { weight: &self.weight, bias: self.bias.as_ref(), stride: self.stride, padding: self.padding };
+        fused::run(conv, x, epilogue)
+    }
+}
+
 impl Layer for Conv2d {
     fn type_name(&self) -> &'static str {
         "Conv2d"
@@ -56,6 +71,9 @@ impl Layer for Conv2d {
     }
     fn parameters(&self) -> Vec<&Tensor> {
         std::iter::once(&self.weight).chain(&self.bias).collect()
+    }
+    fn fusable(&self) -> Option<Fusable<'_>> {
+        Some(Fusable::Conv(self))
     }
     fn mult_adds(&self, out: &[i64]) -> i64 {
         let params: i64 = self.parameters().iter().map(|t| t.numel() as i64).sum();

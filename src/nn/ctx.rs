@@ -4,8 +4,9 @@
 
 use tch::Tensor;
 
+use super::fused::{Activation, Epilogue};
 use super::layer::shape_error;
-use super::{Fwd, InLayer, Layer, LayerError, SyncBatchNorm, Tracer};
+use super::{BatchNorm, Conv2d, Fwd, InLayer, Layer, LayerError, SyncBatchNorm, Tracer};
 use crate::onnx::{self, OnnxGraph, proto::AttributeProto};
 
 /// Everything a forward pass carries besides the tensor.
@@ -21,20 +22,23 @@ pub struct Ctx<'t> {
     /// Whether dropout drops in training mode (off only to compare a training step with
     /// PyTorch's, whose random masks libtorch cannot draw alike).
     pub dropout: bool,
+    /// Whether evaluation may fuse layers (see [`Ctx::fused`]): for networks laid out
+    /// channels-last, where oneDNN's fused convolutions need no reorders.
+    pub fuse: bool,
 }
 
 impl<'t> Ctx<'t> {
     pub fn new(train: bool) -> Ctx<'static> {
-        Ctx { train, tracer: None, finished_leaves: 0, sync_bn: None, dropout: true }
+        Ctx { train, tracer: None, finished_leaves: 0, sync_bn: None, dropout: true, fuse: false }
     }
 
     pub fn traced(train: bool, tracer: &'t mut Tracer) -> Ctx<'t> {
-        Ctx { train, tracer: Some(tracer), finished_leaves: 0, sync_bn: None, dropout: true }
+        Ctx { train, tracer: Some(tracer), finished_leaves: 0, sync_bn: None, dropout: true, fuse: false }
     }
 
     /// A forward pass whose batch norms normalise with the statistics of every replica's batch.
     pub fn synced(train: bool, sync_bn: &'t dyn SyncBatchNorm) -> Ctx<'t> {
-        Ctx { train, tracer: None, finished_leaves: 0, sync_bn: Some(sync_bn), dropout: true }
+        Ctx { train, tracer: None, finished_leaves: 0, sync_bn: Some(sync_bn), dropout: true, fuse: false }
     }
 
     /// Runs `layer` on `x`, recording the call when tracing.
@@ -79,6 +83,83 @@ impl<'t> Ctx<'t> {
 
     fn export_error(&self, layer: &dyn Layer, x: &Tensor, reason: String) -> LayerError {
         LayerError { layer: self.leaf_name(layer), shape: x.size(), reason: format!("ONNX export: {reason}") }
+    }
+
+    /// Whether this pass fuses: evaluation, [`Ctx::fuse`], and nothing recording the pass
+    /// (summaries, shape traces and exports see every layer).
+    fn fusing(&self) -> bool {
+        self.fuse && !self.train && self.tracer.is_none()
+    }
+
+    /// When [`Ctx::fusing`]: `run(x)`, the fused call of `head` and the layers after it, counted
+    /// as the `leaves` layers it stands for (errors are `head`'s). `None` where that does not
+    /// apply: the caller runs the layers one by one.
+    pub(crate) fn fused(
+        &mut self,
+        head: &dyn Layer,
+        leaves: usize,
+        run: impl FnOnce(&Tensor) -> Option<Fwd>,
+        x: &Tensor,
+    ) -> Option<Fwd> {
+        if !self.fusing() {
+            return None;
+        }
+        let y = run(x)?.map_err(|mut e| {
+            e.layer = self.leaf_name(head);
+            e
+        });
+        self.finished_leaves += leaves;
+        Some(y)
+    }
+
+    /// A block's `relu(conv(x))`, in one fused call where evaluation allows.
+    pub fn conv_relu(&mut self, conv: &Conv2d, x: &Tensor) -> Fwd {
+        let epilogue = Epilogue { norm: None, shortcut: None, activation: Activation::Relu };
+        if let Some(y) = self.fused(conv, 1, |x| conv.forward_fused(x, &epilogue), x) {
+            return y;
+        }
+        let y = self.call(conv, x)?;
+        self.relu(&y)
+    }
+
+    /// A block's `relu(bn(conv(x)))`, in one fused call where evaluation allows (the batch
+    /// norm folded into the convolution).
+    pub fn conv_norm_relu(&mut self, conv: &Conv2d, bn: &BatchNorm, x: &Tensor) -> Fwd {
+        let epilogue = Epilogue { norm: Some(bn.norm()), shortcut: None, activation: Activation::Relu };
+        if let Some(y) = self.fused(conv, 2, |x| conv.forward_fused(x, &epilogue), x) {
+            return y;
+        }
+        let y = self.call(conv, x)?;
+        let y = self.call(bn, &y)?;
+        self.relu(&y)
+    }
+
+    /// A block's `relu(bn(conv(x)) + shortcut(self))`, in one fused call where evaluation
+    /// allows. `shortcut` runs after the batch norm when the steps run one by one (the order
+    /// summaries list them in), before the convolution when fused.
+    pub fn conv_norm_add_relu(
+        &mut self,
+        conv: &Conv2d,
+        bn: &BatchNorm,
+        x: &Tensor,
+        shortcut: impl FnOnce(&mut Self) -> Fwd,
+    ) -> Fwd {
+        if self.fusing() {
+            let shortcut = shortcut(self)?;
+            let epilogue = Epilogue { norm: Some(bn.norm()), shortcut: Some(&shortcut), activation: Activation::Relu };
+            if let Some(y) = self.fused(conv, 2, |x| conv.forward_fused(x, &epilogue), x) {
+                return y;
+            }
+            let y = self.call(conv, x)?;
+            let y = self.call(bn, &y)?;
+            let sum = self.add(&y, &shortcut)?;
+            return self.relu(&sum);
+        }
+        let y = self.call(conv, x)?;
+        let y = self.call(bn, &y)?;
+        let shortcut = shortcut(self)?;
+        let sum = self.add(&y, &shortcut)?;
+        self.relu(&sum)
     }
 
     /// A block's functional ReLU (not a layer of its own, as `F.relu` in PyTorch).

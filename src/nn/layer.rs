@@ -4,6 +4,7 @@
 use tch::{TchError, Tensor};
 
 use super::Ctx;
+use super::fused::Fusable;
 use crate::onnx::OnnxGraph;
 
 /// A layer that could not compute its output: an input it cannot take, or a failure inside
@@ -43,6 +44,11 @@ pub trait Layer: Send {
     fn children(&self) -> Vec<&dyn Layer> {
         Vec::new()
     }
+    /// What this leaf is to evaluation's fused calls: a convolution that the layers after it
+    /// may join, or a batch norm that can join one.
+    fn fusable(&self) -> Option<Fusable<'_>> {
+        None
+    }
     /// A leaf's eval-mode computation as ONNX nodes reading the value `input`; returns the
     /// value it produces. `None` for a layer whose work is its children's and its functional
     /// steps' (`Ctx::relu`, `Ctx::add`, `Ctx::cat`), which are exported as they run.
@@ -69,6 +75,9 @@ impl Layer for Box<dyn Layer> {
     }
     fn children(&self) -> Vec<&dyn Layer> {
         self.as_ref().children()
+    }
+    fn fusable(&self) -> Option<Fusable<'_>> {
+        self.as_ref().fusable()
     }
     fn onnx(&self, graph: &mut OnnxGraph, input: &str) -> Option<Result<String, String>> {
         self.as_ref().onnx(graph, input)

@@ -4,6 +4,7 @@
 use tch::nn::Path;
 use tch::{Kind, TchError, Tensor};
 
+use super::fused::{Fusable, Norm};
 use super::layer::shape_error;
 use super::{Ctx, Fwd, InLayer, Layer, LayerError};
 use crate::onnx::{self, OnnxGraph};
@@ -81,6 +82,21 @@ fn check_batch_norm(x: &Tensor, features: i64, dims: usize, train: bool) -> Resu
     Ok(())
 }
 
+impl BatchNorm {
+    /// The eval-mode computation, for a fused call to fold into the layer before it.
+    pub fn norm(&self) -> Norm<'_> {
+        Norm {
+            weight: &self.weight,
+            bias: &self.bias,
+            mean: &self.running_mean,
+            var: &self.running_var,
+            eps: self.eps,
+            features: self.num_features,
+            spatial: self.dims == 4,
+        }
+    }
+}
+
 impl Layer for BatchNorm {
     fn type_name(&self) -> &'static str {
         if self.dims == 4 { "BatchNorm2d" } else { "BatchNorm1d" }
@@ -114,6 +130,9 @@ impl Layer for BatchNorm {
     }
     fn mult_adds(&self, out: &[i64]) -> i64 {
         (self.weight.numel() + self.bias.numel()) as i64 * out[0]
+    }
+    fn fusable(&self) -> Option<Fusable<'_>> {
+        Some(Fusable::Norm(self.norm()))
     }
     fn onnx(&self, graph: &mut OnnxGraph, input: &str) -> Option<Result<String, String>> {
         let values = [&self.weight, &self.bias, &self.running_mean, &self.running_var];
@@ -206,6 +225,18 @@ impl Layer for ScratchBatchNorm {
     }
     fn parameters(&self) -> Vec<&Tensor> {
         vec![&self.gamma, &self.beta]
+    }
+    fn fusable(&self) -> Option<Fusable<'_>> {
+        // Its eval-mode formula is built-in batch norm's, with the moving statistics.
+        Some(Fusable::Norm(Norm {
+            weight: &self.gamma,
+            bias: &self.beta,
+            mean: &self.moving_mean,
+            var: &self.moving_var,
+            eps: Self::EPS,
+            features: self.num_features,
+            spatial: self.dims == 4,
+        }))
     }
     fn mult_adds(&self, out: &[i64]) -> i64 {
         (self.gamma.numel() + self.beta.numel()) as i64 * out[0]

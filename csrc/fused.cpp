@@ -1,0 +1,132 @@
+// Evaluation on the CPU with a convolution's epilogue fused into it: an eval-mode batch norm
+// after it folded into its weights, and the activation (and ResNet's shortcut sum) applied by
+// oneDNN as post-ops while the output is still in cache, where separate steps read and write the
+// whole activation again each. The operator is libtorch's own `mkldnn::_convolution_pointwise`
+// (with its `.binary` form for the sum), the one Inductor's freezing pass emits. It has no
+// derivative, so it only runs where nothing needs one. (Its linear-layer sibling,
+// `mkldnn::_linear_pointwise`, evaluated LeNet 8% slower than libtorch's matrix product with a
+// separate activation, and is not used.)
+#include "guard.h"
+
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/cpu/Utils.h>
+
+#include <initializer_list>
+#include <optional>
+#include <string>
+#include <string_view>
+
+// An eval-mode batch norm: y = (x - mean) / sqrt(var + eps) * weight + bias, per channel.
+struct ConvnetsNorm {
+  const at::Tensor *weight;
+  const at::Tensor *bias;
+  const at::Tensor *mean;
+  const at::Tensor *var;
+  double eps;
+};
+
+namespace {
+
+using Scalars = c10::List<std::optional<at::Scalar>>;
+using PointwiseConv = at::Tensor(const at::Tensor &, const at::Tensor &, const std::optional<at::Tensor> &,
+                                 c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef, int64_t, std::string_view,
+                                 Scalars, std::optional<std::string_view>);
+using BinaryConv = at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &,
+                              const std::optional<at::Tensor> &, c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef,
+                              int64_t, std::string_view, std::optional<at::Scalar>, std::optional<std::string_view>,
+                              Scalars, std::optional<std::string_view>);
+
+// oneDNN's bfloat16 kernels need AVX-512 (F, BW, VL, DQ), as libtorch checks before it takes them.
+bool bf16_kernels() {
+  static const bool supported = [] {
+    auto capabilities = at::cpu::get_cpu_capabilities();
+    for (const char *flag : {"avx512_f", "avx512_bw", "avx512_vl", "avx512_dq"}) {
+      auto found = capabilities.find(flag);
+      if (found == capabilities.end() || !found->second.isBool() || !found->second.toBool()) return false;
+    }
+    return true;
+  }();
+  return supported;
+}
+
+bool tracked(const at::Tensor *t) { return t != nullptr && t->requires_grad(); }
+
+// The type the fused layer computes in (autocast's lower precision when it is on, as autocast's
+// convolution and linear layer would), or nothing where the fused operators do not apply.
+std::optional<at::ScalarType> fusable(const at::Tensor &x, const at::Tensor &w, const at::Tensor *b,
+                                      const ConvnetsNorm *norm, const at::Tensor *other) {
+  if (!at::hasMKLDNN() || !x.device().is_cpu() || !w.device().is_cpu()) return std::nullopt;
+  bool any_tracked = tracked(&x) || tracked(&w) || tracked(b) || tracked(other) ||
+                     (norm != nullptr && (tracked(norm->weight) || tracked(norm->bias)));
+  if (at::GradMode::is_enabled() && any_tracked) return std::nullopt;
+  auto dtype = x.scalar_type();
+  if (at::autocast::is_autocast_enabled(at::kCPU)) dtype = at::autocast::get_autocast_dtype(at::kCPU);
+  if (dtype != at::kFloat && !(dtype == at::kBFloat16 && bf16_kernels())) return std::nullopt;
+  if (w.scalar_type() != at::kFloat && w.scalar_type() != dtype) return std::nullopt;
+  return dtype;
+}
+
+// The layer's weight and bias with the batch norm after it folded in (in float32), cast to dtype.
+std::pair<at::Tensor, std::optional<at::Tensor>> folded(const at::Tensor &w, const at::Tensor *b,
+                                                         const ConvnetsNorm *norm, at::ScalarType dtype) {
+  at::NoGradGuard no_grad;
+  std::optional<at::Tensor> bias;
+  if (b != nullptr) bias = *b;
+  if (norm == nullptr) return {w.to(dtype), bias ? std::optional(bias->to(dtype)) : std::nullopt};
+  auto scale = norm->weight->flatten().to(at::kFloat) * (norm->var->flatten().to(at::kFloat) + norm->eps).rsqrt();
+  std::vector<int64_t> per_output(w.dim(), 1);
+  per_output[0] = -1;
+  auto weight = w.to(at::kFloat) * scale.view(per_output);
+  auto shift = norm->bias->flatten().to(at::kFloat) - norm->mean->flatten().to(at::kFloat) * scale;
+  auto new_bias = bias ? bias->to(at::kFloat) * scale + shift : shift;
+  return {weight.to(dtype), new_bias.to(dtype)};
+}
+
+std::optional<std::string_view> post_op(const char *activation) {
+  if (activation == nullptr || std::string_view(activation) == "none") return std::nullopt;
+  return std::string_view(activation);
+}
+
+} // namespace
+
+extern "C" {
+
+// activation(norm(conv2d(x, w, b)) [+ other]) with a square kernel, stride and padding, in one
+// oneDNN call, into *out; `norm` and `other` may be NULL, `activation` is "relu", "sigmoid" or
+// "none". Leaves *out NULL where the fused operators do not apply (a tensor off the CPU or of
+// another type, a gradient to track, no oneDNN, bfloat16 without the instructions for it): the
+// caller then computes it step by step.
+char *convnets_conv2d_pointwise(const at::Tensor *x, const at::Tensor *w, const at::Tensor *b, int64_t stride,
+                                int64_t padding, const ConvnetsNorm *norm, const at::Tensor *other,
+                                const char *activation, at::Tensor **out) {
+  GUARD({
+    *out = nullptr;
+    auto dtype = fusable(*x, *w, b, norm, other);
+    if (!dtype) return nullptr;
+    // Channels-last inputs only: oneDNN convolves NCHW maps in a blocked layout of its own, and
+    // the reorders to and from it cost LeNet's small maps more than the fusion saves (and the
+    // sum would not be fused: libtorch adds afterwards, with a kernel that takes no bfloat16).
+    if (x->suggest_memory_format() != at::MemoryFormat::ChannelsLast) return nullptr;
+    auto [weight, bias] = folded(*w, b, norm, *dtype);
+    int64_t padding2[2] = {padding, padding}, stride2[2] = {stride, stride}, dilation[2] = {1, 1};
+    at::Tensor y;
+    if (other == nullptr) {
+      static const auto op = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("mkldnn::_convolution_pointwise", "")
+                                 .typed<PointwiseConv>();
+      y = op.call(x->to(*dtype), weight, bias, padding2, stride2, dilation, 1, post_op(activation).value_or("none"),
+                  Scalars(), std::nullopt);
+    } else {
+      static const auto op = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("mkldnn::_convolution_pointwise", "binary")
+                                 .typed<BinaryConv>();
+      y = op.call(x->to(*dtype), other->to(*dtype), weight, bias, padding2, stride2, dilation, 1, "add",
+                  at::Scalar(1.0), post_op(activation), Scalars(), std::nullopt);
+    }
+    *out = new at::Tensor(std::move(y));
+  })
+}
+
+} // extern "C"
