@@ -144,20 +144,23 @@ impl<'t> Ctx<'t> {
         x: &Tensor,
         shortcut: impl FnOnce(&mut Self) -> Fwd,
     ) -> Fwd {
+        let mut shortcut = Some(shortcut);
+        let mut computed = None;
         if self.fusing() {
-            let shortcut = shortcut(self)?;
-            let epilogue = Epilogue { norm: Some(bn.norm()), shortcut: Some(&shortcut), activation: Activation::Relu };
+            let early = (shortcut.take().expect("not run yet"))(self)?;
+            let epilogue = Epilogue { norm: Some(bn.norm()), shortcut: Some(&early), activation: Activation::Relu };
             if let Some(y) = self.fused(conv, 2, |x| conv.forward_fused(x, &epilogue), x) {
                 return y;
             }
-            let y = self.call(conv, x)?;
-            let y = self.call(bn, &y)?;
-            let sum = self.add(&y, &shortcut)?;
-            return self.relu(&sum);
+            computed = Some(early);
         }
         let y = self.call(conv, x)?;
         let y = self.call(bn, &y)?;
-        let shortcut = shortcut(self)?;
+        let shortcut = match (computed, shortcut) {
+            (Some(early), _) => early,
+            (None, Some(run)) => run(self)?,
+            (None, None) => unreachable!("the shortcut runs once"),
+        };
         let sum = self.add(&y, &shortcut)?;
         self.relu(&sum)
     }

@@ -17,7 +17,7 @@ use crate::ffi::{ConvnetsNorm, check, convnets_conv2d_pointwise};
 
 /// The activation a fused layer applies last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
+pub(crate) enum Activation {
     Identity,
     Relu,
     Sigmoid,
@@ -61,7 +61,7 @@ pub enum Fusable<'a> {
 }
 
 /// One fused call's layer and what follows it into the call.
-pub struct Epilogue<'a> {
+pub(crate) struct Epilogue<'a> {
     pub norm: Option<Norm<'a>>,
     /// Added before the activation (ResNet's shortcut).
     pub shortcut: Option<&'a Tensor>,

@@ -33,7 +33,7 @@ pub use conv::Conv2d;
 pub use ctx::Ctx;
 pub use dropout::Dropout;
 pub use flatten::Flatten;
-pub use fused::{Activation, Fusable, Norm, fused_calls};
+pub use fused::{Fusable, Norm, fused_calls};
 pub use init::{BiasInit, WeightInit};
 pub use layer::{Fwd, InLayer, Layer, LayerError, count_parameters, expect_image};
 pub use linear::{Linear, reset_linear};
