@@ -3,9 +3,9 @@
 // oneDNN as post-ops while the output is still in cache, where separate steps read and write the
 // whole activation again each. The operator is libtorch's own `mkldnn::_convolution_pointwise`
 // (with its `.binary` form for the sum), the one Inductor's freezing pass emits. It has no
-// derivative, so it only runs where nothing needs one. (Its linear-layer sibling,
-// `mkldnn::_linear_pointwise`, evaluated LeNet 8% slower than libtorch's matrix product with a
-// separate activation, and is not used.)
+// derivative, so it only runs where nothing needs one. Its linear-layer sibling,
+// `mkldnn::_linear_pointwise`, takes a linear layer with its activation the same way (the
+// classifiers of AlexNet and VGG).
 #include "guard.h"
 
 #include <ATen/ATen.h>
@@ -33,6 +33,8 @@ using Scalars = c10::List<std::optional<at::Scalar>>;
 using PointwiseConv = at::Tensor(const at::Tensor &, const at::Tensor &, const std::optional<at::Tensor> &,
                                  c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef, int64_t, std::string_view,
                                  Scalars, std::optional<std::string_view>);
+using PointwiseLinear = at::Tensor(const at::Tensor &, const at::Tensor &, const std::optional<at::Tensor> &,
+                                   std::string_view, Scalars, std::optional<std::string_view>);
 using BinaryConv = at::Tensor(const at::Tensor &, const at::Tensor &, const at::Tensor &,
                               const std::optional<at::Tensor> &, c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef,
                               int64_t, std::string_view, std::optional<at::Scalar>, std::optional<std::string_view>,
@@ -126,6 +128,23 @@ char *convnets_conv2d_pointwise(const at::Tensor *x, const at::Tensor *w, const 
                   at::Scalar(1.0), post_op(activation), Scalars(), std::nullopt);
     }
     *out = new at::Tensor(std::move(y));
+  })
+}
+
+// activation(linear(x, w, b)) in one oneDNN call, as convnets_conv2d_pointwise does it for a
+// convolution (without batch norm or sum).
+char *convnets_linear_pointwise(const at::Tensor *x, const at::Tensor *w, const at::Tensor *b,
+                                const char *activation, at::Tensor **out) {
+  GUARD({
+    *out = nullptr;
+    auto dtype = fusable(*x, *w, b, nullptr, nullptr);
+    if (!dtype) return nullptr;
+    auto [weight, bias] = folded(*w, b, nullptr, *dtype);
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
+                               .typed<PointwiseLinear>();
+    *out = new at::Tensor(
+        op.call(x->to(*dtype), weight, bias, post_op(activation).value_or("none"), Scalars(), std::nullopt));
   })
 }
 

@@ -46,6 +46,13 @@ unsafe extern "C" {
         activation: *const c_char,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
+    pub fn convnets_linear_pointwise(
+        x: *const C_tensor,
+        w: *const C_tensor,
+        b: *const C_tensor,
+        activation: *const c_char,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
 }
 
 unsafe extern "C" {

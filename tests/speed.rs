@@ -107,14 +107,15 @@ fn bf16_logits_are_float32_and_near_fp32() {
 fn evaluation_fuses_layers_with_their_batch_norm_and_activation_and_computes_the_same_logits() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(9);
-    // The fused calls of one channels-last evaluation: a convolution followed by a ReLU in a
-    // Sequential (AlexNet's 5, VGG's 8, NiN's 12) or in a block (GoogLeNet's stem's 3 and 6 in
-    // each of its 9 Inception blocks); ResNet's stem and two per residual block (batch norm
-    // folded in, the second with the shortcut's sum); the LeNets' convolution + batch norm +
-    // sigmoid, 2 each (built-in and from-scratch batch norm).
+    // The fused calls of one channels-last evaluation: a convolution or linear layer followed by
+    // a ReLU in a Sequential (AlexNet's 5 and 2, VGG's 8 and 2, NiN's 12) or in a block
+    // (GoogLeNet's stem's 3 and 6 in each of its 9 Inception blocks); ResNet's stem and two per
+    // residual block (batch norm folded in, the second with the shortcut's sum); the LeNets'
+    // convolution + batch norm + sigmoid, 2 each (built-in and from-scratch batch norm; their
+    // linear layers are followed by a batch norm, which only a convolution takes in).
     let nets = [
-        ("alexnet", 224, 5),
-        ("vgg11-small", 224, 8),
+        ("alexnet", 224, 5 + 2),
+        ("vgg11-small", 224, 8 + 2),
         ("nin", 224, 12),
         ("googlenet", 96, 3 + 9 * 6),
         ("resnet18", 64, 1 + 8 * 2),

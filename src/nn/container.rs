@@ -68,8 +68,8 @@ impl Layer for Sequential {
         let mut y = x.shallow_clone();
         let mut next = 0;
         while next < self.layers.len() {
-            // A convolution with the batch norm and activation after it, in one call where
-            // evaluation can fuse them.
+            // A convolution with the batch norm and activation after it (a linear layer with its
+            // activation), in one call where evaluation can fuse them.
             if let Some((fused, used)) = fused::run_sequence(&self.layers[next..], &y, cx) {
                 y = fused?;
                 next += used;

@@ -1,8 +1,8 @@
 //! Evaluation's fused layers: a convolution with what follows it (an eval-mode batch norm folded
-//! into its weights, a ReLU or sigmoid, ResNet's shortcut sum) in one oneDNN call
-//! (`csrc/fused.cpp`), where the steps one by one would each read and write the whole activation
-//! again. Only evaluation with nothing recording the pass fuses ([`Ctx`] decides): summaries,
-//! shape traces and exports see every layer.
+//! into its weights, a ReLU or sigmoid, ResNet's shortcut sum), or a linear layer with its
+//! activation, in one oneDNN call (`csrc/fused.cpp`), where the steps one by one would each read
+//! and write the whole activation again. Only the evaluation of a channels-last network, with nothing recording the pass, fuses
+//! ([`Ctx`] decides): summaries, shape traces and exports see every layer.
 
 use std::ffi::CStr;
 use std::sync::OnceLock;
@@ -12,8 +12,8 @@ use tch::Tensor;
 use torch_sys::C_tensor;
 
 use super::layer::shape_error;
-use super::{Conv2d, Ctx, Fwd, Layer};
-use crate::ffi::{ConvnetsNorm, check, convnets_conv2d_pointwise};
+use super::{Conv2d, Ctx, Fwd, Layer, Linear};
+use crate::ffi::{ConvnetsNorm, check, convnets_conv2d_pointwise, convnets_linear_pointwise};
 
 /// The activation a fused layer applies last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,10 +57,11 @@ pub struct Norm<'a> {
 /// What a layer is to fusion ([`Layer::fusable`]).
 pub enum Fusable<'a> {
     Conv(&'a Conv2d),
+    Linear(&'a Linear),
     Norm(Norm<'a>),
 }
 
-/// One fused call's layer and what follows it into the call.
+/// What follows a convolution into its fused call.
 pub(crate) struct Epilogue<'a> {
     pub norm: Option<Norm<'a>>,
     /// Added before the activation (ResNet's shortcut).
@@ -122,6 +123,25 @@ pub(crate) fn run(conv: ConvCall<'_>, x: &Tensor, epilogue: &Epilogue<'_>) -> Op
             &mut out,
         )
     });
+    fused_output(result, out, x)
+}
+
+/// `activation(linear(x))` in one fused call, `x` checked by the layer; `None` where the shim
+/// declines it.
+pub(crate) fn run_linear(weight: &Tensor, bias: &Tensor, x: &Tensor, activation: Activation) -> Option<Fwd> {
+    if !enabled() {
+        return None;
+    }
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    let result = check(unsafe {
+        convnets_linear_pointwise(x.as_ptr(), weight.as_ptr(), bias.as_ptr(), activation.post_op().as_ptr(), &mut out)
+    });
+    fused_output(result, out, x)
+}
+
+/// What a shim call left in `out`: the fused output, `None` where it declined, or its error as
+/// the layer's.
+fn fused_output(result: anyhow::Result<()>, out: *mut C_tensor, x: &Tensor) -> Option<Fwd> {
     match result {
         Err(e) => Some(Err(shape_error(x, crate::error::error_line(&e)))),
         Ok(()) if out.is_null() => None,
@@ -134,10 +154,18 @@ pub(crate) fn run(conv: ConvCall<'_>, x: &Tensor, epilogue: &Epilogue<'_>) -> Op
 }
 
 /// The start of `layers` that one fused call can compute: a convolution, then a batch norm, an
-/// activation or both. Returns the fused output and how many layers it stands for, or `None`
-/// where the layers must run one by one.
+/// activation or both; or a linear layer and an activation. Returns the fused output and how many
+/// layers it stands for, or `None` where the layers must run one by one.
 pub(crate) fn run_sequence(layers: &[Box<dyn Layer>], x: &Tensor, cx: &mut Ctx) -> Option<(Fwd, usize)> {
-    let Some(Fusable::Conv(conv)) = layers.first()?.fusable() else { return None };
+    let conv = match layers.first()?.fusable()? {
+        Fusable::Conv(conv) => conv,
+        Fusable::Linear(linear) => {
+            let activation = Activation::of(layers.get(1)?.as_ref())?;
+            let y = cx.fused(linear, 2, |x| linear.forward_fused(x, activation), x)?;
+            return Some((y, 2));
+        }
+        Fusable::Norm(_) => return None,
+    };
     let mut used = 1;
     let norm = match layers.get(used).and_then(|l| l.fusable()) {
         Some(Fusable::Norm(norm)) => {

@@ -44,8 +44,8 @@ pub trait Layer: Send {
     fn children(&self) -> Vec<&dyn Layer> {
         Vec::new()
     }
-    /// What this leaf is to evaluation's fused calls: a convolution that the layers after it
-    /// may join, or a batch norm that can join one.
+    /// What this leaf is to evaluation's fused calls: a convolution or linear layer that the
+    /// layers after it may join, or a batch norm that can join a convolution.
     fn fusable(&self) -> Option<Fusable<'_>> {
         None
     }

@@ -3,9 +3,10 @@
 use tch::Tensor;
 use tch::nn::Path;
 
+use super::fused::{self, Activation, Fusable};
 use super::init::{self, BiasInit, WeightInit};
 use super::layer::shape_error;
-use super::{Ctx, Fwd, InLayer, Layer};
+use super::{Ctx, Fwd, InLayer, Layer, LayerError};
 use crate::onnx::{self, OnnxGraph};
 
 #[derive(Debug)]
@@ -29,6 +30,24 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// `activation(self(x))` in one fused call (see [`fused`]), `None` where it does not apply.
+    pub(crate) fn forward_fused(&self, x: &Tensor, activation: Activation) -> Option<Fwd> {
+        if let Err(e) = self.check_input(x) {
+            return Some(Err(e));
+        }
+        fused::run_linear(&self.weight, &self.bias, x, activation)
+    }
+
+    fn check_input(&self, x: &Tensor) -> Result<(), LayerError> {
+        let shape = x.size();
+        if shape.len() != 2 || shape[1] != self.in_features {
+            return Err(shape_error(x, format!("expects {} input features", self.in_features)));
+        }
+        Ok(())
+    }
+}
+
 /// Draws a Linear layer's weight again from d2l's Xavier-uniform and its bias from PyTorch's
 /// default: a new classifier head, as d2l's fine-tuning section initialises it.
 pub fn reset_linear(weight: &Tensor, bias: &Tensor) -> Result<(), tch::TchError> {
@@ -48,14 +67,14 @@ impl Layer for Linear {
         "Linear"
     }
     fn forward(&self, x: &Tensor, _: &mut Ctx) -> Fwd {
-        let shape = x.size();
-        if shape.len() != 2 || shape[1] != self.in_features {
-            return Err(shape_error(x, format!("expects {} input features", self.in_features)));
-        }
+        self.check_input(x)?;
         x.f_linear(&self.weight, Some(&self.bias)).in_layer(x)
     }
     fn parameters(&self) -> Vec<&Tensor> {
         vec![&self.weight, &self.bias]
+    }
+    fn fusable(&self) -> Option<Fusable<'_>> {
+        Some(Fusable::Linear(self))
     }
     fn mult_adds(&self, out: &[i64]) -> i64 {
         (self.weight.numel() + self.bias.numel()) as i64 * out[..out.len() - 1].iter().product::<i64>()
