@@ -15,7 +15,6 @@
 
 #include <initializer_list>
 #include <optional>
-#include <string>
 #include <string_view>
 
 // An eval-mode batch norm: y = (x - mean) / sqrt(var + eps) * weight + bias, per channel.

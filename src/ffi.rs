@@ -1,6 +1,6 @@
 //! The C shim in `csrc/` (compiled by `build.rs`): the libtorch calls tch does not expose, for
-//! `accel` (`csrc/accel.cpp`, `csrc/cpu_blocks.cpp`) and `distributed` (`csrc/dist.cpp`). Its
-//! error convention (`csrc/guard.h`): every function returns NULL on success or a malloc'ed
+//! `accel` (`csrc/accel.cpp`, `csrc/cpu_blocks.cpp`), `nn` (`csrc/fused.cpp`) and `distributed`
+//! (`csrc/dist.cpp`, `csrc/grad_buckets.cpp`). Its error convention (`csrc/guard.h`): every function returns NULL on success or a malloc'ed
 //! message, which [`check`] turns into an error value; no C++ exception crosses into Rust.
 
 use std::ffi::{CStr, CString, c_char, c_void};
@@ -22,7 +22,7 @@ unsafe extern "C" {
     ) -> *mut c_char;
 }
 
-// csrc/cpu_blocks.cpp
+// csrc/fused.cpp
 /// An eval-mode batch norm's tensors, for the shim to fold into the layer before it.
 #[repr(C)]
 pub struct ConvnetsNorm {
@@ -55,6 +55,7 @@ unsafe extern "C" {
     ) -> *mut c_char;
 }
 
+// csrc/cpu_blocks.cpp
 unsafe extern "C" {
     pub fn convnets_reuse_large_cpu_blocks(min_bytes: i64) -> *mut c_char;
     pub fn convnets_large_cpu_block_stats(
@@ -124,6 +125,7 @@ unsafe extern "C" {
         eps: f64,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
+    // csrc/grad_buckets.cpp
     pub fn convnets_grad_buckets_new(
         group: *mut c_void,
         params: *const *const C_tensor,

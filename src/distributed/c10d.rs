@@ -231,6 +231,8 @@ pub struct GradBuckets {
     raw: *mut c_void,
     /// How many buckets the parameters make.
     pub count: usize,
+    /// Bytes each rank all-reduces per update: the gradients and the loss, in float32.
+    pub bytes: u64,
 }
 
 // SAFETY: the shim's buckets guard their state with a mutex (their hooks run on autograd's
@@ -261,7 +263,8 @@ impl GradBuckets {
                 &mut count,
             )
         })?;
-        Ok(GradBuckets { raw, count: count as usize })
+        let bytes = 4 * (params.iter().map(|p| p.numel() as u64).sum::<u64>() + 1);
+        Ok(GradBuckets { raw, count: count as usize, bytes })
     }
 
     /// The next backward pass ends an update whose loss is `loss`: its buckets start as their

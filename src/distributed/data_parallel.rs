@@ -178,8 +178,8 @@ impl DataParallel {
     }
 
     /// Ends the update [`Self::overlap_backward`] armed, once its backward pass has run: the ranks'
-    /// mean in every gradient of `params`, and their mean loss (on `loss`'s device).
-    pub fn finish_overlapped(&self, params: &[Tensor], loss: &Tensor) -> anyhow::Result<Tensor> {
+    /// mean in every gradient it armed for, and their mean loss (on `loss`'s device).
+    pub fn finish_overlapped(&self, loss: &Tensor) -> anyhow::Result<Tensor> {
         let _no_grad = tch::no_grad_guard();
         let started = Instant::now();
         let overlapped = self.overlapped.lock().unwrap_or_else(|e| e.into_inner());
@@ -187,7 +187,7 @@ impl DataParallel {
         let (mean, started_in_backward) = buckets.finish()?;
         let mut traffic = self.traffic.lock().unwrap_or_else(|e| e.into_inner());
         traffic.steps += 1;
-        traffic.bytes += 4 * (params.iter().map(|p| p.numel() as u64).sum::<u64>() + 1);
+        traffic.bytes += buckets.bytes;
         traffic.seconds += started.elapsed().as_secs_f64();
         traffic.overlapped_buckets += buckets.count as u64;
         traffic.started_in_backward += started_in_backward as u64;

@@ -6,7 +6,7 @@ use tch::nn::Path;
 use super::fused::{self, ConvCall, Epilogue, Fusable};
 use super::init::{self, BiasInit, WeightInit};
 use super::layer::{check_window, expect_image};
-use super::{Ctx, Fwd, InLayer, Layer};
+use super::{Ctx, Fwd, InLayer, Layer, LayerError};
 use crate::onnx::{self, OnnxGraph};
 
 #[derive(Debug)]
@@ -48,14 +48,18 @@ impl Conv2d {
 impl Conv2d {
     /// `self(x)` and `epilogue` in one fused call (see [`fused`]), `None` where it does not apply.
     pub(crate) fn forward_fused(&self, x: &Tensor, epilogue: &Epilogue) -> Option<Fwd> {
-        let checked = expect_image(x, self.in_channels)
-            .and_then(|(h, w)| check_window(x, h, w, self.kernel, self.stride, self.padding));
-        if let Err(e) = checked {
+        if let Err(e) = self.check_input(x) {
             return Some(Err(e));
         }
         let conv =
             ConvCall { weight: &self.weight, bias: self.bias.as_ref(), stride: self.stride, padding: self.padding };
         fused::run(conv, x, epilogue)
+    }
+
+    /// A 4-d input with this layer's channels, large enough for its window.
+    fn check_input(&self, x: &Tensor) -> Result<(), LayerError> {
+        let (h, w) = expect_image(x, self.in_channels)?;
+        check_window(x, h, w, self.kernel, self.stride, self.padding)
     }
 }
 
@@ -64,8 +68,7 @@ impl Layer for Conv2d {
         "Conv2d"
     }
     fn forward(&self, x: &Tensor, _: &mut Ctx) -> Fwd {
-        let (h, w) = expect_image(x, self.in_channels)?;
-        check_window(x, h, w, self.kernel, self.stride, self.padding)?;
+        self.check_input(x)?;
         let (s, p) = (self.stride, self.padding);
         x.f_conv2d(&self.weight, self.bias.as_ref(), [s, s], [p, p], [1, 1], 1).in_layer(x)
     }

@@ -4,7 +4,7 @@
 
 use tch::Tensor;
 
-use super::fused::{Activation, Epilogue};
+use super::fused::{self, Activation, Epilogue};
 use super::layer::shape_error;
 use super::{BatchNorm, Conv2d, Fwd, InLayer, Layer, LayerError, SyncBatchNorm, Tracer};
 use crate::onnx::{self, OnnxGraph, proto::AttributeProto};
@@ -85,10 +85,10 @@ impl<'t> Ctx<'t> {
         LayerError { layer: self.leaf_name(layer), shape: x.size(), reason: format!("ONNX export: {reason}") }
     }
 
-    /// Whether this pass fuses: evaluation, [`Ctx::fuse`], and nothing recording the pass
-    /// (summaries, shape traces and exports see every layer).
-    fn fusing(&self) -> bool {
-        self.fuse && !self.train && self.tracer.is_none()
+    /// Whether this pass fuses: evaluation, [`Ctx::fuse`], nothing recording the pass
+    /// (summaries, shape traces and exports see every layer), and `CONVNETS_FUSED_EVAL` not off.
+    pub(crate) fn fusing(&self) -> bool {
+        self.fuse && !self.train && self.tracer.is_none() && fused::enabled()
     }
 
     /// When [`Ctx::fusing`]: `run(x)`, the fused call of `head` and the layers after it, counted

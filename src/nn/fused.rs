@@ -1,8 +1,9 @@
 //! Evaluation's fused layers: a convolution with what follows it (an eval-mode batch norm folded
 //! into its weights, a ReLU or sigmoid, ResNet's shortcut sum), or a linear layer with its
 //! activation, in one oneDNN call (`csrc/fused.cpp`), where the steps one by one would each read
-//! and write the whole activation again. Only the evaluation of a channels-last network, with nothing recording the pass, fuses
-//! ([`Ctx`] decides): summaries, shape traces and exports see every layer.
+//! and write the whole activation again. Only the evaluation of a channels-last network, with
+//! nothing recording the pass, fuses ([`Ctx`] decides): summaries, shape traces and exports see
+//! every layer.
 
 use std::ffi::CStr;
 use std::sync::OnceLock;
@@ -71,7 +72,7 @@ pub(crate) struct Epilogue<'a> {
 
 /// Whether evaluation fuses layers (`CONVNETS_FUSED_EVAL=off` turns it off, to compare or to
 /// rule it out).
-fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var("CONVNETS_FUSED_EVAL").map_or(true, |v| v != "off"))
 }
@@ -95,9 +96,6 @@ pub(crate) struct ConvCall<'a> {
 /// `None` where the shim declines it (see `csrc/fused.cpp`) or the batch norm does not fit the
 /// convolution (then the layers one by one report it).
 pub(crate) fn run(conv: ConvCall<'_>, x: &Tensor, epilogue: &Epilogue<'_>) -> Option<Fwd> {
-    if !enabled() {
-        return None;
-    }
     let out_channels = conv.weight.size()[0];
     if epilogue.norm.as_ref().is_some_and(|n| n.features != out_channels || !n.spatial) {
         return None;
@@ -129,9 +127,6 @@ pub(crate) fn run(conv: ConvCall<'_>, x: &Tensor, epilogue: &Epilogue<'_>) -> Op
 /// `activation(linear(x))` in one fused call, `x` checked by the layer; `None` where the shim
 /// declines it.
 pub(crate) fn run_linear(weight: &Tensor, bias: &Tensor, x: &Tensor, activation: Activation) -> Option<Fwd> {
-    if !enabled() {
-        return None;
-    }
     let mut out: *mut C_tensor = std::ptr::null_mut();
     let result = check(unsafe {
         convnets_linear_pointwise(x.as_ptr(), weight.as_ptr(), bias.as_ptr(), activation.post_op().as_ptr(), &mut out)
@@ -157,6 +152,9 @@ fn fused_output(result: anyhow::Result<()>, out: *mut C_tensor, x: &Tensor) -> O
 /// activation or both; or a linear layer and an activation. Returns the fused output and how many
 /// layers it stands for, or `None` where the layers must run one by one.
 pub(crate) fn run_sequence(layers: &[Box<dyn Layer>], x: &Tensor, cx: &mut Ctx) -> Option<(Fwd, usize)> {
+    if !cx.fusing() {
+        return None; // a training or traced pass: no layer to look at
+    }
     let conv = match layers.first()?.fusable()? {
         Fusable::Conv(conv) => conv,
         Fusable::Linear(linear) => {

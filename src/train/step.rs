@@ -103,7 +103,7 @@ pub fn micro_batch_step(
         if let Some(replicas) = replicas {
             // All ranks then take the same step: that of the whole global batch.
             loss = match overlapped {
-                true => replicas.finish_overlapped(&params, &loss)?,
+                true => replicas.finish_overlapped(&loss)?,
                 false => replicas.average_gradients(&params.iter().collect::<Vec<_>>(), &loss)?,
             };
         }
