@@ -22,6 +22,7 @@ fn main() {
         .file("csrc/accel.cpp")
         .file("csrc/cpu_blocks.cpp")
         .file("csrc/fused.cpp")
+        .file("csrc/avg_pool.cpp")
         .file("csrc/dist.cpp")
         .file("csrc/grad_buckets.cpp")
         .include(libtorch.join("include"))

@@ -160,6 +160,38 @@ fn evaluation_fuses_layers_with_their_batch_norm_and_activation_and_computes_the
 }
 
 #[test]
+fn average_pooling_of_nchw_maps_computes_libtorchs_values_and_gradients_bit_for_bit() {
+    use convnets::nn::{AvgPool2d, Ctx, Layer};
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(4);
+    // LeNet's maps (NCHW, 2x2 windows with stride 2, the shim's own kernel), odd sides (the last
+    // row and column are in no window and get no gradient), one map too small to split among
+    // threads, and channels-last maps (libtorch's kernel).
+    let shapes = [[256, 6, 24, 24], [3, 5, 7, 9], [1, 1, 2, 2]];
+    for kind in [Kind::Float, Kind::Double, Kind::BFloat16] {
+        for (shape, channels_last) in shapes.iter().map(|s| (s, false)).chain([(&[4, 8, 10, 6], true)]) {
+            let mut x = Tensor::randn(shape.as_slice(), (kind, Device::Cpu));
+            if channels_last {
+                x = accel::channels_last(&x).unwrap();
+            }
+            let x = x.set_requires_grad(true);
+            let before = convnets::nn::avg_pool_kernel_calls();
+            let pooled = AvgPool2d::new(2, 2).forward(&x, &mut Ctx::new(true)).unwrap();
+            let by_kernel = convnets::nn::avg_pool_kernel_calls() - before;
+            assert_eq!(by_kernel, u64::from(!channels_last), "{kind:?} {shape:?}: calls of the shim's kernel");
+            let expected = x.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>);
+            assert_eq!(pooled.size(), expected.size(), "{kind:?} {shape:?}");
+            assert!(pooled.equal(&expected), "{kind:?} {shape:?}: outputs differ");
+            let grad_out = Tensor::randn(expected.size(), (kind, Device::Cpu));
+            let ours = Tensor::run_backward(&[(&pooled * &grad_out).sum(kind)], &[&x], false, false);
+            let theirs = Tensor::run_backward(&[(&expected * &grad_out).sum(kind)], &[&x], false, false);
+            assert!(ours[0].equal(&theirs[0]), "{kind:?} {shape:?}: gradients differ");
+            assert!(ours[0].abs().sum(Kind::Double).double_value(&[]) > 0.0, "{kind:?} {shape:?}: no gradient");
+        }
+    }
+}
+
+#[test]
 fn channels_last_changes_no_value_and_no_name() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(5);

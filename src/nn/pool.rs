@@ -1,9 +1,13 @@
 //! Pooling: `nn.MaxPool2d`, `nn.AvgPool2d` and global average pooling.
 
-use tch::Tensor;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::layer::{check_pool_window, check_window, expect_image, stateless};
+use tch::Tensor;
+use torch_sys::C_tensor;
+
+use super::layer::{check_pool_window, check_window, expect_image, shape_error, stateless};
 use super::{Ctx, Fwd, InLayer, Layer};
+use crate::ffi::{check, convnets_avg_pool2x2};
 use crate::onnx::{self, OnnxGraph};
 
 #[derive(Debug)]
@@ -59,12 +63,42 @@ stateless!(AvgPool2d, "AvgPool2d", |s, x, _cx| {
     let (h, w) = expect_image(x, x.size().get(1).copied().unwrap_or(-1))?;
     check_window(x, h, w, s.kernel, s.stride, 0)?;
     let (k, st) = (s.kernel, s.stride);
+    if (k, st) == (2, 2)
+        && let Some(pooled) = avg_pool2x2(x)
+    {
+        return pooled;
+    }
     x.f_avg_pool2d([k, k], [st, st], [0, 0], false, true, None::<i64>).in_layer(x)
 }, onnx: |s, graph, input| {
     let (k, st) = (s.kernel, s.stride);
     let attributes = vec![onnx::ints("kernel_shape", &[k, k]), onnx::ints("strides", &[st, st])];
     Ok(graph.node("AveragePool", vec![input.into()], attributes))
 });
+
+/// `avg_pool2d(x, 2, 2)` by the shim's kernel for contiguous (NCHW) maps on the CPU, which
+/// computes libtorch's values several times faster (LeNet's pooling); `None` where it declines
+/// (another layout or device), for libtorch's own.
+fn avg_pool2x2(x: &Tensor) -> Option<Fwd> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: `x` is a live tensor; on success the shim leaves NULL or a tensor it allocated.
+    let result = check(unsafe { convnets_avg_pool2x2(x.as_ptr(), &mut out) });
+    match result {
+        Err(e) => Some(Err(shape_error(x, crate::error::error_line(&e)))),
+        Ok(()) if out.is_null() => None,
+        Ok(()) => {
+            POOL_KERNEL_CALLS.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: a tensor the shim allocated with `new`, now owned by the returned Tensor.
+            Some(Ok(unsafe { Tensor::from_ptr(out) }))
+        }
+    }
+}
+
+static POOL_KERNEL_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// How many 2x2 average poolings this process has computed with the shim's kernel.
+pub fn avg_pool_kernel_calls() -> u64 {
+    POOL_KERNEL_CALLS.load(Ordering::Relaxed)
+}
 
 /// `nn.AdaptiveAvgPool2d((1, 1))`: global average pooling.
 #[derive(Debug)]
