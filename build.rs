@@ -23,6 +23,7 @@ fn main() {
         .file("csrc/cpu_blocks.cpp")
         .file("csrc/fused.cpp")
         .file("csrc/avg_pool.cpp")
+        .file("csrc/batch_norm.cpp")
         .file("csrc/dist.cpp")
         .file("csrc/grad_buckets.cpp")
         .include(libtorch.join("include"))
@@ -33,6 +34,8 @@ fn main() {
         .define("USE_C10D_GLOO", None)
         .include("csrc/gloo")
         .flag("-std=c++17")
+        // `#pragma omp simd` loops (reductions in vector lanes), without OpenMP's runtime.
+        .flag("-fopenmp-simd")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .warnings(false);

@@ -1,5 +1,5 @@
 //! The C shim in `csrc/` (compiled by `build.rs`): the libtorch calls tch does not expose, for
-//! `accel` (`csrc/accel.cpp`, `csrc/cpu_blocks.cpp`), `nn` (`csrc/fused.cpp`, `csrc/avg_pool.cpp`) and `distributed`
+//! `accel` (`csrc/accel.cpp`, `csrc/cpu_blocks.cpp`), `nn` (`csrc/fused.cpp`, `csrc/avg_pool.cpp`, `csrc/batch_norm.cpp`) and `distributed`
 //! (`csrc/dist.cpp`, `csrc/grad_buckets.cpp`). Its error convention (`csrc/guard.h`): every function returns NULL on success or a malloc'ed
 //! message, which [`check`] turns into an error value; no C++ exception crosses into Rust.
 
@@ -58,6 +58,21 @@ unsafe extern "C" {
 // csrc/avg_pool.cpp
 unsafe extern "C" {
     pub fn convnets_avg_pool2x2(x: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
+}
+
+// csrc/batch_norm.cpp
+unsafe extern "C" {
+    #[allow(clippy::too_many_arguments)]
+    pub fn convnets_batch_norm_train(
+        x: *const C_tensor,
+        weight: *const C_tensor,
+        bias: *const C_tensor,
+        running_mean: *const C_tensor,
+        running_var: *const C_tensor,
+        momentum: f64,
+        eps: f64,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
 }
 
 // csrc/cpu_blocks.cpp

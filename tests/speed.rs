@@ -192,6 +192,76 @@ fn average_pooling_of_nchw_maps_computes_libtorchs_values_and_gradients_bit_for_
 }
 
 #[test]
+fn training_batch_norm_of_nchw_maps_matches_libtorchs_whatever_the_thread_count() {
+    use convnets::nn::{BatchNorm, Ctx, Layer};
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(5);
+    // Relative to the largest value compared: the shim sums in vector lanes, libtorch one value
+    // at a time, so the last bits differ.
+    let close = |ours: &Tensor, theirs: &Tensor, what: &str| {
+        let scale = theirs.abs().max().double_value(&[]);
+        let diff = (ours - theirs).abs().max().double_value(&[]);
+        assert!(scale > 0.0 && diff <= 1e-5 * scale, "{what}: differ by {diff} (up to {scale})");
+    };
+    // LeNet's two maps (the shim's kernel), a batch of 2 with odd sides and an offset and spread
+    // far from 0 and 1, and a 2-d input and a channels-last map (libtorch's kernel).
+    let cases = [(vec![256, 6, 24, 24], false), (vec![256, 16, 8, 8], false), (vec![2, 3, 5, 7], false)];
+    let cases = cases.into_iter().chain([(vec![64, 120], false), (vec![8, 4, 6, 6], true)]);
+    for (shape, channels_last) in cases {
+        let what = format!("{shape:?}{}", if channels_last { " channels-last" } else { "" });
+        let channels = shape[1];
+        let mut x = Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu)) * 3.0 + 2.0;
+        if channels_last {
+            x = accel::channels_last(&x).unwrap();
+        }
+        let x = x.set_requires_grad(true);
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let bn = BatchNorm::new(&vs.root(), channels, shape.len());
+        tch::no_grad(|| {
+            bn.weight.shallow_clone().copy_(&Tensor::rand([channels], (Kind::Float, Device::Cpu)));
+            bn.bias.shallow_clone().copy_(&Tensor::randn([channels], (Kind::Float, Device::Cpu)));
+        });
+        let (mean, var) = (bn.running_mean.copy(), bn.running_var.copy());
+        let before = convnets::nn::batch_norm_kernel_calls();
+        let y = bn.forward(&x, &mut Ctx::new(true)).unwrap();
+        let by_kernel = convnets::nn::batch_norm_kernel_calls() - before;
+        assert_eq!(by_kernel, u64::from(shape.len() == 4 && !channels_last), "{what}: calls of the shim's kernel");
+        let expected = Tensor::batch_norm(
+            &x,
+            Some(&bn.weight),
+            Some(&bn.bias),
+            Some(&mean),
+            Some(&var),
+            true,
+            BatchNorm::MOMENTUM,
+            BatchNorm::EPS,
+            false,
+        );
+        close(&y, &expected, &format!("{what} outputs"));
+        close(&bn.running_mean, &mean, &format!("{what} running mean"));
+        close(&bn.running_var, &var, &format!("{what} running variance"));
+        let grad_out = Tensor::randn(y.size(), (Kind::Float, Device::Cpu));
+        let inputs = [&x, &bn.weight, &bn.bias];
+        let ours = Tensor::run_backward(&[(&y * &grad_out).sum(Kind::Float)], &inputs, false, false);
+        let theirs = Tensor::run_backward(&[(&expected * &grad_out).sum(Kind::Float)], &inputs, false, false);
+        for (name, (a, b)) in ["dx", "dweight", "dbias"].iter().zip(ours.iter().zip(&theirs)) {
+            close(a, b, &format!("{what} {name}"));
+        }
+        if by_kernel == 0 {
+            continue;
+        }
+        // Blocks of images are summed in a fixed order: one thread computes the same bits
+        // (libtorch's kernel for 2-d inputs does not).
+        let threads = tch::get_num_threads();
+        tch::set_num_threads(1);
+        let one_thread = bn.forward(&x.detach(), &mut Ctx::new(true)).unwrap();
+        tch::set_num_threads(threads);
+        let again = bn.forward(&x.detach(), &mut Ctx::new(true)).unwrap();
+        assert!(one_thread.equal(&again), "{what}: one thread and {threads} differ");
+    }
+}
+
+#[test]
 fn channels_last_changes_no_value_and_no_name() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(5);

@@ -1,12 +1,16 @@
 //! Batch normalization: PyTorch's built-in layer, the chapter's from-scratch one, and the hook
 //! through which a distributed run normalises with the statistics of every replica's batch.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tch::nn::Path;
 use tch::{Kind, TchError, Tensor};
+use torch_sys::C_tensor;
 
 use super::fused::{Fusable, Norm};
 use super::layer::shape_error;
 use super::{Ctx, Fwd, InLayer, Layer, LayerError};
+use crate::ffi::{check, convnets_batch_norm_train};
 use crate::onnx::{self, OnnxGraph};
 
 /// Training-mode batch norm over the batches of all replicas of a distributed run (PyTorch's
@@ -97,6 +101,45 @@ impl BatchNorm {
     }
 }
 
+impl BatchNorm {
+    /// Training-mode batch norm by the shim's kernel for contiguous (NCHW) float32 maps on the
+    /// CPU, whose per-channel sums run in vector lanes where libtorch's add one value at a time
+    /// (LeNet's batch norms); `None` where it declines, for libtorch's own.
+    fn train_by_kernel(&self, x: &Tensor) -> Option<Fwd> {
+        let mut out: *mut C_tensor = std::ptr::null_mut();
+        // SAFETY: every pointer is a live tensor; on success the shim leaves NULL or a tensor it
+        // allocated.
+        let result = check(unsafe {
+            convnets_batch_norm_train(
+                x.as_ptr(),
+                self.weight.as_ptr(),
+                self.bias.as_ptr(),
+                self.running_mean.as_ptr(),
+                self.running_var.as_ptr(),
+                Self::MOMENTUM,
+                self.eps,
+                &mut out,
+            )
+        });
+        match result {
+            Err(e) => Some(Err(shape_error(x, crate::error::error_line(&e)))),
+            Ok(()) if out.is_null() => None,
+            Ok(()) => {
+                NORM_KERNEL_CALLS.fetch_add(1, Ordering::Relaxed);
+                // SAFETY: a tensor the shim allocated with `new`, now owned by the returned Tensor.
+                Some(Ok(unsafe { Tensor::from_ptr(out) }))
+            }
+        }
+    }
+}
+
+static NORM_KERNEL_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// How many training-mode batch norms this process has computed with the shim's kernel.
+pub fn batch_norm_kernel_calls() -> u64 {
+    NORM_KERNEL_CALLS.load(Ordering::Relaxed)
+}
+
 impl Layer for BatchNorm {
     fn type_name(&self) -> &'static str {
         if self.dims == 4 { "BatchNorm2d" } else { "BatchNorm1d" }
@@ -111,6 +154,11 @@ impl Layer for BatchNorm {
             return sync
                 .batch_norm(x, w, b, mean, var, Self::MOMENTUM, self.eps)
                 .map_err(|e| shape_error(x, crate::error::error_line(&e)));
+        }
+        if cx.train
+            && let Some(y) = self.train_by_kernel(x)
+        {
+            return y;
         }
         Tensor::f_batch_norm(
             x,
