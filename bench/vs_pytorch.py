@@ -8,7 +8,8 @@ with that venv's python:
 
     ~/.cache/convnets/torch-venv/bin/python bench/vs_pytorch.py [--device cpu|cuda]
         [--steps N] [--warmup N] [--batch-size B] [--torch-variants eager,channels-last,compile,...]
-        [--torch-precision fp32|bf16] [--convnets-args '--precision bf16'] [--kernel-share] [net ...]
+        [--torch-precision fp32|bf16] [--convnets-args '--precision bf16'] [--kernel-share]
+        [--rounds R] [net ...]
 
 PyTorch's side runs each of `--torch-variants` in a process of its own: `eager` (contiguous
 tensors, d2l's code as written), `channels-last` (network and batch in channels-last),
@@ -18,7 +19,9 @@ ratios are against the fastest variant, train and eval each, so every claim is a
 run on one machine against the best PyTorch a speed-minded user would write. `--kernel-share`
 (CPU) profiles the eager variants too: the share of their time spent in convolution and
 matrix-product kernels gives, per network, the ratio an implementation would reach against the
-best variant if those kernels were all it spent time on (the "kernel bound").
+best variant if those kernels were all it spent time on (the "kernel bound"). `--rounds R`
+measures every variant and convnets R times, round after round, and keeps each one's best train
+and eval rates: on a shared machine a slow spell then falls on both sides.
 
 Each side measures d2l's timed train step (zero grad, forward, loss, backward, step, loss read
 back) on a fixed random batch, and eval-mode forward passes, after warm-up steps; each network runs
@@ -269,6 +272,16 @@ def densenet():
 '''
 
 
+def best_of(rounds):
+    """One side's measurement over rounds: the first round's, with the best train and eval rates
+    of all of them (each round's kept under `rounds`)."""
+    best = dict(rounds[0])
+    for kind in ("train_examples_per_s", "eval_examples_per_s"):
+        best[kind] = max(r[kind] for r in rounds)
+    best["rounds"] = [dict(train=r["train_examples_per_s"], eval=r["eval_examples_per_s"]) for r in rounds]
+    return best
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("nets", nargs="*", default=BOOK, help="the book's networks by default; tv-* for torchvision's")
@@ -276,6 +289,8 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure every variant and convnets this many times, interleaved, and keep each side's best")
     p.add_argument("--torch-precision", default="fp32", choices=["fp32", "bf16"],
                    help="PyTorch's side: fp32, or bf16 autocast")
     p.add_argument("--torch-variants", default="eager",
@@ -303,19 +318,25 @@ def main():
         batch = a.batch_size or NETS[name][2]
         common = ["--steps", str(a.steps), "--warmup", str(a.warmup), "--batch-size", str(batch), "--device", a.device]
         try:
-            measured = []
-            for variant in variants:
-                share = ["--kernel-share"] if a.kernel_share and not variant.startswith("compile") else []
-                torch_out = subprocess.run([sys.executable, __file__, "--worker", name, "--torch-precision",
-                                            a.torch_precision, "--variant", variant] + common + share,
-                                           check=True, capture_output=True, text=True).stdout
-                measured.append(json.loads(torch_out.strip().splitlines()[-1]))
+            # Round after round, every variant and convnets once each, so that a slow spell of a
+            # shared machine falls on both sides; each keeps its best figures.
+            torch_rounds, ours_rounds = {v: [] for v in variants}, []
+            for round_index in range(a.rounds):
+                for variant in variants:
+                    profiled = a.kernel_share and round_index == 0 and not variant.startswith("compile")
+                    torch_out = subprocess.run([sys.executable, __file__, "--worker", name, "--torch-precision",
+                                                a.torch_precision, "--variant", variant] + common +
+                                               (["--kernel-share"] if profiled else []),
+                                               check=True, capture_output=True, text=True).stdout
+                    torch_rounds[variant].append(json.loads(torch_out.strip().splitlines()[-1]))
+                ours_out = subprocess.run([CONVNETS, "bench", name, "--json"] + common + a.convnets_args.split(),
+                                          check=True, capture_output=True, text=True).stdout
+                ours_rounds.append(json.loads(ours_out.strip().splitlines()[-1]))
+            measured = [best_of(torch_rounds[v]) for v in variants]
             best_train = max(measured, key=lambda m: m["train_examples_per_s"])
             best_eval = max(measured, key=lambda m: m["eval_examples_per_s"])
             t = dict(best_train, eval_examples_per_s=best_eval["eval_examples_per_s"])
-            ours_out = subprocess.run([CONVNETS, "bench", name, "--json"] + common + a.convnets_args.split(),
-                                      check=True, capture_output=True, text=True).stdout
-            c = json.loads(ours_out.strip().splitlines()[-1])
+            c = best_of(ours_rounds)
         except subprocess.CalledProcessError as e:
             print(f"{name}: {' '.join(e.cmd[:3])} failed: {e.stderr.strip()[-500:]}", flush=True)
             continue

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Issue 21's table: the eight d2l networks, fp32 and bf16, convnets against PyTorch's eager,
 # channels-last and torch.compile variants, with the kernel-share bound. Run from the repository
-# root with PyTorch's venv python as $PY; writes <precision>.txt and <precision>-<group>.json here,
-# or in $HERE. NET_GROUPS=large (or small) runs one group of networks only.
+# root with PyTorch's venv python as $PY; writes <precision>.txt and <precision>-<group>.json
+# here, or in $HERE. NET_GROUPS=large (or small) runs one group of networks only; VARIANTS=...
+# another list of PyTorch variants (e.g. with compile-max-autotune); ROUNDS=R each side's best
+# of R interleaved rounds.
 set -euo pipefail
 here=${HERE:-docs/results/cpu/vs-pytorch-all}
 PY=${PY:-python3}
-variants=eager,channels-last,compile
+variants=${VARIANTS:-eager,channels-last,compile}
 for precision in ${PRECISIONS:-fp32 bf16}; do
     log=$here/$precision.txt
     {
@@ -20,10 +22,10 @@ for precision in ${PRECISIONS:-fp32 bf16}; do
     for group in "small:10:3:lenet-bn lenet-bn-scratch" "large:5:2:alexnet vgg11-small nin googlenet resnet18 densenet"; do
         IFS=: read -r name steps warmup nets <<< "$group"
         case " ${NET_GROUPS:-small large} " in *" $name "*) ;; *) continue ;; esac
-        echo "command: bench/vs_pytorch.py --steps $steps --warmup $warmup --torch-variants $variants --kernel-share --torch-precision $precision --convnets-args '$convnets_args' $nets" >> "$log"
+        echo "command: bench/vs_pytorch.py --steps $steps --warmup $warmup --torch-variants $variants --kernel-share --rounds ${ROUNDS:-1} --torch-precision $precision --convnets-args '$convnets_args' $nets" >> "$log"
         # shellcheck disable=SC2086
         BENCH_JSON=$here/$precision-$name.json $PY bench/vs_pytorch.py --steps "$steps" --warmup "$warmup" \
-            --torch-variants "$variants" --kernel-share --torch-precision "$precision" \
+            --torch-variants "$variants" --kernel-share --rounds "${ROUNDS:-1}" --torch-precision "$precision" \
             --convnets-args "$convnets_args" $nets 2>&1 | tee -a "$log"
     done
 done
