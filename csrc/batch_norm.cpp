@@ -2,10 +2,11 @@
 // forward and backward. libtorch's kernel for this layout sums each channel's values one at a
 // time into a double, so every pass over the map waits on one addition after another; with
 // LeNet's six channels of 24x24 that was the slowest layer of the forward pass. Here each plane
-// (one image's channel) is summed in float by vector lanes, the planes' sums are added in double,
-// and the blocks of images are combined in a fixed order, so the result does not depend on the
-// number of threads. The statistics are libtorch's: the biased variance normalises, the unbiased
-// one updates the running variance, both as two passes (mean, then squared deviations).
+// (one image's channel) is summed into doubles by vector lanes, in loops compiled for AVX-512,
+// AVX2 and the baseline (the CPU picks one when the program loads), and the blocks of images are
+// combined in a fixed order, so the result does not depend on the number of threads. The rest is
+// libtorch's arithmetic: the statistics (the biased variance normalises, the unbiased one updates
+// the running variance), the scale and shift, and the gradients' formula, in float, in its order.
 #include "guard.h"
 
 #include <ATen/ATen.h>
@@ -15,7 +16,51 @@
 #include <algorithm>
 #include <vector>
 
+// Function multi-versioning (GCC and Clang on x86-64 Linux): each loop below in three builds.
+#if defined(__x86_64__) && defined(__linux__)
+#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
 namespace {
+
+VECTOR_CLONES double plane_sum(const float *x, int64_t size) {
+  double s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < size; ++i) s += x[i];
+  return s;
+}
+
+VECTOR_CLONES double plane_squared_deviations(const float *x, int64_t size, float mean) {
+  double s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < size; ++i) s += (x[i] - mean) * (x[i] - mean);
+  return s;
+}
+
+// The sum of dy, and of dy times x's deviation from the mean.
+VECTOR_CLONES void plane_grad_sums(const float *x, const float *dy, int64_t size, float mean, double *sums) {
+  double s = 0, d = 0;
+#pragma omp simd reduction(+ : s, d)
+  for (int64_t i = 0; i < size; ++i) {
+    s += dy[i];
+    d += (x[i] - mean) * dy[i];
+  }
+  sums[0] += s;
+  sums[1] += d;
+}
+
+VECTOR_CLONES void plane_affine(const float *x, float *y, int64_t size, float scale, float shift) {
+#pragma omp simd
+  for (int64_t i = 0; i < size; ++i) y[i] = x[i] * scale + shift;
+}
+
+VECTOR_CLONES void plane_input_grad(const float *x, const float *dy, float *dx, int64_t size, float mean, float k,
+                                    float grad_mean, float invstd, float weight) {
+#pragma omp simd
+  for (int64_t i = 0; i < size; ++i) dx[i] = (dy[i] - grad_mean - (x[i] - mean) * k) * invstd * weight;
+}
 
 // Calls plane(n, c, sums) for every image n and channel c of a (N, C, ...) map, where sums are K
 // double accumulators of channel c, and returns the channels' totals (C x K). Blocks of images
@@ -38,27 +83,13 @@ std::vector<double> per_channel(int64_t images, int64_t channels, int64_t plane_
   return total;
 }
 
-// out = in * scale[c] + shift[c] over every plane of a contiguous (N, C, S) map, and likewise with
-// a second input (the backward pass's dx = dy * scale + x * scale2 + shift).
-void per_plane_affine(const float *in, const float *in2, float *out, int64_t images, int64_t channels, int64_t size,
-                      const float *scale, const float *scale2, const float *shift) {
+// Calls plane(p, c) for every plane p (image and channel) of a (N, C, S) map, c its channel, in
+// parallel.
+template <typename Plane>
+void per_plane(int64_t images, int64_t channels, int64_t size, const Plane &plane) {
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, size));
   at::parallel_for(0, images * channels, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t c = p % channels;
-      const float *x = in + p * size;
-      float *y = out + p * size;
-      const float a = scale[c], b = shift[c];
-      if (in2 == nullptr) {
-#pragma omp simd
-        for (int64_t i = 0; i < size; ++i) y[i] = x[i] * a + b;
-      } else {
-        const float *x2 = in2 + p * size;
-        const float a2 = scale2[c];
-#pragma omp simd
-        for (int64_t i = 0; i < size; ++i) y[i] = x[i] * a + x2[i] * a2 + b;
-      }
-    }
+    for (int64_t p = begin; p < end; ++p) plane(p, p % channels);
   });
 }
 
@@ -70,21 +101,12 @@ struct TrainingBatchNorm : torch::autograd::Function<TrainingBatchNorm> {
     const double count = static_cast<double>(images * size);
     const float *in = x.const_data_ptr<float>();
     auto sums = per_channel<1>(images, channels, size, [&](int64_t n, int64_t c, double *acc) {
-      const float *plane = in + (n * channels + c) * size;
-      float s = 0;
-#pragma omp simd reduction(+ : s)
-      for (int64_t i = 0; i < size; ++i) s += plane[i];
-      acc[0] += s;
+      acc[0] += plane_sum(in + (n * channels + c) * size, size);
     });
     std::vector<float> mean(channels);
     for (int64_t c = 0; c < channels; ++c) mean[c] = static_cast<float>(sums[c] / count);
     auto squares = per_channel<1>(images, channels, size, [&](int64_t n, int64_t c, double *acc) {
-      const float *plane = in + (n * channels + c) * size;
-      const float m = mean[c];
-      float s = 0;
-#pragma omp simd reduction(+ : s)
-      for (int64_t i = 0; i < size; ++i) s += (plane[i] - m) * (plane[i] - m);
-      acc[0] += s;
+      acc[0] += plane_squared_deviations(in + (n * channels + c) * size, size, mean[c]);
     });
     auto options = x.options();
     auto saved_mean = at::empty({channels}, options), saved_invstd = at::empty({channels}, options);
@@ -93,19 +115,25 @@ struct TrainingBatchNorm : torch::autograd::Function<TrainingBatchNorm> {
       auto w = weight.contiguous(), b = bias.contiguous();
       const float *wp = w.const_data_ptr<float>(), *bp = b.const_data_ptr<float>();
       auto rm = running_mean.accessor<float, 1>(), rv = running_var.accessor<float, 1>();
+      // In float, as libtorch's kernel computes the scale and shift.
       for (int64_t c = 0; c < channels; ++c) {
-        const double invstd = 1.0 / std::sqrt(squares[c] / count + eps);
+        const float invstd = static_cast<float>(1.0 / std::sqrt(squares[c] / count + eps));
         saved_mean.mutable_data_ptr<float>()[c] = mean[c];
-        saved_invstd.mutable_data_ptr<float>()[c] = static_cast<float>(invstd);
-        scale.mutable_data_ptr<float>()[c] = static_cast<float>(invstd * wp[c]);
-        shift.mutable_data_ptr<float>()[c] = static_cast<float>(bp[c] - mean[c] * invstd * wp[c]);
+        saved_invstd.mutable_data_ptr<float>()[c] = invstd;
+        const float a = invstd * wp[c];
+        scale.mutable_data_ptr<float>()[c] = a;
+        shift.mutable_data_ptr<float>()[c] = bp[c] - mean[c] * a;
         rm[c] = static_cast<float>(momentum * mean[c] + (1 - momentum) * rm[c]);
         rv[c] = static_cast<float>(momentum * squares[c] / (count - 1) + (1 - momentum) * rv[c]);
       }
     }
+    // y = x * scale + shift, as libtorch's kernel computes it.
     auto y = at::empty_like(x);
-    per_plane_affine(in, nullptr, y.mutable_data_ptr<float>(), images, channels, size, scale.const_data_ptr<float>(),
-                     nullptr, shift.const_data_ptr<float>());
+    float *out = y.mutable_data_ptr<float>();
+    const float *scales = scale.const_data_ptr<float>(), *shifts = shift.const_data_ptr<float>();
+    per_plane(images, channels, size, [&](int64_t p, int64_t c) {
+      plane_affine(in + p * size, out + p * size, size, scales[c], shifts[c]);
+    });
     ctx->save_for_backward({x, weight, saved_mean, saved_invstd});
     return y;
   }
@@ -122,35 +150,30 @@ struct TrainingBatchNorm : torch::autograd::Function<TrainingBatchNorm> {
     const float *in = x.const_data_ptr<float>(), *grad = dy.const_data_ptr<float>();
     // Per channel: the sum of dy, and of dy times x's deviation from the mean.
     auto sums = per_channel<2>(images, channels, size, [&](int64_t n, int64_t c, double *acc) {
-      const float *xp = in + (n * channels + c) * size, *gp = grad + (n * channels + c) * size;
-      const float m = mean[c];
-      float s = 0, d = 0;
-#pragma omp simd reduction(+ : s, d)
-      for (int64_t i = 0; i < size; ++i) {
-        s += gp[i];
-        d += (xp[i] - m) * gp[i];
-      }
-      acc[0] += s;
-      acc[1] += d;
+      const int64_t offset = (n * channels + c) * size;
+      plane_grad_sums(in + offset, grad + offset, size, mean[c], acc);
     });
     auto options = x.options();
     auto grad_weight = at::empty({channels}, options), grad_bias = at::empty({channels}, options);
-    // dx = (dy - mean(dy) - (x - mean) * invstd^2 * mean(dy * (x - mean))) * invstd * weight,
-    // written as dy * a + x * b + c per channel.
-    std::vector<float> a(channels), b(channels), shift(channels);
+    // dx = (dy - mean(dy) - (x - mean) * k) * invstd * weight, k = invstd^2 * mean(dy * (x -
+    // mean)), in libtorch's order and in float as it computes it: the deviation from the mean
+    // first (folding the mean into a per-channel constant loses digits where the mean is large
+    // against the spread).
+    std::vector<float> k(channels), grad_mean(channels);
     const float *wp = weight.const_data_ptr<float>();
     for (int64_t c = 0; c < channels; ++c) {
-      const double sum = sums[2 * c], dot = sums[2 * c + 1], inv = invstd[c];
-      grad_weight.mutable_data_ptr<float>()[c] = static_cast<float>(dot * inv);
+      const double sum = sums[2 * c], dot = sums[2 * c + 1];
+      grad_weight.mutable_data_ptr<float>()[c] = static_cast<float>(dot * invstd[c]);
       grad_bias.mutable_data_ptr<float>()[c] = static_cast<float>(sum);
-      const double k = dot * inv * inv / count, scale = inv * wp[c];
-      a[c] = static_cast<float>(scale);
-      b[c] = static_cast<float>(-k * scale);
-      shift[c] = static_cast<float>((mean[c] * k - sum / count) * scale);
+      k[c] = static_cast<float>(dot) * invstd[c] * invstd[c] / static_cast<float>(count);
+      grad_mean[c] = static_cast<float>(sum / count);
     }
     auto dx = at::empty_like(x);
-    per_plane_affine(grad, in, dx.mutable_data_ptr<float>(), images, channels, size, a.data(), b.data(),
-                     shift.data());
+    float *out = dx.mutable_data_ptr<float>();
+    per_plane(images, channels, size, [&](int64_t p, int64_t c) {
+      plane_input_grad(in + p * size, grad + p * size, out + p * size, size, mean[c], k[c], grad_mean[c], invstd[c],
+                       wp[c]);
+    });
     return {dx, grad_weight, grad_bias, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
