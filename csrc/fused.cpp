@@ -5,7 +5,8 @@
 // (with its `.binary` form for the sum), the one Inductor's freezing pass emits. It has no
 // derivative, so it only runs where nothing needs one. Its linear-layer sibling,
 // `mkldnn::_linear_pointwise`, takes a linear layer with its activation the same way (the
-// classifiers of AlexNet and VGG).
+// classifiers of AlexNet and VGG). NCHW maps (the LeNets) keep libtorch's own convolution and
+// matrix product, with the batch norm folded in and the activation applied in place.
 #include "guard.h"
 
 #include <ATen/ATen.h>
@@ -85,6 +86,14 @@ std::pair<at::Tensor, std::optional<at::Tensor>> folded(const at::Tensor &w, con
   return {weight.to(dtype), new_bias.to(dtype)};
 }
 
+// The activation applied to y in place (for the layers libtorch computes itself).
+at::Tensor activate_(at::Tensor &y, const char *activation) {
+  std::string_view name = activation == nullptr ? "none" : activation;
+  if (name == "relu") return y.relu_();
+  if (name == "sigmoid") return y.sigmoid_();
+  return y;
+}
+
 std::optional<std::string_view> post_op(const char *activation) {
   if (activation == nullptr || std::string_view(activation) == "none") return std::nullopt;
   return std::string_view(activation);
@@ -106,12 +115,20 @@ char *convnets_conv2d_pointwise(const at::Tensor *x, const at::Tensor *w, const 
     *out = nullptr;
     auto dtype = fusable(*x, *w, b, norm, other);
     if (!dtype) return nullptr;
-    // Channels-last inputs only: oneDNN convolves NCHW maps in a blocked layout of its own, and
-    // the reorders to and from it cost LeNet's small maps more than the fusion saves (and the
-    // sum would not be fused: libtorch adds afterwards, with a kernel that takes no bfloat16).
-    if (x->suggest_memory_format() != at::MemoryFormat::ChannelsLast) return nullptr;
-    auto [weight, bias] = folded(*w, b, norm, *dtype);
     int64_t padding2[2] = {padding, padding}, stride2[2] = {stride, stride}, dilation[2] = {1, 1};
+    // An NCHW map: oneDNN would convolve it in a blocked layout of its own, and the reorders to
+    // and from it cost LeNet's small maps more than the post-ops save (its sum is no post-op
+    // there either). So libtorch's own convolution takes the folded weights (autocast casts them
+    // as it casts the layer's), and the sum and activation follow in place: still no batch norm
+    // pass, and no new tensor after the convolution's.
+    if (x->suggest_memory_format() != at::MemoryFormat::ChannelsLast) {
+      auto [weight, bias] = folded(*w, b, norm, at::kFloat);
+      auto y = at::conv2d(*x, weight, bias, stride2, padding2);
+      if (other != nullptr) y.add_(*other);
+      *out = new at::Tensor(activate_(y, activation));
+      return nullptr;
+    }
+    auto [weight, bias] = folded(*w, b, norm, *dtype);
     at::Tensor y;
     if (other == nullptr) {
       static const auto op = c10::Dispatcher::singleton()
@@ -130,15 +147,25 @@ char *convnets_conv2d_pointwise(const at::Tensor *x, const at::Tensor *w, const 
   })
 }
 
-// activation(linear(x, w, b)) in one oneDNN call, as convnets_conv2d_pointwise does it for a
-// convolution (without batch norm or sum).
+// activation(norm(linear(x, w, b))) as convnets_conv2d_pointwise computes a convolution's
+// (without a sum; `norm` may be NULL): in one oneDNN call when `onednn` is set (the networks laid
+// out channels-last, whose large classifiers gain from it), else libtorch's own matrix product
+// with the batch norm folded in and the activation in place (LeNet's small layers, for which
+// oneDNN's call was slower than MKL's product).
 char *convnets_linear_pointwise(const at::Tensor *x, const at::Tensor *w, const at::Tensor *b,
-                                const char *activation, at::Tensor **out) {
+                                const ConvnetsNorm *norm, const char *activation, int32_t onednn,
+                                at::Tensor **out) {
   GUARD({
     *out = nullptr;
-    auto dtype = fusable(*x, *w, b, nullptr, nullptr);
+    auto dtype = fusable(*x, *w, b, norm, nullptr);
     if (!dtype) return nullptr;
-    auto [weight, bias] = folded(*w, b, nullptr, *dtype);
+    if (!onednn) {
+      auto [weight, bias] = folded(*w, b, norm, at::kFloat);
+      auto y = at::linear(*x, weight, bias);
+      *out = new at::Tensor(activate_(y, activation));
+      return nullptr;
+    }
+    auto [weight, bias] = folded(*w, b, norm, *dtype);
     static const auto op = c10::Dispatcher::singleton()
                                .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
                                .typed<PointwiseLinear>();

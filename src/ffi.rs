@@ -50,7 +50,9 @@ unsafe extern "C" {
         x: *const C_tensor,
         w: *const C_tensor,
         b: *const C_tensor,
+        norm: *const ConvnetsNorm,
         activation: *const c_char,
+        onednn: i32,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
 }

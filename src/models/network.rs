@@ -203,7 +203,8 @@ impl Network {
 
     fn forward_with(&self, x: &Tensor, mut cx: Ctx) -> Fwd {
         cx.train &= !self.frozen_backbone;
-        cx.fuse = self.channels_last;
+        cx.fuse = true;
+        cx.channels_last = self.channels_last;
         if self.precision == Precision::Fp32 && !self.channels_last {
             return cx.call(&self.body, x);
         }

@@ -22,23 +22,41 @@ pub struct Ctx<'t> {
     /// Whether dropout drops in training mode (off only to compare a training step with
     /// PyTorch's, whose random masks libtorch cannot draw alike).
     pub dropout: bool,
-    /// Whether evaluation may fuse layers (see [`Ctx::fused`]): for networks laid out
-    /// channels-last, where oneDNN's fused convolutions need no reorders.
+    /// Whether evaluation may fuse layers (see [`Ctx::fused`]): set for a network's passes.
     pub fuse: bool,
+    /// The network is laid out channels-last: its fused linear layers go through oneDNN's fused
+    /// operator too (convolutions choose by their input's layout).
+    pub channels_last: bool,
 }
 
 impl<'t> Ctx<'t> {
     pub fn new(train: bool) -> Ctx<'static> {
-        Ctx { train, tracer: None, finished_leaves: 0, sync_bn: None, dropout: true, fuse: false }
+        Ctx { train, tracer: None, finished_leaves: 0, sync_bn: None, dropout: true, fuse: false, channels_last: false }
     }
 
     pub fn traced(train: bool, tracer: &'t mut Tracer) -> Ctx<'t> {
-        Ctx { train, tracer: Some(tracer), finished_leaves: 0, sync_bn: None, dropout: true, fuse: false }
+        Ctx {
+            train,
+            tracer: Some(tracer),
+            finished_leaves: 0,
+            sync_bn: None,
+            dropout: true,
+            fuse: false,
+            channels_last: false,
+        }
     }
 
     /// A forward pass whose batch norms normalise with the statistics of every replica's batch.
     pub fn synced(train: bool, sync_bn: &'t dyn SyncBatchNorm) -> Ctx<'t> {
-        Ctx { train, tracer: None, finished_leaves: 0, sync_bn: Some(sync_bn), dropout: true, fuse: false }
+        Ctx {
+            train,
+            tracer: None,
+            finished_leaves: 0,
+            sync_bn: Some(sync_bn),
+            dropout: true,
+            fuse: false,
+            channels_last: false,
+        }
     }
 
     /// Runs `layer` on `x`, recording the call when tracing.

@@ -1,9 +1,10 @@
-//! Evaluation's fused layers: a convolution with what follows it (an eval-mode batch norm folded
-//! into its weights, a ReLU or sigmoid, ResNet's shortcut sum), or a linear layer with its
-//! activation, in one oneDNN call (`csrc/fused.cpp`), where the steps one by one would each read
-//! and write the whole activation again. Only the evaluation of a channels-last network, with
-//! nothing recording the pass, fuses ([`Ctx`] decides): summaries, shape traces and exports see
-//! every layer.
+//! Evaluation's fused layers: a convolution or linear layer with what follows it (an eval-mode
+//! batch norm folded into its weights, a ReLU or sigmoid, ResNet's shortcut sum) in one call
+//! (`csrc/fused.cpp`), where the steps one by one would each read and write the whole activation
+//! again: one oneDNN call in a channels-last network, libtorch's own convolution or matrix
+//! product with the activation in place in an NCHW one (the LeNets). Only evaluation with nothing
+//! recording the pass fuses ([`Ctx`] decides): summaries, shape traces and exports see every
+//! layer.
 
 use std::ffi::CStr;
 use std::sync::OnceLock;
@@ -55,6 +56,19 @@ pub struct Norm<'a> {
     pub spatial: bool,
 }
 
+impl Norm<'_> {
+    /// The shim's view of it (pointers into these tensors, valid while they are).
+    fn to_c(&self) -> ConvnetsNorm {
+        ConvnetsNorm {
+            weight: self.weight.as_ptr(),
+            bias: self.bias.as_ptr(),
+            mean: self.mean.as_ptr(),
+            var: self.var.as_ptr(),
+            eps: self.eps,
+        }
+    }
+}
+
 /// What a layer is to fusion ([`Layer::fusable`]).
 pub enum Fusable<'a> {
     Conv(&'a Conv2d),
@@ -100,13 +114,7 @@ pub(crate) fn run(conv: ConvCall<'_>, x: &Tensor, epilogue: &Epilogue<'_>) -> Op
     if epilogue.norm.as_ref().is_some_and(|n| n.features != out_channels || !n.spatial) {
         return None;
     }
-    let norm = epilogue.norm.as_ref().map(|n| ConvnetsNorm {
-        weight: n.weight.as_ptr(),
-        bias: n.bias.as_ptr(),
-        mean: n.mean.as_ptr(),
-        var: n.var.as_ptr(),
-        eps: n.eps,
-    });
+    let norm = epilogue.norm.as_ref().map(Norm::to_c);
     let mut out: *mut C_tensor = std::ptr::null_mut();
     let result = check(unsafe {
         convnets_conv2d_pointwise(
@@ -124,12 +132,37 @@ pub(crate) fn run(conv: ConvCall<'_>, x: &Tensor, epilogue: &Epilogue<'_>) -> Op
     fused_output(result, out, x)
 }
 
-/// `activation(linear(x))` in one fused call, `x` checked by the layer; `None` where the shim
-/// declines it.
-pub(crate) fn run_linear(weight: &Tensor, bias: &Tensor, x: &Tensor, activation: Activation) -> Option<Fwd> {
+/// The linear layer of a fused call, and whether it goes through oneDNN (in channels-last
+/// networks) or libtorch's own matrix product.
+pub(crate) struct LinearCall<'a> {
+    pub weight: &'a Tensor,
+    pub bias: &'a Tensor,
+    pub onednn: bool,
+}
+
+/// `activation(norm(linear(x)))` in one fused call, `x` checked by the layer; `None` where the
+/// shim declines it or the batch norm does not fit the layer.
+pub(crate) fn run_linear(
+    linear: LinearCall<'_>,
+    x: &Tensor,
+    norm: Option<&Norm<'_>>,
+    activation: Activation,
+) -> Option<Fwd> {
+    if norm.is_some_and(|n| n.features != linear.weight.size()[0] || n.spatial) {
+        return None;
+    }
+    let norm = norm.map(Norm::to_c);
     let mut out: *mut C_tensor = std::ptr::null_mut();
     let result = check(unsafe {
-        convnets_linear_pointwise(x.as_ptr(), weight.as_ptr(), bias.as_ptr(), activation.post_op().as_ptr(), &mut out)
+        convnets_linear_pointwise(
+            x.as_ptr(),
+            linear.weight.as_ptr(),
+            linear.bias.as_ptr(),
+            norm.as_ref().map_or(std::ptr::null(), |n| n as *const ConvnetsNorm),
+            activation.post_op().as_ptr(),
+            i32::from(linear.onednn),
+            &mut out,
+        )
     });
     fused_output(result, out, x)
 }
@@ -155,15 +188,11 @@ pub(crate) fn run_sequence(layers: &[Box<dyn Layer>], x: &Tensor, cx: &mut Ctx) 
     if !cx.fusing() {
         return None; // a training or traced pass: no layer to look at
     }
-    let conv = match layers.first()?.fusable()? {
-        Fusable::Conv(conv) => conv,
-        Fusable::Linear(linear) => {
-            let activation = Activation::of(layers.get(1)?.as_ref())?;
-            let y = cx.fused(linear, 2, |x| linear.forward_fused(x, activation), x)?;
-            return Some((y, 2));
-        }
-        Fusable::Norm(_) => return None,
-    };
+    let head = layers.first()?.fusable()?;
+    if let Fusable::Norm(_) = head {
+        return None;
+    }
+    // What follows the head into its call: a batch norm, an activation, or both.
     let mut used = 1;
     let norm = match layers.get(used).and_then(|l| l.fusable()) {
         Some(Fusable::Norm(norm)) => {
@@ -177,7 +206,17 @@ pub(crate) fn run_sequence(layers: &[Box<dyn Layer>], x: &Tensor, cx: &mut Ctx) 
     if used == 1 {
         return None; // nothing to fuse into it
     }
-    let epilogue = Epilogue { norm, shortcut: None, activation: activation.unwrap_or(Activation::Identity) };
-    let y = cx.fused(conv, used, |x| conv.forward_fused(x, &epilogue), x)?;
+    let activation = activation.unwrap_or(Activation::Identity);
+    let y = match head {
+        Fusable::Conv(conv) => {
+            let epilogue = Epilogue { norm, shortcut: None, activation };
+            cx.fused(conv, used, |x| conv.forward_fused(x, &epilogue), x)?
+        }
+        Fusable::Linear(linear) => {
+            let onednn = cx.channels_last;
+            cx.fused(linear, used, |x| linear.forward_fused(x, norm.as_ref(), activation, onednn), x)?
+        }
+        Fusable::Norm(_) => unreachable!("returned above"),
+    };
     Some((y, used))
 }

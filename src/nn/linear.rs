@@ -3,7 +3,7 @@
 use tch::Tensor;
 use tch::nn::Path;
 
-use super::fused::{self, Activation, Fusable};
+use super::fused::{self, Activation, Fusable, LinearCall, Norm};
 use super::init::{self, BiasInit, WeightInit};
 use super::layer::shape_error;
 use super::{Ctx, Fwd, InLayer, Layer, LayerError};
@@ -31,12 +31,19 @@ impl Linear {
 }
 
 impl Linear {
-    /// `activation(self(x))` in one fused call (see [`fused`]), `None` where it does not apply.
-    pub(crate) fn forward_fused(&self, x: &Tensor, activation: Activation) -> Option<Fwd> {
+    /// `activation(norm(self(x)))` in one fused call (see [`fused`]), through oneDNN's fused
+    /// operator if `onednn`; `None` where it does not apply.
+    pub(crate) fn forward_fused(
+        &self,
+        x: &Tensor,
+        norm: Option<&Norm>,
+        activation: Activation,
+        onednn: bool,
+    ) -> Option<Fwd> {
         if let Err(e) = self.check_input(x) {
             return Some(Err(e));
         }
-        fused::run_linear(&self.weight, &self.bias, x, activation)
+        fused::run_linear(LinearCall { weight: &self.weight, bias: &self.bias, onednn }, x, norm, activation)
     }
 
     fn check_input(&self, x: &Tensor) -> Result<(), LayerError> {
