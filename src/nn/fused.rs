@@ -11,11 +11,10 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tch::Tensor;
-use torch_sys::C_tensor;
 
-use super::layer::shape_error;
+use super::layer::kernel_output;
 use super::{Conv2d, Ctx, Fwd, Layer, Linear};
-use crate::ffi::{ConvnetsNorm, check, convnets_conv2d_pointwise, convnets_linear_pointwise};
+use crate::ffi::{ConvnetsNorm, convnets_conv2d_pointwise, convnets_linear_pointwise};
 
 /// The activation a fused layer applies last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,8 +114,8 @@ pub(crate) fn run(conv: ConvCall<'_>, x: &Tensor, epilogue: &Epilogue<'_>) -> Op
         return None;
     }
     let norm = epilogue.norm.as_ref().map(Norm::to_c);
-    let mut out: *mut C_tensor = std::ptr::null_mut();
-    let result = check(unsafe {
+    // SAFETY: every pointer is a live tensor or null where the shim takes null.
+    kernel_output(x, &FUSED_CALLS, |out| unsafe {
         convnets_conv2d_pointwise(
             x.as_ptr(),
             conv.weight.as_ptr(),
@@ -126,10 +125,9 @@ pub(crate) fn run(conv: ConvCall<'_>, x: &Tensor, epilogue: &Epilogue<'_>) -> Op
             norm.as_ref().map_or(std::ptr::null(), |n| n as *const ConvnetsNorm),
             epilogue.shortcut.map_or(std::ptr::null(), |t| t.as_ptr()),
             epilogue.activation.post_op().as_ptr(),
-            &mut out,
+            out,
         )
-    });
-    fused_output(result, out, x)
+    })
 }
 
 /// The linear layer of a fused call, and whether it goes through oneDNN (in channels-last
@@ -152,8 +150,8 @@ pub(crate) fn run_linear(
         return None;
     }
     let norm = norm.map(Norm::to_c);
-    let mut out: *mut C_tensor = std::ptr::null_mut();
-    let result = check(unsafe {
+    // SAFETY: every pointer is a live tensor or null where the shim takes null.
+    kernel_output(x, &FUSED_CALLS, |out| unsafe {
         convnets_linear_pointwise(
             x.as_ptr(),
             linear.weight.as_ptr(),
@@ -161,24 +159,9 @@ pub(crate) fn run_linear(
             norm.as_ref().map_or(std::ptr::null(), |n| n as *const ConvnetsNorm),
             activation.post_op().as_ptr(),
             i32::from(linear.onednn),
-            &mut out,
+            out,
         )
-    });
-    fused_output(result, out, x)
-}
-
-/// What a shim call left in `out`: the fused output, `None` where it declined, or its error as
-/// the layer's.
-fn fused_output(result: anyhow::Result<()>, out: *mut C_tensor, x: &Tensor) -> Option<Fwd> {
-    match result {
-        Err(e) => Some(Err(shape_error(x, crate::error::error_line(&e)))),
-        Ok(()) if out.is_null() => None,
-        Ok(()) => {
-            FUSED_CALLS.fetch_add(1, Ordering::Relaxed);
-            // SAFETY: a tensor the shim allocated with `new`, now owned by the returned Tensor.
-            Some(Ok(unsafe { Tensor::from_ptr(out) }))
-        }
-    }
+    })
 }
 
 /// The start of `layers` that one fused call can compute: a convolution, then a batch norm, an

@@ -1,10 +1,15 @@
 //! The [`Layer`] trait every layer and block implements, the error a layer reports, and the
 //! input checks leaves make before computing.
 
+use std::ffi::c_char;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tch::{TchError, Tensor};
+use torch_sys::C_tensor;
 
 use super::Ctx;
 use super::fused::Fusable;
+use crate::ffi::check;
 use crate::onnx::OnnxGraph;
 
 /// A layer that could not compute its output: an input it cannot take, or a failure inside
@@ -88,6 +93,27 @@ impl Layer for Box<dyn Layer> {
 /// [`Ctx::call`]).
 pub(crate) fn shape_error(x: &Tensor, reason: impl Into<String>) -> LayerError {
     LayerError { layer: String::new(), shape: x.size(), reason: reason.into() }
+}
+
+/// The output of one of the shim's kernels that may decline (`csrc/`), computing a layer on `x`:
+/// `call` passes its out-parameter on and returns the shim's result. Its error is the layer's;
+/// `None` where it left the out-parameter NULL (the caller then computes the layer with
+/// libtorch); else the tensor, counted in `calls`.
+pub(crate) fn kernel_output(
+    x: &Tensor,
+    calls: &AtomicU64,
+    call: impl FnOnce(*mut *mut C_tensor) -> *mut c_char,
+) -> Option<Fwd> {
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    match check(call(&mut out)) {
+        Err(e) => Some(Err(shape_error(x, crate::error::error_line(&e)))),
+        Ok(()) if out.is_null() => None,
+        Ok(()) => {
+            calls.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: a tensor the shim allocated with `new`, now owned by the returned Tensor.
+            Some(Ok(unsafe { Tensor::from_ptr(out) }))
+        }
+    }
 }
 
 /// Turns libtorch's error from an operation on `x` into the [`LayerError`] of the layer running it

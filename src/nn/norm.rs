@@ -5,12 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tch::nn::Path;
 use tch::{Kind, TchError, Tensor};
-use torch_sys::C_tensor;
 
 use super::fused::{Fusable, Norm};
-use super::layer::shape_error;
+use super::layer::{kernel_output, shape_error};
 use super::{Ctx, Fwd, InLayer, Layer, LayerError};
-use crate::ffi::{check, convnets_batch_norm_train};
+use crate::ffi::convnets_batch_norm_train;
 use crate::onnx::{self, OnnxGraph};
 
 /// Training-mode batch norm over the batches of all replicas of a distributed run (PyTorch's
@@ -106,10 +105,8 @@ impl BatchNorm {
     /// CPU, whose per-channel sums run in vector lanes where libtorch's add one value at a time
     /// (LeNet's batch norms); `None` where it declines, for libtorch's own.
     fn train_by_kernel(&self, x: &Tensor) -> Option<Fwd> {
-        let mut out: *mut C_tensor = std::ptr::null_mut();
-        // SAFETY: every pointer is a live tensor; on success the shim leaves NULL or a tensor it
-        // allocated.
-        let result = check(unsafe {
+        // SAFETY: every pointer is a live tensor.
+        kernel_output(x, &NORM_KERNEL_CALLS, |out| unsafe {
             convnets_batch_norm_train(
                 x.as_ptr(),
                 self.weight.as_ptr(),
@@ -118,18 +115,9 @@ impl BatchNorm {
                 self.running_var.as_ptr(),
                 Self::MOMENTUM,
                 self.eps,
-                &mut out,
+                out,
             )
-        });
-        match result {
-            Err(e) => Some(Err(shape_error(x, crate::error::error_line(&e)))),
-            Ok(()) if out.is_null() => None,
-            Ok(()) => {
-                NORM_KERNEL_CALLS.fetch_add(1, Ordering::Relaxed);
-                // SAFETY: a tensor the shim allocated with `new`, now owned by the returned Tensor.
-                Some(Ok(unsafe { Tensor::from_ptr(out) }))
-            }
-        }
+        })
     }
 }
 

@@ -3,11 +3,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tch::Tensor;
-use torch_sys::C_tensor;
 
-use super::layer::{check_pool_window, check_window, expect_image, shape_error, stateless};
+use super::layer::{check_pool_window, check_window, expect_image, kernel_output, stateless};
 use super::{Ctx, Fwd, InLayer, Layer};
-use crate::ffi::{check, convnets_avg_pool2x2};
+use crate::ffi::convnets_avg_pool2x2;
 use crate::onnx::{self, OnnxGraph};
 
 #[derive(Debug)]
@@ -79,18 +78,8 @@ stateless!(AvgPool2d, "AvgPool2d", |s, x, _cx| {
 /// computes libtorch's values several times faster (LeNet's pooling); `None` where it declines
 /// (another layout or device), for libtorch's own.
 fn avg_pool2x2(x: &Tensor) -> Option<Fwd> {
-    let mut out: *mut C_tensor = std::ptr::null_mut();
-    // SAFETY: `x` is a live tensor; on success the shim leaves NULL or a tensor it allocated.
-    let result = check(unsafe { convnets_avg_pool2x2(x.as_ptr(), &mut out) });
-    match result {
-        Err(e) => Some(Err(shape_error(x, crate::error::error_line(&e)))),
-        Ok(()) if out.is_null() => None,
-        Ok(()) => {
-            POOL_KERNEL_CALLS.fetch_add(1, Ordering::Relaxed);
-            // SAFETY: a tensor the shim allocated with `new`, now owned by the returned Tensor.
-            Some(Ok(unsafe { Tensor::from_ptr(out) }))
-        }
-    }
+    // SAFETY: `x` is a live tensor.
+    kernel_output(x, &POOL_KERNEL_CALLS, |out| unsafe { convnets_avg_pool2x2(x.as_ptr(), out) })
 }
 
 static POOL_KERNEL_CALLS: AtomicU64 = AtomicU64::new(0);
