@@ -8,6 +8,7 @@
 // libtorch's arithmetic: the statistics (the biased variance normalises, the unbiased one updates
 // the running variance), the scale and shift, and the gradients' formula, in float, in its order.
 #include "guard.h"
+#include "vector_clones.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -16,12 +17,6 @@
 #include <algorithm>
 #include <vector>
 
-// Function multi-versioning (GCC and Clang on x86-64 Linux): each loop below in three builds.
-#if defined(__x86_64__) && defined(__linux__)
-#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define VECTOR_CLONES
-#endif
 
 namespace {
 
