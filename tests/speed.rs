@@ -162,6 +162,45 @@ fn evaluation_fuses_layers_with_their_batch_norm_and_activation_and_computes_the
 }
 
 #[test]
+fn training_pools_before_its_relu_and_computes_the_same_bits() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    // A ReLU followed by a max pool in one Sequential: VGG's 5 blocks, AlexNet's 3 pools,
+    // GoogLeNet's first two blocks, ResNet's stem; NiN's ReLUs end its blocks and its pools sit
+    // outside them, so it has none.
+    let nets =
+        [("vgg11-small", 224, 5), ("alexnet", 224, 3), ("googlenet", 96, 2), ("resnet18", 64, 1), ("nin", 224, 0)];
+    for (name, side, pairs) in nets {
+        tch::manual_seed(11);
+        let net = Network::new(name, NetConfig::default(), Device::Cpu).unwrap();
+        let x = Tensor::rand([2, 1, side, side], (Kind::Float, Device::Cpu));
+        let params = net.vs.trainable_variables();
+        let step = |traced: bool| {
+            // The same dropout masks in both passes.
+            tch::manual_seed(12);
+            let logits = if traced {
+                net.forward_traced(&x, true, &mut Tracer::new()).unwrap()
+            } else {
+                net.forward_t(&x, true).unwrap()
+            };
+            let grads = Tensor::run_backward(&[(&logits * &logits).sum(Kind::Float)], &params, false, false);
+            (logits, grads)
+        };
+        let before = convnets::nn::pools_before_relu();
+        let (logits, grads) = step(false);
+        assert_eq!(convnets::nn::pools_before_relu() - before, pairs, "{name}: pairs pooled first");
+        // A traced pass records every layer in order, so it runs the ReLU first.
+        let before = convnets::nn::pools_before_relu();
+        let (traced_logits, traced_grads) = step(true);
+        assert_eq!(convnets::nn::pools_before_relu(), before, "{name}: traced");
+        assert!(logits.abs().sum(Kind::Double).double_value(&[]) > 0.0 || name == "nin", "{name}: all logits 0");
+        assert!(logits.equal(&traced_logits), "{name}: logits differ");
+        for ((ours, theirs), p) in grads.iter().zip(&traced_grads).zip(&params) {
+            assert!(ours.equal(theirs), "{name}: gradients of a {:?} parameter differ", p.size());
+        }
+    }
+}
+
+#[test]
 fn average_pooling_of_nchw_maps_computes_libtorchs_values_and_gradients_bit_for_bit() {
     use convnets::nn::{AvgPool2d, Ctx, Layer};
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());

@@ -75,6 +75,16 @@ impl Layer for Sequential {
                 next += used;
                 continue;
             }
+            // A ReLU and the max pool after it, pool first, in training.
+            if let Some(pooled) = self
+                .layers
+                .get(next + 1)
+                .and_then(|pool| cx.pool_before_relu(self.layers[next].as_ref(), pool.as_ref(), &y))
+            {
+                y = pooled?;
+                next += 2;
+                continue;
+            }
             y = cx.call(self.layers[next].as_ref(), &y)?;
             next += 1;
         }

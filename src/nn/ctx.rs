@@ -2,12 +2,21 @@
 //! goes through, so that a traced pass records it (summaries, shapes, profiles) and an exporting
 //! pass adds its ONNX nodes.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tch::Tensor;
 
 use super::fused::{self, Activation, Epilogue};
 use super::layer::shape_error;
 use super::{BatchNorm, Conv2d, Fwd, InLayer, Layer, LayerError, SyncBatchNorm, Tracer};
 use crate::onnx::{self, OnnxGraph, proto::AttributeProto};
+
+static POOLS_BEFORE_RELU: AtomicU64 = AtomicU64::new(0);
+
+/// How many ReLU + max-pool pairs this process has computed pool first ([`Ctx::pool_before_relu`]).
+pub fn pools_before_relu() -> u64 {
+    POOLS_BEFORE_RELU.load(Ordering::Relaxed)
+}
 
 /// Everything a forward pass carries besides the tensor.
 pub struct Ctx<'t> {
@@ -128,6 +137,30 @@ impl<'t> Ctx<'t> {
         });
         self.finished_leaves += leaves;
         Some(y)
+    }
+
+    /// `pool(relu(x))` computed as `relu(pool(x))` in a training pass that records nothing, for a
+    /// `ReLU` followed by a `MaxPool2d`: the two commute exactly (a ReLU keeps the order of
+    /// positive values and maps the rest to 0, whose gradient is 0 either way), values and
+    /// gradients alike, and the ReLU and its backward then run over the pooled map, a quarter of
+    /// the one before it or less. `None` where that does not apply.
+    pub(crate) fn pool_before_relu(&mut self, relu: &dyn Layer, pool: &dyn Layer, x: &Tensor) -> Option<Fwd> {
+        if !self.train || self.tracer.is_some() || relu.type_name() != "ReLU" || pool.type_name() != "MaxPool2d" {
+            return None;
+        }
+        // The ReLU keeps its place in the order, so that an error names either layer as the
+        // steps one by one would.
+        let relu_name = self.leaf_name(relu);
+        self.finished_leaves += 1;
+        let pooled = match self.call(pool, x) {
+            Ok(pooled) => pooled,
+            Err(e) => return Some(Err(e)),
+        };
+        POOLS_BEFORE_RELU.fetch_add(1, Ordering::Relaxed);
+        Some(relu.forward(&pooled, self).map_err(|mut e| {
+            e.layer = relu_name;
+            e
+        }))
     }
 
     /// A block's `relu(conv(x))`, in one fused call where evaluation allows.

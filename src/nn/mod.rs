@@ -30,7 +30,7 @@ mod trace;
 pub use activation::{ReLU, Sigmoid};
 pub use container::Sequential;
 pub use conv::Conv2d;
-pub use ctx::Ctx;
+pub use ctx::{Ctx, pools_before_relu};
 pub use dropout::Dropout;
 pub use flatten::Flatten;
 pub use fused::{Fusable, Norm, fused_calls};
