@@ -17,7 +17,6 @@
 #include <algorithm>
 #include <vector>
 
-
 namespace {
 
 VECTOR_CLONES double plane_sum(const float *x, int64_t size) {
@@ -105,7 +104,8 @@ struct TrainingBatchNorm : torch::autograd::Function<TrainingBatchNorm> {
     });
     auto options = x.options();
     auto saved_mean = at::empty({channels}, options), saved_invstd = at::empty({channels}, options);
-    auto scale = at::empty({channels}, options), shift = at::empty({channels}, options);
+    float *mean_out = saved_mean.mutable_data_ptr<float>(), *invstd_out = saved_invstd.mutable_data_ptr<float>();
+    std::vector<float> scale(channels), shift(channels);
     {
       auto w = weight.contiguous(), b = bias.contiguous();
       const float *wp = w.const_data_ptr<float>(), *bp = b.const_data_ptr<float>();
@@ -113,11 +113,10 @@ struct TrainingBatchNorm : torch::autograd::Function<TrainingBatchNorm> {
       // In float, as libtorch's kernel computes the scale and shift.
       for (int64_t c = 0; c < channels; ++c) {
         const float invstd = static_cast<float>(1.0 / std::sqrt(squares[c] / count + eps));
-        saved_mean.mutable_data_ptr<float>()[c] = mean[c];
-        saved_invstd.mutable_data_ptr<float>()[c] = invstd;
-        const float a = invstd * wp[c];
-        scale.mutable_data_ptr<float>()[c] = a;
-        shift.mutable_data_ptr<float>()[c] = bp[c] - mean[c] * a;
+        mean_out[c] = mean[c];
+        invstd_out[c] = invstd;
+        scale[c] = invstd * wp[c];
+        shift[c] = bp[c] - mean[c] * scale[c];
         rm[c] = static_cast<float>(momentum * mean[c] + (1 - momentum) * rm[c]);
         rv[c] = static_cast<float>(momentum * squares[c] / (count - 1) + (1 - momentum) * rv[c]);
       }
@@ -125,9 +124,8 @@ struct TrainingBatchNorm : torch::autograd::Function<TrainingBatchNorm> {
     // y = x * scale + shift, as libtorch's kernel computes it.
     auto y = at::empty_like(x);
     float *out = y.mutable_data_ptr<float>();
-    const float *scales = scale.const_data_ptr<float>(), *shifts = shift.const_data_ptr<float>();
     per_plane(images, channels, size, [&](int64_t p, int64_t c) {
-      plane_affine(in + p * size, out + p * size, size, scales[c], shifts[c]);
+      plane_affine(in + p * size, out + p * size, size, scale[c], shift[c]);
     });
     ctx->save_for_backward({x, weight, saved_mean, saved_invstd});
     return y;
@@ -150,6 +148,7 @@ struct TrainingBatchNorm : torch::autograd::Function<TrainingBatchNorm> {
     });
     auto options = x.options();
     auto grad_weight = at::empty({channels}, options), grad_bias = at::empty({channels}, options);
+    float *weight_grad = grad_weight.mutable_data_ptr<float>(), *bias_grad = grad_bias.mutable_data_ptr<float>();
     // dx = (dy - mean(dy) - (x - mean) * k) * invstd * weight, k = invstd^2 * mean(dy * (x -
     // mean)), in libtorch's order and in float as it computes it: the deviation from the mean
     // first (folding the mean into a per-channel constant loses digits where the mean is large
@@ -158,8 +157,8 @@ struct TrainingBatchNorm : torch::autograd::Function<TrainingBatchNorm> {
     const float *wp = weight.const_data_ptr<float>();
     for (int64_t c = 0; c < channels; ++c) {
       const double sum = sums[2 * c], dot = sums[2 * c + 1];
-      grad_weight.mutable_data_ptr<float>()[c] = static_cast<float>(dot * invstd[c]);
-      grad_bias.mutable_data_ptr<float>()[c] = static_cast<float>(sum);
+      weight_grad[c] = static_cast<float>(dot * invstd[c]);
+      bias_grad[c] = static_cast<float>(sum);
       k[c] = static_cast<float>(dot) * invstd[c] * invstd[c] / static_cast<float>(count);
       grad_mean[c] = static_cast<float>(sum / count);
     }

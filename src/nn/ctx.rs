@@ -40,32 +40,21 @@ pub struct Ctx<'t> {
 
 impl<'t> Ctx<'t> {
     pub fn new(train: bool) -> Ctx<'static> {
-        Ctx { train, tracer: None, finished_leaves: 0, sync_bn: None, dropout: true, fuse: false, channels_last: false }
+        Ctx::with(train, None, None)
     }
 
     pub fn traced(train: bool, tracer: &'t mut Tracer) -> Ctx<'t> {
-        Ctx {
-            train,
-            tracer: Some(tracer),
-            finished_leaves: 0,
-            sync_bn: None,
-            dropout: true,
-            fuse: false,
-            channels_last: false,
-        }
+        Ctx::with(train, Some(tracer), None)
     }
 
     /// A forward pass whose batch norms normalise with the statistics of every replica's batch.
     pub fn synced(train: bool, sync_bn: &'t dyn SyncBatchNorm) -> Ctx<'t> {
-        Ctx {
-            train,
-            tracer: None,
-            finished_leaves: 0,
-            sync_bn: Some(sync_bn),
-            dropout: true,
-            fuse: false,
-            channels_last: false,
-        }
+        Ctx::with(train, None, Some(sync_bn))
+    }
+
+    /// The other fields at their defaults: dropout on, no fusion (a network's passes turn it on).
+    fn with(train: bool, tracer: Option<&'t mut Tracer>, sync_bn: Option<&'t dyn SyncBatchNorm>) -> Ctx<'t> {
+        Ctx { train, tracer, finished_leaves: 0, sync_bn, dropout: true, fuse: false, channels_last: false }
     }
 
     /// Runs `layer` on `x`, recording the call when tracing.
