@@ -129,13 +129,18 @@ char *convnets_conv2d_pointwise(const at::Tensor *x, const at::Tensor *w, const 
       return nullptr;
     }
     auto [weight, bias] = folded(*w, b, norm, *dtype);
+    // oneDNN cannot create the sum's memory for a 1x1 map ("could not create a memory", as
+    // libtorch 2.11 calls it; ResNet's last stage at a 32-pixel input): such a sum follows the
+    // convolution in place instead, then the activation.
+    bool single_pixel = other != nullptr && other->size(2) * other->size(3) == 1;
     at::Tensor y;
-    if (other == nullptr) {
+    if (other == nullptr || single_pixel) {
       static const auto op = c10::Dispatcher::singleton()
                                  .findSchemaOrThrow("mkldnn::_convolution_pointwise", "")
                                  .typed<PointwiseConv>();
-      y = op.call(x->to(*dtype), weight, bias, padding2, stride2, dilation, 1, post_op(activation).value_or("none"),
-                  Scalars(), std::nullopt);
+      auto act = single_pixel ? "none" : post_op(activation).value_or("none");
+      y = op.call(x->to(*dtype), weight, bias, padding2, stride2, dilation, 1, act, Scalars(), std::nullopt);
+      if (single_pixel) activate_(y.add_(other->to(*dtype)), activation);
     } else {
       static const auto op = c10::Dispatcher::singleton()
                                  .findSchemaOrThrow("mkldnn::_convolution_pointwise", "binary")
