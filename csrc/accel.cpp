@@ -10,6 +10,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/cpu/Utils.h>
 #include <array>
 #include <cstdlib>
 #include <cstring>
@@ -36,6 +37,20 @@ char *convnets_autocast_bf16(int cuda, int enabled) {
     at::autocast::set_autocast_cache_enabled(false);
     at::autocast::set_autocast_dtype(device, at::kBFloat16);
     at::autocast::set_autocast_enabled(device, enabled != 0);
+  })
+}
+
+// Whether this CPU does bfloat16 arithmetic in hardware (AVX512-BF16 or AMX-BF16), as libtorch's
+// cpuinfo sees it: without it oneDNN emulates bfloat16 and mixed precision is slower than float32.
+// AMX also needs the kernel's permission, which `init_amx` asks for.
+char *convnets_cpu_has_bf16(int *out) {
+  GUARD({
+    auto caps = at::cpu::get_cpu_capabilities();
+    auto has = [&](const char *name) {
+      auto it = caps.find(name);
+      return it != caps.end() && it->second.isBool() && it->second.toBool();
+    };
+    *out = has("avx512_bf16") || (has("amx_bf16") && at::cpu::init_amx());
   })
 }
 

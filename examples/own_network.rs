@@ -43,6 +43,7 @@ static TINY_VGG: ModelInfo = ModelInfo {
     book: None,
     channels_last_on_cuda: false,
     channels_last_on_cpu: false,
+    bf16_on_cpu: false,
     build: tiny_vgg,
     origin: Origin::Book,
     default_config: NetConfig::FASHION_MNIST,

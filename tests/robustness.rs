@@ -119,7 +119,7 @@ fn bad_arguments_get_one_line_with_the_fix_and_exit_code_2() {
         (&["train", "lenet-bn", "--data", "/nonexistent/dir", "--out", out], "/nonexistent/dir: no such directory"),
         (&["eval", "/nonexistent/run"], "/nonexistent/run: No such file or directory"),
         (&["frobnicate"], "unrecognized subcommand 'frobnicate'"),
-        (&["train", "lenet-bn", "--precision", "fp16"], "unknown precision \"fp16\": expected fp32 or bf16"),
+        (&["train", "lenet-bn", "--precision", "fp16"], "unknown precision \"fp16\": expected fp32, bf16 or auto"),
         (&["bench", "lenet-bn", "--memory-format", "nhwc"], "unknown memory format \"nhwc\": expected auto"),
         (&["profile", "lenet-bn", "--passes", "0"], "--passes and --batch-size must be at least 1"),
         (&["train", "--resume", out, "--precision", "bf16"], "'--resume <DIR>' cannot be used with '--precision"),

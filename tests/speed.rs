@@ -419,6 +419,86 @@ fn an_empty_batch_has_the_right_shape() {
     assert_eq!(batch.images(Device::Cpu, None).unwrap().size(), [0, 1, 32, 32]);
 }
 
+/// Whether the kernel lists a bfloat16 arithmetic flag for this CPU: the answer `auto` must find
+/// through libtorch's cpuinfo. `None` where there is no /proc/cpuinfo.
+fn cpuinfo_has_bf16() -> Option<bool> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let flags = info.lines().find(|l| l.starts_with("flags"))?;
+    Some(flags.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16"))
+}
+
+#[test]
+fn precision_auto_is_bf16_only_on_a_cpu_with_bfloat16_arithmetic_for_the_nets_it_speeds_up() {
+    use accel::{PrecisionChoice, auto_precision};
+    assert_eq!("auto".parse::<PrecisionChoice>(), Ok(PrecisionChoice::Auto));
+    assert_eq!("bf16".parse::<PrecisionChoice>(), Ok(PrecisionChoice::Fixed(Precision::Bf16)));
+    assert_eq!(PrecisionChoice::default(), PrecisionChoice::Fixed(Precision::Fp32));
+    assert!("fp16".parse::<PrecisionChoice>().unwrap_err().contains("expected fp32, bf16 or auto"));
+    for device in [Device::Cpu, Device::Cuda(0)] {
+        for cpu_has_bf16 in [false, true] {
+            for faster in [false, true] {
+                let auto = auto_precision(device, cpu_has_bf16, faster);
+                let bf16 = device == Device::Cpu && cpu_has_bf16 && faster;
+                assert_eq!(auto.precision, if bf16 { Precision::Bf16 } else { Precision::Fp32 }, "{auto:?}");
+            }
+        }
+    }
+    assert!(auto_precision(Device::Cpu, false, true).reason.contains("no bfloat16 arithmetic"));
+    assert!(models::find("googlenet").unwrap().bf16_on_cpu);
+    assert!(!models::find("lenet-bn").unwrap().bf16_on_cpu);
+    let lenet = models::find("lenet-bn-scratch").unwrap();
+    assert_eq!(lenet.precision_for(PrecisionChoice::Fixed(Precision::Bf16), Device::Cpu), (Precision::Bf16, None));
+    assert_eq!(lenet.precision_for(PrecisionChoice::Auto, Device::Cpu).0, Precision::Fp32);
+    let Some(has_bf16) = cpuinfo_has_bf16() else { return };
+    assert_eq!(accel::cpu_has_bf16(), has_bf16, "libtorch's cpuinfo and /proc/cpuinfo disagree");
+
+    // What the commands do with it: bench resolves it per network, train says what it chose.
+    let (code, stdout, stderr) = common::convnets(&[
+        "bench",
+        "lenet-bn",
+        "googlenet",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--batch-size",
+        "4",
+        "--json",
+        "--precision",
+        "auto",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let precisions: Vec<String> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["precision"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(precisions, ["fp32", if has_bf16 { "bf16" } else { "fp32" }]);
+    let dir = tempfile::tempdir().unwrap();
+    let (data, out) = (common::idx_dataset(&dir.path().join("data"), 64, 32), dir.path().join("run"));
+    let (code, _, stderr) = common::convnets(&[
+        "train",
+        "googlenet",
+        "--resize",
+        "32",
+        "--epochs",
+        "1",
+        "--precision",
+        "auto",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let (expected, reason) = match has_bf16 {
+        true => ("bf16", "this CPU has bfloat16 arithmetic and the network trains faster in bf16"),
+        false => ("fp32", "this CPU has no bfloat16 arithmetic (AVX512-BF16 or AMX)"),
+    };
+    assert!(stderr.contains(&format!("precision: {expected} (auto: {reason})")), "{stderr}");
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["precision"], expected, "the run keeps what auto chose, not `auto`");
+}
+
 #[test]
 fn bench_reports_what_it_measured_as_one_json_object_per_network() {
     let (code, stdout, stderr) = common::convnets(&[
@@ -464,7 +544,7 @@ fn profile_times_every_layer_of_a_training_step() {
         batch_size: Some(16),
         steps: 2,
         warmup: 0,
-        precision: Precision::Fp32,
+        precision: Default::default(),
         memory_format: MemoryFormat::Auto,
         cuda_graphs: false,
     };

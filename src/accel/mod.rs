@@ -17,4 +17,4 @@ pub use memory::{
     LargeCpuBlocks, copy_async, empty_host_u8, keep_large_allocations_on_the_heap, large_cpu_blocks, peak_memory_mib,
     reset_peak_memory, reuse_large_cpu_blocks, wait_copied,
 };
-pub use precision::{Autocast, Precision};
+pub use precision::{AutoPrecision, Autocast, Precision, PrecisionChoice, auto_precision, cpu_has_bf16};

@@ -2,11 +2,12 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use crate::ffi::{check, convnets_autocast_bf16};
+use crate::ffi::{check, convnets_autocast_bf16, convnets_cpu_has_bf16};
 
 /// The arithmetic of the forward pass.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +45,68 @@ impl FromStr for Precision {
             _ => Err(format!("unknown precision {s:?}: expected fp32 or bf16")),
         }
     }
+}
+
+/// What `--precision` asks for: one precision, or `auto`, which each network resolves on its
+/// device (`ModelInfo::precision_for`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrecisionChoice {
+    Fixed(Precision),
+    Auto,
+}
+
+impl Default for PrecisionChoice {
+    /// fp32, as d2l trains.
+    fn default() -> Self {
+        PrecisionChoice::Fixed(Precision::Fp32)
+    }
+}
+
+impl FromStr for PrecisionChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(PrecisionChoice::Auto),
+            _ => s
+                .parse()
+                .map(PrecisionChoice::Fixed)
+                .map_err(|_| format!("unknown precision {s:?}: expected fp32, bf16 or auto")),
+        }
+    }
+}
+
+/// What `auto` picked, and why (printed, so a user sees which arithmetic trained their network).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AutoPrecision {
+    pub precision: Precision,
+    pub reason: &'static str,
+}
+
+/// `auto`'s rule: bf16 only on a CPU that does bfloat16 arithmetic in hardware (`cpu_has_bf16`),
+/// and only for a network measured faster in bf16 there, with the same accuracy
+/// (docs/benchmarks.md).
+pub fn auto_precision(device: Device, cpu_has_bf16: bool, faster_in_bf16_on_cpu: bool) -> AutoPrecision {
+    let (precision, reason) = if device.is_cuda() {
+        (Precision::Fp32, "auto chooses bf16 on CPUs only")
+    } else if !cpu_has_bf16 {
+        (Precision::Fp32, "this CPU has no bfloat16 arithmetic (AVX512-BF16 or AMX)")
+    } else if !faster_in_bf16_on_cpu {
+        (Precision::Fp32, "this network is not faster in bf16 on a CPU")
+    } else {
+        (Precision::Bf16, "this CPU has bfloat16 arithmetic and the network trains faster in bf16")
+    };
+    AutoPrecision { precision, reason }
+}
+
+/// Whether this CPU does bfloat16 arithmetic in hardware (libtorch's cpuinfo: AVX512-BF16, or
+/// AMX-BF16 with the kernel's permission); asked once.
+pub fn cpu_has_bf16() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        let mut has = 0;
+        // Reading cpuinfo's flags cannot fail in a way that would make bf16 right to use.
+        check(unsafe { convnets_cpu_has_bf16(&mut has) }).is_ok() && has != 0
+    })
 }
 
 /// Autocast switched on for this thread's forward passes on `device` while it lives. The

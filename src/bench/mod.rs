@@ -8,7 +8,7 @@ use anyhow::Context;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::accel::{self, MemoryFormat, Precision, device_name};
+use crate::accel::{self, MemoryFormat, PrecisionChoice, device_name};
 use crate::data::{self, Dataset};
 use crate::models::{self, NetConfig, Network};
 use crate::train::{self, Optimizer};
@@ -26,7 +26,8 @@ pub struct BenchConfig {
     /// Timed steps (after `warmup` untimed ones).
     pub steps: usize,
     pub warmup: usize,
-    pub precision: Precision,
+    /// `auto` resolves per network.
+    pub precision: PrecisionChoice,
     pub memory_format: MemoryFormat,
     pub cuda_graphs: bool,
 }
@@ -94,7 +95,7 @@ pub(crate) fn setup(name: &str, cfg: &BenchConfig) -> anyhow::Result<Setup> {
     let side = info.input_size as usize;
     tch::manual_seed(0);
     let mut net = Network::from_info(info, info.default_config, cfg.device);
-    net.set_precision(cfg.precision)?;
+    net.set_precision(info.precision_for(cfg.precision, cfg.device).0)?;
     net.set_channels_last(info.uses_channels_last(cfg.memory_format, cfg.device))?;
     net.set_cuda_graphs(cfg.cuda_graphs);
     let opt = Optimizer::d2l(&net.vs, info.lr)?;
@@ -183,7 +184,7 @@ fn measure(name: &str, cfg: &BenchConfig, data: &Dataset) -> anyhow::Result<Benc
     Ok(BenchResult {
         model: name.to_string(),
         device: device_name(cfg.device),
-        precision: cfg.precision.name(),
+        precision: net.precision().name(),
         channels_last: net.channels_last(),
         cuda_graphs,
         batch,

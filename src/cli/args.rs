@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 use tch::Device;
 
-use crate::accel::{MemoryFormat, Precision};
+use crate::accel::{MemoryFormat, PrecisionChoice};
 use crate::bench::BenchConfig;
 use crate::data;
 use crate::models::Network;
@@ -528,10 +528,12 @@ impl RecipeArgs {
 /// How the arithmetic runs (the defaults compute exactly as d2l does).
 #[derive(clap::Args)]
 pub struct SpeedArgs {
-    /// fp32 (d2l), or bf16: autocast-style mixed precision (bfloat16 convolutions and matrix
-    /// products, float32 weights, gradients and loss).
-    #[arg(long)]
-    pub precision: Option<Precision>,
+    /// fp32 (d2l); bf16: autocast-style mixed precision (bfloat16 convolutions and matrix
+    /// products, float32 weights, gradients and loss); or auto: bf16 on a CPU with bfloat16
+    /// arithmetic (AVX512-BF16 or AMX) for the networks it trains faster there (all but LeNet),
+    /// fp32 otherwise (and on GPUs, for now).
+    #[arg(long, value_name = "fp32|bf16|auto")]
+    pub precision: Option<PrecisionChoice>,
     /// Layout of images and convolution weights: contiguous (NCHW), channels-last (NHWC), or
     /// auto: channels-last where it speeds the network up on the device (all but LeNet on a
     /// CPU; on a GPU, not DenseNet either).

@@ -269,7 +269,6 @@ fn start_new(args: &TrainArgs, device: Device, data: &Dataset, lead: bool) -> an
     }
     config.seed = args.seed;
     config.device = device_name(device);
-    config.precision = args.speed.precision.unwrap_or_default();
     config.memory_format = args.speed.memory_format;
     config.recipe = args.recipe.recipe();
     config.val_split = args.data.val_split;
@@ -304,6 +303,11 @@ fn start_new(args: &TrainArgs, device: Device, data: &Dataset, lead: bool) -> an
     }
     tch::manual_seed(config.seed as i64);
     let mut net = Network::new(name, config.net_config(), device)?;
+    let (precision, auto) = net.info.precision_for(args.speed.precision.unwrap_or_default(), device);
+    config.precision = precision;
+    if let (true, Some(auto)) = (lead, auto) {
+        eprintln!("precision: {} (auto: {})", auto.precision, auto.reason);
+    }
     if let Some(source) = &args.finetune.pretrained {
         start_from_pretrained(args, source, &mut config, &mut net, lead)?;
     }

@@ -4,7 +4,7 @@ use tch::Device;
 use tch::nn::Path;
 
 use super::{alexnet, densenet, googlenet, lenet, nin, resnet, torchvision, vgg};
-use crate::accel::MemoryFormat;
+use crate::accel::{AutoPrecision, MemoryFormat, Precision, PrecisionChoice, auto_precision, cpu_has_bf16};
 use crate::nn::Sequential;
 
 /// What every network is built for: input channels and number of classes.
@@ -69,6 +69,11 @@ pub struct ModelInfo {
     /// The same on a CPU (oneDNN; NCHW max pooling in particular is several times slower):
     /// faster for every network but LeNet, whose 6- and 16-channel maps are too thin for it.
     pub channels_last_on_cpu: bool,
+    /// Whether bf16 trains this network faster than fp32 on a CPU with bfloat16 arithmetic
+    /// (`--precision auto`): 1.7-2.7x for the image networks on AVX512-BF16; not for LeNet,
+    /// whose convolutions and matrix products are too small a share of the step to pay for
+    /// autocast's casts.
+    pub bf16_on_cpu: bool,
     pub build: fn(&Path, &NetConfig) -> Sequential,
     pub origin: Origin,
     /// The input channels and classes it is built for unless a data set says otherwise.
@@ -89,6 +94,18 @@ impl ModelInfo {
             MemoryFormat::ChannelsLast => true,
         }
     }
+
+    /// The precision `choice` stands for with this network on `device`, and for `auto` what it
+    /// picked and why.
+    pub fn precision_for(&self, choice: PrecisionChoice, device: Device) -> (Precision, Option<AutoPrecision>) {
+        match choice {
+            PrecisionChoice::Fixed(precision) => (precision, None),
+            PrecisionChoice::Auto => {
+                let auto = auto_precision(device, cpu_has_bf16(), self.bf16_on_cpu);
+                (auto.precision, Some(auto))
+            }
+        }
+    }
 }
 
 const fn book(loss: f64, train_acc: f64, test_acc: f64, examples_per_sec: f64, band: (f64, f64)) -> Option<BookResult> {
@@ -107,6 +124,7 @@ pub static MODELS: &[ModelInfo] = &[
         book: book(0.327, 0.880, 0.882, 4171.0, (0.877, 0.883)),
         channels_last_on_cuda: true,
         channels_last_on_cpu: true,
+        bf16_on_cpu: true,
         build: alexnet::alexnet,
         origin: Origin::Book,
         default_config: NetConfig::FASHION_MNIST,
@@ -122,6 +140,7 @@ pub static MODELS: &[ModelInfo] = &[
         book: None,
         channels_last_on_cuda: true,
         channels_last_on_cpu: true,
+        bf16_on_cpu: true,
         build: |p, cfg| vgg::vgg(p, &vgg::VGG11_ARCH, 1, cfg),
         origin: Origin::Book,
         default_config: NetConfig::FASHION_MNIST,
@@ -137,6 +156,7 @@ pub static MODELS: &[ModelInfo] = &[
         book: book(0.185, 0.931, 0.922, 2551.0, (0.915, 0.924)),
         channels_last_on_cuda: true,
         channels_last_on_cpu: true,
+        bf16_on_cpu: true,
         build: |p, cfg| vgg::vgg(p, &vgg::VGG11_ARCH, 4, cfg),
         origin: Origin::Book,
         default_config: NetConfig::FASHION_MNIST,
@@ -152,6 +172,7 @@ pub static MODELS: &[ModelInfo] = &[
         book: book(0.591, 0.795, 0.785, 3201.0, (0.449, 0.872)),
         channels_last_on_cuda: true,
         channels_last_on_cpu: true,
+        bf16_on_cpu: true,
         build: nin::nin,
         origin: Origin::Book,
         default_config: NetConfig::FASHION_MNIST,
@@ -167,6 +188,7 @@ pub static MODELS: &[ModelInfo] = &[
         book: book(0.232, 0.913, 0.883, 3568.0, (0.854, 0.902)),
         channels_last_on_cuda: true,
         channels_last_on_cpu: true,
+        bf16_on_cpu: true,
         build: googlenet::googlenet,
         origin: Origin::Book,
         default_config: NetConfig::FASHION_MNIST,
@@ -182,6 +204,7 @@ pub static MODELS: &[ModelInfo] = &[
         book: book(0.269, 0.900, 0.838, 34609.0, (0.682, 0.885)),
         channels_last_on_cuda: false,
         channels_last_on_cpu: false,
+        bf16_on_cpu: false,
         build: |p, cfg| lenet::lenet_bn(p, cfg, lenet::Norm::Scratch),
         origin: Origin::Book,
         default_config: NetConfig::FASHION_MNIST,
@@ -197,6 +220,7 @@ pub static MODELS: &[ModelInfo] = &[
         book: book(0.278, 0.897, 0.836, 63564.0, (0.518, 0.883)),
         channels_last_on_cuda: false,
         channels_last_on_cpu: false,
+        bf16_on_cpu: false,
         build: |p, cfg| lenet::lenet_bn(p, cfg, lenet::Norm::BuiltIn),
         origin: Origin::Book,
         default_config: NetConfig::FASHION_MNIST,
@@ -212,6 +236,7 @@ pub static MODELS: &[ModelInfo] = &[
         book: book(0.013, 0.997, 0.918, 4672.0, (0.894, 0.924)),
         channels_last_on_cuda: true,
         channels_last_on_cpu: true,
+        bf16_on_cpu: true,
         build: resnet::resnet18,
         origin: Origin::Book,
         default_config: NetConfig::FASHION_MNIST,
@@ -227,6 +252,7 @@ pub static MODELS: &[ModelInfo] = &[
         book: book(0.139, 0.950, 0.821, 5563.0, (0.821, 0.911)),
         channels_last_on_cuda: false,
         channels_last_on_cpu: true,
+        bf16_on_cpu: true,
         build: densenet::densenet,
         origin: Origin::Book,
         default_config: NetConfig::FASHION_MNIST,
@@ -242,6 +268,7 @@ pub static MODELS: &[ModelInfo] = &[
         book: None,
         channels_last_on_cuda: true,
         channels_last_on_cpu: true,
+        bf16_on_cpu: true,
         build: torchvision::alexnet::alexnet,
         origin: Origin::Torchvision,
         default_config: NetConfig::IMAGENET,
@@ -257,6 +284,7 @@ pub static MODELS: &[ModelInfo] = &[
         book: None,
         channels_last_on_cuda: true,
         channels_last_on_cpu: true,
+        bf16_on_cpu: true,
         build: |p, cfg| torchvision::vgg::vgg11(p, cfg, false),
         origin: Origin::Torchvision,
         default_config: NetConfig::IMAGENET,
@@ -272,6 +300,7 @@ pub static MODELS: &[ModelInfo] = &[
         book: None,
         channels_last_on_cuda: true,
         channels_last_on_cpu: true,
+        bf16_on_cpu: true,
         build: |p, cfg| torchvision::vgg::vgg11(p, cfg, true),
         origin: Origin::Torchvision,
         default_config: NetConfig::IMAGENET,
@@ -287,6 +316,7 @@ pub static MODELS: &[ModelInfo] = &[
         book: None,
         channels_last_on_cuda: true,
         channels_last_on_cpu: true,
+        bf16_on_cpu: true,
         build: torchvision::googlenet::googlenet,
         origin: Origin::Torchvision,
         default_config: NetConfig::IMAGENET,
@@ -302,6 +332,7 @@ pub static MODELS: &[ModelInfo] = &[
         book: None,
         channels_last_on_cuda: true,
         channels_last_on_cpu: true,
+        bf16_on_cpu: true,
         build: torchvision::resnet::resnet18,
         origin: Origin::Torchvision,
         default_config: NetConfig::IMAGENET,
@@ -317,6 +348,7 @@ pub static MODELS: &[ModelInfo] = &[
         book: None,
         channels_last_on_cuda: true,
         channels_last_on_cpu: true,
+        bf16_on_cpu: true,
         build: torchvision::resnet::resnet34,
         origin: Origin::Torchvision,
         default_config: NetConfig::IMAGENET,
@@ -332,6 +364,7 @@ pub static MODELS: &[ModelInfo] = &[
         book: None,
         channels_last_on_cuda: true,
         channels_last_on_cpu: true,
+        bf16_on_cpu: true,
         build: torchvision::resnet::resnet50,
         origin: Origin::Torchvision,
         default_config: NetConfig::IMAGENET,
@@ -347,6 +380,7 @@ pub static MODELS: &[ModelInfo] = &[
         book: None,
         channels_last_on_cuda: false,
         channels_last_on_cpu: true,
+        bf16_on_cpu: true,
         build: torchvision::densenet::densenet121,
         origin: Origin::Torchvision,
         default_config: NetConfig::IMAGENET,
