@@ -96,12 +96,13 @@ pub fn keep_large_allocations_on_the_heap() -> bool {
 }
 
 /// Makes libtorch's CPU tensors of 64 MiB and more come from an allocator that keeps them when
-/// they are freed and hands them to the next request of the same size (`csrc/cpu_blocks.cpp`).
-/// A training step allocates the same large activations and gradients every step; freshly mapped
-/// ones cost a page fault and the zeroing of each page, a fifth of VGG's step on 2 cores.
-/// `torch.compile` reuses its buffers in the same way. The total never grows past the most the
-/// tensors alive at once need (see the C++ file), but kept blocks are not returned to the system
-/// until a request of another size needs the room, or memory runs out. Called once, by the
+/// they are freed and hands them to the next request of the same size, or of up to half it
+/// (`csrc/cpu_blocks.cpp`). A training step allocates the same large activations and gradients
+/// every step; freshly mapped ones cost a page fault and the zeroing of each page, a fifth of
+/// VGG's step on 2 cores. `torch.compile` reuses its buffers in the same way. The total never
+/// grows past a quarter more than the most the tensors alive at once need (see the C++ file), but
+/// kept blocks are not returned to the system until a request of another size needs the room, or
+/// memory runs out. Called once, by the
 /// binary, before anything else; `CONVNETS_CPU_BLOCK_CACHE=off` leaves libtorch's own allocator
 /// in place.
 pub fn reuse_large_cpu_blocks() -> anyhow::Result<bool> {
