@@ -453,24 +453,9 @@ fn precision_auto_is_bf16_only_on_a_cpu_with_bfloat16_arithmetic_for_the_nets_it
     assert_eq!(accel::cpu_has_bf16(), has_bf16, "libtorch's cpuinfo and /proc/cpuinfo disagree");
 
     // What the commands do with it: bench resolves it per network, train says what it chose.
-    let (code, stdout, stderr) = common::convnets(&[
-        "bench",
-        "lenet-bn",
-        "googlenet",
-        "--steps",
-        "1",
-        "--warmup",
-        "0",
-        "--batch-size",
-        "4",
-        "--json",
-        "--precision",
-        "auto",
-    ]);
-    assert_eq!(code, 0, "{stderr}");
-    let precisions: Vec<String> = stdout
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["precision"].as_str().unwrap().to_owned())
+    let precisions: Vec<String> = bench_lenet_and_googlenet(&["--precision", "auto"])
+        .iter()
+        .map(|r| r["precision"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(precisions, ["fp32", if has_bf16 { "bf16" } else { "fp32" }]);
     let dir = tempfile::tempdir().unwrap();
@@ -499,27 +484,20 @@ fn precision_auto_is_bf16_only_on_a_cpu_with_bfloat16_arithmetic_for_the_nets_it
     assert_eq!(config["precision"], expected, "the run keeps what auto chose, not `auto`");
 }
 
+/// `convnets bench lenet-bn googlenet` for one step of 4 images with `options`: its JSON lines.
+fn bench_lenet_and_googlenet(options: &[&str]) -> Vec<serde_json::Value> {
+    let mut args =
+        vec!["bench", "lenet-bn", "googlenet", "--steps", "1", "--warmup", "0", "--batch-size", "4", "--json"];
+    args.extend_from_slice(options);
+    let (code, stdout, stderr) = common::convnets(&args);
+    assert_eq!(code, 0, "{stderr}");
+    stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
 #[test]
 fn bench_reports_what_it_measured_as_one_json_object_per_network() {
-    let (code, stdout, stderr) = common::convnets(&[
-        "bench",
-        "lenet-bn",
-        "googlenet",
-        "--steps",
-        "1",
-        "--warmup",
-        "0",
-        "--batch-size",
-        "4",
-        "--json",
-        "--precision",
-        "bf16",
-        "--memory-format",
-        "channels-last",
-        "--cuda-graphs",
-    ]);
-    assert_eq!(code, 0, "{stderr}");
-    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines =
+        bench_lenet_and_googlenet(&["--precision", "bf16", "--memory-format", "channels-last", "--cuda-graphs"]);
     assert_eq!(lines.len(), 2);
     for (r, (model, side)) in lines.iter().zip([("lenet-bn", 28), ("googlenet", 96)]) {
         assert_eq!(r["model"], model);
