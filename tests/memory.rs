@@ -1,8 +1,9 @@
 //! The allocator that reuses large CPU blocks (`accel::reuse_large_cpu_blocks`, which the binary
-//! installs at start-up): a freed block goes to the next request of its size, a training step
-//! computes the same on reused blocks as on fresh ones, and the blocks kept never make the total
-//! more than a quarter larger than the most that was in use at once. In a test binary of its own, so that no other
-//! test's tensors come through the allocator and change its counts.
+//! installs at start-up): a freed block goes to the next request of its size (or of up to half
+//! it), a training step computes the same on reused blocks as on fresh ones, and the blocks kept
+//! never make the total more than a quarter larger than the most that was in use at once. In a
+//! test binary of its own, so that no other test's tensors come through the allocator and change
+//! its counts.
 
 use std::sync::Mutex;
 
