@@ -25,6 +25,7 @@
 #include <c10/core/impl/alloc_cpu.h>
 #include <cstdint>
 #include <list>
+#include <malloc.h>
 #include <map>
 #include <mutex>
 #include <unordered_map>
@@ -56,6 +57,22 @@ class LargeBlockCache final : public c10::Allocator {
   c10::DeleterFnPtr raw_deleter() const override { return &release; }
 
   void copy_data(void *dest, const void *src, size_t count) const override { default_copy_data(dest, src, count); }
+
+  // Hands every kept block back to the system and starts the peak afresh from what is in use
+  // now, so that what runs next (another network measured in the same process) keeps blocks
+  // by its own peak, not an earlier one's.
+  void release_kept() {
+    std::vector<void *> kept;
+    {
+      std::lock_guard<std::mutex> guard(lock_);
+      for (auto &[data, size] : unused_) kept.push_back(data);
+      unused_.clear();
+      by_class_.clear();
+      kept_bytes_ = 0;
+      peak_in_use_bytes_ = in_use_bytes_;
+    }
+    for (void *data : kept) c10::free_cpu(data);
+  }
 
   void stats(int64_t *kept_bytes, int64_t *peak_in_use_bytes, int64_t *reused, int64_t *fresh) {
     std::lock_guard<std::mutex> guard(lock_);
@@ -182,6 +199,16 @@ char *convnets_reuse_large_cpu_blocks(int64_t min_bytes) {
       installed = new LargeBlockCache(c10::GetDefaultCPUAllocator(), static_cast<size_t>(min_bytes));
       c10::SetCPUAllocator(installed, /*priority=*/1);
     });
+  })
+}
+
+// Frees the blocks the cache keeps, starts its peak afresh from the blocks in use, and returns
+// the free memory of glibc's heap to the system: what a process that runs one workload after
+// another calls in between, so that the next one's memory is its own.
+char *convnets_release_large_cpu_blocks() {
+  GUARD({
+    if (installed != nullptr) installed->release_kept();
+    malloc_trim(0);
   })
 }
 

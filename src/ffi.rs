@@ -83,6 +83,7 @@ unsafe extern "C" {
 // csrc/cpu_blocks.cpp
 unsafe extern "C" {
     pub fn convnets_reuse_large_cpu_blocks(min_bytes: i64) -> *mut c_char;
+    pub fn convnets_release_large_cpu_blocks() -> *mut c_char;
     pub fn convnets_large_cpu_block_stats(
         kept_bytes: *mut i64,
         peak_in_use_bytes: *mut i64,

@@ -1,9 +1,9 @@
 //! The allocator that reuses large CPU blocks (`accel::reuse_large_cpu_blocks`, which the binary
 //! installs at start-up): a freed block goes to the next request of its size (or of up to half
 //! it), a training step computes the same on reused blocks as on fresh ones, and the blocks kept
-//! never make the total more than a quarter larger than the most that was in use at once. In a
-//! test binary of its own, so that no other test's tensors come through the allocator and change
-//! its counts.
+//! never make the total more than a quarter larger than the most that was in use at once, until a
+//! release frees them and starts that count afresh. In a test binary of its own, so that no other
+//! test's tensors come through the allocator and change its counts.
 
 use std::sync::Mutex;
 
@@ -112,6 +112,34 @@ fn kept_blocks_are_freed_before_the_total_outgrows_the_largest_use_by_a_quarter(
     );
     drop(big);
     assert_eq!(accel::large_cpu_blocks().unwrap().kept_bytes, now.kept_bytes + larger_count * large);
+}
+
+#[test]
+fn releasing_frees_every_kept_block_and_starts_the_peak_afresh_from_the_blocks_in_use() {
+    let _turn = ALLOCATOR.lock().unwrap_or_else(|e| e.into_inner());
+    installed();
+    // From nothing kept (else the blocks below could be larger kept ones of other tests): one
+    // block in use through the release, and more kept beside it than it holds.
+    accel::release_large_cpu_blocks().unwrap();
+    let held = empty(74).unwrap();
+    drop((0..3).map(|_| empty(130).unwrap()).collect::<Vec<_>>());
+    let before = accel::large_cpu_blocks().unwrap();
+    assert!(before.kept_bytes >= 3 * 130 * MIB as u64);
+    assert!(before.peak_in_use_bytes >= (74 + 3 * 130) * MIB as u64);
+
+    accel::release_large_cpu_blocks().unwrap();
+    let after = accel::large_cpu_blocks().unwrap();
+    assert_eq!(after.kept_bytes, 0);
+    assert_eq!(after.peak_in_use_bytes, 74 * MIB as u64, "the peak is what is in use now");
+    assert_eq!((after.reused, after.fresh), (before.reused, before.fresh));
+
+    // Nothing of the released size is kept: the next such request is a fresh block, and the
+    // peak grows from the new start.
+    let again = empty(130).unwrap();
+    let now = accel::large_cpu_blocks().unwrap();
+    assert_eq!(now.fresh, after.fresh + 1);
+    assert_eq!(now.peak_in_use_bytes, (74 + 130) * MIB as u64);
+    drop((held, again));
 }
 
 #[test]

@@ -516,6 +516,24 @@ fn bench_reports_what_it_measured_as_one_json_object_per_network() {
 }
 
 #[test]
+fn bench_reports_each_network_s_own_peak_memory_when_it_measures_several() {
+    // VGG at batch 32 keeps large blocks (its first activations are 100 MiB each): a LeNet measured
+    // after it in the same process must not count them.
+    let bench = |nets: &[&str]| -> Vec<f64> {
+        let mut args = vec!["bench", "--steps", "1", "--warmup", "0", "--batch-size", "32", "--json"];
+        args.extend_from_slice(nets);
+        let (code, stdout, stderr) = common::convnets(&args);
+        assert_eq!(code, 0, "{stderr}");
+        let peak = |line: &str| serde_json::from_str::<serde_json::Value>(line).unwrap()["peak_rss_mib"].as_f64();
+        stdout.lines().map(|line| peak(line).unwrap()).collect()
+    };
+    let alone = bench(&["lenet-bn"])[0];
+    let [vgg, after_vgg] = bench(&["vgg11-small", "lenet-bn"])[..] else { panic!("two networks, two lines") };
+    assert!(vgg > alone + 300.0, "VGG's own peak {vgg} MiB, the LeNet's {alone} MiB");
+    assert!(after_vgg < alone + 100.0, "the LeNet's peak: {after_vgg} MiB after VGG, {alone} MiB alone");
+}
+
+#[test]
 fn profile_times_every_layer_of_a_training_step() {
     let config = convnets::bench::BenchConfig {
         device: Device::Cpu,

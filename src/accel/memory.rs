@@ -4,7 +4,9 @@
 
 use tch::{Device, Tensor};
 
-use crate::ffi::{check, convnets_large_cpu_block_stats, convnets_reuse_large_cpu_blocks};
+use crate::ffi::{
+    check, convnets_large_cpu_block_stats, convnets_release_large_cpu_blocks, convnets_reuse_large_cpu_blocks,
+};
 #[cfg(feature = "cuda")]
 use crate::ffi::{
     convnets_copy_to_cuda_async, convnets_cuda_peak_allocated, convnets_cuda_reset_peak, convnets_empty_pinned_u8,
@@ -101,8 +103,8 @@ pub fn keep_large_allocations_on_the_heap() -> bool {
 /// every step; freshly mapped ones cost a page fault and the zeroing of each page, a fifth of
 /// VGG's step on 2 cores. `torch.compile` reuses its buffers in the same way. The total never
 /// grows past a quarter more than the most the tensors alive at once need (see the C++ file), but
-/// kept blocks are not returned to the system until a request of another size needs the room, or
-/// memory runs out. Called once, by the binary, before anything else;
+/// kept blocks are not returned to the system until a request of another size needs the room,
+/// memory runs out, or [`release_large_cpu_blocks`] is called. Called once, by the binary, before anything else;
 /// `CONVNETS_CPU_BLOCK_CACHE=off` leaves libtorch's own allocator in place.
 pub fn reuse_large_cpu_blocks() -> anyhow::Result<bool> {
     if std::env::var("CONVNETS_CPU_BLOCK_CACHE").is_ok_and(|value| value == "off") {
@@ -112,14 +114,24 @@ pub fn reuse_large_cpu_blocks() -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// Frees the blocks [`reuse_large_cpu_blocks`]' allocator keeps, starts its peak afresh from the
+/// blocks in use now, and returns the free memory of glibc's heap to the system. `convnets bench`
+/// calls it before each network, so that one network's kept blocks neither count in the next
+/// one's peak memory nor raise the bound of what it may keep.
+pub fn release_large_cpu_blocks() -> anyhow::Result<()> {
+    // SAFETY: no arguments; the shim does nothing to the cache when it is not installed.
+    check(unsafe { convnets_release_large_cpu_blocks() })?;
+    Ok(())
+}
+
 /// What [`reuse_large_cpu_blocks`]' allocator has done so far (all zeros when it is not
 /// installed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LargeCpuBlocks {
     /// Bytes kept for reuse, not in use now.
     pub kept_bytes: u64,
-    /// The most bytes of large blocks in use at once so far; in use and kept together stay
-    /// within it.
+    /// The most bytes of large blocks in use at once so far (since the last
+    /// [`release_large_cpu_blocks`]); in use and kept together stay within a quarter above it.
     pub peak_in_use_bytes: u64,
     /// Requests served with a kept block.
     pub reused: u64,

@@ -15,6 +15,6 @@ pub use graphs::{CudaGraph, GRAPHS_AVAILABLE, Replayer};
 pub use layout::{MemoryFormat, channels_last, set_channels_last};
 pub use memory::{
     LargeCpuBlocks, copy_async, empty_host_u8, keep_large_allocations_on_the_heap, large_cpu_blocks, peak_memory_mib,
-    reset_peak_memory, reuse_large_cpu_blocks, wait_copied,
+    release_large_cpu_blocks, reset_peak_memory, reuse_large_cpu_blocks, wait_copied,
 };
 pub use precision::{AutoPrecision, Autocast, Precision, PrecisionChoice, auto_precision, cpu_has_bf16};

@@ -111,6 +111,9 @@ pub fn bench(name: &str, cfg: &BenchConfig, data: &Dataset) -> anyhow::Result<Be
 }
 
 fn measure(name: &str, cfg: &BenchConfig, data: &Dataset) -> anyhow::Result<BenchResult> {
+    // The networks measured before this one leave kept blocks and heap behind: freed first, so
+    // that this one's peak memory and reuse are its own.
+    accel::release_large_cpu_blocks()?;
     reset_peak_rss();
     accel::reset_peak_memory(cfg.device);
     let Setup { batch, side, net, mut opt, x, y } = setup(name, cfg)?;
