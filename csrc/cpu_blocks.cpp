@@ -58,10 +58,10 @@ class LargeBlockCache final : public c10::Allocator {
 
   void copy_data(void *dest, const void *src, size_t count) const override { default_copy_data(dest, src, count); }
 
-  // Hands every kept block back to the system and starts the peak afresh from what is in use
-  // now, so that what runs next (another network measured in the same process) keeps blocks
-  // by its own peak, not an earlier one's.
-  void release_kept() {
+  // Hands every kept block back to the system; with `restart_peak` the peak also starts afresh
+  // from the blocks in use, so that what runs next (another network measured in the same
+  // process) keeps blocks by its own peak, not an earlier one's. Returns how many it freed.
+  size_t free_kept(bool restart_peak) {
     std::vector<void *> kept;
     {
       std::lock_guard<std::mutex> guard(lock_);
@@ -69,9 +69,10 @@ class LargeBlockCache final : public c10::Allocator {
       unused_.clear();
       by_class_.clear();
       kept_bytes_ = 0;
-      peak_in_use_bytes_ = in_use_bytes_;
+      if (restart_peak) peak_in_use_bytes_ = in_use_bytes_;
     }
     for (void *data : kept) c10::free_cpu(data);
+    return kept.size();
   }
 
   void stats(int64_t *kept_bytes, int64_t *peak_in_use_bytes, int64_t *reused, int64_t *fresh) {
@@ -122,16 +123,7 @@ class LargeBlockCache final : public c10::Allocator {
     try {
       return c10::alloc_cpu(bytes);
     } catch (const c10::Error &) {
-      std::vector<void *> kept;
-      {
-        std::lock_guard<std::mutex> guard(lock_);
-        for (auto &[data, size] : unused_) kept.push_back(data);
-        unused_.clear();
-        by_class_.clear();
-        kept_bytes_ = 0;
-      }
-      if (kept.empty()) throw;
-      for (void *data : kept) c10::free_cpu(data);
+      if (free_kept(/*restart_peak=*/false) == 0) throw;
       return c10::alloc_cpu(bytes);
     }
   }
@@ -207,7 +199,7 @@ char *convnets_reuse_large_cpu_blocks(int64_t min_bytes) {
 // another calls in between, so that the next one's memory is its own.
 char *convnets_release_large_cpu_blocks() {
   GUARD({
-    if (installed != nullptr) installed->release_kept();
+    if (installed != nullptr) installed->free_kept(/*restart_peak=*/true);
     malloc_trim(0);
   })
 }
