@@ -104,8 +104,8 @@ pub fn keep_large_allocations_on_the_heap() -> bool {
 /// VGG's step on 2 cores. `torch.compile` reuses its buffers in the same way. The total never
 /// grows past a quarter more than the most the tensors alive at once need (see the C++ file), but
 /// kept blocks are not returned to the system until a request of another size needs the room,
-/// memory runs out, or [`release_large_cpu_blocks`] is called. Called once, by the binary, before anything else;
-/// `CONVNETS_CPU_BLOCK_CACHE=off` leaves libtorch's own allocator in place.
+/// memory runs out, or [`release_large_cpu_blocks`] is called. Called once, by the binary,
+/// before anything else; `CONVNETS_CPU_BLOCK_CACHE=off` leaves libtorch's own allocator in place.
 pub fn reuse_large_cpu_blocks() -> anyhow::Result<bool> {
     if std::env::var("CONVNETS_CPU_BLOCK_CACHE").is_ok_and(|value| value == "off") {
         return Ok(false);

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Issue 21's table: the eight d2l networks, fp32 and bf16, convnets against PyTorch's eager,
-# channels-last, torch.compile and compile-max-autotune variants, with the kernel-share bound. Run from the repository
-# root with PyTorch's venv python as $PY; writes <precision>.txt and <precision>-<group>.json
-# here, or in $HERE. NET_GROUPS=large (or small) runs one group of networks only; VARIANTS=...
-# another list of PyTorch variants for both groups; ROUNDS=R each side's best of R interleaved
-# rounds. The large networks skip eager PyTorch, which was the slowest variant for each of them
-# in every earlier table.
+# channels-last, torch.compile and compile-max-autotune variants, with the kernel-share bound.
+# Run from the repository root with PyTorch's venv python as $PY; writes <precision>.txt and
+# <precision>-<group>.json here, or in $HERE. NET_GROUPS=large (or small) runs one group of
+# networks only; VARIANTS=... another list of PyTorch variants for both groups; ROUNDS=R each
+# side's best of R interleaved rounds. The large networks skip eager PyTorch, which was the
+# slowest variant for each of them in every earlier table.
 set -euo pipefail
 here=${HERE:-docs/results/cpu/vs-pytorch-all}
 PY=${PY:-python3}
