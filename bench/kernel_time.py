@@ -7,11 +7,11 @@ leaves as the best ratio against PyTorch: the convnets side of the "kernel bound
 
 For each network it runs `convnets bench` twice: once as is, for its train and eval rates, and
 once with ONEDNN_VERBOSE=profile_exec, where oneDNN prints the execution time of every primitive
-it runs. The convolution, inner-product and matmul primitives before the first inference-mode one
+it runs. The convolution, inner-product and matmul primitives up to the last backward primitive
 belong to the training steps (bench's warm-up, timed and pipeline-fed steps), the rest to the
-evaluation passes (the first pass starts with a fused inference-mode convolution in every
-channels-last network). Their sums per step are the time convnets spends in those kernels; the
-rest of its step is everything else (batch norms, pooling, activations, allocation, autograd).
+evaluation passes, which bench runs last. Their sums per step are the time convnets spends in
+those kernels; the rest of its step is everything else (batch norms, pooling, activations,
+allocation, autograd).
 
 With `--torch-json` (a JSON file `bench/vs_pytorch.py` wrote), it also prints the bound: PyTorch's
 best variant's time per example over convnets' kernel time per example, the ratio convnets would
@@ -28,21 +28,19 @@ KERNELS = ("convolution", "inner_product", "matmul")
 
 def kernel_ms(lines):
     """(train ms, eval ms) of oneDNN's kernels in a `convnets bench` run's verbose output."""
-    train = evaluation = 0.0
-    in_eval = False
+    primitives = []  # (kind, propagation, ms) in the order they ran
     for line in lines:
         fields = line.split(",")
         if len(fields) < 8 or fields[:4] != ["onednn_verbose", "v1", "primitive", "exec"]:
             continue
-        kind, prop = fields[5], fields[7]
-        in_eval = in_eval or prop == "forward_inference"
-        if kind in KERNELS:
-            ms = float(fields[-1])
-            if in_eval:
-                evaluation += ms
-            else:
-                train += ms
-    return train, evaluation
+        primitives.append((fields[5], fields[7], float(fields[-1])))
+    # bench evaluates last, after its training steps: evaluation is what runs after the last
+    # backward primitive. (NCHW networks' convolutions run as forward_training primitives even
+    # without gradients, so the first forward_inference one does not mark it.)
+    backward = [i for i, (_, prop, _) in enumerate(primitives) if prop.startswith("backward")]
+    split = backward[-1] + 1 if backward else 0
+    kernels = [(i, ms) for i, (kind, _, ms) in enumerate(primitives) if kind in KERNELS]
+    return sum(ms for i, ms in kernels if i < split), sum(ms for i, ms in kernels if i >= split)
 
 
 def main():
