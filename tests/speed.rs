@@ -484,14 +484,19 @@ fn precision_auto_is_bf16_only_on_a_cpu_with_bfloat16_arithmetic_for_the_nets_it
     assert_eq!(config["precision"], expected, "the run keeps what auto chose, not `auto`");
 }
 
-/// `convnets bench lenet-bn googlenet` for one step of 4 images with `options`: its JSON lines.
-fn bench_lenet_and_googlenet(options: &[&str]) -> Vec<serde_json::Value> {
-    let mut args =
-        vec!["bench", "lenet-bn", "googlenet", "--steps", "1", "--warmup", "0", "--batch-size", "4", "--json"];
-    args.extend_from_slice(options);
-    let (code, stdout, stderr) = common::convnets(&args);
+/// `convnets bench --json` for one step without warm-up, with `args` (networks and options): its
+/// JSON lines, one per network.
+fn bench_json(args: &[&str]) -> Vec<serde_json::Value> {
+    let mut command = vec!["bench", "--steps", "1", "--warmup", "0", "--json"];
+    command.extend_from_slice(args);
+    let (code, stdout, stderr) = common::convnets(&command);
     assert_eq!(code, 0, "{stderr}");
     stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// `convnets bench lenet-bn googlenet` for one step of 4 images with `options`: its JSON lines.
+fn bench_lenet_and_googlenet(options: &[&str]) -> Vec<serde_json::Value> {
+    bench_json(&[&["lenet-bn", "googlenet", "--batch-size", "4"], options].concat())
 }
 
 #[test]
@@ -520,12 +525,8 @@ fn bench_reports_each_network_s_own_peak_memory_when_it_measures_several() {
     // VGG at batch 32 keeps large blocks (its first activations are 100 MiB each): a LeNet measured
     // after it in the same process must not count them.
     let bench = |nets: &[&str]| -> Vec<f64> {
-        let mut args = vec!["bench", "--steps", "1", "--warmup", "0", "--batch-size", "32", "--json"];
-        args.extend_from_slice(nets);
-        let (code, stdout, stderr) = common::convnets(&args);
-        assert_eq!(code, 0, "{stderr}");
-        let peak = |line: &str| serde_json::from_str::<serde_json::Value>(line).unwrap()["peak_rss_mib"].as_f64();
-        stdout.lines().map(|line| peak(line).unwrap()).collect()
+        let lines = bench_json(&[nets, &["--batch-size", "32"]].concat());
+        lines.iter().map(|r| r["peak_rss_mib"].as_f64().unwrap()).collect()
     };
     let alone = bench(&["lenet-bn"])[0];
     let [vgg, after_vgg] = bench(&["vgg11-small", "lenet-bn"])[..] else { panic!("two networks, two lines") };
