@@ -34,11 +34,22 @@ fn main() {
         .define("USE_C10D_GLOO", None)
         .include("csrc/gloo")
         .flag("-std=c++17")
-        // `#pragma omp simd` loops (reductions in vector lanes), without OpenMP's runtime.
-        .flag("-fopenmp-simd")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .warnings(false);
+    // libtorch's `at::parallel_for` is a header template that shares the work among its OpenMP
+    // threads only where the code calling it is compiled with OpenMP; without it, the shim's
+    // kernels ran on one thread. The shim links the OpenMP runtime libtorch ships and loads (one
+    // thread pool, the one `set_num_threads` sizes). Without that runtime, only the
+    // `#pragma omp simd` loops (reductions in vector lanes) are compiled, and the kernels run on one
+    // thread.
+    let openmp = lib.join("libgomp.so.1");
+    if openmp.exists() {
+        shim.flag("-fopenmp");
+        println!("cargo:rustc-link-arg={}", openmp.display());
+    } else {
+        shim.flag("-fopenmp-simd");
+    }
     if cuda {
         // The CUDA runtime headers come with the nvidia-cuda-runtime wheel that setup.sh
         // installs beside torch, their crt/ part with nvidia-cuda-crt.

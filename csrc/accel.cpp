@@ -9,9 +9,11 @@
 #include "guard.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/cpu/Utils.h>
 #include <array>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -51,6 +53,21 @@ char *convnets_cpu_has_bf16(int *out) {
       return it != caps.end() && it->second.isBool() && it->second.toBool();
     };
     *out = has("avx512_bf16") || (has("amx_bf16") && at::cpu::init_amx());
+  })
+}
+
+// How many threads the shim's own kernels share their work among: `at::parallel_for` hands a
+// task to each of libtorch's threads only where the shim was compiled with OpenMP (see build.rs),
+// else 1.
+char *convnets_shim_threads(int *out) {
+  GUARD({
+    std::atomic<int> most{1};
+    at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+      int mine = at::get_thread_num() + 1;
+      for (int seen = most.load(); mine > seen && !most.compare_exchange_weak(seen, mine);) {
+      }
+    });
+    *out = most.load();
   })
 }
 

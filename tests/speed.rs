@@ -513,6 +513,9 @@ fn bench_reports_what_it_measured_as_one_json_object_per_network() {
         assert_eq!(r["cuda_graphs"], false, "no graphs on a CPU, even when asked for");
         assert_eq!(r["device"], "cpu");
         assert!(r["peak_gpu_mib"].is_null() && r["peak_rss_mib"].as_f64().unwrap() > 10.0);
+        // The shim's kernels (pooling) share their work among libtorch's threads.
+        assert!(r["threads"].as_i64().unwrap() >= 1);
+        assert_eq!(r["shim_threads"], r["threads"]);
         for rate in ["train_examples_per_s", "epoch_examples_per_s", "eval_examples_per_s", "data_examples_per_s"] {
             assert!(r[rate].as_f64().unwrap() > 0.0, "{rate}");
         }

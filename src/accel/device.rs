@@ -2,6 +2,8 @@
 
 use tch::Device;
 
+use crate::ffi::{check, convnets_shim_threads};
+
 /// Parses `auto`, `cpu`, `cuda` or `cuda:N`; `auto` is d2l's `try_gpu()`.
 pub fn parse_device(s: &str) -> Result<Device, String> {
     let cuda = |index: usize| {
@@ -38,5 +40,16 @@ pub fn device_name(device: Device) -> String {
 pub fn synchronize(device: Device) {
     if let Device::Cuda(index) = device {
         tch::Cuda::synchronize(index as i64);
+    }
+}
+
+/// How many threads the shim's own CPU kernels (`csrc/`: pooling, LeNet's batch norm) share their
+/// work among: libtorch's thread count where the shim was built with its OpenMP runtime, else 1.
+pub fn shim_threads() -> i32 {
+    let mut threads = 1;
+    // SAFETY: `threads` outlives the call.
+    match check(unsafe { convnets_shim_threads(&mut threads) }) {
+        Ok(()) => threads,
+        Err(_) => 1,
     }
 }

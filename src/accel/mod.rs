@@ -10,7 +10,7 @@ mod layout;
 mod memory;
 mod precision;
 
-pub use device::{device_name, parse_device, synchronize};
+pub use device::{device_name, parse_device, shim_threads, synchronize};
 pub use graphs::{CudaGraph, GRAPHS_AVAILABLE, Replayer};
 pub use layout::{MemoryFormat, channels_last, set_channels_last};
 pub use memory::{

@@ -61,6 +61,9 @@ pub struct BenchResult {
     pub warmup_gpu_mib: Option<f64>,
     pub params: i64,
     pub threads: i32,
+    /// Threads the shim's own kernels share their work among (`threads` unless the shim was
+    /// built without OpenMP).
+    pub shim_threads: i32,
     pub libtorch: &'static str,
 }
 
@@ -202,6 +205,7 @@ fn measure(name: &str, cfg: &BenchConfig, data: &Dataset) -> anyhow::Result<Benc
         warmup_gpu_mib,
         params: net.num_parameters(),
         threads: tch::get_num_threads(),
+        shim_threads: accel::shim_threads(),
         libtorch: "2.11.0",
     })
 }
