@@ -23,6 +23,7 @@ fn main() {
         .file("csrc/cpu_blocks.cpp")
         .file("csrc/fused.cpp")
         .file("csrc/avg_pool.cpp")
+        .file("csrc/max_pool.cpp")
         .file("csrc/batch_norm.cpp")
         .file("csrc/dist.cpp")
         .file("csrc/grad_buckets.cpp")

@@ -1,6 +1,6 @@
 //! The C shim in `csrc/` (compiled by `build.rs`): the libtorch calls tch does not expose, for
 //! `accel` (`csrc/accel.cpp`, `csrc/cpu_blocks.cpp`), `nn` (`csrc/fused.cpp`,
-//! `csrc/avg_pool.cpp`, `csrc/batch_norm.cpp`) and `distributed` (`csrc/dist.cpp`,
+//! `csrc/avg_pool.cpp`, `csrc/max_pool.cpp`, `csrc/batch_norm.cpp`) and `distributed` (`csrc/dist.cpp`,
 //! `csrc/grad_buckets.cpp`). Its error convention (`csrc/guard.h`): every function returns NULL
 //! on success or a malloc'ed message, which [`check`] turns into an error value; no C++ exception
 //! crosses into Rust.
@@ -64,6 +64,18 @@ unsafe extern "C" {
 // csrc/avg_pool.cpp
 unsafe extern "C" {
     pub fn convnets_avg_pool2x2(x: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
+}
+
+// csrc/max_pool.cpp
+unsafe extern "C" {
+    pub fn convnets_max_pool_nhwc(
+        x: *const C_tensor,
+        kernel: i64,
+        stride: i64,
+        padding: i64,
+        ceil_mode: bool,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
 }
 
 // csrc/batch_norm.cpp

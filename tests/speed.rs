@@ -235,6 +235,68 @@ fn average_pooling_of_nchw_maps_computes_libtorchs_values_and_gradients_bit_for_
 }
 
 #[test]
+fn max_pooling_of_channels_last_maps_computes_libtorchs_values_and_gradients_bit_for_bit() {
+    use convnets::nn::{Ctx, Layer, MaxPool2d};
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(6);
+    // GoogLeNet's windows (3x3, stride 1 and 2, padding 1), VGG's 2x2 on odd sides, ceil mode
+    // (torchvision's, and a last window that would start in the right padding), a batch of 64 to split among threads, and an NCHW map (libtorch's kernel).
+    let cases = [
+        (MaxPool2d::padded(3, 1, 1), [4, 20, 7, 9], true),
+        (MaxPool2d::padded(3, 2, 1), [3, 16, 11, 10], true),
+        (MaxPool2d::new(2, 2), [2, 8, 9, 7], true),
+        (MaxPool2d::ceil(3, 2, 0), [2, 24, 10, 10], true),
+        (MaxPool2d::ceil(2, 2, 1), [2, 8, 3, 5], true),
+        (MaxPool2d::padded(3, 1, 1), [64, 35, 6, 6], true),
+        (MaxPool2d::padded(3, 1, 1), [4, 20, 7, 9], false),
+    ];
+    for kind in [Kind::Float, Kind::BFloat16] {
+        for (pool, shape, channels_last) in &cases {
+            let what = format!("{kind:?} {shape:?} {pool:?}");
+            // Few distinct values, so that windows hold ties (the first maximum takes the
+            // gradient), and NaN and -inf among them (a NaN is a window's maximum, the last one
+            // its position).
+            let mut x = (Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu)) * 2.0).round();
+            let cells = Tensor::rand(shape.as_slice(), (Kind::Float, Device::Cpu));
+            x = x.where_self(&cells.ge(0.02), &Tensor::from(f64::NAN));
+            x = x.where_self(&cells.ge(0.04).logical_or(&cells.lt(0.02)), &Tensor::from(f64::NEG_INFINITY));
+            let mut x = x.to_kind(kind);
+            if *channels_last {
+                x = accel::channels_last(&x).unwrap();
+            }
+            let x = x.set_requires_grad(true);
+            let (k, s, p) = (pool.kernel, pool.stride, pool.padding);
+            let expected = x.max_pool2d([k, k], [s, s], [p, p], [1, 1], pool.ceil_mode);
+            let same = |a: &Tensor, b: &Tensor| {
+                a.isnan().equal(&b.isnan()) && a.nan_to_num(0.0, None, None).equal(&b.nan_to_num(0.0, None, None))
+            };
+            for train in [true, false] {
+                let before = convnets::nn::max_pool_kernel_calls();
+                let pooled = if train {
+                    pool.forward(&x, &mut Ctx::new(true)).unwrap()
+                } else {
+                    tch::no_grad(|| pool.forward(&x, &mut Ctx::new(false)).unwrap())
+                };
+                let by_kernel = convnets::nn::max_pool_kernel_calls() - before;
+                assert_eq!(by_kernel, u64::from(*channels_last), "{what}: calls of the shim's kernel");
+                assert_eq!(pooled.size(), expected.size(), "{what}");
+                assert!(pooled.is_contiguous() != *channels_last || shape[1] == 1, "{what}: layout");
+                assert!(same(&pooled, &expected), "{what} (train {train}): outputs differ");
+                assert!(pooled.isnan().any().int64_value(&[]) == 1, "{what}: no NaN maximum");
+                if !train {
+                    continue;
+                }
+                let grad_out = Tensor::randn(expected.size(), (kind, Device::Cpu));
+                let ours = Tensor::run_backward(&[(&pooled * &grad_out).sum(kind)], &[&x], false, false);
+                let theirs = Tensor::run_backward(&[(&expected * &grad_out).sum(kind)], &[&x], false, false);
+                assert!(ours[0].equal(&theirs[0]), "{what}: gradients differ");
+                assert!(ours[0].abs().sum(Kind::Double).double_value(&[]) > 0.0, "{what}: no gradient");
+            }
+        }
+    }
+}
+
+#[test]
 fn training_batch_norm_of_nchw_maps_matches_libtorchs_whatever_the_thread_count() {
     use convnets::nn::{BatchNorm, Ctx, Layer};
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());

@@ -6,7 +6,7 @@ use tch::Tensor;
 
 use super::layer::{check_pool_window, check_window, expect_image, kernel_output, stateless};
 use super::{Ctx, Fwd, InLayer, Layer};
-use crate::ffi::convnets_avg_pool2x2;
+use crate::ffi::{convnets_avg_pool2x2, convnets_max_pool_nhwc};
 use crate::onnx::{self, OnnxGraph};
 
 #[derive(Debug)]
@@ -35,6 +35,9 @@ stateless!(MaxPool2d, "MaxPool2d", |s, x, _cx| {
     let (h, w) = expect_image(x, x.size().get(1).copied().unwrap_or(-1))?;
     check_pool_window(x, h, w, [s.kernel, s.stride, s.padding], s.ceil_mode)?;
     let (k, st, p) = (s.kernel, s.stride, s.padding);
+    if let Some(pooled) = max_pool_nhwc(x, [k, st, p], s.ceil_mode) {
+        return pooled;
+    }
     x.f_max_pool2d([k, k], [st, st], [p, p], [1, 1], s.ceil_mode).in_layer(x)
 }, onnx: |s, graph, input| {
     let (k, st, p) = (s.kernel, s.stride, s.padding);
@@ -46,6 +49,24 @@ stateless!(MaxPool2d, "MaxPool2d", |s, x, _cx| {
     ];
     Ok(graph.node("MaxPool", vec![input.into()], attributes))
 });
+
+/// `max_pool2d(x, kernel, stride, padding, ceil_mode)` by the shim's kernel for channels-last maps
+/// on the CPU, which computes libtorch's values and gradients without the map of the maxima's
+/// positions libtorch writes (GoogLeNet's, AlexNet's, VGG's and NiN's pooling); `None` where it
+/// declines (another layout or device), for libtorch's own.
+fn max_pool_nhwc(x: &Tensor, [kernel, stride, padding]: [i64; 3], ceil_mode: bool) -> Option<Fwd> {
+    kernel_output(x, &MAX_POOL_KERNEL_CALLS, |out| {
+        // SAFETY: `x` is a live tensor.
+        unsafe { convnets_max_pool_nhwc(x.as_ptr(), kernel, stride, padding, ceil_mode, out) }
+    })
+}
+
+static MAX_POOL_KERNEL_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// How many max poolings this process has computed with the shim's kernel.
+pub fn max_pool_kernel_calls() -> u64 {
+    MAX_POOL_KERNEL_CALLS.load(Ordering::Relaxed)
+}
 
 #[derive(Debug)]
 pub struct AvgPool2d {
