@@ -1,22 +1,23 @@
-// Max pooling of channels-last (NHWC) float32 and bfloat16 maps on the CPU, forward and backward
-// (GoogLeNet's 3x3 windows, the stems' and AlexNet's, VGG's and NiN's). libtorch's kernel for
-// this layout records the position of every maximum in an int64 map twice the output's size (four
-// times a bfloat16 output's), even where nothing will take a gradient, and its evaluation then
-// writes three times the bytes it needs: it was a sixth of GoogLeNet's evaluation. Here the
-// forward pass writes only the maxima, and the backward pass finds each maximum's position again
-// from the input, which autograd keeps for it as it does for libtorch's (the position map is not
-// kept at all). The values and gradients are libtorch's bit for bit: the same scan of each window
-// (row by row, left to right, a later value taken only where it is greater or NaN), and the
-// gradients added into the input's in the same order and type.
+// Max pooling of channels-last (NHWC) float32 and bfloat16 maps on the CPU where no gradient is
+// needed: evaluation (GoogLeNet's 3x3 windows, the stems', AlexNet's, VGG's and NiN's). libtorch's
+// kernel for this layout also records the position of every maximum, in an int64 map twice the
+// output's size (four times a bfloat16 output's), whether or not a gradient will need it, and it
+// took a sixth of GoogLeNet's evaluation. Here only the maxima are written, each output row's
+// windows a step at a time along the whole row, so that the loop over channels vectorises even
+// for VGG's 16. The values are libtorch's bit for bit: each window starts at -inf and takes its
+// pixels row by row, left to right, where one is greater or NaN. Training keeps libtorch's kernel:
+// its positions serve the backward pass, and a version that found them again from the input
+// changed VGG's large allocations enough to cost more in page faults than it saved.
 #include "guard.h"
 #include "vector_clones.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/csrc/autograd/custom_function.h>
+#include <c10/core/GradMode.h>
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 namespace {
@@ -33,88 +34,73 @@ inline float as_float(uint16_t bits) {
 // libtorch's test for taking a window's next value: greater than the maximum so far, or NaN.
 inline bool takes(float v, float max) { return v > max || v != v; }
 
-// The maxima over `count` window pixels (`pixels`, each `channels` values) into `max`.
-template <typename E>
-__attribute__((always_inline)) inline void window_max(const char *const *pixels, int64_t count, int64_t channels,
-                                                      float *max) {
-  const E *first = reinterpret_cast<const E *>(pixels[0]);
-#pragma omp simd
-  for (int64_t c = 0; c < channels; ++c) max[c] = as_float(first[c]);
-  for (int64_t j = 1; j < count; ++j) {
-    const E *pixel = reinterpret_cast<const E *>(pixels[j]);
-#pragma omp simd
-    for (int64_t c = 0; c < channels; ++c) {
-      float v = as_float(pixel[c]);
-      max[c] = takes(v, max[c]) ? v : max[c];
-    }
-  }
-}
-
-// As window_max, and which of the window's pixels (`positions`, the pixels' indices in the image)
-// holds each channel's maximum, into `argmax`.
-template <typename E>
-__attribute__((always_inline)) inline void window_argmax(const char *const *pixels, const int32_t *positions,
-                                                         int64_t count, int64_t channels, float *max,
-                                                         int32_t *argmax) {
-  const E *first = reinterpret_cast<const E *>(pixels[0]);
-  const int32_t first_position = positions[0];
-#pragma omp simd
-  for (int64_t c = 0; c < channels; ++c) {
-    max[c] = as_float(first[c]);
-    argmax[c] = first_position;
-  }
-  for (int64_t j = 1; j < count; ++j) {
-    const E *pixel = reinterpret_cast<const E *>(pixels[j]);
-    const int32_t position = positions[j];
-#pragma omp simd
-    for (int64_t c = 0; c < channels; ++c) {
-      float v = as_float(pixel[c]);
-      bool take = takes(v, max[c]);
-      max[c] = take ? v : max[c];
-      argmax[c] = take ? position : argmax[c];
-    }
-  }
-}
-
-VECTOR_CLONES void window_max_f32(const char *const *pixels, int64_t count, int64_t channels, float *out) {
-  window_max<float>(pixels, count, channels, out);
-}
-
-VECTOR_CLONES void window_max_bf16(const char *const *pixels, int64_t count, int64_t channels, float *max,
-                                   uint16_t *out) {
-  window_max<uint16_t>(pixels, count, channels, max);
-  // Each maximum is one of the inputs, a bfloat16: its float's top half is exactly it.
-#pragma omp simd
-  for (int64_t c = 0; c < channels; ++c) {
-    uint32_t bits;
-    std::memcpy(&bits, &max[c], sizeof bits);
-    out[c] = static_cast<uint16_t>(bits >> 16);
-  }
-}
-
-VECTOR_CLONES void window_argmax_f32(const char *const *pixels, const int32_t *positions, int64_t count,
-                                     int64_t channels, float *max, int32_t *argmax) {
-  window_argmax<float>(pixels, positions, count, channels, max, argmax);
-}
-
-VECTOR_CLONES void window_argmax_bf16(const char *const *pixels, const int32_t *positions, int64_t count,
-                                      int64_t channels, float *max, int32_t *argmax) {
-  window_argmax<uint16_t>(pixels, positions, count, channels, max, argmax);
-}
-
 struct Window {
   int64_t kernel, stride, padding;
 };
 
-// The pixels of output (oh, ow)'s window inside a height x width image, in libtorch's scan order
-// (rows, then columns; padding holds no pixel), as indices in the image.
-int64_t window_pixels(const Window &w, int64_t height, int64_t width, int64_t oh, int64_t ow, int32_t *positions) {
-  const int64_t h0 = oh * w.stride - w.padding, w0 = ow * w.stride - w.padding;
-  const int64_t h1 = std::min(h0 + w.kernel, height), w1 = std::min(w0 + w.kernel, width);
-  int64_t count = 0;
-  for (int64_t ih = std::max<int64_t>(h0, 0); ih < h1; ++ih)
-    for (int64_t iw = std::max<int64_t>(w0, 0); iw < w1; ++iw) positions[count++] = static_cast<int32_t>(ih * width + iw);
-  return count;
+// One output row's windows: input rows [top, bottom) of an image `width` pixels wide, for
+// `out_w` outputs of `channels` values each.
+struct Row {
+  int64_t top, bottom, width, out_w, channels;
+};
+
+// The outputs whose window holds column `j` (0 <= j < kernel) at an input column inside the
+// image: [first, last]; empty where first > last.
+inline void outputs_at_column(const Window &w, const Row &r, int64_t j, int64_t &first, int64_t &last) {
+  const int64_t before = w.padding - j; // input column of output 0, negated
+  first = before > 0 ? (before + w.stride - 1) / w.stride : 0;
+  const int64_t reach = r.width - 1 + before; // the last input column, seen from output 0's
+  last = reach < 0 ? -1 : std::min(reach / w.stride, r.out_w - 1);
+}
+
+// The maxima of one output row's windows into `max` (out_w x channels). As libtorch does for each
+// window: start at -inf, then take each pixel in turn, row by row and left to right, where it is
+// greater or NaN. Here each step runs along the whole row, all outputs at once.
+template <typename E>
+__attribute__((always_inline)) inline void row_max(const E *image, const Window &w, const Row &r, float *max) {
+  const int64_t channels = r.channels, values = r.out_w * channels;
+#pragma omp simd
+  for (int64_t i = 0; i < values; ++i) max[i] = -std::numeric_limits<float>::infinity();
+  for (int64_t ih = r.top; ih < r.bottom; ++ih) {
+    for (int64_t j = 0; j < w.kernel; ++j) {
+      int64_t first, last;
+      outputs_at_column(w, r, j, first, last);
+      for (int64_t ow = first; ow <= last; ++ow) {
+        const E *pixel = image + (ih * r.width + ow * w.stride - w.padding + j) * channels;
+        float *m = max + ow * channels;
+#pragma omp simd
+        for (int64_t c = 0; c < channels; ++c) {
+          const float v = as_float(pixel[c]);
+          m[c] = takes(v, m[c]) ? v : m[c];
+        }
+      }
+    }
+  }
+}
+
+VECTOR_CLONES void row_max_f32(const float *image, const Window &w, const Row &r, float *out) {
+  row_max<float>(image, w, r, out);
+}
+
+VECTOR_CLONES void row_max_bf16(const uint16_t *image, const Window &w, const Row &r, float *max, uint16_t *out) {
+  row_max<uint16_t>(image, w, r, max);
+  // Each maximum is one of the inputs (or -inf), a bfloat16: its float's top half is exactly it.
+  const int64_t values = r.out_w * r.channels;
+#pragma omp simd
+  for (int64_t i = 0; i < values; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, &max[i], sizeof bits);
+    out[i] = static_cast<uint16_t>(bits >> 16);
+  }
+}
+
+// A bfloat16 tensor's values as their bits.
+const uint16_t *bf16_bits(const at::Tensor &t) { return reinterpret_cast<const uint16_t *>(t.const_data_ptr<at::BFloat16>()); }
+
+// Output row oh's window rows in an image of `height` rows.
+Row row_of(const Window &w, int64_t oh, int64_t height, int64_t width, int64_t out_w, int64_t channels) {
+  const int64_t top = oh * w.stride - w.padding;
+  return Row{std::max<int64_t>(top, 0), std::min(top + w.kernel, height), width, out_w, channels};
 }
 
 // libtorch's output size for a side of `size` (`ceil_mode`: a last window that starts inside the
@@ -131,105 +117,37 @@ at::Tensor pool(const at::Tensor &x, const Window &w, int64_t out_h, int64_t out
   const int64_t images = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
   auto y = at::empty({images, channels, out_h, out_w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const bool bf16 = x.scalar_type() == at::kBFloat16;
-  const char *in = static_cast<const char *>(x.const_data_ptr());
-  char *out = static_cast<char *>(y.mutable_data_ptr());
-  const int64_t bytes = x.element_size();
+  const int64_t image_size = height * width * channels, row_size = out_w * channels;
   // Output rows (image, oh), enough per task to be worth handing out (about 16k outputs).
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, out_w * channels));
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row_size));
   at::parallel_for(0, images * out_h, grain, [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> positions(w.kernel * w.kernel);
-    std::vector<const char *> pixels(w.kernel * w.kernel);
-    std::vector<float> max(bf16 ? channels : 0);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / out_h, oh = row % out_h;
-      const char *image = in + n * height * width * channels * bytes;
-      for (int64_t ow = 0; ow < out_w; ++ow) {
-        const int64_t count = window_pixels(w, height, width, oh, ow, positions.data());
-        for (int64_t j = 0; j < count; ++j) pixels[j] = image + positions[j] * channels * bytes;
-        char *dst = out + (row * out_w + ow) * channels * bytes;
-        if (bf16)
-          window_max_bf16(pixels.data(), count, channels, max.data(),
-                          reinterpret_cast<uint16_t *>(dst));
-        else
-          window_max_f32(pixels.data(), count, channels,
-                         reinterpret_cast<float *>(dst));
-      }
+    std::vector<float> max(bf16 ? row_size : 0);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / out_h;
+      const Row r = row_of(w, i % out_h, height, width, out_w, channels);
+      if (bf16)
+        row_max_bf16(bf16_bits(x) + n * image_size, w, r, max.data(),
+                     reinterpret_cast<uint16_t *>(y.mutable_data_ptr<at::BFloat16>()) + i * row_size);
+      else
+        row_max_f32(x.const_data_ptr<float>() + n * image_size, w, r, y.mutable_data_ptr<float>() + i * row_size);
     }
   });
   return y;
 }
-
-template <typename T>
-void add_gradients(const T *grad, const int32_t *argmax, int64_t channels, T *grad_image) {
-  for (int64_t c = 0; c < channels; ++c) grad_image[argmax[c] * channels + c] += grad[c];
-}
-
-at::Tensor unpool(const at::Tensor &x, const at::Tensor &grad_out, const Window &w) {
-  auto g = grad_out.contiguous(at::MemoryFormat::ChannelsLast);
-  const int64_t images = x.size(0), channels = x.size(1), height = x.size(2), width = x.size(3);
-  const int64_t out_h = g.size(2), out_w = g.size(3);
-  auto grad_in = at::zeros_like(x, at::MemoryFormat::ChannelsLast);
-  const bool bf16 = x.scalar_type() == at::kBFloat16;
-  const char *in = static_cast<const char *>(x.const_data_ptr());
-  const int64_t bytes = x.element_size();
-  // One image per task, as libtorch's kernel: overlapping windows add into the same input pixels.
-  at::parallel_for(0, images, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> positions(w.kernel * w.kernel), argmax(channels);
-    std::vector<const char *> pixels(w.kernel * w.kernel);
-    std::vector<float> max(channels);
-    for (int64_t n = begin; n < end; ++n) {
-      const char *image = in + n * height * width * channels * bytes;
-      for (int64_t oh = 0; oh < out_h; ++oh) {
-        for (int64_t ow = 0; ow < out_w; ++ow) {
-          const int64_t count = window_pixels(w, height, width, oh, ow, positions.data());
-          for (int64_t j = 0; j < count; ++j) pixels[j] = image + positions[j] * channels * bytes;
-          const int64_t at = ((n * out_h + oh) * out_w + ow) * channels;
-          if (bf16) {
-            window_argmax_bf16(pixels.data(), positions.data(), count,
-                               channels, max.data(), argmax.data());
-            add_gradients(g.const_data_ptr<at::BFloat16>() + at, argmax.data(), channels,
-                          grad_in.mutable_data_ptr<at::BFloat16>() + n * height * width * channels);
-          } else {
-            window_argmax_f32(pixels.data(), positions.data(), count,
-                              channels, max.data(), argmax.data());
-            add_gradients(g.const_data_ptr<float>() + at, argmax.data(), channels,
-                          grad_in.mutable_data_ptr<float>() + n * height * width * channels);
-          }
-        }
-      }
-    }
-  });
-  return grad_in;
-}
-
-struct MaxPoolNhwc : torch::autograd::Function<MaxPoolNhwc> {
-  static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &x, int64_t kernel,
-                            int64_t stride, int64_t padding, int64_t out_h, int64_t out_w) {
-    ctx->save_for_backward({x});
-    ctx->saved_data["window"] = std::vector<int64_t>{kernel, stride, padding};
-    return pool(x, Window{kernel, stride, padding}, out_h, out_w);
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
-                                                 torch::autograd::variable_list grads) {
-    auto x = ctx->get_saved_variables()[0];
-    auto window = ctx->saved_data["window"].toIntVector();
-    auto grad_in = unpool(x, grads[0], Window{window[0], window[1], window[2]});
-    return {grad_in, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
-  }
-};
 
 } // namespace
 
 extern "C" {
 
 // max_pool2d(x, kernel, stride, padding, dilation=1, ceil_mode) of a channels-last 4-d float32 or
-// bfloat16 CPU tensor, differentiable, into *out; leaves *out NULL for anything else (another
-// layout, type or device, or a window libtorch would refuse), for the caller to call libtorch's.
+// bfloat16 CPU tensor that no gradient will flow back to, into *out; leaves *out NULL for anything
+// else (a tensor that needs a gradient, another layout, type or device, or a window libtorch
+// would refuse), for the caller to call libtorch's.
 char *convnets_max_pool_nhwc(const at::Tensor *x, int64_t kernel, int64_t stride, int64_t padding, bool ceil_mode,
                              at::Tensor **out) {
   GUARD({
     *out = nullptr;
-    bool fits = x->device().is_cpu() && x->dim() == 4 &&
+    bool fits = !(c10::GradMode::is_enabled() && x->requires_grad()) && x->device().is_cpu() && x->dim() == 4 &&
                 x->suggest_memory_format() == at::MemoryFormat::ChannelsLast &&
                 x->is_contiguous(at::MemoryFormat::ChannelsLast) &&
                 (x->scalar_type() == at::kFloat || x->scalar_type() == at::kBFloat16) && kernel >= 1 &&
@@ -238,7 +156,7 @@ char *convnets_max_pool_nhwc(const at::Tensor *x, int64_t kernel, int64_t stride
     Window w{kernel, stride, padding};
     const int64_t out_h = pooled_size(x->size(2), w, ceil_mode), out_w = pooled_size(x->size(3), w, ceil_mode);
     if (out_h < 1 || out_w < 1 || x->numel() == 0) return nullptr;
-    *out = new at::Tensor(MaxPoolNhwc::apply(*x, kernel, stride, padding, out_h, out_w));
+    *out = new at::Tensor(pool(*x, w, out_h, out_w));
   })
 }
 

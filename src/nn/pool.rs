@@ -51,9 +51,9 @@ stateless!(MaxPool2d, "MaxPool2d", |s, x, _cx| {
 });
 
 /// `max_pool2d(x, kernel, stride, padding, ceil_mode)` by the shim's kernel for channels-last maps
-/// on the CPU, which computes libtorch's values and gradients without the map of the maxima's
-/// positions libtorch writes (GoogLeNet's, AlexNet's, VGG's and NiN's pooling); `None` where it
-/// declines (another layout or device), for libtorch's own.
+/// on the CPU that need no gradient (evaluation), which computes libtorch's values without the map
+/// of the maxima's positions libtorch writes for a backward pass; `None` where it declines
+/// (training, another layout or device), for libtorch's own.
 fn max_pool_nhwc(x: &Tensor, [kernel, stride, padding]: [i64; 3], ceil_mode: bool) -> Option<Fwd> {
     kernel_output(x, &MAX_POOL_KERNEL_CALLS, |out| {
         // SAFETY: `x` is a live tensor.
