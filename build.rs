@@ -41,9 +41,9 @@ fn main() {
     // libtorch's `at::parallel_for` is a header template that shares the work among its OpenMP
     // threads only where the code calling it is compiled with OpenMP; without it, the shim's
     // kernels ran on one thread. The shim links the OpenMP runtime libtorch ships and loads (one
-    // thread pool, the one `set_num_threads` sizes). Without that runtime, only the
-    // `#pragma omp simd` loops (reductions in vector lanes) are compiled, and the kernels run on one
-    // thread.
+    // thread pool, the one `set_num_threads` sizes). Where libtorch has no such runtime, only the
+    // `#pragma omp simd` loops (reductions in vector lanes) are compiled, and the kernels run on
+    // one thread.
     let openmp = lib.join("libgomp.so.1");
     if openmp.exists() {
         shim.flag("-fopenmp");

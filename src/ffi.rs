@@ -1,9 +1,9 @@
 //! The C shim in `csrc/` (compiled by `build.rs`): the libtorch calls tch does not expose, for
 //! `accel` (`csrc/accel.cpp`, `csrc/cpu_blocks.cpp`), `nn` (`csrc/fused.cpp`,
-//! `csrc/avg_pool.cpp`, `csrc/max_pool.cpp`, `csrc/batch_norm.cpp`) and `distributed` (`csrc/dist.cpp`,
-//! `csrc/grad_buckets.cpp`). Its error convention (`csrc/guard.h`): every function returns NULL
-//! on success or a malloc'ed message, which [`check`] turns into an error value; no C++ exception
-//! crosses into Rust.
+//! `csrc/avg_pool.cpp`, `csrc/max_pool.cpp`, `csrc/batch_norm.cpp`) and `distributed`
+//! (`csrc/dist.cpp`, `csrc/grad_buckets.cpp`). Its error convention (`csrc/guard.h`): every
+//! function returns NULL on success or a malloc'ed message, which [`check`] turns into an error
+//! value; no C++ exception crosses into Rust.
 
 use std::ffi::{CStr, CString, c_char, c_void};
 
