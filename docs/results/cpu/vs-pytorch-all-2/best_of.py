@@ -3,9 +3,10 @@
 convnets) keeps its best train and eval rates over the runs, as `vs_pytorch.py --rounds R` does
 within one run.
 
-    best_of.py [--kernel-time DIR] RUN_DIR [RUN_DIR ...]
+    best_of.py [--kernel-time DIR] [--torch-only RUN_DIR] RUN_DIR [RUN_DIR ...]
 
-Each RUN_DIR holds run.sh's <precision>-<group>.json files. Prints one markdown table per
+`--torch-only` adds a run whose PyTorch rates count but whose convnets rates do not (a run of
+another convnets commit: PyTorch's side is the same code in every run). Each RUN_DIR holds run.sh's <precision>-<group>.json files. Prints one markdown table per
 precision: the best PyTorch variant's rates, convnets', their ratios, and the kernel bound, the
 ratio convnets would reach if it spent no time outside oneDNN's convolution and matrix-product
 kernels: from convnets' own kernel time where DIR holds `bench/kernel_time.py`'s JSON for the
@@ -18,10 +19,10 @@ from pathlib import Path
 ORDER = ["lenet-bn", "lenet-bn-scratch", "alexnet", "vgg11-small", "nin", "googlenet", "resnet18", "densenet"]
 
 
-def merged(runs, precision):
+def merged(runs, precision, torch_only=()):
     """network -> {"torch": {variant: (train, eval)}, "convnets": (train, eval), "kernel": {kind: s/example}}"""
     nets = {}
-    for run in runs:
+    for run in list(runs) + list(torch_only):
         for path in sorted(Path(run).glob(f"{precision}-*.json")):
             for row in json.loads(path.read_text()):
                 net = nets.setdefault(row["network"], {"torch": {}, "convnets": (0.0, 0.0), "kernel": {}})
@@ -33,6 +34,8 @@ def merged(runs, precision):
                         if f"{kind}_kernel_share" in m:
                             t = m[f"{kind}_kernel_share"] / m[f"{kind}_examples_per_s"]
                             net["kernel"][kind] = min(net["kernel"].get(kind, t), t)
+                if run in torch_only:
+                    continue
                 c = row["convnets"]
                 net["convnets"] = (max(net["convnets"][0], c["train_examples_per_s"]),
                                    max(net["convnets"][1], c["eval_examples_per_s"]))
@@ -48,14 +51,19 @@ def convnets_kernel_ms(directory, precision):
 
 def main():
     args = sys.argv[1:]
-    kernel_dir = None
-    if args[:1] == ["--kernel-time"]:
-        kernel_dir, args = args[1], args[2:]
+    kernel_dir, torch_only = None, []
+    while args[:1] in (["--kernel-time"], ["--torch-only"]):
+        if args[0] == "--kernel-time":
+            kernel_dir = args[1]
+        else:
+            torch_only.append(args[1])
+        args = args[2:]
     runs = args
     for precision in ("fp32", "bf16"):
-        nets = merged(runs, precision)
+        nets = merged(runs, precision, torch_only)
         own_kernels = convnets_kernel_ms(kernel_dir, precision)
-        print(f"\n{precision}, best of {len(runs)} run{'s' if len(runs) > 1 else ''}\n")
+        extra = f", PyTorch's of {len(runs) + len(torch_only)}" if torch_only else ""
+        print(f"\n{precision}, best of {len(runs)} run{'s' if len(runs) > 1 else ''}{extra}\n")
         print("| network | best PyTorch train (variant) | convnets | ratio | bound | "
               "best PyTorch eval (variant) | convnets | ratio | bound |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
