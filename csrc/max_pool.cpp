@@ -13,6 +13,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/native/Pool.h>
 #include <c10/core/GradMode.h>
 
 #include <cstdint>
@@ -94,23 +95,10 @@ VECTOR_CLONES void row_max_bf16(const uint16_t *image, const Window &w, const Ro
   }
 }
 
-// A bfloat16 tensor's values as their bits.
-const uint16_t *bf16_bits(const at::Tensor &t) { return reinterpret_cast<const uint16_t *>(t.const_data_ptr<at::BFloat16>()); }
-
 // Output row oh's window rows in an image of `height` rows.
 Row row_of(const Window &w, int64_t oh, int64_t height, int64_t width, int64_t out_w, int64_t channels) {
   const int64_t top = oh * w.stride - w.padding;
   return Row{std::max<int64_t>(top, 0), std::min(top + w.kernel, height), width, out_w, channels};
-}
-
-// libtorch's output size for a side of `size` (`ceil_mode`: a last window that starts inside the
-// input or its left padding counts).
-int64_t pooled_size(int64_t size, const Window &w, bool ceil_mode) {
-  const int64_t span = size + 2 * w.padding - w.kernel;
-  if (span < 0) return 0;
-  int64_t out = (ceil_mode ? (span + w.stride - 1) / w.stride : span / w.stride) + 1;
-  if (ceil_mode && (out - 1) * w.stride >= size + w.padding) --out;
-  return out;
 }
 
 at::Tensor pool(const at::Tensor &x, const Window &w, int64_t out_h, int64_t out_w) {
@@ -120,16 +108,19 @@ at::Tensor pool(const at::Tensor &x, const Window &w, int64_t out_h, int64_t out
   const int64_t image_size = height * width * channels, row_size = out_w * channels;
   // Output rows (image, oh), enough per task to be worth handing out (about 16k outputs).
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row_size));
+  const float *in_f32 = bf16 ? nullptr : x.const_data_ptr<float>();
+  float *out_f32 = bf16 ? nullptr : y.mutable_data_ptr<float>();
+  const uint16_t *in_bf16 = bf16 ? reinterpret_cast<const uint16_t *>(x.const_data_ptr<at::BFloat16>()) : nullptr;
+  uint16_t *out_bf16 = bf16 ? reinterpret_cast<uint16_t *>(y.mutable_data_ptr<at::BFloat16>()) : nullptr;
   at::parallel_for(0, images * out_h, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> max(bf16 ? row_size : 0);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / out_h;
       const Row r = row_of(w, i % out_h, height, width, out_w, channels);
       if (bf16)
-        row_max_bf16(bf16_bits(x) + n * image_size, w, r, max.data(),
-                     reinterpret_cast<uint16_t *>(y.mutable_data_ptr<at::BFloat16>()) + i * row_size);
+        row_max_bf16(in_bf16 + n * image_size, w, r, max.data(), out_bf16 + i * row_size);
       else
-        row_max_f32(x.const_data_ptr<float>() + n * image_size, w, r, y.mutable_data_ptr<float>() + i * row_size);
+        row_max_f32(in_f32 + n * image_size, w, r, out_f32 + i * row_size);
     }
   });
   return y;
@@ -151,10 +142,14 @@ char *convnets_max_pool_nhwc(const at::Tensor *x, int64_t kernel, int64_t stride
                 x->suggest_memory_format() == at::MemoryFormat::ChannelsLast &&
                 x->is_contiguous(at::MemoryFormat::ChannelsLast) &&
                 (x->scalar_type() == at::kFloat || x->scalar_type() == at::kBFloat16) && kernel >= 1 &&
-                stride >= 1 && padding >= 0 && padding <= kernel / 2 && x->size(2) * x->size(3) < INT32_MAX;
+                stride >= 1 && padding >= 0 && padding <= kernel / 2;
     if (!fits) return nullptr;
     Window w{kernel, stride, padding};
-    const int64_t out_h = pooled_size(x->size(2), w, ceil_mode), out_w = pooled_size(x->size(3), w, ceil_mode);
+    // libtorch's own output size, ceil mode's rule for a last window included.
+    auto pooled = [&](int64_t size) {
+      return at::native::pooling_output_shape<int64_t>(size, kernel, padding, stride, 1, ceil_mode);
+    };
+    const int64_t out_h = pooled(x->size(2)), out_w = pooled(x->size(3));
     if (out_h < 1 || out_w < 1 || x->numel() == 0) return nullptr;
     *out = new at::Tensor(pool(*x, w, out_h, out_w));
   })
