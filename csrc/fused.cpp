@@ -8,6 +8,7 @@
 // classifiers of AlexNet and VGG). NCHW maps (the LeNets) keep libtorch's own convolution and
 // matrix product, with the batch norm folded in and the activation applied in place.
 #include "guard.h"
+#include "one_channel_conv.h"
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
@@ -123,7 +124,9 @@ char *convnets_conv2d_pointwise(const at::Tensor *x, const at::Tensor *w, const 
     // pass, and no new tensor after the convolution's.
     if (x->suggest_memory_format() != at::MemoryFormat::ChannelsLast) {
       auto [weight, bias] = folded(*w, b, norm, at::kFloat);
-      auto y = at::conv2d(*x, weight, bias, stride2, padding2);
+      auto y = one_channel_conv2d(*x, weight, bias ? &*bias : nullptr, stride, padding)
+                   .value_or(at::Tensor());
+      if (!y.defined()) y = at::conv2d(*x, weight, bias, stride2, padding2);
       if (other != nullptr) y.add_(*other);
       *out = new at::Tensor(activate_(y, activation));
       return nullptr;

@@ -293,6 +293,89 @@ fn max_pooling_of_channels_last_maps_without_gradients_computes_libtorchs_values
 }
 
 #[test]
+fn one_channel_convolutions_match_libtorchs_in_float32_and_under_bf16_autocast_whatever_the_thread_count() {
+    use convnets::accel::Autocast;
+    use convnets::nn::{Conv2d, Ctx, Layer};
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(7);
+    // Relative to the largest value compared: the shim sums in vector lanes, oneDNN in its own
+    // order, so the last bits differ (bfloat16's last bit is 2^-8 of the value).
+    let close = |ours: &Tensor, theirs: &Tensor, tolerance: f64, what: &str| {
+        assert_eq!(ours.size(), theirs.size(), "{what}");
+        assert_eq!(ours.kind(), theirs.kind(), "{what}");
+        let scale = theirs.abs().max().double_value(&[]);
+        let diff = (ours - theirs).abs().max().double_value(&[]);
+        assert!(scale > 0.0 && diff <= tolerance * scale, "{what}: differ by {diff} (up to {scale})");
+    };
+    // LeNet's first layer (the shim's kernel), one with padding whose output row is no whole
+    // number of vectors, one without a bias, and those it leaves to libtorch: three channels, a
+    // stride of 2, and an input that needs a gradient.
+    let cases = [
+        ("lenet", [1, 6, 5, 1, 0], [256, 1, 28, 28], true, false, true),
+        ("padded", [1, 4, 3, 1, 2], [5, 1, 13, 19], true, false, true),
+        ("no bias", [1, 3, 5, 1, 1], [3, 1, 9, 40], false, false, true),
+        ("3 channels", [3, 6, 5, 1, 0], [4, 3, 12, 12], true, false, false),
+        ("stride 2", [1, 6, 5, 2, 0], [4, 1, 12, 12], true, false, false),
+        ("input gradient", [1, 6, 5, 1, 0], [4, 1, 12, 12], true, true, false),
+    ];
+    for (name, conv, shape, bias, input_grad, by_shim) in cases {
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let make = |p: &tch::nn::Path| {
+            let bias = bias.then_some(convnets::nn::BiasInit::PytorchDefault);
+            Conv2d::init(p, conv, convnets::nn::WeightInit::XavierUniform, bias)
+        };
+        let layer = make(&vs.root());
+        let x = (Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu)) * 2.0 + 0.5).set_requires_grad(input_grad);
+        for (precision, tolerance) in [(Precision::Fp32, 1e-5), (Precision::Bf16, 1e-2)] {
+            let what = format!("{name} {precision:?}");
+            let autocast = Autocast::enter(Device::Cpu, precision).unwrap();
+            let before = convnets::nn::one_channel_conv_calls();
+            let y = layer.forward(&x, &mut Ctx::new(true)).unwrap();
+            let by_kernel = convnets::nn::one_channel_conv_calls() - before;
+            assert_eq!(by_kernel, u64::from(by_shim), "{what}: calls of the shim's kernel");
+            let (s, p) = (conv[3], conv[4]);
+            let expected = x.conv2d(&layer.weight, layer.bias.as_ref(), [s, s], [p, p], [1, 1], 1);
+            close(&y, &expected, tolerance, &format!("{what} outputs"));
+            let grad_out = Tensor::randn(y.size(), (Kind::Float, Device::Cpu)).to_kind(y.kind());
+            let params = layer.parameters();
+            let ours = Tensor::run_backward(&[(&y * &grad_out).sum(Kind::Float)], &params, false, false);
+            let theirs = Tensor::run_backward(&[(&expected * &grad_out).sum(Kind::Float)], &params, false, false);
+            for (param, (a, b)) in ["dweight", "dbias"].iter().zip(ours.iter().zip(&theirs)) {
+                close(a, b, tolerance, &format!("{what} {param}"));
+            }
+            if !by_shim {
+                continue;
+            }
+            // Blocks of images are summed in a fixed order: one thread computes the same bits.
+            let threads = tch::get_num_threads();
+            tch::set_num_threads(1);
+            let y1 = layer.forward(&x, &mut Ctx::new(true)).unwrap();
+            let one = Tensor::run_backward(&[(&y1 * &grad_out).sum(Kind::Float)], &params, false, false);
+            tch::set_num_threads(threads);
+            assert!(y1.equal(&y), "{what}: outputs on one thread and {threads} differ");
+            for (a, b) in one.iter().zip(&ours) {
+                assert!(a.equal(b), "{what}: gradients on one thread and {threads} differ");
+            }
+            if precision == Precision::Bf16 {
+                // The same sums in float32 of the same bfloat16 values, rounded as libtorch rounds.
+                drop(autocast);
+                let rounded = |t: &Tensor| t.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+                let plain = make(&vs.root().sub("rounded"));
+                tch::no_grad(|| {
+                    for (to, from) in plain.parameters().into_iter().zip(layer.parameters()) {
+                        to.shallow_clone().copy_(&rounded(from));
+                    }
+                });
+                let before = convnets::nn::one_channel_conv_calls();
+                let in_float = plain.forward(&rounded(&x), &mut Ctx::new(true)).unwrap();
+                assert_eq!(convnets::nn::one_channel_conv_calls() - before, 1, "{what}: float32 by the shim");
+                assert!(y.equal(&in_float.to_kind(Kind::BFloat16)), "{what}: outputs not rounded to nearest even");
+            }
+        }
+    }
+}
+
+#[test]
 fn training_batch_norm_of_nchw_maps_matches_libtorchs_whatever_the_thread_count() {
     use convnets::nn::{BatchNorm, Ctx, Layer};
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());

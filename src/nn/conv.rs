@@ -1,12 +1,15 @@
 //! `nn.Conv2d`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tch::Tensor;
 use tch::nn::Path;
 
 use super::fused::{self, ConvCall, Epilogue, Fusable};
 use super::init::{self, BiasInit, WeightInit};
-use super::layer::{check_window, expect_image};
+use super::layer::{check_window, expect_image, kernel_output};
 use super::{Ctx, Fwd, InLayer, Layer, LayerError};
+use crate::ffi::convnets_conv2d_one_channel;
 use crate::onnx::{self, OnnxGraph};
 
 #[derive(Debug)]
@@ -56,11 +59,32 @@ impl Conv2d {
         fused::run(conv, x, epilogue)
     }
 
+    /// `self(x)` by the shim's kernel for a first layer on grey images (LeNet's): one input
+    /// channel, stride 1, a contiguous (NCHW) map on the CPU that needs no gradient itself, where
+    /// oneDNN's im2col path is slow (above all its bfloat16 weight gradient); `None` where it
+    /// declines, for libtorch's own.
+    fn one_channel(&self, x: &Tensor) -> Option<Fwd> {
+        let bias = self.bias.as_ref().map_or(std::ptr::null(), |b| b.as_ptr() as *const _);
+        kernel_output(x, &ONE_CHANNEL_CONV_CALLS, |out| {
+            // SAFETY: `x`, the weight and the bias (or NULL) are live tensors.
+            unsafe {
+                convnets_conv2d_one_channel(x.as_ptr(), self.weight.as_ptr(), bias, self.stride, self.padding, out)
+            }
+        })
+    }
+
     /// A 4-d input with this layer's channels, large enough for its window.
     fn check_input(&self, x: &Tensor) -> Result<(), LayerError> {
         let (h, w) = expect_image(x, self.in_channels)?;
         check_window(x, h, w, self.kernel, self.stride, self.padding)
     }
+}
+
+static ONE_CHANNEL_CONV_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// How many one-channel convolutions this process has computed with the shim's kernel.
+pub fn one_channel_conv_calls() -> u64 {
+    ONE_CHANNEL_CONV_CALLS.load(Ordering::Relaxed)
 }
 
 impl Layer for Conv2d {
@@ -70,6 +94,11 @@ impl Layer for Conv2d {
     fn forward(&self, x: &Tensor, _: &mut Ctx) -> Fwd {
         self.check_input(x)?;
         let (s, p) = (self.stride, self.padding);
+        if self.in_channels == 1
+            && let Some(y) = self.one_channel(x)
+        {
+            return y;
+        }
         x.f_conv2d(&self.weight, self.bias.as_ref(), [s, s], [p, p], [1, 1], 1).in_layer(x)
     }
     fn parameters(&self) -> Vec<&Tensor> {

@@ -29,7 +29,7 @@ mod trace;
 
 pub use activation::{ReLU, Sigmoid};
 pub use container::Sequential;
-pub use conv::Conv2d;
+pub use conv::{Conv2d, one_channel_conv_calls};
 pub use ctx::{Ctx, pools_before_relu};
 pub use dropout::Dropout;
 pub use flatten::Flatten;
