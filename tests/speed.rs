@@ -586,7 +586,7 @@ fn precision_auto_is_bf16_only_on_a_cpu_with_bfloat16_arithmetic_for_the_nets_it
     }
     assert!(auto_precision(Device::Cpu, false, true).reason.contains("no bfloat16 arithmetic"));
     assert!(models::find("googlenet").unwrap().bf16_on_cpu);
-    assert!(!models::find("lenet-bn").unwrap().bf16_on_cpu);
+    assert!(models::find("lenet-bn").unwrap().bf16_on_cpu);
     let lenet = models::find("lenet-bn-scratch").unwrap();
     assert_eq!(lenet.precision_for(PrecisionChoice::Fixed(Precision::Bf16), Device::Cpu), (Precision::Bf16, None));
     assert_eq!(lenet.precision_for(PrecisionChoice::Auto, Device::Cpu).0, Precision::Fp32);
@@ -594,11 +594,13 @@ fn precision_auto_is_bf16_only_on_a_cpu_with_bfloat16_arithmetic_for_the_nets_it
     assert_eq!(accel::cpu_has_bf16(), has_bf16, "libtorch's cpuinfo and /proc/cpuinfo disagree");
 
     // What the commands do with it: bench resolves it per network, train says what it chose.
-    let precisions: Vec<String> = bench_lenet_and_googlenet(&["--precision", "auto"])
-        .iter()
-        .map(|r| r["precision"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(precisions, ["fp32", if has_bf16 { "bf16" } else { "fp32" }]);
+    let precisions: Vec<String> =
+        bench_json(&["lenet-bn-scratch", "lenet-bn", "--batch-size", "4", "--precision", "auto"])
+            .iter()
+            .map(|r| r["precision"].as_str().unwrap().to_owned())
+            .collect();
+    let bf16 = if has_bf16 { "bf16" } else { "fp32" };
+    assert_eq!(precisions, ["fp32", bf16]);
     let dir = tempfile::tempdir().unwrap();
     let (data, out) = (common::idx_dataset(&dir.path().join("data"), 64, 32), dir.path().join("run"));
     let (code, _, stderr) = common::convnets(&[
