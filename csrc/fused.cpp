@@ -5,8 +5,9 @@
 // (with its `.binary` form for the sum), the one Inductor's freezing pass emits. It has no
 // derivative, so it only runs where nothing needs one. Its linear-layer sibling,
 // `mkldnn::_linear_pointwise`, takes a linear layer with its activation the same way (the
-// classifiers of AlexNet and VGG). NCHW maps (the LeNets) keep libtorch's own convolution and
-// matrix product, with the batch norm folded in and the activation applied in place.
+// classifiers of AlexNet and VGG). NCHW maps (the LeNets) keep libtorch's own convolution (the
+// shim's, csrc/one_channel_conv.cpp, for a one-channel input) and matrix product, with the batch
+// norm folded in and the activation applied in place.
 #include "guard.h"
 #include "one_channel_conv.h"
 
@@ -119,9 +120,9 @@ char *convnets_conv2d_pointwise(const at::Tensor *x, const at::Tensor *w, const 
     int64_t padding2[2] = {padding, padding}, stride2[2] = {stride, stride}, dilation[2] = {1, 1};
     // An NCHW map: oneDNN would convolve it in a blocked layout of its own, and the reorders to
     // and from it cost LeNet's small maps more than the post-ops save (its sum is no post-op
-    // there either). So libtorch's own convolution takes the folded weights (autocast casts them
-    // as it casts the layer's), and the sum and activation follow in place: still no batch norm
-    // pass, and no new tensor after the convolution's.
+    // there either). So libtorch's own convolution (or the shim's one-channel one) takes the
+    // folded weights (autocast casts them as it casts the layer's), and the sum and activation
+    // follow in place: still no batch norm pass, and no new tensor after the convolution's.
     if (x->suggest_memory_format() != at::MemoryFormat::ChannelsLast) {
       auto [weight, bias] = folded(*w, b, norm, at::kFloat);
       auto y = one_channel_conv2d(*x, weight, bias ? &*bias : nullptr, stride, padding)

@@ -299,7 +299,12 @@ std::optional<at::Tensor> one_channel_conv2d(const at::Tensor &x, const at::Tens
                       x.size(3) + 2 * padding >= w.size(3) && x.size(0) > 0 &&
                       (b == nullptr || (b->dim() == 1 && b->size(0) == w.size(0)));
   const bool cpu = x.device().is_cpu() && w.device().is_cpu() && (b == nullptr || b->device().is_cpu());
-  if (!shapes || !cpu || (at::GradMode::is_enabled() && x.requires_grad())) return std::nullopt;
+  // A one-channel map laid out channels-last is contiguous too (a channel's stride does not
+  // matter), but libtorch's convolution gives it, or channels-last weights, a channels-last
+  // output, which the layers after it expect (VGG's first block on grey images).
+  const bool nchw = x.suggest_memory_format() == at::MemoryFormat::Contiguous &&
+                    w.suggest_memory_format() == at::MemoryFormat::Contiguous;
+  if (!shapes || !cpu || !nchw || (at::GradMode::is_enabled() && x.requires_grad())) return std::nullopt;
   const bool autocast = at::autocast::is_autocast_enabled(at::kCPU);
   auto dtype = x.scalar_type();
   if (autocast && dtype == at::kFloat) dtype = at::autocast::get_autocast_dtype(at::kCPU);

@@ -309,7 +309,8 @@ fn one_channel_convolutions_match_libtorchs_in_float32_and_under_bf16_autocast_w
     };
     // LeNet's first layer (the shim's kernel), one with padding whose output row is no whole
     // number of vectors, one without a bias, and those it leaves to libtorch: three channels, a
-    // stride of 2, and an input that needs a gradient.
+    // stride of 2, an input that needs a gradient, and VGG's first layer laid out channels-last
+    // (whose output must stay channels-last).
     let cases = [
         ("lenet", [1, 6, 5, 1, 0], [256, 1, 28, 28], true, false, true),
         ("padded", [1, 4, 3, 1, 2], [5, 1, 13, 19], true, false, true),
@@ -317,15 +318,22 @@ fn one_channel_convolutions_match_libtorchs_in_float32_and_under_bf16_autocast_w
         ("3 channels", [3, 6, 5, 1, 0], [4, 3, 12, 12], true, false, false),
         ("stride 2", [1, 6, 5, 2, 0], [4, 1, 12, 12], true, false, false),
         ("input gradient", [1, 6, 5, 1, 0], [4, 1, 12, 12], true, true, false),
+        ("channels-last", [1, 16, 3, 1, 1], [4, 1, 12, 12], true, false, false),
     ];
     for (name, conv, shape, bias, input_grad, by_shim) in cases {
+        let channels_last = name == "channels-last";
         let vs = tch::nn::VarStore::new(Device::Cpu);
         let make = |p: &tch::nn::Path| {
             let bias = bias.then_some(convnets::nn::BiasInit::PytorchDefault);
             Conv2d::init(p, conv, convnets::nn::WeightInit::XavierUniform, bias)
         };
         let layer = make(&vs.root());
-        let x = (Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu)) * 2.0 + 0.5).set_requires_grad(input_grad);
+        let mut x = Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu)) * 2.0 + 0.5;
+        if channels_last {
+            accel::set_channels_last(&mut [layer.weight.shallow_clone()]).unwrap();
+            x = accel::channels_last(&x).unwrap();
+        }
+        let x = x.set_requires_grad(input_grad);
         for (precision, tolerance) in [(Precision::Fp32, 1e-5), (Precision::Bf16, 1e-2)] {
             let what = format!("{name} {precision:?}");
             let autocast = Autocast::enter(Device::Cpu, precision).unwrap();
@@ -336,6 +344,9 @@ fn one_channel_convolutions_match_libtorchs_in_float32_and_under_bf16_autocast_w
             let (s, p) = (conv[3], conv[4]);
             let expected = x.conv2d(&layer.weight, layer.bias.as_ref(), [s, s], [p, p], [1, 1], 1);
             close(&y, &expected, tolerance, &format!("{what} outputs"));
+            // Channels-last where a channel's stride is 1 (the outputs have several channels).
+            assert_eq!(y.stride()[1] == 1, channels_last, "{what}: layout");
+            assert_eq!(y.stride(), expected.stride(), "{what}: layout");
             let grad_out = Tensor::randn(y.size(), (Kind::Float, Device::Cpu)).to_kind(y.kind());
             let params = layer.parameters();
             let ours = Tensor::run_backward(&[(&y * &grad_out).sum(Kind::Float)], &params, false, false);

@@ -531,8 +531,7 @@ pub struct SpeedArgs {
     /// fp32 (d2l); bf16: autocast-style mixed precision (bfloat16 convolutions and matrix
     /// products, float32 weights, gradients and loss); or auto: bf16 on a CPU with bfloat16
     /// arithmetic (AVX512-BF16 or AMX) for the networks it trains faster there (all but
-    /// lenet-bn-scratch),
-    /// fp32 otherwise (and on GPUs, for now).
+    /// lenet-bn-scratch), fp32 otherwise (and on GPUs, for now).
     #[arg(long, value_name = "fp32|bf16|auto")]
     pub precision: Option<PrecisionChoice>,
     /// Layout of images and convolution weights: contiguous (NCHW), channels-last (NHWC), or
