@@ -3,10 +3,12 @@
 convnets) keeps its best train and eval rates over the runs, as `vs_pytorch.py --rounds R` does
 within one run.
 
-    best_of.py [--kernel-time DIR] [--torch-only RUN_DIR] RUN_DIR [RUN_DIR ...]
+    best_of.py [--kernel-time DIR] [--torch-only RUN_DIR] RUN_DIR[:NET,NET...] [RUN_DIR ...]
 
 `--torch-only` adds a run whose PyTorch rates count but whose convnets rates do not (a run of
-another convnets commit: PyTorch's side is the same code in every run). Each RUN_DIR holds run.sh's <precision>-<group>.json files. Prints one markdown table per
+another convnets commit: PyTorch's side is the same code in every run). `RUN_DIR:NET,NET` counts
+that run's convnets rates for the networks named only (those whose convnets code it shares with
+the others). Each RUN_DIR holds run.sh's <precision>-<group>.json files. Prints one markdown table per
 precision: the best PyTorch variant's rates, convnets', their ratios, and the kernel bound, the
 ratio convnets would reach if it spent no time outside oneDNN's convolution and matrix-product
 kernels: from convnets' own kernel time where DIR holds `bench/kernel_time.py`'s JSON for the
@@ -20,9 +22,13 @@ ORDER = ["lenet-bn", "lenet-bn-scratch", "alexnet", "vgg11-small", "nin", "googl
 
 
 def merged(runs, precision, torch_only=()):
-    """network -> {"torch": {variant: (train, eval)}, "convnets": (train, eval), "kernel": {kind: s/example}}"""
+    """network -> {"torch": {variant: (train, eval)}, "convnets": (train, eval), "kernel": {kind: s/example}}
+
+    `runs` are RUN_DIR or RUN_DIR:NET,NET (convnets' rates for those networks only)."""
     nets = {}
-    for run in list(runs) + list(torch_only):
+    for spec in list(runs) + list(torch_only):
+        run, _, names = spec.partition(":")
+        counted = set(names.split(",")) if names else None
         for path in sorted(Path(run).glob(f"{precision}-*.json")):
             for row in json.loads(path.read_text()):
                 net = nets.setdefault(row["network"], {"torch": {}, "convnets": (0.0, 0.0), "kernel": {}})
@@ -34,7 +40,7 @@ def merged(runs, precision, torch_only=()):
                         if f"{kind}_kernel_share" in m:
                             t = m[f"{kind}_kernel_share"] / m[f"{kind}_examples_per_s"]
                             net["kernel"][kind] = min(net["kernel"].get(kind, t), t)
-                if run in torch_only:
+                if spec in torch_only or (counted is not None and row["network"] not in counted):
                     continue
                 c = row["convnets"]
                 net["convnets"] = (max(net["convnets"][0], c["train_examples_per_s"]),
