@@ -125,9 +125,8 @@ char *convnets_conv2d_pointwise(const at::Tensor *x, const at::Tensor *w, const 
     // follow in place: still no batch norm pass, and no new tensor after the convolution's.
     if (x->suggest_memory_format() != at::MemoryFormat::ChannelsLast) {
       auto [weight, bias] = folded(*w, b, norm, at::kFloat);
-      auto y = one_channel_conv2d(*x, weight, bias ? &*bias : nullptr, stride, padding)
-                   .value_or(at::Tensor());
-      if (!y.defined()) y = at::conv2d(*x, weight, bias, stride2, padding2);
+      auto one_channel = one_channel_conv2d(*x, weight, bias ? &*bias : nullptr, stride, padding);
+      auto y = one_channel ? *one_channel : at::conv2d(*x, weight, bias, stride2, padding2);
       if (other != nullptr) y.add_(*other);
       *out = new at::Tensor(activate_(y, activation));
       return nullptr;

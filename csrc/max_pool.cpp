@@ -15,9 +15,9 @@
 #include <ATen/Parallel.h>
 #include <ATen/native/Pool.h>
 #include <c10/core/GradMode.h>
+#include <c10/util/BFloat16.h>
 
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -25,12 +25,7 @@ namespace {
 
 inline float as_float(float v) { return v; }
 // A bfloat16 is the top half of the float32 with the same value.
-inline float as_float(uint16_t bits) {
-  uint32_t widened = static_cast<uint32_t>(bits) << 16;
-  float v;
-  std::memcpy(&v, &widened, sizeof v);
-  return v;
-}
+inline float as_float(uint16_t bits) { return c10::detail::f32_from_bits(bits); }
 
 // libtorch's test for taking a window's next value: greater than the maximum so far, or NaN.
 inline bool takes(float v, float max) { return v > max || v != v; }
@@ -88,11 +83,7 @@ VECTOR_CLONES void row_max_bf16(const uint16_t *image, const Window &w, const Ro
   // Each maximum is one of the inputs (or -inf), a bfloat16: its float's top half is exactly it.
   const int64_t values = r.out_w * r.channels;
 #pragma omp simd
-  for (int64_t i = 0; i < values; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, &max[i], sizeof bits);
-    out[i] = static_cast<uint16_t>(bits >> 16);
-  }
+  for (int64_t i = 0; i < values; ++i) out[i] = c10::detail::bits_from_f32(max[i]);
 }
 
 // Output row oh's window rows in an image of `height` rows.

@@ -17,6 +17,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
+#include <c10/util/BFloat16.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
@@ -149,24 +150,17 @@ VECTOR_CLONES void accumulate_image_grads(const float *plane, const float *dy, c
   }
 }
 
-// A bfloat16 is the top half of the float32 with the same value.
+// bfloat16 bits widened exactly to floats (libtorch's conversion, in vector lanes).
 VECTOR_CLONES void widen_bf16(const uint16_t *in, float *out, int64_t n) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t bits = static_cast<uint32_t>(in[i]) << 16;
-    std::memcpy(&out[i], &bits, sizeof bits);
-  }
+  for (int64_t i = 0; i < n; ++i) out[i] = c10::detail::f32_from_bits(in[i]);
 }
 
-// Rounds to the nearest bfloat16, ties to even, NaN to libtorch's quiet NaN (c10's rounding).
+// Floats rounded to bfloat16 bits as libtorch rounds them: to nearest, ties to even, NaN to its
+// quiet NaN.
 VECTOR_CLONES void round_to_bf16(const float *in, uint16_t *out, int64_t n) {
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, &in[i], sizeof bits);
-    const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-    out[i] = in[i] != in[i] ? static_cast<uint16_t>(0x7fc0) : static_cast<uint16_t>(rounded);
-  }
+  for (int64_t i = 0; i < n; ++i) out[i] = c10::detail::round_to_nearest_even(in[i]);
 }
 
 // `n` values of a float32 or bfloat16 tensor's data as floats.

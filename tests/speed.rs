@@ -292,21 +292,24 @@ fn max_pooling_of_channels_last_maps_without_gradients_computes_libtorchs_values
     }
 }
 
+/// Asserts that `ours` has `theirs`' shape and type and differs from it by at most `tolerance`
+/// times the largest value in `theirs` (which must not be all zeros).
+fn assert_close(ours: &Tensor, theirs: &Tensor, tolerance: f64, what: &str) {
+    assert_eq!(ours.size(), theirs.size(), "{what}");
+    assert_eq!(ours.kind(), theirs.kind(), "{what}");
+    let scale = theirs.abs().max().double_value(&[]);
+    let diff = (ours - theirs).abs().max().double_value(&[]);
+    assert!(scale > 0.0 && diff <= tolerance * scale, "{what}: differ by {diff} (up to {scale})");
+}
+
 #[test]
 fn one_channel_convolutions_match_libtorchs_in_float32_and_under_bf16_autocast_whatever_the_thread_count() {
     use convnets::accel::Autocast;
     use convnets::nn::{Conv2d, Ctx, Layer};
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(7);
-    // Relative to the largest value compared: the shim sums in vector lanes, oneDNN in its own
-    // order, so the last bits differ (bfloat16's last bit is 2^-8 of the value).
-    let close = |ours: &Tensor, theirs: &Tensor, tolerance: f64, what: &str| {
-        assert_eq!(ours.size(), theirs.size(), "{what}");
-        assert_eq!(ours.kind(), theirs.kind(), "{what}");
-        let scale = theirs.abs().max().double_value(&[]);
-        let diff = (ours - theirs).abs().max().double_value(&[]);
-        assert!(scale > 0.0 && diff <= tolerance * scale, "{what}: differ by {diff} (up to {scale})");
-    };
+    // The shim sums in vector lanes, oneDNN in its own order, so the last bits differ (bfloat16's
+    // last bit is 2^-8 of the value).
     // LeNet's first layer (the shim's kernel), one with padding whose output row is no whole
     // number of vectors, one without a bias, and those it leaves to libtorch: three channels, a
     // stride of 2, an input that needs a gradient, and VGG's first layer laid out channels-last
@@ -343,7 +346,7 @@ fn one_channel_convolutions_match_libtorchs_in_float32_and_under_bf16_autocast_w
             assert_eq!(by_kernel, u64::from(by_shim), "{what}: calls of the shim's kernel");
             let (s, p) = (conv[3], conv[4]);
             let expected = x.conv2d(&layer.weight, layer.bias.as_ref(), [s, s], [p, p], [1, 1], 1);
-            close(&y, &expected, tolerance, &format!("{what} outputs"));
+            assert_close(&y, &expected, tolerance, &format!("{what} outputs"));
             // Channels-last where a channel's stride is 1 (the outputs have several channels).
             assert_eq!(y.stride()[1] == 1, channels_last, "{what}: layout");
             assert_eq!(y.stride(), expected.stride(), "{what}: layout");
@@ -352,7 +355,7 @@ fn one_channel_convolutions_match_libtorchs_in_float32_and_under_bf16_autocast_w
             let ours = Tensor::run_backward(&[(&y * &grad_out).sum(Kind::Float)], &params, false, false);
             let theirs = Tensor::run_backward(&[(&expected * &grad_out).sum(Kind::Float)], &params, false, false);
             for (param, (a, b)) in ["dweight", "dbias"].iter().zip(ours.iter().zip(&theirs)) {
-                close(a, b, tolerance, &format!("{what} {param}"));
+                assert_close(a, b, tolerance, &format!("{what} {param}"));
             }
             if !by_shim {
                 continue;
@@ -391,13 +394,8 @@ fn training_batch_norm_of_nchw_maps_matches_libtorchs_whatever_the_thread_count(
     use convnets::nn::{BatchNorm, Ctx, Layer};
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(5);
-    // Relative to the largest value compared: the shim sums in vector lanes, libtorch one value
-    // at a time, so the last bits differ.
-    let close = |ours: &Tensor, theirs: &Tensor, what: &str| {
-        let scale = theirs.abs().max().double_value(&[]);
-        let diff = (ours - theirs).abs().max().double_value(&[]);
-        assert!(scale > 0.0 && diff <= 1e-5 * scale, "{what}: differ by {diff} (up to {scale})");
-    };
+    // The shim sums in vector lanes, libtorch one value at a time, so the last bits differ.
+    let close = |ours: &Tensor, theirs: &Tensor, what: &str| assert_close(ours, theirs, 1e-5, what);
     // LeNet's two maps (the shim's kernel), a batch of 2 with odd sides and an offset and spread
     // far from 0 and 1, and a 2-d input and a channels-last map (libtorch's kernel).
     let cases = [(vec![256, 6, 24, 24], false), (vec![256, 16, 8, 8], false), (vec![2, 3, 5, 7], false)];
