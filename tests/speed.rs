@@ -207,10 +207,11 @@ fn average_pooling_of_nchw_maps_computes_libtorchs_values_and_gradients_bit_for_
     use convnets::nn::{AvgPool2d, Ctx, Layer};
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(4);
-    // LeNet's maps (NCHW, 2x2 windows with stride 2, the shim's own kernel), odd sides (the last
-    // row and column are in no window and get no gradient), one map too small to split among
-    // threads, and channels-last maps (libtorch's kernel).
-    let shapes = [[256, 6, 24, 24], [3, 5, 7, 9], [1, 1, 2, 2]];
+    // LeNet's maps (NCHW, 2x2 windows with stride 2, the shim's own kernel; rows of 12 and of 4
+    // outputs, computed 16 at a time past their ends), rows of 20 (a second, partial group of
+    // 16), odd sides (the last row and column are in no window and get no gradient), one map too
+    // small to split among threads, and channels-last maps (libtorch's kernel).
+    let shapes = [[256, 6, 24, 24], [256, 16, 8, 8], [3, 2, 6, 40], [3, 5, 7, 9], [1, 1, 2, 2]];
     for kind in [Kind::Float, Kind::Double, Kind::BFloat16] {
         for (shape, channels_last) in shapes.iter().map(|s| (s, false)).chain([(&[4, 8, 10, 6], true)]) {
             let mut x = Tensor::randn(shape.as_slice(), (kind, Device::Cpu));
