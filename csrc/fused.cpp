@@ -7,7 +7,9 @@
 // `mkldnn::_linear_pointwise`, takes a linear layer with its activation the same way (the
 // classifiers of AlexNet and VGG). NCHW maps (the LeNets) keep libtorch's own convolution (the
 // shim's, csrc/one_channel_conv.cpp, for a one-channel input) and matrix product, with the batch
-// norm folded in and the activation applied in place.
+// norm folded in and the activation applied in place. Each layer keeps its folded weights from
+// call to call (a ConvnetsFoldCache) while the tensors they came from are unchanged: folding
+// took a dozen small tensor operations per layer and call, a tenth of LeNet's evaluation.
 #include "guard.h"
 #include "one_channel_conv.h"
 
@@ -16,7 +18,9 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/cpu/Utils.h>
 
+#include <cstring>
 #include <initializer_list>
+#include <mutex>
 #include <optional>
 #include <string_view>
 
@@ -88,6 +92,66 @@ std::pair<at::Tensor, std::optional<at::Tensor>> folded(const at::Tensor &w, con
   return {weight.to(dtype), new_bias.to(dtype)};
 }
 
+} // namespace
+
+// One fused layer's folded weight and bias, and what they were folded from. The layer's weight
+// and bias count as unchanged while they are the same tensors (held here, so that no other can
+// take their place) at the same data and version: libtorch bumps a tensor's version at each
+// in-place change (an optimizer's step, a checkpoint copied in). A batch norm's four vectors are
+// compared by value with copies kept here: libtorch's batch norm updates its running statistics
+// without bumping their versions, and they are a few floats per channel.
+struct ConvnetsFoldCache {
+  std::mutex mutex;
+  std::vector<at::Tensor> sources;
+  std::vector<const void *> data;
+  std::vector<int64_t> versions;
+  std::vector<at::Tensor> norm_values;
+  at::ScalarType dtype = at::kFloat;
+  std::pair<at::Tensor, std::optional<at::Tensor>> folded;
+};
+
+namespace {
+
+bool same_values(const at::Tensor &t, const at::Tensor &copy) {
+  return t.scalar_type() == copy.scalar_type() && t.sizes() == copy.sizes() && t.is_contiguous() &&
+         std::memcmp(t.const_data_ptr(), copy.const_data_ptr(), t.nbytes()) == 0;
+}
+
+// folded(w, b, norm, dtype), from `cache` where it holds them for these tensors as they are now.
+std::pair<at::Tensor, std::optional<at::Tensor>> folded_cached(ConvnetsFoldCache *cache, const at::Tensor &w,
+                                                                const at::Tensor *b, const ConvnetsNorm *norm,
+                                                                at::ScalarType dtype) {
+  std::vector<at::Tensor> sources{w}, norm_tensors;
+  if (b != nullptr) sources.push_back(*b);
+  if (norm != nullptr) norm_tensors = {*norm->weight, *norm->bias, *norm->mean, *norm->var};
+  bool cpu = true;
+  for (const auto &t : norm_tensors) cpu = cpu && t.device().is_cpu();
+  if (cache == nullptr || !cpu) return folded(w, b, norm, dtype);
+  std::lock_guard<std::mutex> lock(cache->mutex);
+  bool same = cache->dtype == dtype && cache->sources.size() == sources.size() &&
+              cache->norm_values.size() == norm_tensors.size();
+  for (size_t i = 0; same && i < sources.size(); ++i) {
+    same = cache->sources[i].is_same(sources[i]) && cache->data[i] == sources[i].const_data_ptr() &&
+           cache->versions[i] == sources[i]._version();
+  }
+  for (size_t i = 0; same && i < norm_tensors.size(); ++i) same = same_values(norm_tensors[i], cache->norm_values[i]);
+  if (!same) {
+    at::NoGradGuard no_grad;
+    cache->folded = folded(w, b, norm, dtype);
+    cache->dtype = dtype;
+    cache->data.clear();
+    cache->versions.clear();
+    for (const auto &t : sources) {
+      cache->data.push_back(t.const_data_ptr());
+      cache->versions.push_back(t._version());
+    }
+    cache->sources = std::move(sources);
+    cache->norm_values.clear();
+    for (const auto &t : norm_tensors) cache->norm_values.push_back(t.clone(at::MemoryFormat::Contiguous));
+  }
+  return cache->folded;
+}
+
 // The activation applied to y in place (for the layers libtorch computes itself).
 at::Tensor activate_(at::Tensor &y, const char *activation) {
   std::string_view name = activation == nullptr ? "none" : activation;
@@ -105,14 +169,20 @@ std::optional<std::string_view> post_op(const char *activation) {
 
 extern "C" {
 
+// A layer's cache of its folded weights, for the calls below; freed by convnets_fold_cache_free.
+ConvnetsFoldCache *convnets_fold_cache_new() { return new (std::nothrow) ConvnetsFoldCache(); }
+
+void convnets_fold_cache_free(ConvnetsFoldCache *cache) { delete cache; }
+
 // activation(norm(conv2d(x, w, b)) [+ other]) with a square kernel, stride and padding, in one
 // oneDNN call, into *out; `norm` and `other` may be NULL, `activation` is "relu", "sigmoid" or
-// "none". Leaves *out NULL where the fused operators do not apply (a tensor off the CPU or of
+// "none"; `cache` (NULL for none) keeps the layer's folded weights. Leaves *out NULL where the
+// fused operators do not apply (a tensor off the CPU or of
 // another type, a gradient to track, no oneDNN, bfloat16 without the instructions for it): the
 // caller then computes it step by step.
 char *convnets_conv2d_pointwise(const at::Tensor *x, const at::Tensor *w, const at::Tensor *b, int64_t stride,
                                 int64_t padding, const ConvnetsNorm *norm, const at::Tensor *other,
-                                const char *activation, at::Tensor **out) {
+                                const char *activation, ConvnetsFoldCache *cache, at::Tensor **out) {
   GUARD({
     *out = nullptr;
     auto dtype = fusable(*x, *w, b, norm, other);
@@ -124,14 +194,14 @@ char *convnets_conv2d_pointwise(const at::Tensor *x, const at::Tensor *w, const 
     // folded weights (autocast casts them as it casts the layer's), and the sum and activation
     // follow in place: still no batch norm pass, and no new tensor after the convolution's.
     if (x->suggest_memory_format() != at::MemoryFormat::ChannelsLast) {
-      auto [weight, bias] = folded(*w, b, norm, at::kFloat);
+      auto [weight, bias] = folded_cached(cache, *w, b, norm, at::kFloat);
       auto one_channel = one_channel_conv2d(*x, weight, bias ? &*bias : nullptr, stride, padding);
       auto y = one_channel ? *one_channel : at::conv2d(*x, weight, bias, stride2, padding2);
       if (other != nullptr) y.add_(*other);
       *out = new at::Tensor(activate_(y, activation));
       return nullptr;
     }
-    auto [weight, bias] = folded(*w, b, norm, *dtype);
+    auto [weight, bias] = folded_cached(cache, *w, b, norm, *dtype);
     // oneDNN cannot create the sum's memory for a 1x1 map ("could not create a memory", as
     // libtorch 2.11 calls it; ResNet's last stage at a 32-pixel input): such a sum follows the
     // convolution in place instead, then the activation.
@@ -156,24 +226,24 @@ char *convnets_conv2d_pointwise(const at::Tensor *x, const at::Tensor *w, const 
 }
 
 // activation(norm(linear(x, w, b))) as convnets_conv2d_pointwise computes a convolution's
-// (without a sum; `norm` may be NULL): in one oneDNN call when `onednn` is set (the networks laid
-// out channels-last, whose large classifiers gain from it), else libtorch's own matrix product
-// with the batch norm folded in and the activation in place (LeNet's small layers, for which
-// oneDNN's call was slower than MKL's product).
+// (without a sum; `norm` and `cache` may be NULL): in one oneDNN call when `onednn` is set (the
+// networks laid out channels-last, whose large classifiers gain from it), else libtorch's own
+// matrix product with the batch norm folded in and the activation in place (LeNet's small layers,
+// for which oneDNN's call was slower than MKL's product).
 char *convnets_linear_pointwise(const at::Tensor *x, const at::Tensor *w, const at::Tensor *b,
                                 const ConvnetsNorm *norm, const char *activation, int32_t onednn,
-                                at::Tensor **out) {
+                                ConvnetsFoldCache *cache, at::Tensor **out) {
   GUARD({
     *out = nullptr;
     auto dtype = fusable(*x, *w, b, norm, nullptr);
     if (!dtype) return nullptr;
     if (!onednn) {
-      auto [weight, bias] = folded(*w, b, norm, at::kFloat);
+      auto [weight, bias] = folded_cached(cache, *w, b, norm, at::kFloat);
       auto y = at::linear(*x, weight, bias);
       *out = new at::Tensor(activate_(y, activation));
       return nullptr;
     }
-    auto [weight, bias] = folded(*w, b, norm, *dtype);
+    auto [weight, bias] = folded_cached(cache, *w, b, norm, *dtype);
     static const auto op = c10::Dispatcher::singleton()
                                .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
                                .typed<PointwiseLinear>();

@@ -49,6 +49,7 @@ unsafe extern "C" {
         norm: *const ConvnetsNorm,
         other: *const C_tensor,
         activation: *const c_char,
+        cache: *mut c_void,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
     pub fn convnets_linear_pointwise(
@@ -58,8 +59,11 @@ unsafe extern "C" {
         norm: *const ConvnetsNorm,
         activation: *const c_char,
         onednn: i32,
+        cache: *mut c_void,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
+    pub fn convnets_fold_cache_new() -> *mut c_void;
+    pub fn convnets_fold_cache_free(cache: *mut c_void);
 }
 
 // csrc/avg_pool.cpp

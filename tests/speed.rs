@@ -164,6 +164,54 @@ fn evaluation_fuses_layers_with_their_batch_norm_and_activation_and_computes_the
 }
 
 #[test]
+fn evaluation_folds_again_after_the_weights_or_running_statistics_change() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(10);
+    // Fused layers keep their folded weights from one evaluation to the next while the tensors
+    // they came from are unchanged. LeNet-BN in NCHW float32 (its 4-d batch norms train in the
+    // shim's kernel, which writes the running statistics through their data, its 2-d ones in
+    // libtorch's, which leaves their versions as they were) and ResNet-18 channels-last in bf16
+    // (oneDNN's fused calls, weights cast): after a change of running statistics alone, of one
+    // weight in place, or of a weight's storage, the fused logits are the layer-by-layer ones,
+    // and moved.
+    for (name, side, channels_last, precision) in
+        [("lenet-bn", 28, false, Precision::Fp32), ("resnet18", 32, true, Precision::Bf16)]
+    {
+        let mut net = Network::new(name, NetConfig::default(), Device::Cpu).unwrap();
+        net.set_channels_last(channels_last).unwrap();
+        net.set_precision(precision).unwrap();
+        let x = Tensor::rand([8, 1, side, side], (Kind::Float, Device::Cpu));
+        let tolerance = if precision == Precision::Fp32 { 1e-5 } else { 2e-2 };
+        let mut previous = tch::no_grad(|| net.forward_t(&x, false)).unwrap();
+        let conv_weight = net.vs.trainable_variables()[0].shallow_clone();
+        for change in ["running statistics", "a weight in place", "a weight's storage"] {
+            let what = format!("{name}: after a change of {change}");
+            match change {
+                "running statistics" => {
+                    let kernel_before = convnets::nn::batch_norm_kernel_calls();
+                    let _ = tch::no_grad(|| net.forward_t(&(&x * 3.0 + 1.0), true)).unwrap();
+                    if name == "lenet-bn" {
+                        assert!(convnets::nn::batch_norm_kernel_calls() > kernel_before, "{what}: the shim's kernel");
+                    }
+                }
+                "a weight in place" => tch::no_grad(|| drop(conv_weight.shallow_clone().g_mul_scalar_(-2.0))),
+                _ => conv_weight.shallow_clone().set_data(&(&conv_weight * 0.5).contiguous()),
+            }
+            let before = convnets::nn::fused_calls();
+            let fused = tch::no_grad(|| net.forward_t(&x, false)).unwrap();
+            assert!(convnets::nn::fused_calls() > before, "{what}: nothing fused");
+            let layer_by_layer = tch::no_grad(|| net.forward_traced(&x, false, &mut Tracer::new())).unwrap();
+            let scale = layer_by_layer.abs().max().double_value(&[]);
+            let diff = (&fused - &layer_by_layer).abs().max().double_value(&[]);
+            assert!(diff <= tolerance * scale, "{what}: logits differ by {diff} (up to {scale})");
+            let moved = (&fused - &previous).abs().max().double_value(&[]);
+            assert!(moved > 10.0 * tolerance * scale, "{what}: the logits moved by {moved} only");
+            previous = fused;
+        }
+    }
+}
+
+#[test]
 fn training_pools_before_its_relu_and_computes_the_same_bits() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     // A ReLU followed by a max pool in one Sequential: VGG's 5 blocks, AlexNet's 3 pools,

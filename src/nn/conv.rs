@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tch::Tensor;
 use tch::nn::Path;
 
-use super::fused::{self, ConvCall, Epilogue, Fusable};
+use super::fused::{self, ConvCall, Epilogue, FoldCache, Fusable};
 use super::init::{self, BiasInit, WeightInit};
 use super::layer::{check_window, expect_image, kernel_output};
 use super::{Ctx, Fwd, InLayer, Layer, LayerError};
@@ -21,6 +21,8 @@ pub struct Conv2d {
     kernel: i64,
     stride: i64,
     padding: i64,
+    /// Evaluation's fused calls' folded weights.
+    folded: FoldCache,
 }
 
 impl Conv2d {
@@ -44,7 +46,7 @@ impl Conv2d {
     ) -> Self {
         let weight = init::weight(p, &[out_channels, in_channels, kernel, kernel], weight);
         let bias = bias.map(|b| init::bias(p, out_channels, in_channels * kernel * kernel, b));
-        Conv2d { weight, bias, in_channels, kernel, stride, padding }
+        Conv2d { weight, bias, in_channels, kernel, stride, padding, folded: FoldCache::default() }
     }
 }
 
@@ -54,8 +56,13 @@ impl Conv2d {
         if let Err(e) = self.check_input(x) {
             return Some(Err(e));
         }
-        let conv =
-            ConvCall { weight: &self.weight, bias: self.bias.as_ref(), stride: self.stride, padding: self.padding };
+        let conv = ConvCall {
+            weight: &self.weight,
+            bias: self.bias.as_ref(),
+            stride: self.stride,
+            padding: self.padding,
+            folded: &self.folded,
+        };
         fused::run(conv, x, epilogue)
     }
 

@@ -6,7 +6,7 @@
 //! recording the pass fuses ([`Ctx`] decides): summaries, shape traces and exports see every
 //! layer.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, c_void};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -14,7 +14,10 @@ use tch::Tensor;
 
 use super::layer::kernel_output;
 use super::{Conv2d, Ctx, Fwd, Layer, Linear};
-use crate::ffi::{ConvnetsNorm, convnets_conv2d_pointwise, convnets_linear_pointwise};
+use crate::ffi::{
+    ConvnetsNorm, convnets_conv2d_pointwise, convnets_fold_cache_free, convnets_fold_cache_new,
+    convnets_linear_pointwise,
+};
 
 /// The activation a fused layer applies last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +71,36 @@ impl Norm<'_> {
     }
 }
 
+/// A convolution's or linear layer's weights with the batch norm after it folded in (and cast to
+/// the type it computes in), kept by the shim from one fused call to the next while the tensors
+/// they came from are unchanged (their version counters), so that evaluation folds once per
+/// change of weights rather than once per batch.
+pub(crate) struct FoldCache(*mut c_void);
+
+// SAFETY: the shim's cache locks itself for each call that reads or refills it.
+unsafe impl Send for FoldCache {}
+unsafe impl Sync for FoldCache {}
+
+impl Default for FoldCache {
+    fn default() -> Self {
+        // SAFETY: no arguments; a null cache (out of memory) means calls fold every time.
+        FoldCache(unsafe { convnets_fold_cache_new() })
+    }
+}
+
+impl Drop for FoldCache {
+    fn drop(&mut self) {
+        // SAFETY: created by convnets_fold_cache_new, freed once, here (null is a no-op).
+        unsafe { convnets_fold_cache_free(self.0) }
+    }
+}
+
+impl std::fmt::Debug for FoldCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FoldCache")
+    }
+}
+
 /// What a layer is to fusion ([`Layer::fusable`]).
 pub enum Fusable<'a> {
     Conv(&'a Conv2d),
@@ -97,12 +130,13 @@ pub fn fused_calls() -> u64 {
     FUSED_CALLS.load(Ordering::Relaxed)
 }
 
-/// The convolution of a fused call: its weight, bias, stride and padding.
+/// The convolution of a fused call: its weight, bias, stride, padding and folded weights.
 pub(crate) struct ConvCall<'a> {
     pub weight: &'a Tensor,
     pub bias: Option<&'a Tensor>,
     pub stride: i64,
     pub padding: i64,
+    pub folded: &'a FoldCache,
 }
 
 /// `conv` and `epilogue` on `x` (whose shape the convolution has checked) in one fused call;
@@ -125,16 +159,18 @@ pub(crate) fn run(conv: ConvCall<'_>, x: &Tensor, epilogue: &Epilogue<'_>) -> Op
             norm.as_ref().map_or(std::ptr::null(), |n| n as *const ConvnetsNorm),
             epilogue.shortcut.map_or(std::ptr::null(), |t| t.as_ptr()),
             epilogue.activation.post_op().as_ptr(),
+            conv.folded.0,
             out,
         )
     })
 }
 
-/// The linear layer of a fused call, and whether it goes through oneDNN (in channels-last
-/// networks) or libtorch's own matrix product.
+/// The linear layer of a fused call, its folded weights, and whether it goes through oneDNN (in
+/// channels-last networks) or libtorch's own matrix product.
 pub(crate) struct LinearCall<'a> {
     pub weight: &'a Tensor,
     pub bias: &'a Tensor,
+    pub folded: &'a FoldCache,
     pub onednn: bool,
 }
 
@@ -159,6 +195,7 @@ pub(crate) fn run_linear(
             norm.as_ref().map_or(std::ptr::null(), |n| n as *const ConvnetsNorm),
             activation.post_op().as_ptr(),
             i32::from(linear.onednn),
+            linear.folded.0,
             out,
         )
     })

@@ -3,7 +3,7 @@
 use tch::Tensor;
 use tch::nn::Path;
 
-use super::fused::{self, Activation, Fusable, LinearCall, Norm};
+use super::fused::{self, Activation, FoldCache, Fusable, LinearCall, Norm};
 use super::init::{self, BiasInit, WeightInit};
 use super::layer::shape_error;
 use super::{Ctx, Fwd, InLayer, Layer, LayerError};
@@ -14,6 +14,8 @@ pub struct Linear {
     pub weight: Tensor,
     pub bias: Tensor,
     in_features: i64,
+    /// Evaluation's fused calls' folded weights.
+    folded: FoldCache,
 }
 
 impl Linear {
@@ -26,7 +28,7 @@ impl Linear {
     pub fn init(p: &Path, in_features: i64, out_features: i64, weight: WeightInit, bias: BiasInit) -> Self {
         let weight = init::weight(p, &[out_features, in_features], weight);
         let bias = init::bias(p, out_features, in_features, bias);
-        Linear { weight, bias, in_features }
+        Linear { weight, bias, in_features, folded: FoldCache::default() }
     }
 }
 
@@ -43,7 +45,8 @@ impl Linear {
         if let Err(e) = self.check_input(x) {
             return Some(Err(e));
         }
-        fused::run_linear(LinearCall { weight: &self.weight, bias: &self.bias, onednn }, x, norm, activation)
+        let linear = LinearCall { weight: &self.weight, bias: &self.bias, folded: &self.folded, onednn };
+        fused::run_linear(linear, x, norm, activation)
     }
 
     fn check_input(&self, x: &Tensor) -> Result<(), LayerError> {
