@@ -39,42 +39,75 @@ struct Shape {
   int64_t chunks() const { return (out_w + LANES - 1) / LANES; }
 };
 
+// LANES floats as one value of GCC's and Clang's vector extension: the accumulators below start
+// as zeroed registers (arrays of floats were zeroed in memory, by `rep stos`, on every call) and
+// each multiply-add is one vector instruction, or two or four where the build's vectors are
+// narrower.
+typedef float Lanes __attribute__((vector_size(LANES * sizeof(float))));
+// Half as many, for a row's last 8 columns or fewer (LeNet's 24 are 16 and 8).
+typedef float HalfLanes __attribute__((vector_size(LANES / 2 * sizeof(float))));
+
+template <typename V> __attribute__((always_inline)) inline V load_lanes(const float *p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
 // ROWS output rows of channel o from row r, 16 columns from x0, each in accumulators of its own:
 // a row's sum is a chain of dependent multiply-adds, and independent chains side by side keep the
-// vector units busy where one would wait on each addition in turn.
-template <int ROWS>
+// vector units busy where one would wait on each addition in turn. KERNEL is the kernel's side
+// where known when compiling (LeNet's 5: every tap's loop unrolled), else 0.
+template <int ROWS, int KERNEL, typename V = Lanes>
 __attribute__((always_inline)) inline void convolve_rows(const float *plane, const float *w, float bias,
                                                         const Shape &s, int64_t o, int64_t r, int64_t x0, float *out) {
-  const int64_t k = s.kernel;
-  float acc[ROWS][LANES] = {};
+  constexpr int64_t width = sizeof(V) / sizeof(float);
+  const int64_t k = KERNEL > 0 ? KERNEL : s.kernel;
+  V acc[ROWS] = {};
   for (int64_t i = 0; i < k; ++i) {
     for (int64_t j = 0; j < k; ++j) {
       const float tap = w[(o * k + i) * k + j];
       const float *row = plane + (r + i) * s.padded_w + x0 + j;
-      for (int rr = 0; rr < ROWS; ++rr) {
-#pragma omp simd
-        for (int64_t l = 0; l < LANES; ++l) acc[rr][l] += tap * row[rr * s.padded_w + l];
-      }
+      for (int rr = 0; rr < ROWS; ++rr) acc[rr] += tap * load_lanes<V>(row + rr * s.padded_w);
     }
   }
-  const int64_t valid = std::min(LANES, s.out_w - x0);
+  const int64_t valid = std::min(width, s.out_w - x0);
   for (int rr = 0; rr < ROWS; ++rr) {
     float *dst = out + (o * s.out_h + r + rr) * s.out_w + x0;
-    for (int64_t l = 0; l < valid; ++l) dst[l] = acc[rr][l] + bias;
+    const V y = acc[rr] + bias;
+    if (valid == width) {
+      std::memcpy(dst, &y, sizeof y);
+    } else {
+      for (int64_t l = 0; l < valid; ++l) dst[l] = y[l];
+    }
   }
 }
 
 // All of one image's outputs into `out` (outputs x out_h x out_w): each output is the sum of the
 // kernel's taps (i, j) in order, w[o, i, j] times the padded plane's pixel, plus the bias.
-VECTOR_CLONES void convolve_image(const float *plane, const float *w, const float *b, const Shape &s, float *out) {
+template <int KERNEL>
+__attribute__((always_inline)) inline void convolve_image_with(const float *plane, const float *w, const float *b,
+                                                              const Shape &s, float *out) {
   constexpr int BLOCK = 8;
   for (int64_t o = 0; o < s.outputs; ++o) {
     for (int64_t x0 = 0; x0 < s.out_w; x0 += LANES) {
       int64_t r = 0;
-      for (; r + BLOCK <= s.out_h; r += BLOCK) convolve_rows<BLOCK>(plane, w, b[o], s, o, r, x0, out);
-      for (; r < s.out_h; ++r) convolve_rows<1>(plane, w, b[o], s, o, r, x0, out);
+      if (s.out_w - x0 > LANES / 2) {
+        for (; r + BLOCK <= s.out_h; r += BLOCK) convolve_rows<BLOCK, KERNEL>(plane, w, b[o], s, o, r, x0, out);
+        for (; r < s.out_h; ++r) convolve_rows<1, KERNEL>(plane, w, b[o], s, o, r, x0, out);
+      } else {
+        for (; r + BLOCK <= s.out_h; r += BLOCK)
+          convolve_rows<BLOCK, KERNEL, HalfLanes>(plane, w, b[o], s, o, r, x0, out);
+        for (; r < s.out_h; ++r) convolve_rows<1, KERNEL, HalfLanes>(plane, w, b[o], s, o, r, x0, out);
+      }
     }
   }
+}
+
+VECTOR_CLONES void convolve_image(const float *plane, const float *w, const float *b, const Shape &s, float *out) {
+  if (s.kernel == 5)
+    convolve_image_with<5>(plane, w, b, s, out);
+  else
+    convolve_image_with<0>(plane, w, b, s, out);
 }
 
 // The sums over output rows of dy's row times the padded plane's row i below it from column
