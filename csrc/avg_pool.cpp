@@ -1,9 +1,10 @@
 // Average pooling over 2x2 windows with stride 2 (LeNet's `nn.AvgPool2d(2, 2)`) on contiguous
 // NCHW maps on the CPU, forward and backward. libtorch's NCHW kernel computes each output with
 // the general window's bounds and divisor and no vector instructions; on LeNet's 24x24 maps that
-// was a fifth of the training step. Here each output row is two input rows summed pairwise, in a
-// loop the compiler vectorizes. The sums run in libtorch's order (row by row, left to right,
-// from zero, in float, or double for double), so the outputs and gradients are bit for bit libtorch's.
+// was a fifth of the training step. Here the outputs are computed 16 at a time in a loop the
+// compiler vectorises (see pool_planes for LeNet's short rows), bfloat16 as the bit operations
+// its conversions are. The sums run in libtorch's order (row by row, left to right, from zero, in
+// float, or double for double), so the outputs and gradients are bit for bit libtorch's.
 #include "guard.h"
 #include "vector_clones.h"
 

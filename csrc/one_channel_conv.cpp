@@ -53,10 +53,11 @@ template <typename V> __attribute__((always_inline)) inline V load_lanes(const f
   return v;
 }
 
-// ROWS output rows of channel o from row r, 16 columns from x0, each in accumulators of its own:
-// a row's sum is a chain of dependent multiply-adds, and independent chains side by side keep the
-// vector units busy where one would wait on each addition in turn. KERNEL is the kernel's side
-// where known when compiling (LeNet's 5: every tap's loop unrolled), else 0.
+// ROWS output rows of channel o from row r, 16 columns from x0 (8 with HalfLanes), each in
+// accumulators of its own: a row's sum is a chain of dependent multiply-adds, and independent
+// chains side by side keep the vector units busy where one would wait on each addition in turn.
+// KERNEL is the kernel's side where known when compiling (LeNet's 5: every tap's loop unrolled),
+// else 0.
 template <int ROWS, int KERNEL, typename V = Lanes>
 __attribute__((always_inline)) inline void convolve_rows(const float *plane, const float *w, float bias,
                                                         const Shape &s, int64_t o, int64_t r, int64_t x0, float *out) {

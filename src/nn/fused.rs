@@ -73,8 +73,8 @@ impl Norm<'_> {
 
 /// A convolution's or linear layer's weights with the batch norm after it folded in (and cast to
 /// the type it computes in), kept by the shim from one fused call to the next while the tensors
-/// they came from are unchanged (their version counters), so that evaluation folds once per
-/// change of weights rather than once per batch.
+/// they came from are unchanged (the weights' version counters, the batch norm's values), so
+/// that evaluation folds once per change of weights rather than once per batch.
 pub(crate) struct FoldCache(*mut c_void);
 
 // SAFETY: the shim's cache locks itself for each call that reads or refills it.
