@@ -9,8 +9,8 @@
 // shim's, csrc/one_channel_conv.cpp, for a one-channel input) and matrix product, with the batch
 // norm folded in and the activation applied in place. Each layer keeps its folded weights from
 // call to call (a ConvnetsFoldCache) while the tensors they came from are unchanged: folding
-// took a dozen small tensor operations per layer and call, 5-10% of LeNet's evaluation, and
-// passes over the weights of the larger networks.
+// took a dozen small tensor operations per layer and call (a few percent of LeNet's evaluation)
+// and passes over the weights of the larger networks.
 #include "guard.h"
 #include "one_channel_conv.h"
 
