@@ -24,6 +24,7 @@
 #include <mutex>
 #include <optional>
 #include <string_view>
+#include <vector>
 
 // An eval-mode batch norm: y = (x - mean) / sqrt(var + eps) * weight + bias, per channel.
 struct ConvnetsNorm {
@@ -137,7 +138,7 @@ std::pair<at::Tensor, std::optional<at::Tensor>> folded_cached(ConvnetsFoldCache
   }
   for (size_t i = 0; same && i < norm_tensors.size(); ++i) same = same_values(norm_tensors[i], cache->norm_values[i]);
   if (!same) {
-    at::NoGradGuard no_grad;
+    at::NoGradGuard no_grad; // for the copies of the batch norm's vectors (folded has its own)
     cache->folded = folded(w, b, norm, dtype);
     cache->dtype = dtype;
     cache->data.clear();
