@@ -176,6 +176,16 @@ ConvnetsFoldCache *convnets_fold_cache_new() { return new (std::nothrow) Convnet
 
 void convnets_fold_cache_free(ConvnetsFoldCache *cache) { delete cache; }
 
+// Whether the calls below fuse layers computing in bfloat16: oneDNN's bfloat16 kernels need
+// AVX-512, and on a CPU without it such layers run one by one.
+int32_t convnets_fuses_bf16() {
+  try {
+    return at::hasMKLDNN() && bf16_kernels();
+  } catch (...) {
+    return 0;
+  }
+}
+
 // activation(norm(conv2d(x, w, b)) [+ other]) with a square kernel, stride and padding, in one
 // oneDNN call, into *out; `norm` and `other` may be NULL, `activation` is "relu", "sigmoid" or
 // "none"; `cache` (NULL for none) keeps the layer's folded weights. Leaves *out NULL where the

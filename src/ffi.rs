@@ -64,6 +64,7 @@ unsafe extern "C" {
     ) -> *mut c_char;
     pub fn convnets_fold_cache_new() -> *mut c_void;
     pub fn convnets_fold_cache_free(cache: *mut c_void);
+    pub fn convnets_fuses_bf16() -> i32;
 }
 
 // csrc/avg_pool.cpp

@@ -142,7 +142,9 @@ fn evaluation_fuses_layers_with_their_batch_norm_and_activation_and_computes_the
                 net.set_precision(precision).unwrap();
                 let before = convnets::nn::fused_calls();
                 let fused = tch::no_grad(|| net.forward_t(&x, false)).unwrap();
-                assert_eq!(convnets::nn::fused_calls() - before, calls, "{what}");
+                // Without AVX-512, oneDNN has no bfloat16 kernels: bf16 runs layer by layer.
+                let expected = if precision == Precision::Bf16 && !convnets::nn::fuses_bf16() { 0 } else { calls };
+                assert_eq!(convnets::nn::fused_calls() - before, expected, "{what}");
                 // A traced pass records every layer, so it runs them one by one.
                 let layer_by_layer = tch::no_grad(|| net.forward_traced(&x, false, &mut Tracer::new())).unwrap();
                 let scale = layer_by_layer.abs().max().double_value(&[]);
@@ -171,11 +173,12 @@ fn evaluation_folds_again_after_the_weights_or_running_statistics_change() {
     // they came from are unchanged. LeNet-BN in NCHW float32 (its 4-d batch norms train in the
     // shim's kernel, which writes the running statistics through their data, its 2-d ones in
     // libtorch's, which leaves their versions as they were) and ResNet-18 channels-last in bf16
-    // (oneDNN's fused calls, weights cast): after a change of running statistics alone, of one
-    // weight in place, or of a weight's storage, the fused logits are the layer-by-layer ones,
-    // and moved.
+    // (oneDNN's fused calls, weights cast; in float32 on a CPU without oneDNN's bfloat16
+    // kernels): after a change of running statistics alone, of one weight in place, or of a
+    // weight's storage, the fused logits are the layer-by-layer ones, and moved.
+    let resnet_precision = if convnets::nn::fuses_bf16() { Precision::Bf16 } else { Precision::Fp32 };
     for (name, side, channels_last, precision) in
-        [("lenet-bn", 28, false, Precision::Fp32), ("resnet18", 32, true, Precision::Bf16)]
+        [("lenet-bn", 28, false, Precision::Fp32), ("resnet18", 32, true, resnet_precision)]
     {
         let mut net = Network::new(name, NetConfig::default(), Device::Cpu).unwrap();
         net.set_channels_last(channels_last).unwrap();
@@ -394,14 +397,27 @@ fn one_channel_convolutions_match_libtorchs_in_float32_and_under_bf16_autocast_w
             assert_eq!(by_kernel, u64::from(by_shim), "{what}: calls of the shim's kernel");
             let (s, p) = (conv[3], conv[4]);
             let expected = x.conv2d(&layer.weight, layer.bias.as_ref(), [s, s], [p, p], [1, 1], 1);
-            assert_close(&y, &expected, tolerance, &format!("{what} outputs"));
             // Channels-last where a channel's stride is 1 (the outputs have several channels).
             assert_eq!(y.stride()[1] == 1, channels_last, "{what}: layout");
             assert_eq!(y.stride(), expected.stride(), "{what}: layout");
             let grad_out = Tensor::randn(y.size(), (Kind::Float, Device::Cpu)).to_kind(y.kind());
             let params = layer.parameters();
             let ours = Tensor::run_backward(&[(&y * &grad_out).sum(Kind::Float)], &params, false, false);
-            let theirs = Tensor::run_backward(&[(&expected * &grad_out).sum(Kind::Float)], &params, false, false);
+            let (expected, theirs) = if precision == Precision::Fp32 {
+                let theirs = Tensor::run_backward(&[(&expected * &grad_out).sum(Kind::Float)], &params, false, false);
+                (expected, theirs)
+            } else {
+                // libtorch's bfloat16 convolution sums in bfloat16 where oneDNN has no kernels
+                // for it (a CPU without AVX-512): its weight gradient over LeNet's batch is 2-3%
+                // off. So bf16 is checked against exact sums (float64, which autocast leaves
+                // alone) of the operands as autocast rounds them.
+                let exact = |t: &Tensor| t.to_kind(Kind::BFloat16).to_kind(Kind::Double);
+                let params: Vec<Tensor> = params.iter().map(|t| exact(t).set_requires_grad(true)).collect();
+                let y = exact(&x).conv2d(&params[0], params.get(1), [s, s], [p, p], [1, 1], 1);
+                let grads = Tensor::run_backward(&[(&y * exact(&grad_out)).sum(Kind::Double)], &params, false, false);
+                (y.to_kind(Kind::BFloat16), grads.iter().map(|g| g.to_kind(Kind::Float)).collect())
+            };
+            assert_close(&y, &expected, tolerance, &format!("{what} outputs"));
             for (param, (a, b)) in ["dweight", "dbias"].iter().zip(ours.iter().zip(&theirs)) {
                 assert_close(a, b, tolerance, &format!("{what} {param}"));
             }

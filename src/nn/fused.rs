@@ -15,7 +15,7 @@ use tch::Tensor;
 use super::layer::kernel_output;
 use super::{Conv2d, Ctx, Fwd, Layer, Linear};
 use crate::ffi::{
-    ConvnetsNorm, convnets_conv2d_pointwise, convnets_fold_cache_free, convnets_fold_cache_new,
+    ConvnetsNorm, convnets_conv2d_pointwise, convnets_fold_cache_free, convnets_fold_cache_new, convnets_fuses_bf16,
     convnets_linear_pointwise,
 };
 
@@ -128,6 +128,15 @@ static FUSED_CALLS: AtomicU64 = AtomicU64::new(0);
 /// How many fused calls this process has made.
 pub fn fused_calls() -> u64 {
     FUSED_CALLS.load(Ordering::Relaxed)
+}
+
+/// Whether evaluation fuses layers that compute in bfloat16 (`--precision bf16`): oneDNN's
+/// bfloat16 kernels need AVX-512 (F, BW, VL and DQ, as libtorch checks). On a CPU without them,
+/// bf16 evaluation runs layer by layer, as training does.
+pub fn fuses_bf16() -> bool {
+    static FUSES: OnceLock<bool> = OnceLock::new();
+    // SAFETY: no arguments; reads libtorch's CPU capabilities.
+    *FUSES.get_or_init(|| unsafe { convnets_fuses_bf16() } != 0)
 }
 
 /// The convolution of a fused call: its weight, bias, stride, padding and folded weights.

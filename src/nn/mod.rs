@@ -33,7 +33,7 @@ pub use conv::{Conv2d, one_channel_conv_calls};
 pub use ctx::{Ctx, pools_before_relu};
 pub use dropout::Dropout;
 pub use flatten::Flatten;
-pub use fused::{Fusable, Norm, fused_calls};
+pub use fused::{Fusable, Norm, fused_calls, fuses_bf16};
 pub use init::{BiasInit, WeightInit};
 pub use layer::{Fwd, InLayer, Layer, LayerError, count_parameters, expect_image};
 pub use linear::{Linear, reset_linear};
