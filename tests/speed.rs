@@ -658,6 +658,12 @@ fn precision_auto_is_bf16_only_on_a_cpu_with_bfloat16_arithmetic_for_the_nets_it
         }
     }
     assert!(auto_precision(Device::Cpu, false, true).reason.contains("no bfloat16 arithmetic"));
+    // A bf16 the user chose is emulated on a CPU without the instructions: it warns there only.
+    let warning = accel::emulated_bf16_warning(Device::Cpu, Precision::Bf16, false).unwrap();
+    assert!(warning.contains("bf16 is emulated, many times slower than fp32"), "{warning}");
+    assert_eq!(accel::emulated_bf16_warning(Device::Cpu, Precision::Bf16, true), None);
+    assert_eq!(accel::emulated_bf16_warning(Device::Cpu, Precision::Fp32, false), None);
+    assert_eq!(accel::emulated_bf16_warning(Device::Cuda(0), Precision::Bf16, false), None);
     assert!(models::find("googlenet").unwrap().bf16_on_cpu);
     assert!(models::find("lenet-bn").unwrap().bf16_on_cpu);
     let lenet = models::find("lenet-bn-scratch").unwrap();
@@ -674,6 +680,20 @@ fn precision_auto_is_bf16_only_on_a_cpu_with_bfloat16_arithmetic_for_the_nets_it
             .collect();
     let bf16 = if has_bf16 { "bf16" } else { "fp32" };
     assert_eq!(precisions, ["fp32", bf16]);
+    let (code, _, stderr) = common::convnets(&[
+        "bench",
+        "lenet-bn",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--batch-size",
+        "4",
+        "--precision",
+        "bf16",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stderr.contains("bf16 is emulated"), !has_bf16, "{stderr}");
     let dir = tempfile::tempdir().unwrap();
     let (data, out) = (common::idx_dataset(&dir.path().join("data"), 64, 32), dir.path().join("run"));
     let (code, _, stderr) = common::convnets(&[
@@ -696,6 +716,7 @@ fn precision_auto_is_bf16_only_on_a_cpu_with_bfloat16_arithmetic_for_the_nets_it
         false => ("fp32", "this CPU has no bfloat16 arithmetic (AVX512-BF16 or AMX)"),
     };
     assert!(stderr.contains(&format!("precision: {expected} (auto: {reason})")), "{stderr}");
+    assert!(!stderr.contains("emulated"), "auto never chooses an emulated bf16: {stderr}");
     let config: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["precision"], expected, "the run keeps what auto chose, not `auto`");
 }

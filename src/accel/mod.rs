@@ -17,4 +17,6 @@ pub use memory::{
     LargeCpuBlocks, copy_async, empty_host_u8, keep_large_allocations_on_the_heap, large_cpu_blocks, peak_memory_mib,
     release_large_cpu_blocks, reset_peak_memory, reuse_large_cpu_blocks, wait_copied,
 };
-pub use precision::{AutoPrecision, Autocast, Precision, PrecisionChoice, auto_precision, cpu_has_bf16};
+pub use precision::{
+    AutoPrecision, Autocast, Precision, PrecisionChoice, auto_precision, cpu_has_bf16, emulated_bf16_warning,
+};

@@ -98,6 +98,15 @@ pub fn auto_precision(device: Device, cpu_has_bf16: bool, faster_in_bf16_on_cpu:
     AutoPrecision { precision, reason }
 }
 
+/// The line `--precision bf16` prints on a CPU without bfloat16 arithmetic, where libtorch emulates
+/// it: LeNet-BN trained 15x slower than in fp32 on a 2-core AVX2 EPYC (docs/benchmarks.md).
+pub fn emulated_bf16_warning(device: Device, precision: Precision, cpu_has_bf16: bool) -> Option<&'static str> {
+    (!device.is_cuda() && precision == Precision::Bf16 && !cpu_has_bf16).then_some(
+        "warning: this CPU has no bfloat16 arithmetic (AVX512-BF16 or AMX), so bf16 is emulated, many times \
+         slower than fp32 (--precision auto chooses fp32 here)",
+    )
+}
+
 /// Whether this CPU does bfloat16 arithmetic in hardware (libtorch's cpuinfo: AVX512-BF16, or
 /// AMX-BF16 with the kernel's permission); asked once.
 pub fn cpu_has_bf16() -> bool {

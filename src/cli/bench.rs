@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::args::{DataArgs, SpeedArgs};
-use super::data;
+use super::{data, warn_if_bf16_emulated};
 use crate::accel::parse_device;
 use crate::error::usage;
 use crate::models::{self, MODELS};
@@ -34,6 +34,7 @@ pub fn bench(
     }
     let data = data::load(data, None, false, true)?;
     let config = speed.bench_config(device, batch_size, steps, warmup);
+    warn_if_bf16_emulated(device, config.precision);
     let mut results = Vec::new();
     for net in &nets {
         let result = crate::bench::bench(net, &config, &data)?;
@@ -63,7 +64,9 @@ pub fn profile(
         return Err(usage("--passes and --batch-size must be at least 1"));
     }
     models::find(net).map_err(|e| usage(e.to_string()))?;
-    let profile = crate::bench::profile(net, &speed.bench_config(device, batch_size, passes, 1))?;
+    let config = speed.bench_config(device, batch_size, passes, 1);
+    warn_if_bf16_emulated(device, config.precision);
+    let profile = crate::bench::profile(net, &config)?;
     print!("{}", crate::bench::profile_table(&profile));
     Ok(())
 }

@@ -16,6 +16,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use crate::accel::PrecisionChoice;
 use crate::data::{Pipeline, Transform};
 use crate::error::{UsageError, error_line, libtorch_message, panic_is_caught, panic_text, stderr_line, usage};
 use args::{Cli, Command, DataCommand};
@@ -158,4 +159,13 @@ pub(crate) fn at_least_one(flag: &str, value: i64) -> anyhow::Result<usize> {
         .ok()
         .filter(|&v| v >= 1)
         .ok_or_else(|| usage(format!("{flag} must be at least 1, got {value}")))
+}
+
+/// Says so on stderr where `precision` is a fixed bf16 on a CPU that only emulates bfloat16
+/// (`auto` never chooses it there).
+pub(crate) fn warn_if_bf16_emulated(device: tch::Device, precision: PrecisionChoice) {
+    let PrecisionChoice::Fixed(precision) = precision else { return };
+    if let Some(warning) = crate::accel::emulated_bf16_warning(device, precision, crate::accel::cpu_has_bf16()) {
+        eprintln!("{warning}");
+    }
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use tch::Device;
 
 use super::args::TrainArgs;
-use super::{at_least_one, data};
-use crate::accel::{device_name, parse_device};
+use super::{at_least_one, data, warn_if_bf16_emulated};
+use crate::accel::{PrecisionChoice, device_name, parse_device};
 use crate::data::Dataset;
 use crate::distributed::{self, DataParallel, World, launch};
 use crate::error::{UsageError, error_line, usage};
@@ -204,6 +204,7 @@ fn resume(
     config.check_dataset(data).map_err(usage)?;
     if lead {
         eprintln!("resuming {} after epoch {}", dir.display(), checkpoint.state.epoch);
+        warn_if_bf16_emulated(device, PrecisionChoice::Fixed(config.precision));
     }
     // Precision and layout come from the run's configuration (load_checkpoint).
     let mut net = checkpoint.net;
@@ -307,6 +308,9 @@ fn start_new(args: &TrainArgs, device: Device, data: &Dataset, lead: bool) -> an
     config.precision = precision;
     if let (true, Some(auto)) = (lead, auto) {
         eprintln!("precision: {} (auto: {})", auto.precision, auto.reason);
+    }
+    if lead {
+        warn_if_bf16_emulated(device, PrecisionChoice::Fixed(precision));
     }
     if let Some(source) = &args.finetune.pretrained {
         start_from_pretrained(args, source, &mut config, &mut net, lead)?;
