@@ -413,9 +413,10 @@ fn one_channel_convolutions_match_libtorchs_in_float32_and_under_bf16_autocast_w
                 // alone) of the operands as autocast rounds them.
                 let exact = |t: &Tensor| t.to_kind(Kind::BFloat16).to_kind(Kind::Double);
                 let params: Vec<Tensor> = params.iter().map(|t| exact(t).set_requires_grad(true)).collect();
-                let y = exact(&x).conv2d(&params[0], params.get(1), [s, s], [p, p], [1, 1], 1);
-                let grads = Tensor::run_backward(&[(&y * exact(&grad_out)).sum(Kind::Double)], &params, false, false);
-                (y.to_kind(Kind::BFloat16), grads.iter().map(|g| g.to_kind(Kind::Float)).collect())
+                let sums = exact(&x).conv2d(&params[0], params.get(1), [s, s], [p, p], [1, 1], 1);
+                let grads =
+                    Tensor::run_backward(&[(&sums * exact(&grad_out)).sum(Kind::Double)], &params, false, false);
+                (sums.to_kind(Kind::BFloat16), grads.iter().map(|g| g.to_kind(Kind::Float)).collect())
             };
             assert_close(&y, &expected, tolerance, &format!("{what} outputs"));
             for (param, (a, b)) in ["dweight", "dbias"].iter().zip(ours.iter().zip(&theirs)) {

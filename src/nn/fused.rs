@@ -134,9 +134,8 @@ pub fn fused_calls() -> u64 {
 /// bfloat16 kernels need AVX-512 (F, BW, VL and DQ, as libtorch checks). On a CPU without them,
 /// bf16 evaluation runs layer by layer, as training does.
 pub fn fuses_bf16() -> bool {
-    static FUSES: OnceLock<bool> = OnceLock::new();
-    // SAFETY: no arguments; reads libtorch's CPU capabilities.
-    *FUSES.get_or_init(|| unsafe { convnets_fuses_bf16() } != 0)
+    // SAFETY: no arguments; reads libtorch's CPU capabilities, which the shim asks once.
+    unsafe { convnets_fuses_bf16() != 0 }
 }
 
 /// The convolution of a fused call: its weight, bias, stride, padding and folded weights.
