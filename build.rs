@@ -25,6 +25,7 @@ fn main() {
         .file("csrc/avg_pool.cpp")
         .file("csrc/max_pool.cpp")
         .file("csrc/batch_norm.cpp")
+        .file("csrc/norm_relu.cpp")
         .file("csrc/one_channel_conv.cpp")
         .file("csrc/dist.cpp")
         .file("csrc/grad_buckets.cpp")

@@ -1,6 +1,6 @@
 //! The C shim in `csrc/` (compiled by `build.rs`): the libtorch calls tch does not expose, for
 //! `accel` (`csrc/accel.cpp`, `csrc/cpu_blocks.cpp`), `nn` (`csrc/fused.cpp`,
-//! `csrc/avg_pool.cpp`, `csrc/max_pool.cpp`, `csrc/batch_norm.cpp`,
+//! `csrc/avg_pool.cpp`, `csrc/max_pool.cpp`, `csrc/batch_norm.cpp`, `csrc/norm_relu.cpp`,
 //! `csrc/one_channel_conv.cpp`) and `distributed`
 //! (`csrc/dist.cpp`, `csrc/grad_buckets.cpp`). Its error convention (`csrc/guard.h`): every
 //! function returns NULL on success or a malloc'ed message, which [`check`] turns into an error
@@ -88,6 +88,21 @@ unsafe extern "C" {
 unsafe extern "C" {
     #[allow(clippy::too_many_arguments)]
     pub fn convnets_batch_norm_train(
+        x: *const C_tensor,
+        weight: *const C_tensor,
+        bias: *const C_tensor,
+        running_mean: *const C_tensor,
+        running_var: *const C_tensor,
+        momentum: f64,
+        eps: f64,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+}
+
+// csrc/norm_relu.cpp
+unsafe extern "C" {
+    #[allow(clippy::too_many_arguments)]
+    pub fn convnets_batch_norm_relu_train(
         x: *const C_tensor,
         weight: *const C_tensor,
         bias: *const C_tensor,

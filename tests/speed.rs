@@ -520,6 +520,149 @@ fn training_batch_norm_of_nchw_maps_matches_libtorchs_whatever_the_thread_count(
 }
 
 #[test]
+fn training_batch_norm_and_relu_of_channels_last_maps_match_the_two_layers_whatever_the_thread_count() {
+    use convnets::nn::{BatchNorm, Ctx, Layer, ReLU, Sequential};
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(6);
+    // The shim sums in double lanes in one pass, libtorch in float in two, so the last bits
+    // differ.
+    let close = |ours: &Tensor, theirs: &Tensor, what: &str| assert_close(ours, theirs, 1e-5, what);
+    // DenseNet's widest map at a smaller batch, a batch of 2 with odd sides, and 1x1 maps (where
+    // NCHW and channels-last strides describe the same memory), all channels-last float32 (the
+    // shim's kernel); an NCHW map and a bfloat16 one (libtorch's layers one by one).
+    let cases = [
+        (vec![64, 192, 6, 6], true, Kind::Float),
+        (vec![2, 3, 5, 7], true, Kind::Float),
+        (vec![16, 8, 1, 1], true, Kind::Float),
+        (vec![8, 4, 6, 6], false, Kind::Float),
+        (vec![8, 4, 6, 6], true, Kind::BFloat16),
+    ];
+    for (shape, channels_last, kind) in cases {
+        let what = format!("{shape:?} {kind:?}{}", if channels_last { " channels-last" } else { "" });
+        let channels = shape[1];
+        // An offset and spread far from 0 and 1.
+        let mut x = (Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu)) * 3.0 + 2.0).to_kind(kind);
+        if channels_last {
+            x = accel::channels_last(&x).unwrap();
+        }
+        let x = x.set_requires_grad(true);
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let block = Sequential::new().add_at(&vs.root(), |p| BatchNorm::new(p, channels, 4)).add(ReLU);
+        let vars = vs.variables();
+        let (weight, bias) = (&vars["0.weight"], &vars["0.bias"]);
+        // Weights of both signs: some channels' ReLUs pass the values below their mean.
+        tch::no_grad(|| {
+            weight.shallow_clone().copy_(&(Tensor::rand([channels], (Kind::Float, Device::Cpu)) * 2.0 - 1.0));
+            bias.shallow_clone().copy_(&Tensor::randn([channels], (Kind::Float, Device::Cpu)));
+        });
+        let (mean, var) = (vars["0.running_mean"].copy(), vars["0.running_var"].copy());
+        let before = convnets::nn::batch_norm_relu_kernel_calls();
+        let y = block.forward(&x, &mut Ctx::new(true)).unwrap();
+        let by_kernel = convnets::nn::batch_norm_relu_kernel_calls() - before;
+        let expected_calls = u64::from(channels_last && kind == Kind::Float);
+        assert_eq!(by_kernel, expected_calls, "{what}: calls of the shim's kernel");
+        assert_eq!(vars["0.num_batches_tracked"].int64_value(&[]), 1, "{what}: batches counted");
+        let expected = Tensor::batch_norm(
+            &x,
+            Some(weight),
+            Some(bias),
+            Some(&mean),
+            Some(&var),
+            true,
+            BatchNorm::MOMENTUM,
+            BatchNorm::EPS,
+            false,
+        )
+        .relu();
+        let zeros = expected.eq(0.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        assert!((0.1..0.9).contains(&zeros), "{what}: {zeros} of the outputs are 0");
+        close(&y, &expected, &format!("{what} outputs"));
+        close(&vars["0.running_mean"], &mean, &format!("{what} running mean"));
+        close(&vars["0.running_var"], &var, &format!("{what} running variance"));
+        let grad_out = Tensor::randn(y.size(), (Kind::Float, Device::Cpu)).to_kind(kind);
+        let inputs = [&x, weight, bias];
+        let ours = Tensor::run_backward(&[(&y * &grad_out).sum(Kind::Float)], &inputs, false, false);
+        let theirs = Tensor::run_backward(&[(&expected * &grad_out).sum(Kind::Float)], &inputs, false, false);
+        for (name, (a, b)) in ["dx", "dweight", "dbias"].iter().zip(ours.iter().zip(&theirs)) {
+            close(a, b, &format!("{what} {name}"));
+        }
+        if by_kernel == 0 {
+            continue;
+        }
+        // Blocks of rows are summed in a fixed order: one thread computes the same bits, forward
+        // and backward.
+        let pass = || {
+            let x = x.detach().set_requires_grad(true);
+            let y = block.forward(&x, &mut Ctx::new(true)).unwrap();
+            let dx = Tensor::run_backward(&[(&y * &grad_out).sum(Kind::Float)], &[&x], false, false);
+            (y, dx[0].shallow_clone())
+        };
+        let threads = tch::get_num_threads();
+        tch::set_num_threads(1);
+        let one_thread = pass();
+        tch::set_num_threads(threads);
+        let again = pass();
+        assert!(one_thread.0.equal(&again.0), "{what}: outputs on one thread and {threads} differ");
+        assert!(one_thread.1.equal(&again.1), "{what}: dx on one thread and {threads} differ");
+    }
+}
+
+#[test]
+fn channels_last_training_computes_batch_norm_and_relu_in_one_kernel_at_least_as_accurately() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    // Batch norms followed by a ReLU: in DenseNet, ResNet's stem, each of its 16 conv blocks
+    // and 3 transition blocks, and its head; in ResNet-18, its stem and the first convolution of
+    // each of its 8 residual blocks (the second's ReLU follows the shortcut's sum).
+    for (name, pairs) in [("densenet", 21), ("resnet18", 9)] {
+        tch::manual_seed(13);
+        let mut net = Network::new(name, NetConfig::default(), Device::Cpu).unwrap();
+        net.set_channels_last(true).unwrap();
+        let x = Tensor::rand([4, 1, 64, 64], (Kind::Float, Device::Cpu));
+        let step = |net: &Network, x: &Tensor, traced: bool| {
+            let logits = if traced {
+                net.forward_traced(x, true, &mut Tracer::new()).unwrap()
+            } else {
+                net.forward_t(x, true).unwrap()
+            };
+            let loss = (&logits * &logits).sum(logits.kind());
+            let grads = Tensor::run_backward(&[loss], &net.vs.trainable_variables(), false, false);
+            (logits.to_kind(Kind::Double), grads.iter().map(|g| g.to_kind(Kind::Double)).collect::<Vec<_>>())
+        };
+        let before = convnets::nn::batch_norm_relu_kernel_calls();
+        let (logits, grads) = step(&net, &x, false);
+        assert_eq!(convnets::nn::batch_norm_relu_kernel_calls() - before, pairs, "{name}: pairs in one kernel");
+        // A traced pass records every layer, so it runs them one by one, in libtorch.
+        let before = convnets::nn::batch_norm_relu_kernel_calls();
+        let (traced_logits, traced_grads) = step(&net, &x, true);
+        assert_eq!(convnets::nn::batch_norm_relu_kernel_calls(), before, "{name}: traced");
+        // The same network in float64, layer by layer: the values both are measured against.
+        // Where a gradient is a sum that cancels (the stem's batch norm weight, behind a max
+        // pool), libtorch's float32 layers are off by up to 10% of its largest value, and the
+        // kernel's double sums by less.
+        let mut exact_net = Network::new(name, NetConfig::default(), Device::Cpu).unwrap();
+        exact_net.vs.copy(&net.vs).unwrap();
+        exact_net.vs.double();
+        let (exact_logits, exact_grads) = step(&exact_net, &x.to_kind(Kind::Double), true);
+        let error = |a: &Tensor, exact: &Tensor| (a - exact).abs().max().double_value(&[]);
+        let largest = |t: &Tensor| t.abs().max().double_value(&[]);
+        let scale = largest(&exact_logits);
+        assert!(error(&logits, &exact_logits) <= 1e-5 * scale, "{name}: logits");
+        assert!(error(&traced_logits, &exact_logits) <= 1e-5 * scale, "{name}: traced logits");
+        // Measured against the network's largest gradient as well, for the convolution biases
+        // before batch norms, whose exact gradients are 0.
+        let scale = exact_grads.iter().map(largest).fold(0.0, f64::max);
+        for (i, exact) in exact_grads.iter().enumerate() {
+            let (ours, theirs) = (error(&grads[i], exact), error(&traced_grads[i], exact));
+            assert!(
+                ours <= (2.0 * theirs).max(1e-5 * scale),
+                "{name}: gradient {i} {:?} off by {ours}, libtorch's layers by {theirs}",
+                exact.size()
+            );
+        }
+    }
+}
+
+#[test]
 fn channels_last_changes_no_value_and_no_name() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(5);

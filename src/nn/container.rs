@@ -75,6 +75,14 @@ impl Layer for Sequential {
                 next += used;
                 continue;
             }
+            // A batch norm and the ReLU after it in one kernel, in training.
+            if self.layers.get(next + 1).is_some_and(|relu| relu.type_name() == "ReLU")
+                && let Some(normalized) = cx.train_with_relu(self.layers[next].as_ref(), 2, &y)
+            {
+                y = normalized?;
+                next += 2;
+                continue;
+            }
             // A ReLU and the max pool after it, pool first, in training.
             if let Some(pooled) = self
                 .layers

@@ -152,6 +152,23 @@ impl<'t> Ctx<'t> {
         }))
     }
 
+    /// `relu(layer(x))` in one training-mode call where `layer` has one for `x`
+    /// ([`Layer::train_with_relu`]: a batch norm of a channels-last float32 map), in a training
+    /// pass that records nothing and normalises with its own batch (not `--sync-bn`), counted as
+    /// the `leaves` layers it stands for. `None` where that does not apply: the caller runs the
+    /// layers one by one.
+    pub(crate) fn train_with_relu(&mut self, layer: &dyn Layer, leaves: usize, x: &Tensor) -> Option<Fwd> {
+        if !self.train || self.tracer.is_some() || self.sync_bn.is_some() {
+            return None;
+        }
+        let y = layer.train_with_relu(x)?.map_err(|mut e| {
+            e.layer = self.leaf_name(layer);
+            e
+        });
+        self.finished_leaves += leaves;
+        Some(y)
+    }
+
     /// A block's `relu(conv(x))`, in one fused call where evaluation allows.
     pub fn conv_relu(&mut self, conv: &Conv2d, x: &Tensor) -> Fwd {
         let epilogue = Epilogue { norm: None, shortcut: None, activation: Activation::Relu };
@@ -163,13 +180,16 @@ impl<'t> Ctx<'t> {
     }
 
     /// A block's `relu(bn(conv(x)))`, in one fused call where evaluation allows (the batch
-    /// norm folded into the convolution).
+    /// norm folded into the convolution), the batch norm and ReLU in one where training does.
     pub fn conv_norm_relu(&mut self, conv: &Conv2d, bn: &BatchNorm, x: &Tensor) -> Fwd {
         let epilogue = Epilogue { norm: Some(bn.norm()), shortcut: None, activation: Activation::Relu };
         if let Some(y) = self.fused(conv, 2, |x| conv.forward_fused(x, &epilogue), x) {
             return y;
         }
         let y = self.call(conv, x)?;
+        if let Some(y) = self.train_with_relu(bn, 1, &y) {
+            return y;
+        }
         let y = self.call(bn, &y)?;
         self.relu(&y)
     }

@@ -54,6 +54,12 @@ pub trait Layer: Send {
     fn fusable(&self) -> Option<Fusable<'_>> {
         None
     }
+    /// A training-mode call of this leaf and the ReLU after it in one kernel, where it has one
+    /// for `x` (a batch norm of a channels-last float32 map); `None` where the two run one by
+    /// one. Only [`Ctx`] calls it, for a pass that records nothing.
+    fn train_with_relu(&self, _x: &Tensor) -> Option<Fwd> {
+        None
+    }
     /// A leaf's eval-mode computation as ONNX nodes reading the value `input`; returns the
     /// value it produces. `None` for a layer whose work is its children's and its functional
     /// steps' (`Ctx::relu`, `Ctx::add`, `Ctx::cat`), which are exported as they run.
@@ -83,6 +89,9 @@ impl Layer for Box<dyn Layer> {
     }
     fn fusable(&self) -> Option<Fusable<'_>> {
         self.as_ref().fusable()
+    }
+    fn train_with_relu(&self, x: &Tensor) -> Option<Fwd> {
+        self.as_ref().train_with_relu(x)
     }
     fn onnx(&self, graph: &mut OnnxGraph, input: &str) -> Option<Result<String, String>> {
         self.as_ref().onnx(graph, input)

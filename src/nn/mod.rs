@@ -38,7 +38,7 @@ pub use init::{BiasInit, WeightInit};
 pub use layer::{Fwd, InLayer, Layer, LayerError, count_parameters, expect_image};
 pub use linear::{Linear, reset_linear};
 pub use loss::cross_entropy;
-pub use norm::{BatchNorm, ScratchBatchNorm, SyncBatchNorm, batch_norm_kernel_calls};
+pub use norm::{BatchNorm, ScratchBatchNorm, SyncBatchNorm, batch_norm_kernel_calls, batch_norm_relu_kernel_calls};
 pub use pool::{
     AdaptiveAvgPool2d, AvgPool2d, GlobalAvgPool2d, MaxPool2d, avg_pool_kernel_calls, max_pool_kernel_calls,
 };

@@ -9,7 +9,7 @@ use tch::{Kind, TchError, Tensor};
 use super::fused::{Fusable, Norm};
 use super::layer::{kernel_output, shape_error};
 use super::{Ctx, Fwd, InLayer, Layer, LayerError};
-use crate::ffi::convnets_batch_norm_train;
+use crate::ffi::{convnets_batch_norm_relu_train, convnets_batch_norm_train};
 use crate::onnx::{self, OnnxGraph};
 
 /// Training-mode batch norm over the batches of all replicas of a distributed run (PyTorch's
@@ -122,6 +122,20 @@ impl BatchNorm {
 }
 
 static NORM_KERNEL_CALLS: AtomicU64 = AtomicU64::new(0);
+static NORM_RELU_KERNEL_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// How many training-mode batch norms this process has computed together with the ReLU after
+/// them, by the shim's kernel for channels-last maps.
+pub fn batch_norm_relu_kernel_calls() -> u64 {
+    NORM_RELU_KERNEL_CALLS.load(Ordering::Relaxed)
+}
+
+impl BatchNorm {
+    /// Counts a training-mode call, as PyTorch's layer does.
+    fn count_batch(&self, x: &Tensor) -> Result<(), LayerError> {
+        tch::no_grad(|| self.num_batches_tracked.shallow_clone().f_add_scalar_(1).map(drop)).in_layer(x)
+    }
+}
 
 /// How many training-mode batch norms this process has computed with the shim's kernel.
 pub fn batch_norm_kernel_calls() -> u64 {
@@ -135,7 +149,7 @@ impl Layer for BatchNorm {
     fn forward(&self, x: &Tensor, cx: &mut Ctx) -> Fwd {
         check_batch_norm(x, self.num_features, self.dims, cx.train)?;
         if cx.train {
-            tch::no_grad(|| self.num_batches_tracked.shallow_clone().f_add_scalar_(1).map(drop)).in_layer(x)?;
+            self.count_batch(x)?;
         }
         if let (true, Some(sync)) = (cx.train, cx.sync_bn) {
             let (w, b, mean, var) = (&self.weight, &self.bias, &self.running_mean, &self.running_var);
@@ -169,6 +183,28 @@ impl Layer for BatchNorm {
     }
     fn fusable(&self) -> Option<Fusable<'_>> {
         Some(Fusable::Norm(self.norm()))
+    }
+    /// The shim's kernel for a channels-last float32 map (csrc/norm_relu.cpp): the batch norm's
+    /// statistics in one pass, its output and the ReLU's in one more, the ReLU's mask recomputed
+    /// in the backward pass, where the two layers one by one take 14 passes over the map.
+    fn train_with_relu(&self, x: &Tensor) -> Option<Fwd> {
+        if let Err(e) = check_batch_norm(x, self.num_features, self.dims, true) {
+            return Some(Err(e));
+        }
+        // SAFETY: every pointer is a live tensor.
+        let y = kernel_output(x, &NORM_RELU_KERNEL_CALLS, |out| unsafe {
+            convnets_batch_norm_relu_train(
+                x.as_ptr(),
+                self.weight.as_ptr(),
+                self.bias.as_ptr(),
+                self.running_mean.as_ptr(),
+                self.running_var.as_ptr(),
+                Self::MOMENTUM,
+                self.eps,
+                out,
+            )
+        })?;
+        Some(self.count_batch(x).and(y))
     }
     fn onnx(&self, graph: &mut OnnxGraph, input: &str) -> Option<Result<String, String>> {
         let values = [&self.weight, &self.bias, &self.running_mean, &self.running_var];

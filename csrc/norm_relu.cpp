@@ -1,0 +1,225 @@
+// A training-mode batch norm and the ReLU after it, in one layer, for channels-last float32 maps
+// on the CPU (DenseNet's pre-activation blocks, ResNet's first convolution of each block and its
+// stem). Each is a memory-bound pass or two over the whole map, one after the other in libtorch:
+// the batch norm reads the map twice for its statistics and once more to write its output, the
+// ReLU reads and writes that again; backward, the ReLU's writes a masked gradient, which the
+// batch norm's reads twice. Here the forward reads the map once for its statistics (sums and
+// sums of squares in double, so the variance loses nothing to the mean) and once to write the
+// ReLU's output, and the backward recomputes the ReLU's mask from the input, reading the map and
+// the gradient once for the sums and once to write the input's gradient: 8 passes where there
+// were 14, and no intermediate map. A channels-last map is rows of channels, so the channels are
+// the vector lanes. Rows are summed in blocks of a fixed count, added up in block order, so the
+// result does not depend on the number of threads.
+#include "guard.h"
+#include "vector_clones.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+// The backward pass recomputes x * scale + shift to know where the ReLU passed its input; it must
+// round exactly as the forward pass did, so no multiply-add may be fused into one rounding in one
+// loop and not the other. And GCC keeps a loop's select (the ReLU's mask) as a branch, which it
+// cannot vectorise, unless comparisons may be assumed not to trap (nothing here reads the
+// floating-point exception flags).
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off", "no-trapping-math")
+#endif
+
+namespace {
+
+// Adds each channel's values over `rows` rows, and their squares, into sums and squares.
+VECTOR_CLONES void row_sums(const float *x, int64_t rows, int64_t channels, double *sums, double *squares) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float *row = x + r * channels;
+#pragma omp simd
+    for (int64_t c = 0; c < channels; ++c) {
+      const double v = row[c];
+      sums[c] += v;
+      squares[c] += v * v;
+    }
+  }
+}
+
+VECTOR_CLONES void rows_normalized_relu(const float *x, float *y, int64_t rows, int64_t channels, const float *scale,
+                                        const float *shift) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float *row = x + r * channels;
+    float *out = y + r * channels;
+#pragma omp simd
+    for (int64_t c = 0; c < channels; ++c) {
+      const float v = row[c] * scale[c] + shift[c];
+      out[c] = v < 0.f ? 0.f : v;
+    }
+  }
+}
+
+// The sums of the gradient the ReLU passes on (dy where its input was above 0, as libtorch's
+// threshold_backward has it), and of that times x's deviation from the mean.
+VECTOR_CLONES void row_grad_sums(const float *x, const float *dy, int64_t rows, int64_t channels, const float *scale,
+                                 const float *shift, const float *mean, double *sums, double *dots) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float *row = x + r * channels, *grad = dy + r * channels;
+#pragma omp simd
+    for (int64_t c = 0; c < channels; ++c) {
+      const float v = row[c] * scale[c] + shift[c], dy_c = grad[c];
+      const float g = v <= 0.f ? 0.f : dy_c;
+      sums[c] += g;
+      dots[c] += (row[c] - mean[c]) * g;
+    }
+  }
+}
+
+// dx = (g - mean(g) - (x - mean) * k) * invstd * weight, g the ReLU's gradient, in libtorch's
+// order (as csrc/batch_norm.cpp computes it).
+VECTOR_CLONES void rows_input_grad(const float *x, const float *dy, float *dx, int64_t rows, int64_t channels,
+                                   const float *scale, const float *shift, const float *mean, const float *k,
+                                   const float *grad_mean, const float *invstd, const float *weight) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float *row = x + r * channels, *grad = dy + r * channels;
+    float *out = dx + r * channels;
+#pragma omp simd
+    for (int64_t c = 0; c < channels; ++c) {
+      const float v = row[c] * scale[c] + shift[c], dy_c = grad[c];
+      const float g = v <= 0.f ? 0.f : dy_c;
+      out[c] = (g - grad_mean[c] - (row[c] - mean[c]) * k[c]) * invstd[c] * weight[c];
+    }
+  }
+}
+
+// Calls block(first_row, rows, sums) for fixed blocks of the `rows` rows, in parallel, where sums
+// are 2 x channels doubles of the block's own, and returns their totals, added in block order.
+template <typename Block>
+std::vector<double> per_channel_sums(int64_t rows, int64_t channels, const Block &block) {
+  const int64_t blocks = std::min<int64_t>(rows, 64);
+  std::vector<double> partial(blocks * 2 * channels, 0.0);
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t first = b * rows / blocks, last = (b + 1) * rows / blocks;
+      block(first, last - first, partial.data() + b * 2 * channels);
+    }
+  });
+  std::vector<double> total(2 * channels, 0.0);
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int64_t i = 0; i < 2 * channels; ++i) total[i] += partial[b * 2 * channels + i];
+  return total;
+}
+
+// Calls rows(first_row, count) over all `rows` rows in parallel, in pieces of about 32k values.
+template <typename Rows> void per_rows(int64_t rows, int64_t channels, const Rows &body) {
+  const int64_t grain = std::max<int64_t>(1, 32768 / channels);
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) { body(begin, end - begin); });
+}
+
+const float *floats(const at::Tensor &t) { return t.const_data_ptr<float>(); }
+
+struct TrainingBatchNormReLU : torch::autograd::Function<TrainingBatchNormReLU> {
+  static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &x, const at::Tensor &weight,
+                            const at::Tensor &bias, at::Tensor running_mean, at::Tensor running_var, double momentum,
+                            double eps) {
+    const int64_t channels = x.size(1), rows = x.numel() / channels;
+    const double count = static_cast<double>(rows);
+    const float *in = floats(x);
+    auto sums = per_channel_sums(rows, channels, [&](int64_t first, int64_t n, double *acc) {
+      row_sums(in + first * channels, n, channels, acc, acc + channels);
+    });
+    auto options = x.options();
+    auto saved_mean = at::empty({channels}, options), saved_invstd = at::empty({channels}, options);
+    auto scale_shift = at::empty({2, channels}, options);
+    float *mean = saved_mean.mutable_data_ptr<float>(), *invstd = saved_invstd.mutable_data_ptr<float>();
+    float *scale = scale_shift.mutable_data_ptr<float>(), *shift = scale + channels;
+    {
+      auto w = weight.contiguous(), b = bias.contiguous();
+      const float *wp = floats(w), *bp = floats(b);
+      auto rm = running_mean.accessor<float, 1>(), rv = running_var.accessor<float, 1>();
+      for (int64_t c = 0; c < channels; ++c) {
+        const double mean_c = sums[c] / count;
+        const double variance = std::max(0.0, sums[channels + c] / count - mean_c * mean_c);
+        mean[c] = static_cast<float>(mean_c);
+        invstd[c] = static_cast<float>(1.0 / std::sqrt(variance + eps));
+        // In float, as libtorch's kernel computes the scale and shift.
+        scale[c] = invstd[c] * wp[c];
+        shift[c] = bp[c] - mean[c] * scale[c];
+        // The running variance takes the unbiased variance, as libtorch's does.
+        rm[c] = static_cast<float>(momentum * mean_c + (1 - momentum) * rm[c]);
+        rv[c] = static_cast<float>(momentum * variance * count / (count - 1) + (1 - momentum) * rv[c]);
+      }
+    }
+    auto y = at::empty(x.sizes(), options, at::MemoryFormat::ChannelsLast);
+    float *out = y.mutable_data_ptr<float>();
+    per_rows(rows, channels, [&](int64_t first, int64_t n) {
+      rows_normalized_relu(in + first * channels, out + first * channels, n, channels, scale, shift);
+    });
+    ctx->save_for_backward({x, weight, saved_mean, saved_invstd, scale_shift});
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto &x = saved[0];
+    auto weight = saved[1].contiguous();
+    const float *mean = floats(saved[2]), *invstd = floats(saved[3]);
+    const float *scale = floats(saved[4]), *shift = scale + x.size(1);
+    auto dy = grads[0].contiguous(at::MemoryFormat::ChannelsLast);
+    const int64_t channels = x.size(1), rows = x.numel() / channels;
+    const double count = static_cast<double>(rows);
+    const float *in = floats(x), *grad = floats(dy);
+    auto sums = per_channel_sums(rows, channels, [&](int64_t first, int64_t n, double *acc) {
+      const int64_t offset = first * channels;
+      row_grad_sums(in + offset, grad + offset, n, channels, scale, shift, mean, acc, acc + channels);
+    });
+    auto options = x.options();
+    auto grad_weight = at::empty({channels}, options), grad_bias = at::empty({channels}, options);
+    float *weight_grad = grad_weight.mutable_data_ptr<float>(), *bias_grad = grad_bias.mutable_data_ptr<float>();
+    std::vector<float> k(channels), grad_mean(channels);
+    for (int64_t c = 0; c < channels; ++c) {
+      const double sum = sums[c], dot = sums[channels + c];
+      weight_grad[c] = static_cast<float>(dot * invstd[c]);
+      bias_grad[c] = static_cast<float>(sum);
+      k[c] = static_cast<float>(dot) * invstd[c] * invstd[c] / static_cast<float>(count);
+      grad_mean[c] = static_cast<float>(sum / count);
+    }
+    auto dx = at::empty(x.sizes(), options, at::MemoryFormat::ChannelsLast);
+    float *out = dx.mutable_data_ptr<float>();
+    per_rows(rows, channels, [&](int64_t first, int64_t n) {
+      const int64_t offset = first * channels;
+      rows_input_grad(in + offset, grad + offset, out + offset, n, channels, scale, shift, mean, k.data(),
+                      grad_mean.data(), invstd, floats(weight));
+    });
+    return {dx, grad_weight, grad_bias, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+bool float_cpu(const at::Tensor &t) { return t.device().is_cpu() && t.scalar_type() == at::kFloat; }
+
+} // namespace
+
+extern "C" {
+
+// relu(batch_norm(x, weight, bias, running_mean, running_var, training=True, momentum, eps)) of
+// a channels-last 4-d float32 CPU map, differentiable, updating the running statistics, into
+// *out; leaves *out NULL for anything else (another layout, type or device), for the caller to
+// compute the two layers with libtorch.
+char *convnets_batch_norm_relu_train(const at::Tensor *x, const at::Tensor *weight, const at::Tensor *bias,
+                                     const at::Tensor *running_mean, const at::Tensor *running_var, double momentum,
+                                     double eps, at::Tensor **out) {
+  GUARD({
+    *out = nullptr;
+    bool fits = x->dim() == 4 && x->is_contiguous(at::MemoryFormat::ChannelsLast) && float_cpu(*x) &&
+                float_cpu(*weight) && float_cpu(*bias) && float_cpu(*running_mean) && float_cpu(*running_var) &&
+                running_mean->is_contiguous() && running_var->is_contiguous() && x->numel() > x->size(1);
+    for (const at::Tensor *t : {weight, bias, running_mean, running_var}) fits = fits && t->numel() == x->size(1);
+    if (!fits) return nullptr;
+    *out = new at::Tensor(
+        TrainingBatchNormReLU::apply(*x, *weight, *bias, *running_mean, *running_var, momentum, eps));
+  })
+}
+
+} // extern "C"
