@@ -7,6 +7,7 @@
 // combined in a fixed order, so the result does not depend on the number of threads. The rest is
 // libtorch's arithmetic: the statistics (the biased variance normalises, the unbiased one updates
 // the running variance), the scale and shift, and the gradients' formula, in float, in its order.
+#include "batch_norm_fits.h"
 #include "guard.h"
 #include "vector_clones.h"
 
@@ -172,8 +173,6 @@ struct TrainingBatchNorm : torch::autograd::Function<TrainingBatchNorm> {
   }
 };
 
-bool float_cpu(const at::Tensor &t) { return t.device().is_cpu() && t.scalar_type() == at::kFloat; }
-
 } // namespace
 
 extern "C" {
@@ -187,10 +186,7 @@ char *convnets_batch_norm_train(const at::Tensor *x, const at::Tensor *weight, c
                                 double eps, at::Tensor **out) {
   GUARD({
     *out = nullptr;
-    bool fits = x->dim() == 4 && x->is_contiguous() && float_cpu(*x) && float_cpu(*weight) && float_cpu(*bias) &&
-                float_cpu(*running_mean) && float_cpu(*running_var) && running_mean->is_contiguous() &&
-                running_var->is_contiguous() && x->numel() > x->size(1);
-    if (!fits) return nullptr;
+    if (!batch_norm_fits(*x, *weight, *bias, *running_mean, *running_var, at::MemoryFormat::Contiguous)) return nullptr;
     *out = new at::Tensor(TrainingBatchNorm::apply(*x, *weight, *bias, *running_mean, *running_var, momentum, eps));
   })
 }

@@ -10,6 +10,7 @@
 // were 14, and no intermediate map. A channels-last map is rows of channels, so the channels are
 // the vector lanes. Rows are summed in blocks of a fixed count, added up in block order, so the
 // result does not depend on the number of threads.
+#include "batch_norm_fits.h"
 #include "guard.h"
 #include "vector_clones.h"
 
@@ -197,8 +198,6 @@ struct TrainingBatchNormReLU : torch::autograd::Function<TrainingBatchNormReLU> 
   }
 };
 
-bool float_cpu(const at::Tensor &t) { return t.device().is_cpu() && t.scalar_type() == at::kFloat; }
-
 } // namespace
 
 extern "C" {
@@ -212,11 +211,7 @@ char *convnets_batch_norm_relu_train(const at::Tensor *x, const at::Tensor *weig
                                      double eps, at::Tensor **out) {
   GUARD({
     *out = nullptr;
-    bool fits = x->dim() == 4 && x->is_contiguous(at::MemoryFormat::ChannelsLast) && float_cpu(*x) &&
-                float_cpu(*weight) && float_cpu(*bias) && float_cpu(*running_mean) && float_cpu(*running_var) &&
-                running_mean->is_contiguous() && running_var->is_contiguous() && x->numel() > x->size(1);
-    for (const at::Tensor *t : {weight, bias, running_mean, running_var}) fits = fits && t->numel() == x->size(1);
-    if (!fits) return nullptr;
+    if (!batch_norm_fits(*x, *weight, *bias, *running_mean, *running_var, at::MemoryFormat::ChannelsLast)) return nullptr;
     *out = new at::Tensor(
         TrainingBatchNormReLU::apply(*x, *weight, *bias, *running_mean, *running_var, momentum, eps));
   })

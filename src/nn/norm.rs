@@ -1,10 +1,12 @@
 //! Batch normalization: PyTorch's built-in layer, the chapter's from-scratch one, and the hook
 //! through which a distributed run normalises with the statistics of every replica's batch.
 
+use std::ffi::c_char;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tch::nn::Path;
 use tch::{Kind, TchError, Tensor};
+use torch_sys::C_tensor;
 
 use super::fused::{Fusable, Norm};
 use super::layer::{kernel_output, shape_error};
@@ -100,46 +102,55 @@ impl BatchNorm {
     }
 }
 
+/// A training-mode batch norm kernel of the shim's (`csrc/batch_norm.cpp`,
+/// `csrc/norm_relu.cpp`): the input, the layer's tensors, momentum and epsilon, and the output's
+/// out-parameter.
+type TrainKernel = unsafe extern "C" fn(
+    *const C_tensor,
+    *const C_tensor,
+    *const C_tensor,
+    *const C_tensor,
+    *const C_tensor,
+    f64,
+    f64,
+    *mut *mut C_tensor,
+) -> *mut c_char;
+
 impl BatchNorm {
     /// Training-mode batch norm by the shim's kernel for contiguous (NCHW) float32 maps on the
     /// CPU, whose per-channel sums run in vector lanes where libtorch's add one value at a time
     /// (LeNet's batch norms); `None` where it declines, for libtorch's own.
     fn train_by_kernel(&self, x: &Tensor) -> Option<Fwd> {
+        self.call_kernel(convnets_batch_norm_train, &NORM_KERNEL_CALLS, x)
+    }
+
+    /// `kernel` on `x` with this layer's tensors, counted in `calls`; `None` where it declines.
+    fn call_kernel(&self, kernel: TrainKernel, calls: &AtomicU64, x: &Tensor) -> Option<Fwd> {
+        let (w, b, mean, var) = (&self.weight, &self.bias, &self.running_mean, &self.running_var);
         // SAFETY: every pointer is a live tensor.
-        kernel_output(x, &NORM_KERNEL_CALLS, |out| unsafe {
-            convnets_batch_norm_train(
-                x.as_ptr(),
-                self.weight.as_ptr(),
-                self.bias.as_ptr(),
-                self.running_mean.as_ptr(),
-                self.running_var.as_ptr(),
-                Self::MOMENTUM,
-                self.eps,
-                out,
-            )
+        kernel_output(x, calls, |out| unsafe {
+            kernel(x.as_ptr(), w.as_ptr(), b.as_ptr(), mean.as_ptr(), var.as_ptr(), Self::MOMENTUM, self.eps, out)
         })
     }
-}
 
-static NORM_KERNEL_CALLS: AtomicU64 = AtomicU64::new(0);
-static NORM_RELU_KERNEL_CALLS: AtomicU64 = AtomicU64::new(0);
-
-/// How many training-mode batch norms this process has computed together with the ReLU after
-/// them, by the shim's kernel for channels-last maps.
-pub fn batch_norm_relu_kernel_calls() -> u64 {
-    NORM_RELU_KERNEL_CALLS.load(Ordering::Relaxed)
-}
-
-impl BatchNorm {
     /// Counts a training-mode call, as PyTorch's layer does.
     fn count_batch(&self, x: &Tensor) -> Result<(), LayerError> {
         tch::no_grad(|| self.num_batches_tracked.shallow_clone().f_add_scalar_(1).map(drop)).in_layer(x)
     }
 }
 
+static NORM_KERNEL_CALLS: AtomicU64 = AtomicU64::new(0);
+static NORM_RELU_KERNEL_CALLS: AtomicU64 = AtomicU64::new(0);
+
 /// How many training-mode batch norms this process has computed with the shim's kernel.
 pub fn batch_norm_kernel_calls() -> u64 {
     NORM_KERNEL_CALLS.load(Ordering::Relaxed)
+}
+
+/// How many training-mode batch norms this process has computed together with the ReLU after
+/// them, by the shim's kernel for channels-last maps.
+pub fn batch_norm_relu_kernel_calls() -> u64 {
+    NORM_RELU_KERNEL_CALLS.load(Ordering::Relaxed)
 }
 
 impl Layer for BatchNorm {
@@ -191,19 +202,7 @@ impl Layer for BatchNorm {
         if let Err(e) = check_batch_norm(x, self.num_features, self.dims, true) {
             return Some(Err(e));
         }
-        // SAFETY: every pointer is a live tensor.
-        let y = kernel_output(x, &NORM_RELU_KERNEL_CALLS, |out| unsafe {
-            convnets_batch_norm_relu_train(
-                x.as_ptr(),
-                self.weight.as_ptr(),
-                self.bias.as_ptr(),
-                self.running_mean.as_ptr(),
-                self.running_var.as_ptr(),
-                Self::MOMENTUM,
-                self.eps,
-                out,
-            )
-        })?;
+        let y = self.call_kernel(convnets_batch_norm_relu_train, &NORM_RELU_KERNEL_CALLS, x)?;
         Some(self.count_batch(x).and(y))
     }
     fn onnx(&self, graph: &mut OnnxGraph, input: &str) -> Option<Result<String, String>> {
