@@ -7,8 +7,8 @@
 // combined in a fixed order, so the result does not depend on the number of threads. The rest is
 // libtorch's arithmetic: the statistics (the biased variance normalises, the unbiased one updates
 // the running variance), the scale and shift, and the gradients' formula, in float, in its order.
-#include "batch_norm_fits.h"
 #include "guard.h"
+#include "training_batch_norm.h"
 #include "vector_clones.h"
 
 #include <ATen/ATen.h>
@@ -63,19 +63,11 @@ VECTOR_CLONES void plane_input_grad(const float *x, const float *dy, float *dx, 
 template <int K, typename Plane>
 std::vector<double> per_channel(int64_t images, int64_t channels, int64_t plane_size, const Plane &plane) {
   const int64_t blocks = std::min<int64_t>(images, 32);
-  std::vector<double> partial(blocks * channels * K, 0.0);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, images / blocks * channels * plane_size));
-  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      double *sums = partial.data() + b * channels * K;
-      for (int64_t n = b * images / blocks; n < (b + 1) * images / blocks; ++n)
-        for (int64_t c = 0; c < channels; ++c) plane(n, c, sums + c * K);
-    }
+  return ordered_block_sums(images, blocks, channels * K, grain, [&](int64_t first, int64_t last, double *sums) {
+    for (int64_t n = first; n < last; ++n)
+      for (int64_t c = 0; c < channels; ++c) plane(n, c, sums + c * K);
   });
-  std::vector<double> total(channels * K, 0.0);
-  for (int64_t b = 0; b < blocks; ++b)
-    for (int64_t i = 0; i < channels * K; ++i) total[i] += partial[b * channels * K + i];
-  return total;
 }
 
 // Calls plane(p, c) for every plane p (image and channel) of a (N, C, S) map, c its channel, in
@@ -147,29 +139,17 @@ struct TrainingBatchNorm : torch::autograd::Function<TrainingBatchNorm> {
       const int64_t offset = (n * channels + c) * size;
       plane_grad_sums(in + offset, grad + offset, size, mean[c], acc);
     });
-    auto options = x.options();
-    auto grad_weight = at::empty({channels}, options), grad_bias = at::empty({channels}, options);
-    float *weight_grad = grad_weight.mutable_data_ptr<float>(), *bias_grad = grad_bias.mutable_data_ptr<float>();
-    // dx = (dy - mean(dy) - (x - mean) * k) * invstd * weight, k = invstd^2 * mean(dy * (x -
-    // mean)), in libtorch's order and in float as it computes it: the deviation from the mean
-    // first (folding the mean into a per-channel constant loses digits where the mean is large
-    // against the spread).
-    std::vector<float> k(channels), grad_mean(channels);
-    const float *wp = weight.const_data_ptr<float>();
-    for (int64_t c = 0; c < channels; ++c) {
-      const double sum = sums[2 * c], dot = sums[2 * c + 1];
-      weight_grad[c] = static_cast<float>(dot * invstd[c]);
-      bias_grad[c] = static_cast<float>(sum);
-      k[c] = static_cast<float>(dot) * invstd[c] * invstd[c] / static_cast<float>(count);
-      grad_mean[c] = static_cast<float>(sum / count);
-    }
+    auto norm_grads = batch_norm_grads(channels, count, invstd, x.options(), [&](int64_t c) {
+      return std::pair(sums[2 * c], sums[2 * c + 1]);
+    });
+    const float *wp = weight.const_data_ptr<float>(), *k = norm_grads.k.data(), *grad_mean = norm_grads.grad_mean.data();
     auto dx = at::empty_like(x);
     float *out = dx.mutable_data_ptr<float>();
     per_plane(images, channels, size, [&](int64_t p, int64_t c) {
       plane_input_grad(in + p * size, grad + p * size, out + p * size, size, mean[c], k[c], grad_mean[c], invstd[c],
                        wp[c]);
     });
-    return {dx, grad_weight, grad_bias, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {dx, norm_grads.weight, norm_grads.bias, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 

@@ -10,8 +10,8 @@
 // were 14, and no intermediate map. A channels-last map is rows of channels, so the channels are
 // the vector lanes. Rows are summed in blocks of a fixed count, added up in block order, so the
 // result does not depend on the number of threads.
-#include "batch_norm_fits.h"
 #include "guard.h"
+#include "training_batch_norm.h"
 #include "vector_clones.h"
 
 #include <ATen/ATen.h>
@@ -94,22 +94,13 @@ VECTOR_CLONES void rows_input_grad(const float *x, const float *dy, float *dx, i
   }
 }
 
-// Calls block(first_row, rows, sums) for fixed blocks of the `rows` rows, in parallel, where sums
-// are 2 x channels doubles of the block's own, and returns their totals, added in block order.
+// Calls block(first_row, rows, sums) for 64 fixed blocks of the `rows` rows (fewer if there are
+// fewer rows), in parallel, where sums are 2 x channels doubles of the block's own, and returns
+// their totals, added in block order.
 template <typename Block>
 std::vector<double> per_channel_sums(int64_t rows, int64_t channels, const Block &block) {
-  const int64_t blocks = std::min<int64_t>(rows, 64);
-  std::vector<double> partial(blocks * 2 * channels, 0.0);
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t first = b * rows / blocks, last = (b + 1) * rows / blocks;
-      block(first, last - first, partial.data() + b * 2 * channels);
-    }
-  });
-  std::vector<double> total(2 * channels, 0.0);
-  for (int64_t b = 0; b < blocks; ++b)
-    for (int64_t i = 0; i < 2 * channels; ++i) total[i] += partial[b * 2 * channels + i];
-  return total;
+  return ordered_block_sums(rows, std::min<int64_t>(rows, 64), 2 * channels, 1,
+                            [&](int64_t first, int64_t last, double *sums) { block(first, last - first, sums); });
 }
 
 // Calls rows(first_row, count) over all `rows` rows in parallel, in pieces of about 32k values.
@@ -177,24 +168,17 @@ struct TrainingBatchNormReLU : torch::autograd::Function<TrainingBatchNormReLU> 
       row_grad_sums(in + offset, grad + offset, n, channels, scale, shift, mean, acc, acc + channels);
     });
     auto options = x.options();
-    auto grad_weight = at::empty({channels}, options), grad_bias = at::empty({channels}, options);
-    float *weight_grad = grad_weight.mutable_data_ptr<float>(), *bias_grad = grad_bias.mutable_data_ptr<float>();
-    std::vector<float> k(channels), grad_mean(channels);
-    for (int64_t c = 0; c < channels; ++c) {
-      const double sum = sums[c], dot = sums[channels + c];
-      weight_grad[c] = static_cast<float>(dot * invstd[c]);
-      bias_grad[c] = static_cast<float>(sum);
-      k[c] = static_cast<float>(dot) * invstd[c] * invstd[c] / static_cast<float>(count);
-      grad_mean[c] = static_cast<float>(sum / count);
-    }
+    auto norm_grads = batch_norm_grads(channels, count, invstd, options, [&](int64_t c) {
+      return std::pair(sums[c], sums[channels + c]);
+    });
     auto dx = at::empty(x.sizes(), options, at::MemoryFormat::ChannelsLast);
     float *out = dx.mutable_data_ptr<float>();
     per_rows(rows, channels, [&](int64_t first, int64_t n) {
       const int64_t offset = first * channels;
-      rows_input_grad(in + offset, grad + offset, out + offset, n, channels, scale, shift, mean, k.data(),
-                      grad_mean.data(), invstd, floats(weight));
+      rows_input_grad(in + offset, grad + offset, out + offset, n, channels, scale, shift, mean, norm_grads.k.data(),
+                      norm_grads.grad_mean.data(), invstd, floats(weight));
     });
-    return {dx, grad_weight, grad_bias, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {dx, norm_grads.weight, norm_grads.bias, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 

@@ -353,6 +353,33 @@ fn assert_close(ours: &Tensor, theirs: &Tensor, tolerance: f64, what: &str) {
     assert!(scale > 0.0 && diff <= tolerance * scale, "{what}: differ by {diff} (up to {scale})");
 }
 
+/// libtorch's own training-mode batch norm of `x` (updating the running statistics given), the
+/// reference the shim's batch norm kernels are checked against.
+fn libtorch_training_batch_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, mean: &Tensor, var: &Tensor) -> Tensor {
+    use convnets::nn::BatchNorm;
+    Tensor::batch_norm(
+        x,
+        Some(weight),
+        Some(bias),
+        Some(mean),
+        Some(var),
+        true,
+        BatchNorm::MOMENTUM,
+        BatchNorm::EPS,
+        false,
+    )
+}
+
+/// Asserts that the gradients of x, weight and bias (`inputs`) through `ours` and `theirs` for
+/// the output gradient `grad_out` are within 1e-5 of each other.
+fn assert_gradients_close(ours: &Tensor, theirs: &Tensor, grad_out: &Tensor, inputs: &[&Tensor; 3], what: &str) {
+    let by_ours = Tensor::run_backward(&[(ours * grad_out).sum(Kind::Float)], inputs, false, false);
+    let by_theirs = Tensor::run_backward(&[(theirs * grad_out).sum(Kind::Float)], inputs, false, false);
+    for (name, (a, b)) in ["dx", "dweight", "dbias"].iter().zip(by_ours.iter().zip(&by_theirs)) {
+        assert_close(a, b, 1e-5, &format!("{what} {name}"));
+    }
+}
+
 #[test]
 fn one_channel_convolutions_match_libtorchs_in_float32_and_under_bf16_autocast_whatever_the_thread_count() {
     use convnets::accel::Autocast;
@@ -484,27 +511,12 @@ fn training_batch_norm_of_nchw_maps_matches_libtorchs_whatever_the_thread_count(
         let y = bn.forward(&x, &mut Ctx::new(true)).unwrap();
         let by_kernel = convnets::nn::batch_norm_kernel_calls() - before;
         assert_eq!(by_kernel, u64::from(shape.len() == 4 && !channels_last), "{what}: calls of the shim's kernel");
-        let expected = Tensor::batch_norm(
-            &x,
-            Some(&bn.weight),
-            Some(&bn.bias),
-            Some(&mean),
-            Some(&var),
-            true,
-            BatchNorm::MOMENTUM,
-            BatchNorm::EPS,
-            false,
-        );
+        let expected = libtorch_training_batch_norm(&x, &bn.weight, &bn.bias, &mean, &var);
         close(&y, &expected, &format!("{what} outputs"));
         close(&bn.running_mean, &mean, &format!("{what} running mean"));
         close(&bn.running_var, &var, &format!("{what} running variance"));
         let grad_out = Tensor::randn(y.size(), (Kind::Float, Device::Cpu));
-        let inputs = [&x, &bn.weight, &bn.bias];
-        let ours = Tensor::run_backward(&[(&y * &grad_out).sum(Kind::Float)], &inputs, false, false);
-        let theirs = Tensor::run_backward(&[(&expected * &grad_out).sum(Kind::Float)], &inputs, false, false);
-        for (name, (a, b)) in ["dx", "dweight", "dbias"].iter().zip(ours.iter().zip(&theirs)) {
-            close(a, b, &format!("{what} {name}"));
-        }
+        assert_gradients_close(&y, &expected, &grad_out, &[&x, &bn.weight, &bn.bias], &what);
         if by_kernel == 0 {
             continue;
         }
@@ -562,30 +574,14 @@ fn training_batch_norm_and_relu_of_channels_last_maps_match_the_two_layers_whate
         let expected_calls = u64::from(channels_last && kind == Kind::Float);
         assert_eq!(by_kernel, expected_calls, "{what}: calls of the shim's kernel");
         assert_eq!(vars["0.num_batches_tracked"].int64_value(&[]), 1, "{what}: batches counted");
-        let expected = Tensor::batch_norm(
-            &x,
-            Some(weight),
-            Some(bias),
-            Some(&mean),
-            Some(&var),
-            true,
-            BatchNorm::MOMENTUM,
-            BatchNorm::EPS,
-            false,
-        )
-        .relu();
+        let expected = libtorch_training_batch_norm(&x, weight, bias, &mean, &var).relu();
         let zeros = expected.eq(0.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
         assert!((0.1..0.9).contains(&zeros), "{what}: {zeros} of the outputs are 0");
         close(&y, &expected, &format!("{what} outputs"));
         close(&vars["0.running_mean"], &mean, &format!("{what} running mean"));
         close(&vars["0.running_var"], &var, &format!("{what} running variance"));
         let grad_out = Tensor::randn(y.size(), (Kind::Float, Device::Cpu)).to_kind(kind);
-        let inputs = [&x, weight, bias];
-        let ours = Tensor::run_backward(&[(&y * &grad_out).sum(Kind::Float)], &inputs, false, false);
-        let theirs = Tensor::run_backward(&[(&expected * &grad_out).sum(Kind::Float)], &inputs, false, false);
-        for (name, (a, b)) in ["dx", "dweight", "dbias"].iter().zip(ours.iter().zip(&theirs)) {
-            close(a, b, &format!("{what} {name}"));
-        }
+        assert_gradients_close(&y, &expected, &grad_out, &[&x, weight, bias], &what);
         if by_kernel == 0 {
             continue;
         }
