@@ -943,3 +943,196 @@ fn profile_times_every_layer_of_a_training_step() {
     assert!(rows[15].trim_start().starts_with("Linear-16 ") && rows[15].contains("[16, 10]"), "{table}");
     assert!(table.contains("% of the step") && table.contains("examples/s (eager, timed layer by layer)"));
 }
+
+/// Sets where training's convolutions take the shim's weight gradient for as long as it lives,
+/// then restores the default (hold `RNG`: the setting is the whole process's).
+struct WeightGradPolicy;
+
+impl WeightGradPolicy {
+    fn set(policy: convnets::nn::WeightGradKernel) -> Self {
+        convnets::nn::set_weight_grad_kernel(policy);
+        WeightGradPolicy
+    }
+}
+
+impl Drop for WeightGradPolicy {
+    fn drop(&mut self) {
+        convnets::nn::set_weight_grad_kernel(convnets::nn::WeightGradKernel::Auto);
+    }
+}
+
+/// The largest difference between `ours` and `exact` (float64).
+fn max_error(ours: &Tensor, exact: &Tensor) -> f64 {
+    (ours.to_kind(Kind::Double) - exact).abs().max().double_value(&[])
+}
+
+#[test]
+fn training_convolutions_sum_weight_gradients_by_blocks_closer_to_exact_than_onednn_and_the_same_every_run() {
+    use convnets::nn::{Conv2d, Ctx, Layer, WeightGradKernel, training_conv_kernel_calls};
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(17);
+    // [in, out, kernel, stride, padding], the input's shape, a bias, an input that needs its
+    // gradient: VGG's and ResNet's 3x3, NiN's 5x5, a 1x1 (no gathering) and one with stride 2,
+    // AlexNet's and GoogLeNet's first layers, and a batch of several blocks and groups.
+    let cases = [
+        ("3x3", [8, 16, 3, 1, 1], [3, 8, 13, 11], true, true),
+        ("5x5 padded 2", [5, 7, 5, 1, 2], [2, 5, 9, 12], true, true),
+        ("1x1", [6, 5, 1, 1, 0], [2, 6, 8, 7], true, true),
+        ("1x1 stride 2", [6, 5, 1, 2, 0], [2, 6, 9, 8], false, true),
+        ("11x11 stride 4", [1, 8, 11, 4, 1], [2, 1, 35, 35], true, false),
+        ("7x7 stride 2", [2, 4, 7, 2, 3], [3, 2, 15, 15], false, true),
+        ("many blocks", [4, 8, 3, 1, 1], [40, 4, 32, 32], true, true),
+    ];
+    for (name, conv, shape, bias, input_grad) in cases {
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let bias = bias.then_some(convnets::nn::BiasInit::PytorchDefault);
+        let layer = Conv2d::init(&vs.root(), conv, convnets::nn::WeightInit::XavierUniform, bias);
+        accel::set_channels_last(&mut [layer.weight.shallow_clone()]).unwrap();
+        let x = accel::channels_last(&(Tensor::randn(shape, (Kind::Float, Device::Cpu)) + 0.5)).unwrap();
+        let x = x.set_requires_grad(input_grad);
+        let grad_out =
+            Tensor::randn(layer.forward(&x, &mut Ctx::new(true)).unwrap().size(), (Kind::Float, Device::Cpu));
+        let mut inputs = layer.parameters();
+        if input_grad {
+            inputs.push(&x);
+        }
+        let pass = |policy| {
+            let _policy = WeightGradPolicy::set(policy);
+            let before = training_conv_kernel_calls();
+            let y = layer.forward(&x, &mut Ctx::new(true)).unwrap();
+            let calls = training_conv_kernel_calls() - before;
+            let grads = Tensor::run_backward(&[(&y * &grad_out).sum(Kind::Float)], &inputs, false, false);
+            (y, grads, calls)
+        };
+        let (y, ours, calls) = pass(WeightGradKernel::Always);
+        assert_eq!(calls, 1, "{name}: by the shim");
+        let (expected, theirs, calls) = pass(WeightGradKernel::Never);
+        assert_eq!(calls, 0, "{name}: by oneDNN");
+        // The forward and the input's gradient are oneDNN's in both.
+        assert!(y.equal(&expected), "{name}: outputs");
+        assert_eq!(y.stride(), expected.stride(), "{name}: layout");
+        if input_grad {
+            assert!(ours.last().unwrap().equal(theirs.last().unwrap()), "{name}: dx");
+        }
+        let (s, p) = (conv[3], conv[4]);
+        let exact_inputs: Vec<Tensor> =
+            layer.parameters().iter().map(|t| t.to_kind(Kind::Double).detach().set_requires_grad(true)).collect();
+        let sums = x.to_kind(Kind::Double).conv2d(&exact_inputs[0], exact_inputs.get(1), [s, s], [p, p], [1, 1], 1);
+        let exact = Tensor::run_backward(
+            &[(&sums * grad_out.to_kind(Kind::Double)).sum(Kind::Double)],
+            &exact_inputs,
+            false,
+            false,
+        );
+        for (i, what) in ["dweight", "dbias"].iter().enumerate().take(exact.len()) {
+            assert_eq!(ours[i].size(), theirs[i].size(), "{name} {what}");
+            assert_eq!(ours[i].stride(), theirs[i].stride(), "{name} {what}: layout");
+            let scale = exact[i].abs().max().double_value(&[]);
+            let (mine, onednn) = (max_error(&ours[i], &exact[i]), max_error(&theirs[i], &exact[i]));
+            assert!(
+                mine <= 1e-5 * scale && mine <= (2.0 * onednn).max(1e-6 * scale),
+                "{name} {what}: off by {mine}, oneDNN's by {onednn} (up to {scale})"
+            );
+        }
+        // Blocks are cut and added in a fixed order: the same bits again, and on one thread
+        // within the last bits (MKL computes a product by the threads it may use).
+        let (_, again, _) = pass(WeightGradKernel::Always);
+        for (a, b) in again.iter().zip(&ours) {
+            assert!(a.equal(b), "{name}: gradients differ from run to run");
+        }
+        let threads = tch::get_num_threads();
+        tch::set_num_threads(1);
+        let (_, one, _) = pass(WeightGradKernel::Always);
+        tch::set_num_threads(threads);
+        for (a, b) in one.iter().zip(&ours) {
+            assert_close(a, b, 1e-6, &format!("{name}: gradients on one thread and {threads}"));
+        }
+    }
+}
+
+#[test]
+fn training_convolutions_leave_to_onednn_what_the_shim_s_weight_gradient_does_not_take() {
+    use convnets::accel::Autocast;
+    use convnets::nn::{Conv2d, Ctx, Layer, WeightGradKernel, training_conv_kernel_calls};
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let layer = Conv2d::new(&vs.root(), 3, 4, 3, 1, 1);
+    let nchw = Tensor::randn([2, 3, 8, 8], (Kind::Float, Device::Cpu));
+    let calls = |x: &Tensor| {
+        let before = training_conv_kernel_calls();
+        let _ = layer.forward(x, &mut Ctx::new(true)).unwrap();
+        training_conv_kernel_calls() - before
+    };
+    let _policy = WeightGradPolicy::set(WeightGradKernel::Always);
+    assert_eq!(calls(&nchw), 0, "an NCHW map and weight");
+    accel::set_channels_last(&mut [layer.weight.shallow_clone()]).unwrap();
+    let x = accel::channels_last(&nchw).unwrap();
+    assert_eq!(calls(&x), 1, "channels-last");
+    assert_eq!(calls(&nchw), 0, "an NCHW map");
+    assert_eq!(tch::no_grad(|| calls(&x)), 0, "no gradients");
+    {
+        let _autocast = Autocast::enter(Device::Cpu, Precision::Bf16).unwrap();
+        assert_eq!(calls(&x), 0, "bf16 autocast");
+    }
+    let _ = layer.weight.shallow_clone().set_requires_grad(false);
+    assert_eq!(calls(&x), 0, "a frozen weight");
+    let _ = layer.weight.shallow_clone().set_requires_grad(true);
+    convnets::nn::set_weight_grad_kernel(WeightGradKernel::Never);
+    assert_eq!(calls(&x), 0, "oneDNN's everywhere");
+    // By default, where oneDNN's kernel is its AVX2 one.
+    convnets::nn::set_weight_grad_kernel(WeightGradKernel::Auto);
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if let Some(flags) = info.lines().find(|l| l.starts_with("flags")) {
+        let avx512 = flags.split_whitespace().any(|f| f == "avx512f");
+        assert_eq!(
+            calls(&x),
+            u64::from(!avx512),
+            "the default on a CPU with{} AVX-512",
+            if avx512 { "" } else { "out" }
+        );
+    }
+}
+
+#[test]
+fn networks_trained_with_the_shim_s_weight_gradients_are_at_least_as_accurate() {
+    use convnets::nn::{WeightGradKernel, training_conv_kernel_calls};
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    // Every convolution: ResNet-18's stem, 16 in its residual blocks and 3 shortcuts; GoogLeNet's
+    // 3 before its 9 Inception blocks of 6.
+    for (name, convolutions) in [("resnet18", 20), ("googlenet", 57)] {
+        tch::manual_seed(19);
+        let mut net = Network::new(name, NetConfig::default(), Device::Cpu).unwrap();
+        net.set_channels_last(true).unwrap();
+        let x = Tensor::rand([4, 1, 64, 64], (Kind::Float, Device::Cpu));
+        let grads = |net: &Network, x: &Tensor| {
+            let logits = net.forward_t(x, true).unwrap();
+            let loss = (&logits * &logits).sum(logits.kind());
+            Tensor::run_backward(&[loss], &net.vs.trainable_variables(), false, false)
+        };
+        let pass = |policy| {
+            let _policy = WeightGradPolicy::set(policy);
+            let before = training_conv_kernel_calls();
+            let grads = grads(&net, &x);
+            (grads, training_conv_kernel_calls() - before)
+        };
+        let (ours, calls) = pass(WeightGradKernel::Always);
+        assert_eq!(calls, convolutions, "{name}: convolutions by the shim");
+        let (theirs, calls) = pass(WeightGradKernel::Never);
+        assert_eq!(calls, 0, "{name}: by oneDNN");
+        let mut exact_net = Network::new(name, NetConfig::default(), Device::Cpu).unwrap();
+        exact_net.vs.copy(&net.vs).unwrap();
+        exact_net.vs.double();
+        let exact = grads(&exact_net, &x.to_kind(Kind::Double));
+        // Against the largest gradient as well: the biases of convolutions before batch norms
+        // have exact gradients of 0.
+        let scale = exact.iter().map(|t| t.abs().max().double_value(&[])).fold(0.0, f64::max);
+        for (i, exact) in exact.iter().enumerate() {
+            let (mine, onednn) = (max_error(&ours[i], exact), max_error(&theirs[i], exact));
+            assert!(
+                mine <= (2.0 * onednn).max(1e-5 * scale),
+                "{name}: gradient {i} {:?} off by {mine}, oneDNN's by {onednn}",
+                exact.size()
+            );
+        }
+    }
+}

@@ -9,7 +9,7 @@ use super::fused::{self, ConvCall, Epilogue, FoldCache, Fusable};
 use super::init::{self, BiasInit, WeightInit};
 use super::layer::{check_window, expect_image, kernel_output};
 use super::{Ctx, Fwd, InLayer, Layer, LayerError};
-use crate::ffi::convnets_conv2d_one_channel;
+use crate::ffi::{self, convnets_conv2d_one_channel, convnets_conv2d_train, convnets_set_conv_weight_grad_policy};
 use crate::onnx::{self, OnnxGraph};
 
 #[derive(Debug)]
@@ -80,6 +80,17 @@ impl Conv2d {
         })
     }
 
+    /// `self(x)` for training with the shim's weight gradient (matrix products over blocks of
+    /// output positions, where oneDNN's AVX2 kernel is slow): a convolution of a channels-last
+    /// float32 CPU map whose weight needs its gradient; `None` where it declines, for libtorch's.
+    fn training(&self, x: &Tensor) -> Option<Fwd> {
+        let bias = self.bias.as_ref().map_or(std::ptr::null(), |b| b.as_ptr());
+        kernel_output(x, &TRAINING_CONV_CALLS, |out| {
+            // SAFETY: `x`, the weight and the bias (or NULL) are live tensors.
+            unsafe { convnets_conv2d_train(x.as_ptr(), self.weight.as_ptr(), bias, self.stride, self.padding, out) }
+        })
+    }
+
     /// A 4-d input with this layer's channels, large enough for its window.
     fn check_input(&self, x: &Tensor) -> Result<(), LayerError> {
         let (h, w) = expect_image(x, self.in_channels)?;
@@ -94,6 +105,31 @@ pub fn one_channel_conv_calls() -> u64 {
     ONE_CHANNEL_CONV_CALLS.load(Ordering::Relaxed)
 }
 
+static TRAINING_CONV_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// How many training convolutions this process has run with the shim's weight gradient.
+pub fn training_conv_kernel_calls() -> u64 {
+    TRAINING_CONV_CALLS.load(Ordering::Relaxed)
+}
+
+/// Where training's convolutions take the shim's weight gradient instead of oneDNN's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightGradKernel {
+    /// On CPUs without AVX-512, where oneDNN's kernel is its AVX2 one (the default).
+    Auto = 0,
+    /// Wherever it applies (for tests and measurements on any CPU).
+    Always = 1,
+    /// Nowhere: oneDNN's kernel everywhere.
+    Never = 2,
+}
+
+/// Sets where training's convolutions take the shim's weight gradient, for the whole process.
+pub fn set_weight_grad_kernel(policy: WeightGradKernel) {
+    // SAFETY: takes a plain integer; the shim rejects unknown ones with an error message.
+    let result = ffi::check(unsafe { convnets_set_conv_weight_grad_policy(policy as i32) });
+    debug_assert!(result.is_ok(), "{result:?}");
+}
+
 impl Layer for Conv2d {
     fn type_name(&self) -> &'static str {
         "Conv2d"
@@ -103,6 +139,11 @@ impl Layer for Conv2d {
         let (s, p) = (self.stride, self.padding);
         if self.in_channels == 1
             && let Some(y) = self.one_channel(x)
+        {
+            return y;
+        }
+        if self.weight.requires_grad()
+            && let Some(y) = self.training(x)
         {
             return y;
         }
