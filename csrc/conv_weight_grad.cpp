@@ -5,7 +5,7 @@
 // one-channel first one), and it was the largest single kernel of their training steps. The
 // forward and the input's gradient stay oneDNN's.
 //
-// The weight's gradient is dW = dy^T patches, summed over output positions: dy's row of output
+// The weight's gradient is dW = dy^T windows, summed over output positions: dy's row of output
 // channels at each position (a channels-last map's rows as they are) times the input's window
 // under it (kernel x kernel x in_channels values, zero where the window passes the padding).
 // Each block of positions gathers its windows into a buffer of about 1 MiB, which stays in the
