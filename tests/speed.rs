@@ -610,10 +610,7 @@ fn channels_last_training_computes_batch_norm_and_relu_in_one_kernel_at_least_as
     // and 3 transition blocks, and its head; in ResNet-18, its stem and the first convolution of
     // each of its 8 residual blocks (the second's ReLU follows the shortcut's sum).
     for (name, pairs) in [("densenet", 21), ("resnet18", 9)] {
-        tch::manual_seed(13);
-        let mut net = Network::new(name, NetConfig::default(), Device::Cpu).unwrap();
-        net.set_channels_last(true).unwrap();
-        let x = Tensor::rand([4, 1, 64, 64], (Kind::Float, Device::Cpu));
+        let (net, exact_net, x) = channels_last_network_and_float64_copy(name, 13);
         let step = |net: &Network, x: &Tensor, traced: bool| {
             let logits = if traced {
                 net.forward_traced(x, true, &mut Tracer::new()).unwrap()
@@ -635,26 +632,39 @@ fn channels_last_training_computes_batch_norm_and_relu_in_one_kernel_at_least_as
         // Where a gradient is a sum that cancels (the stem's batch norm weight, behind a max
         // pool), libtorch's float32 layers are off by up to 10% of its largest value, and the
         // kernel's double sums by less.
-        let mut exact_net = Network::new(name, NetConfig::default(), Device::Cpu).unwrap();
-        exact_net.vs.copy(&net.vs).unwrap();
-        exact_net.vs.double();
         let (exact_logits, exact_grads) = step(&exact_net, &x.to_kind(Kind::Double), true);
-        let error = |a: &Tensor, exact: &Tensor| (a - exact).abs().max().double_value(&[]);
-        let largest = |t: &Tensor| t.abs().max().double_value(&[]);
-        let scale = largest(&exact_logits);
-        assert!(error(&logits, &exact_logits) <= 1e-5 * scale, "{name}: logits");
-        assert!(error(&traced_logits, &exact_logits) <= 1e-5 * scale, "{name}: traced logits");
-        // Measured against the network's largest gradient as well, for the convolution biases
-        // before batch norms, whose exact gradients are 0.
-        let scale = exact_grads.iter().map(largest).fold(0.0, f64::max);
-        for (i, exact) in exact_grads.iter().enumerate() {
-            let (ours, theirs) = (error(&grads[i], exact), error(&traced_grads[i], exact));
-            assert!(
-                ours <= (2.0 * theirs).max(1e-5 * scale),
-                "{name}: gradient {i} {:?} off by {ours}, libtorch's layers by {theirs}",
-                exact.size()
-            );
-        }
+        let scale = exact_logits.abs().max().double_value(&[]);
+        assert!(max_error(&logits, &exact_logits) <= 1e-5 * scale, "{name}: logits");
+        assert!(max_error(&traced_logits, &exact_logits) <= 1e-5 * scale, "{name}: traced logits");
+        assert_at_least_as_accurate(name, &grads, &traced_grads, &exact_grads, "libtorch's layers");
+    }
+}
+
+/// `name` built on the CPU from `seed` and laid out channels-last, a float64 copy of it (the
+/// exact sums a comparison measures both sides against), and a batch of 4 random 64x64 images.
+fn channels_last_network_and_float64_copy(name: &str, seed: i64) -> (Network, Network, Tensor) {
+    tch::manual_seed(seed);
+    let mut net = Network::new(name, NetConfig::default(), Device::Cpu).unwrap();
+    net.set_channels_last(true).unwrap();
+    let x = Tensor::rand([4, 1, 64, 64], (Kind::Float, Device::Cpu));
+    let mut exact = Network::new(name, NetConfig::default(), Device::Cpu).unwrap();
+    exact.vs.copy(&net.vs).unwrap();
+    exact.vs.double();
+    (net, exact, x)
+}
+
+/// Asserts that each of `ours` is off its `exact` gradient by at most twice what `theirs` (the
+/// `reference`'s) is, or by 1e-5 of the largest exact gradient: the biases of convolutions
+/// before batch norms have exact gradients of 0.
+fn assert_at_least_as_accurate(name: &str, ours: &[Tensor], theirs: &[Tensor], exact: &[Tensor], reference: &str) {
+    let scale = exact.iter().map(|t| t.abs().max().double_value(&[])).fold(0.0, f64::max);
+    for (i, exact) in exact.iter().enumerate() {
+        let (mine, its) = (max_error(&ours[i], exact), max_error(&theirs[i], exact));
+        assert!(
+            mine <= (2.0 * its).max(1e-5 * scale),
+            "{name}: gradient {i} {:?} off by {mine}, {reference} by {its}",
+            exact.size()
+        );
     }
 }
 
@@ -1100,10 +1110,7 @@ fn networks_trained_with_the_shim_s_weight_gradients_are_at_least_as_accurate() 
     // Every convolution: ResNet-18's stem, 16 in its residual blocks and 3 shortcuts; GoogLeNet's
     // 3 before its 9 Inception blocks of 6.
     for (name, convolutions) in [("resnet18", 20), ("googlenet", 57)] {
-        tch::manual_seed(19);
-        let mut net = Network::new(name, NetConfig::default(), Device::Cpu).unwrap();
-        net.set_channels_last(true).unwrap();
-        let x = Tensor::rand([4, 1, 64, 64], (Kind::Float, Device::Cpu));
+        let (net, exact_net, x) = channels_last_network_and_float64_copy(name, 19);
         let grads = |net: &Network, x: &Tensor| {
             let logits = net.forward_t(x, true).unwrap();
             let loss = (&logits * &logits).sum(logits.kind());
@@ -1119,20 +1126,7 @@ fn networks_trained_with_the_shim_s_weight_gradients_are_at_least_as_accurate() 
         assert_eq!(calls, convolutions, "{name}: convolutions by the shim");
         let (theirs, calls) = pass(WeightGradKernel::Never);
         assert_eq!(calls, 0, "{name}: by oneDNN");
-        let mut exact_net = Network::new(name, NetConfig::default(), Device::Cpu).unwrap();
-        exact_net.vs.copy(&net.vs).unwrap();
-        exact_net.vs.double();
         let exact = grads(&exact_net, &x.to_kind(Kind::Double));
-        // Against the largest gradient as well: the biases of convolutions before batch norms
-        // have exact gradients of 0.
-        let scale = exact.iter().map(|t| t.abs().max().double_value(&[])).fold(0.0, f64::max);
-        for (i, exact) in exact.iter().enumerate() {
-            let (mine, onednn) = (max_error(&ours[i], exact), max_error(&theirs[i], exact));
-            assert!(
-                mine <= (2.0 * onednn).max(1e-5 * scale),
-                "{name}: gradient {i} {:?} off by {mine}, oneDNN's by {onednn}",
-                exact.size()
-            );
-        }
+        assert_at_least_as_accurate(name, &ours, &theirs, &exact, "oneDNN's");
     }
 }
