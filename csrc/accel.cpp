@@ -6,6 +6,7 @@
 //
 // Every function returns NULL on success or a malloc'ed error message (freed by the caller), so
 // no C++ exception crosses into Rust.
+#include "cpu_capabilities.h"
 #include "guard.h"
 
 #include <ATen/ATen.h>
@@ -47,12 +48,7 @@ char *convnets_autocast_bf16(int cuda, int enabled) {
 // AMX also needs the kernel's permission, which `init_amx` asks for.
 char *convnets_cpu_has_bf16(int *out) {
   GUARD({
-    auto caps = at::cpu::get_cpu_capabilities();
-    auto has = [&](const char *name) {
-      auto it = caps.find(name);
-      return it != caps.end() && it->second.isBool() && it->second.toBool();
-    };
-    *out = has("avx512_bf16") || (has("amx_bf16") && at::cpu::init_amx());
+    *out = cpu_has("avx512_bf16") || (cpu_has("amx_bf16") && at::cpu::init_amx());
   })
 }
 

@@ -18,13 +18,13 @@
 // computes a product by the threads it may use, and the last bits follow.) And sums of a block's
 // products, added up, round less than one long chain, so they are closer to exact sums than
 // oneDNN's.
+#include "cpu_capabilities.h"
 #include "guard.h"
 #include "vector_clones.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/autocast_mode.h>
-#include <ATen/cpu/Utils.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
@@ -45,11 +45,7 @@ constexpr int64_t GROUP_BYTES = int64_t{64} << 20;
 std::atomic<int> policy{0};
 
 bool has_avx512() {
-  static const bool avx512 = [] {
-    auto capabilities = at::cpu::get_cpu_capabilities();
-    auto found = capabilities.find("avx512_f");
-    return found != capabilities.end() && found->second.isBool() && found->second.toBool();
-  }();
+  static const bool avx512 = cpu_has("avx512_f");
   return avx512;
 }
 

@@ -11,13 +11,13 @@
 // call to call (a ConvnetsFoldCache) while the tensors they came from are unchanged: folding
 // took a dozen small tensor operations per layer and call (a few percent of LeNet's evaluation)
 // and passes over the weights of the larger networks.
+#include "cpu_capabilities.h"
 #include "guard.h"
 #include "one_channel_conv.h"
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/cpu/Utils.h>
 
 #include <cstring>
 #include <initializer_list>
@@ -51,11 +51,8 @@ using BinaryConv = at::Tensor(const at::Tensor &, const at::Tensor &, const at::
 // oneDNN's bfloat16 kernels need AVX-512 (F, BW, VL, DQ), as libtorch checks before it takes them.
 bool bf16_kernels() {
   static const bool supported = [] {
-    auto capabilities = at::cpu::get_cpu_capabilities();
-    for (const char *flag : {"avx512_f", "avx512_bw", "avx512_vl", "avx512_dq"}) {
-      auto found = capabilities.find(flag);
-      if (found == capabilities.end() || !found->second.isBool() || !found->second.toBool()) return false;
-    }
+    for (const char *flag : {"avx512_f", "avx512_bw", "avx512_vl", "avx512_dq"})
+      if (!cpu_has(flag)) return false;
     return true;
   }();
   return supported;
