@@ -28,6 +28,7 @@ fn main() {
         .file("csrc/norm_relu.cpp")
         .file("csrc/one_channel_conv.cpp")
         .file("csrc/conv_weight_grad.cpp")
+        .file("csrc/winograd.cpp")
         .file("csrc/dist.cpp")
         .file("csrc/grad_buckets.cpp")
         .include(libtorch.join("include"))

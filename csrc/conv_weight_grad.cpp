@@ -3,7 +3,8 @@
 // kernel ran at half the rate of its forward one on the same shapes (45-80 GFLOP/s against 130
 // on two Zen 3 cores for VGG's, ResNet's and DenseNet's 3x3 convolutions, 3 GFLOP/s for VGG's
 // one-channel first one), and it was the largest single kernel of their training steps. The
-// forward and the input's gradient stay oneDNN's.
+// forward and the input's gradient stay oneDNN's, except for the 3x3 stride-1 layers Winograd's
+// algorithm takes (csrc/winograd.cpp), all three of whose products it computes.
 //
 // The weight's gradient is dW = dy^T windows, summed over output positions: dy's row of output
 // channels at each position (a channels-last map's rows as they are) times the input's window
@@ -21,6 +22,7 @@
 #include "cpu_capabilities.h"
 #include "guard.h"
 #include "vector_clones.h"
+#include "winograd.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -44,18 +46,7 @@ constexpr int64_t GROUP_BYTES = int64_t{64} << 20;
 // 0: where oneDNN's own kernel is the AVX2 one (no AVX-512); 1: always; 2: never.
 std::atomic<int> policy{0};
 
-bool has_avx512() {
-  static const bool avx512 = cpu_has("avx512_f");
-  return avx512;
-}
-
-bool enabled() {
-  switch (policy.load(std::memory_order_relaxed)) {
-  case 1: return true;
-  case 2: return false;
-  default: return !has_avx512();
-  }
-}
+bool enabled() { return kernel_policy_allows(policy.load(std::memory_order_relaxed)); }
 
 // Adds `rows` rows of `channels` values into sums, a row at a time.
 VECTOR_CLONES void add_rows(const float *rows_data, int64_t rows, int64_t channels, double *sums) {
@@ -163,6 +154,9 @@ at::Tensor training_forward(torch::autograd::AutogradContext *ctx, const at::Ten
   ctx->save_for_backward({x, weight});
   ctx->saved_data["stride"] = stride;
   ctx->saved_data["padding"] = padding;
+  if (winograd_enabled() && winograd_shape(x.size(1), weight.size(0), x.size(2), x.size(3), weight.size(2), stride,
+                                           padding))
+    return winograd_conv2d(x, winograd_weight(weight), bias ? &*bias : nullptr, nullptr, false);
   return at::convolution(x, weight, bias, {stride, stride}, {padding, padding}, {1, 1}, false, {0, 0}, 1);
 }
 
@@ -175,12 +169,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> training_backward(torch::autograd
   const int64_t stride = ctx->saved_data["stride"].toInt(), padding = ctx->saved_data["padding"].toInt();
   auto dy = grads[0].contiguous(at::MemoryFormat::ChannelsLast);
   at::Tensor dx;
-  if (ctx->needs_input_grad(0))
+  // For stride 1 and padding 1, dx is the convolution of dy with the weight turned and in and out
+  // swapped: Winograd's algorithm takes it where it takes that shape.
+  if (ctx->needs_input_grad(0) && winograd_enabled() &&
+      winograd_shape(dy.size(1), x.size(1), dy.size(2), dy.size(3), weight.size(2), stride, padding))
+    dx = winograd_conv2d(dy, winograd_input_grad_weight(weight), nullptr, nullptr, false);
+  else if (ctx->needs_input_grad(0))
     dx = std::get<0>(at::convolution_backward(dy, x, weight, std::nullopt, {stride, stride}, {padding, padding},
                                               {1, 1}, false, {0, 0}, 1, {true, false, false}));
   const Shape s{x.size(0),  x.size(1),  x.size(2),      x.size(3), dy.size(1),
                 dy.size(2), dy.size(3), weight.size(2), stride,    padding};
-  auto [dw, db] = weight_grad(x, dy, s, bias_grad);
+  auto [dw, db] = winograd_enabled() && winograd_shape(s.in_channels, s.out_channels, s.height, s.width, s.kernel,
+                                                       stride, padding)
+                      ? winograd_weight_grad(x, dy, bias_grad)
+                      : weight_grad(x, dy, s, bias_grad);
   return {dx, dw, db};
 }
 

@@ -14,6 +14,7 @@
 #include "cpu_capabilities.h"
 #include "guard.h"
 #include "one_channel_conv.h"
+#include "winograd.h"
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
@@ -107,6 +108,8 @@ struct ConvnetsFoldCache {
   std::vector<at::Tensor> norm_values;
   at::ScalarType dtype = at::kFloat;
   std::pair<at::Tensor, std::optional<at::Tensor>> folded;
+  // The folded weight transformed for Winograd's algorithm, and the folded weight it came from.
+  at::Tensor winograd, winograd_of;
 };
 
 namespace {
@@ -151,17 +154,38 @@ std::pair<at::Tensor, std::optional<at::Tensor>> folded_cached(ConvnetsFoldCache
   return cache->folded;
 }
 
+std::optional<std::string_view> post_op(const char *activation) {
+  if (activation == nullptr || std::string_view(activation) == "none") return std::nullopt;
+  return std::string_view(activation);
+}
+
+// winograd_weight(weight), from `cache` where it holds it for this folded weight.
+at::Tensor winograd_cached(ConvnetsFoldCache *cache, const at::Tensor &weight) {
+  if (cache == nullptr) return winograd_weight(weight);
+  std::lock_guard<std::mutex> lock(cache->mutex);
+  if (!cache->winograd_of.defined() || !cache->winograd_of.is_same(weight)) {
+    cache->winograd = winograd_weight(weight);
+    cache->winograd_of = weight;
+  }
+  return cache->winograd;
+}
+
+// Whether Winograd's algorithm takes this fused layer: float32, a shape it takes, and an
+// activation its output transform applies (a ReLU or none).
+bool winograd_takes(const at::Tensor &x, const at::Tensor &weight, int64_t stride, int64_t padding,
+                    const char *activation, at::ScalarType dtype) {
+  auto act = post_op(activation);
+  return dtype == at::kFloat && x.scalar_type() == at::kFloat && winograd_enabled() && x.dim() == 4 && weight.dim() == 4 &&
+         weight.size(1) == x.size(1) && weight.size(2) == weight.size(3) && (!act || *act == "relu") &&
+         winograd_shape(x.size(1), weight.size(0), x.size(2), x.size(3), weight.size(2), stride, padding);
+}
+
 // The activation applied to y in place (for the layers libtorch computes itself).
 at::Tensor activate_(at::Tensor &y, const char *activation) {
   std::string_view name = activation == nullptr ? "none" : activation;
   if (name == "relu") return y.relu_();
   if (name == "sigmoid") return y.sigmoid_();
   return y;
-}
-
-std::optional<std::string_view> post_op(const char *activation) {
-  if (activation == nullptr || std::string_view(activation) == "none") return std::nullopt;
-  return std::string_view(activation);
 }
 
 } // namespace
@@ -210,6 +234,13 @@ char *convnets_conv2d_pointwise(const at::Tensor *x, const at::Tensor *w, const 
       return nullptr;
     }
     auto [weight, bias] = folded_cached(cache, *w, b, norm, *dtype);
+    // Winograd's algorithm where it takes the layer (3x3, stride 1, on CPUs where oneDNN's
+    // kernels are its AVX2 ones), with the bias, the sum and the ReLU in its output transform.
+    if (winograd_takes(*x, weight, stride, padding, activation, *dtype)) {
+      *out = new at::Tensor(winograd_conv2d(*x, winograd_cached(cache, weight), bias ? &*bias : nullptr, other,
+                                            post_op(activation).has_value()));
+      return nullptr;
+    }
     // oneDNN cannot create the sum's memory for a 1x1 map ("could not create a memory", as
     // libtorch 2.11 calls it; ResNet's last stage at a 32-pixel input): such a sum follows the
     // convolution in place instead, then the activation.

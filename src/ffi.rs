@@ -1,7 +1,7 @@
 //! The C shim in `csrc/` (compiled by `build.rs`): the libtorch calls tch does not expose, for
 //! `accel` (`csrc/accel.cpp`, `csrc/cpu_blocks.cpp`), `nn` (`csrc/fused.cpp`,
 //! `csrc/avg_pool.cpp`, `csrc/max_pool.cpp`, `csrc/batch_norm.cpp`, `csrc/norm_relu.cpp`,
-//! `csrc/one_channel_conv.cpp`, `csrc/conv_weight_grad.cpp`) and `distributed`
+//! `csrc/one_channel_conv.cpp`, `csrc/conv_weight_grad.cpp`, `csrc/winograd.cpp`) and `distributed`
 //! (`csrc/dist.cpp`, `csrc/grad_buckets.cpp`). Its error convention (`csrc/guard.h`): every
 //! function returns NULL on success or a malloc'ed message, which [`check`] turns into an error
 //! value; no C++ exception crosses into Rust.
@@ -137,6 +137,12 @@ unsafe extern "C" {
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
     pub fn convnets_set_conv_weight_grad_policy(mode: i32) -> *mut c_char;
+}
+
+// csrc/winograd.cpp
+unsafe extern "C" {
+    pub fn convnets_set_winograd_policy(mode: i32) -> *mut c_char;
+    pub fn convnets_winograd_calls() -> u64;
 }
 
 // csrc/cpu_blocks.cpp

@@ -954,20 +954,22 @@ fn profile_times_every_layer_of_a_training_step() {
     assert!(table.contains("% of the step") && table.contains("examples/s (eager, timed layer by layer)"));
 }
 
-/// Sets where training's convolutions take the shim's weight gradient for as long as it lives,
-/// then restores the default (hold `RNG`: the setting is the whole process's).
-struct WeightGradPolicy;
+/// Sets where convolutions take the shim's weight gradient and Winograd's algorithm for as long as
+/// it lives, then restores the defaults (hold `RNG`: the settings are the whole process's).
+struct KernelPolicies;
 
-impl WeightGradPolicy {
-    fn set(policy: convnets::nn::WeightGradKernel) -> Self {
-        convnets::nn::set_weight_grad_kernel(policy);
-        WeightGradPolicy
+impl KernelPolicies {
+    fn set(weight_grad: convnets::nn::KernelPolicy, winograd: convnets::nn::KernelPolicy) -> Self {
+        convnets::nn::set_weight_grad_kernel(weight_grad);
+        convnets::nn::set_winograd_kernel(winograd);
+        KernelPolicies
     }
 }
 
-impl Drop for WeightGradPolicy {
+impl Drop for KernelPolicies {
     fn drop(&mut self) {
-        convnets::nn::set_weight_grad_kernel(convnets::nn::WeightGradKernel::Auto);
+        convnets::nn::set_weight_grad_kernel(convnets::nn::KernelPolicy::Auto);
+        convnets::nn::set_winograd_kernel(convnets::nn::KernelPolicy::Auto);
     }
 }
 
@@ -978,7 +980,7 @@ fn max_error(ours: &Tensor, exact: &Tensor) -> f64 {
 
 #[test]
 fn training_convolutions_sum_weight_gradients_by_blocks_closer_to_exact_than_onednn_and_the_same_every_run() {
-    use convnets::nn::{Conv2d, Ctx, Layer, WeightGradKernel, training_conv_kernel_calls};
+    use convnets::nn::{Conv2d, Ctx, KernelPolicy, Layer, training_conv_kernel_calls};
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(17);
     // [in, out, kernel, stride, padding], the input's shape, a bias, an input that needs its
@@ -1007,16 +1009,16 @@ fn training_convolutions_sum_weight_gradients_by_blocks_closer_to_exact_than_one
             inputs.push(&x);
         }
         let pass = |policy| {
-            let _policy = WeightGradPolicy::set(policy);
+            let _policy = KernelPolicies::set(policy, KernelPolicy::Never);
             let before = training_conv_kernel_calls();
             let y = layer.forward(&x, &mut Ctx::new(true)).unwrap();
             let calls = training_conv_kernel_calls() - before;
             let grads = Tensor::run_backward(&[(&y * &grad_out).sum(Kind::Float)], &inputs, false, false);
             (y, grads, calls)
         };
-        let (y, ours, calls) = pass(WeightGradKernel::Always);
+        let (y, ours, calls) = pass(KernelPolicy::Always);
         assert_eq!(calls, 1, "{name}: by the shim");
-        let (expected, theirs, calls) = pass(WeightGradKernel::Never);
+        let (expected, theirs, calls) = pass(KernelPolicy::Never);
         assert_eq!(calls, 0, "{name}: by oneDNN");
         // The forward and the input's gradient are oneDNN's in both.
         assert!(y.equal(&expected), "{name}: outputs");
@@ -1046,13 +1048,13 @@ fn training_convolutions_sum_weight_gradients_by_blocks_closer_to_exact_than_one
         }
         // Blocks are cut and added in a fixed order: the same bits again, and on one thread
         // within the last bits (MKL computes a product by the threads it may use).
-        let (_, again, _) = pass(WeightGradKernel::Always);
+        let (_, again, _) = pass(KernelPolicy::Always);
         for (a, b) in again.iter().zip(&ours) {
             assert!(a.equal(b), "{name}: gradients differ from run to run");
         }
         let threads = tch::get_num_threads();
         tch::set_num_threads(1);
-        let (_, one, _) = pass(WeightGradKernel::Always);
+        let (_, one, _) = pass(KernelPolicy::Always);
         tch::set_num_threads(threads);
         for (a, b) in one.iter().zip(&ours) {
             assert_close(a, b, 1e-6, &format!("{name}: gradients on one thread and {threads}"));
@@ -1063,7 +1065,7 @@ fn training_convolutions_sum_weight_gradients_by_blocks_closer_to_exact_than_one
 #[test]
 fn training_convolutions_leave_to_onednn_what_the_shim_s_weight_gradient_does_not_take() {
     use convnets::accel::Autocast;
-    use convnets::nn::{Conv2d, Ctx, Layer, WeightGradKernel, training_conv_kernel_calls};
+    use convnets::nn::{Conv2d, Ctx, KernelPolicy, Layer, training_conv_kernel_calls};
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let vs = tch::nn::VarStore::new(Device::Cpu);
     let layer = Conv2d::new(&vs.root(), 3, 4, 3, 1, 1);
@@ -1073,7 +1075,7 @@ fn training_convolutions_leave_to_onednn_what_the_shim_s_weight_gradient_does_no
         let _ = layer.forward(x, &mut Ctx::new(true)).unwrap();
         training_conv_kernel_calls() - before
     };
-    let _policy = WeightGradPolicy::set(WeightGradKernel::Always);
+    let _policy = KernelPolicies::set(KernelPolicy::Always, KernelPolicy::Never);
     assert_eq!(calls(&nchw), 0, "an NCHW map and weight");
     accel::set_channels_last(&mut [layer.weight.shallow_clone()]).unwrap();
     let x = accel::channels_last(&nchw).unwrap();
@@ -1087,10 +1089,10 @@ fn training_convolutions_leave_to_onednn_what_the_shim_s_weight_gradient_does_no
     let _ = layer.weight.shallow_clone().set_requires_grad(false);
     assert_eq!(calls(&x), 0, "a frozen weight");
     let _ = layer.weight.shallow_clone().set_requires_grad(true);
-    convnets::nn::set_weight_grad_kernel(WeightGradKernel::Never);
+    convnets::nn::set_weight_grad_kernel(KernelPolicy::Never);
     assert_eq!(calls(&x), 0, "oneDNN's everywhere");
     // By default, where oneDNN's kernel is its AVX2 one.
-    convnets::nn::set_weight_grad_kernel(WeightGradKernel::Auto);
+    convnets::nn::set_weight_grad_kernel(KernelPolicy::Auto);
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     if let Some(flags) = info.lines().find(|l| l.starts_with("flags")) {
         let avx512 = flags.split_whitespace().any(|f| f == "avx512f");
@@ -1105,7 +1107,7 @@ fn training_convolutions_leave_to_onednn_what_the_shim_s_weight_gradient_does_no
 
 #[test]
 fn networks_trained_with_the_shim_s_weight_gradients_are_at_least_as_accurate() {
-    use convnets::nn::{WeightGradKernel, training_conv_kernel_calls};
+    use convnets::nn::{KernelPolicy, training_conv_kernel_calls};
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     // Every convolution: ResNet-18's stem, 16 in its residual blocks and 3 shortcuts; GoogLeNet's
     // 3 before its 9 Inception blocks of 6.
@@ -1117,16 +1119,163 @@ fn networks_trained_with_the_shim_s_weight_gradients_are_at_least_as_accurate() 
             Tensor::run_backward(&[loss], &net.vs.trainable_variables(), false, false)
         };
         let pass = |policy| {
-            let _policy = WeightGradPolicy::set(policy);
+            let _policy = KernelPolicies::set(policy, KernelPolicy::Never);
             let before = training_conv_kernel_calls();
             let grads = grads(&net, &x);
             (grads, training_conv_kernel_calls() - before)
         };
-        let (ours, calls) = pass(WeightGradKernel::Always);
+        let (ours, calls) = pass(KernelPolicy::Always);
         assert_eq!(calls, convolutions, "{name}: convolutions by the shim");
-        let (theirs, calls) = pass(WeightGradKernel::Never);
+        let (theirs, calls) = pass(KernelPolicy::Never);
         assert_eq!(calls, 0, "{name}: by oneDNN");
         let exact = grads(&exact_net, &x.to_kind(Kind::Double));
         assert_at_least_as_accurate(name, &ours, &theirs, &exact, "oneDNN's");
+    }
+}
+
+#[test]
+fn winograd_convolutions_stay_within_a_few_units_in_the_last_place_of_exact_sums_forward_and_backward() {
+    use convnets::nn::{Conv2d, Ctx, KernelPolicy, Layer, winograd_conv_calls};
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(23);
+    // [in, out], the input's shape, a bias, and how many of the forward, the weight's gradient and
+    // the input's gradient Winograd's algorithm takes (the input's gradient has the layer's
+    // inputs as its output channels: under 64, oneDNN's); the second case has several blocks of
+    // tiles, the last one short.
+    let cases = [
+        ("64 to 64", [64, 64], [3, 64, 8, 8], true, 3),
+        ("8 to 64, several blocks", [8, 64], [9, 8, 12, 10], false, 2),
+        ("72 to 128, 4x6 maps", [72, 128], [2, 72, 4, 6], true, 3),
+    ];
+    for (name, [cin, cout], shape, bias, expected_calls) in cases {
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let bias = bias.then_some(convnets::nn::BiasInit::PytorchDefault);
+        let layer = Conv2d::init(&vs.root(), [cin, cout, 3, 1, 1], convnets::nn::WeightInit::XavierUniform, bias);
+        accel::set_channels_last(&mut [layer.weight.shallow_clone()]).unwrap();
+        let x = accel::channels_last(&(Tensor::randn(shape, (Kind::Float, Device::Cpu)) + 0.5)).unwrap();
+        let x = x.set_requires_grad(true);
+        let grad_out = Tensor::randn([shape[0], cout, shape[2], shape[3]], (Kind::Float, Device::Cpu));
+        let mut inputs = layer.parameters();
+        inputs.push(&x);
+        // Training through the shim's convolution (its weight gradient on), with and without
+        // Winograd's algorithm for the forward and the input's gradient.
+        let pass = |winograd| {
+            let _policy = KernelPolicies::set(KernelPolicy::Always, winograd);
+            let before = winograd_conv_calls();
+            let y = layer.forward(&x, &mut Ctx::new(true)).unwrap();
+            let grads = Tensor::run_backward(&[(&y * &grad_out).sum(Kind::Float)], &inputs, false, false);
+            (y, grads, winograd_conv_calls() - before)
+        };
+        let (y, ours, calls) = pass(KernelPolicy::Always);
+        assert_eq!(calls, expected_calls, "{name}: by Winograd's algorithm");
+        let (direct, theirs, calls) = pass(KernelPolicy::Never);
+        assert_eq!(calls, 0, "{name}: by oneDNN and the shim's windows");
+        assert_eq!(y.stride(), direct.stride(), "{name}: layout");
+        let exact_inputs: Vec<Tensor> =
+            inputs.iter().map(|t| t.to_kind(Kind::Double).detach().set_requires_grad(true)).collect();
+        let (weight, x64) = (&exact_inputs[0], exact_inputs.last().unwrap());
+        let bias = (exact_inputs.len() == 3).then(|| &exact_inputs[1]);
+        let exact_y = x64.conv2d(weight, bias, [1, 1], [1, 1], [1, 1], 1);
+        let exact = Tensor::run_backward(
+            &[(&exact_y * grad_out.to_kind(Kind::Double)).sum(Kind::Double)],
+            &exact_inputs,
+            false,
+            false,
+        );
+        let names = if bias.is_some() { ["dweight", "dbias", "dx"].as_slice() } else { ["dweight", "dx"].as_slice() };
+        let checks = std::iter::once(("output", &y, &direct, &exact_y))
+            .chain(names.iter().enumerate().map(|(i, what)| (*what, &ours[i], &theirs[i], &exact[i])));
+        for (what, mine, its, exact) in checks {
+            assert_eq!(mine.stride(), its.stride(), "{name} {what}: layout");
+            let scale = exact.abs().max().double_value(&[]);
+            let (error, direct_error) = (max_error(mine, exact), max_error(its, exact));
+            // As close as direct sums (measured: closer, 0.3-1.0 of their error), or within a few
+            // units in the last place of the largest value (float32's is 1.2e-7 of it).
+            assert!(
+                error <= (2.0 * direct_error).max(1e-6 * scale),
+                "{name} {what}: off by {error}, direct sums by {direct_error} (up to {scale})"
+            );
+        }
+        // The weight's gradient's products are summed in a fixed order: the same bits again.
+        let (_, again, _) = pass(KernelPolicy::Always);
+        for (a, b) in again.iter().zip(&ours) {
+            assert!(a.equal(b), "{name}: gradients differ from run to run");
+        }
+    }
+}
+
+#[test]
+fn networks_evaluated_with_winograd_stay_as_close_to_exact_as_float32_allows() {
+    use convnets::nn::{KernelPolicy, winograd_conv_calls};
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    // At a 64-pixel input: ResNet-18's two first stages and its third (16x16 to 4x4 maps) but not
+    // its last (2x2) or the convolutions with stride 2; GoogLeNet's 3x3 layer and its Inception
+    // blocks' 3x3 paths down to 4x4 maps (its last two blocks' maps are 2x2).
+    for (name, convolutions) in [("resnet18", 10), ("googlenet", 8)] {
+        let (net, exact_net, x) = channels_last_network_and_float64_copy(name, 29);
+        let eval = |winograd| {
+            let _policy = KernelPolicies::set(KernelPolicy::Auto, winograd);
+            let before = winograd_conv_calls();
+            let y = tch::no_grad(|| net.forward_t(&x, false)).unwrap();
+            (y, winograd_conv_calls() - before)
+        };
+        let (ours, calls) = eval(KernelPolicy::Always);
+        assert_eq!(calls, convolutions, "{name}: convolutions by Winograd's algorithm");
+        let (theirs, calls) = eval(KernelPolicy::Never);
+        assert_eq!(calls, 0, "{name}: by oneDNN");
+        let exact = tch::no_grad(|| exact_net.forward_t(&x.to_kind(Kind::Double), false)).unwrap();
+        let scale = exact.abs().max().double_value(&[]);
+        let (error, onednn) = (max_error(&ours, &exact), max_error(&theirs, &exact));
+        assert!(
+            error <= (2.0 * onednn).max(1e-6 * scale),
+            "{name}: off by {error}, oneDNN's by {onednn} (up to {scale})"
+        );
+    }
+}
+
+#[test]
+fn evaluation_leaves_to_onednn_the_convolutions_winograd_does_not_take() {
+    use convnets::accel::Autocast;
+    use convnets::nn::{Conv2d, Ctx, KernelPolicy, Layer, ReLU, Sequential, Sigmoid, winograd_conv_calls};
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let calls = |[cin, cout, kernel, stride]: [i64; 4], side: i64, sigmoid: bool, channels_last: bool| {
+        let conv = Conv2d::new(&vs.root(), cin, cout, kernel, stride, kernel / 2);
+        let layers =
+            if sigmoid { Sequential::new().add(conv).add(Sigmoid) } else { Sequential::new().add(conv).add(ReLU) };
+        let mut x = Tensor::randn([2, cin, side, side], (Kind::Float, Device::Cpu));
+        if channels_last {
+            accel::set_channels_last(&mut vs.trainable_variables()).unwrap();
+            x = accel::channels_last(&x).unwrap();
+        }
+        let before = winograd_conv_calls();
+        let mut cx = Ctx::new(false);
+        cx.fuse = true;
+        let y = tch::no_grad(|| layers.forward(&x, &mut cx)).unwrap();
+        assert_eq!(y.size()[1], cout);
+        winograd_conv_calls() - before
+    };
+    let _policy = KernelPolicies::set(KernelPolicy::Auto, KernelPolicy::Always);
+    assert_eq!(calls([64, 64, 3, 1], 8, false, true), 1, "a 3x3 convolution with stride 1 and a ReLU");
+    assert_eq!(calls([64, 64, 3, 1], 8, false, false), 0, "an NCHW map");
+    assert_eq!(calls([64, 64, 3, 2], 8, false, true), 0, "stride 2");
+    assert_eq!(calls([64, 64, 5, 1], 8, false, true), 0, "a 5x5 kernel");
+    assert_eq!(calls([64, 32, 3, 1], 8, false, true), 0, "32 output channels");
+    assert_eq!(calls([60, 64, 3, 1], 8, false, true), 0, "input channels not a multiple of 8");
+    assert_eq!(calls([64, 64, 3, 1], 3, false, true), 0, "a 3x3 map");
+    assert_eq!(calls([64, 64, 3, 1], 7, false, true), 0, "an odd side");
+    assert_eq!(calls([64, 64, 3, 1], 8, true, true), 0, "a sigmoid");
+    {
+        let _autocast = Autocast::enter(Device::Cpu, Precision::Bf16).unwrap();
+        assert_eq!(calls([64, 64, 3, 1], 8, false, true), 0, "bf16 autocast");
+    }
+    convnets::nn::set_winograd_kernel(KernelPolicy::Never);
+    assert_eq!(calls([64, 64, 3, 1], 8, false, true), 0, "oneDNN's everywhere");
+    // By default, where oneDNN's kernels are its AVX2 ones.
+    convnets::nn::set_winograd_kernel(KernelPolicy::Auto);
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if let Some(flags) = info.lines().find(|l| l.starts_with("flags")) {
+        let avx512 = flags.split_whitespace().any(|f| f == "avx512f");
+        assert_eq!(calls([64, 64, 3, 1], 8, false, true), u64::from(!avx512), "the default");
     }
 }

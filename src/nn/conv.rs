@@ -9,7 +9,10 @@ use super::fused::{self, ConvCall, Epilogue, FoldCache, Fusable};
 use super::init::{self, BiasInit, WeightInit};
 use super::layer::{check_window, expect_image, kernel_output};
 use super::{Ctx, Fwd, InLayer, Layer, LayerError};
-use crate::ffi::{self, convnets_conv2d_one_channel, convnets_conv2d_train, convnets_set_conv_weight_grad_policy};
+use crate::ffi::{
+    self, convnets_conv2d_one_channel, convnets_conv2d_train, convnets_set_conv_weight_grad_policy,
+    convnets_set_winograd_policy, convnets_winograd_calls,
+};
 use crate::onnx::{self, OnnxGraph};
 
 #[derive(Debug)]
@@ -81,8 +84,9 @@ impl Conv2d {
     }
 
     /// `self(x)` for training with the shim's weight gradient (matrix products over blocks of
-    /// output positions, where oneDNN's AVX2 kernel is slow): a convolution of a channels-last
-    /// float32 CPU map whose weight needs its gradient; `None` where it declines, for libtorch's.
+    /// output positions, where oneDNN's AVX2 kernel is slow; for 3x3 stride-1 layers, Winograd's
+    /// algorithm for all three products): a convolution of a channels-last float32 CPU map whose
+    /// weight needs its gradient; `None` where it declines, for libtorch's.
     fn training(&self, x: &Tensor) -> Option<Fwd> {
         let bias = self.bias.as_ref().map_or(std::ptr::null(), |b| b.as_ptr());
         kernel_output(x, &TRAINING_CONV_CALLS, |out| {
@@ -112,10 +116,10 @@ pub fn training_conv_kernel_calls() -> u64 {
     TRAINING_CONV_CALLS.load(Ordering::Relaxed)
 }
 
-/// Where training's convolutions take the shim's weight gradient instead of oneDNN's.
+/// Where one of the shim's convolution kernels stands in for oneDNN's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WeightGradKernel {
-    /// On CPUs without AVX-512, where oneDNN's kernel is its AVX2 one (the default).
+pub enum KernelPolicy {
+    /// On CPUs without AVX-512, where oneDNN's kernels are its AVX2 ones (the default).
     Auto = 0,
     /// Wherever it applies (for tests and measurements on any CPU).
     Always = 1,
@@ -124,10 +128,26 @@ pub enum WeightGradKernel {
 }
 
 /// Sets where training's convolutions take the shim's weight gradient, for the whole process.
-pub fn set_weight_grad_kernel(policy: WeightGradKernel) {
+pub fn set_weight_grad_kernel(policy: KernelPolicy) {
     // SAFETY: takes a plain integer; the shim rejects unknown ones with an error message.
     let result = ffi::check(unsafe { convnets_set_conv_weight_grad_policy(policy as i32) });
     debug_assert!(result.is_ok(), "{result:?}");
+}
+
+/// Sets where 3x3 stride-1 convolutions take Winograd's algorithm (`csrc/winograd.cpp`):
+/// evaluation's fused layers, and training's forward and input gradient where the shim's weight
+/// gradient runs. For the whole process.
+pub fn set_winograd_kernel(policy: KernelPolicy) {
+    // SAFETY: takes a plain integer; the shim rejects unknown ones with an error message.
+    let result = ffi::check(unsafe { convnets_set_winograd_policy(policy as i32) });
+    debug_assert!(result.is_ok(), "{result:?}");
+}
+
+/// How many convolutions (forward passes and input gradients) this process has computed by
+/// Winograd's algorithm.
+pub fn winograd_conv_calls() -> u64 {
+    // SAFETY: reads a counter.
+    unsafe { convnets_winograd_calls() }
 }
 
 impl Layer for Conv2d {

@@ -29,7 +29,10 @@ mod trace;
 
 pub use activation::{ReLU, Sigmoid};
 pub use container::Sequential;
-pub use conv::{Conv2d, WeightGradKernel, one_channel_conv_calls, set_weight_grad_kernel, training_conv_kernel_calls};
+pub use conv::{
+    Conv2d, KernelPolicy, one_channel_conv_calls, set_weight_grad_kernel, set_winograd_kernel,
+    training_conv_kernel_calls, winograd_conv_calls,
+};
 pub use ctx::{Ctx, pools_before_relu};
 pub use dropout::Dropout;
 pub use flatten::Flatten;

@@ -1,0 +1,387 @@
+// Winograd's F(2x2, 3x3) convolution (Lavin and Gray, "Fast Algorithms for Convolutional Neural
+// Networks", 2016) for channels-last float32 CPU maps, forward and backward. On two Zen 3 cores
+// oneDNN's AVX2 kernels ran ResNet-18's 3x3 convolutions at 70-90% of the cores' multiply-add
+// peak, so no direct convolution could be much faster; this one does 2.25 times fewer
+// multiplications.
+//
+// The output is cut into 2x2 tiles. Each tile's 4x4 input window d (per input channel) becomes
+// U = B^T d B, the weight's 3x3 taps g (per input and output channel) V = G g G^T, and the 16
+// elements of a tile's output transform are 16 independent matrix products over channels:
+// M[e] = U[e] (tiles x in) times V[e] (in x out). The tile's output is A^T M A, where the bias, a
+// residual and the ReLU are applied while it is in registers. A block of tiles (their U and M
+// about 2 MiB) goes through the three steps together, so what one step writes the next reads from
+// the cache; the 16 products are one batched call (MKL's, through libtorch). The input's gradient
+// is the same algorithm on dy with each window turned and in and out swapped; the weight's is
+// the transposed one: dM = A dY A^T per tile, dV[e] = dM[e]^T U[e] summed over the tiles, and
+// dg = G^T dV G.
+//
+// The transforms add and subtract values of similar size and scale some by 1/2 (exactly), and
+// each product sums over the input channels only, not over channels and taps in one chain.
+// Measured against float64 sums (tests/speed.rs): outputs and input gradients 0.26-0.45 of
+// oneDNN's error, weight gradients 0.7-1.1 of the shim's direct sums' (csrc/conv_weight_grad.cpp).
+#include "winograd.h"
+
+#include "cpu_capabilities.h"
+#include "guard.h"
+#include "vector_clones.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <stdexcept>
+#include <vector>
+
+namespace {
+
+// 0: on CPUs without AVX-512 (where oneDNN's kernels are its AVX2 ones); 1: always; 2: never.
+std::atomic<int> policy{0};
+std::atomic<uint64_t> calls{0};
+
+// Bytes of one block's transformed inputs and products together.
+constexpr int64_t BLOCK_BYTES = int64_t{2} << 20;
+// The weight's gradient: the most partial sums kept at once (each thread adds its blocks into
+// one; fixed, whatever the thread count, so the sums are the same from run to run), and the most
+// bytes they may take.
+constexpr int64_t MAX_GROUPS = 16;
+constexpr int64_t GROUP_BYTES = int64_t{64} << 20;
+// Each tile's 16 transformed elements.
+constexpr int64_t ELEMENTS = 16;
+
+// Eight floats, one AVX2 register (two SSE ones in the baseline build): channels go eight at a
+// time, which is why both channel counts must be multiples of 8.
+typedef float Lanes __attribute__((vector_size(8 * sizeof(float))));
+constexpr int64_t LANES = 8;
+
+__attribute__((always_inline)) inline Lanes load(const float *p) {
+  Lanes v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+__attribute__((always_inline)) inline void store(float *p, const Lanes &v) { std::memcpy(p, &v, sizeof v); }
+
+struct Tiles {
+  int64_t images, height, width, in_channels, out_channels;
+  int64_t rows() const { return height / 2; }
+  int64_t cols() const { return width / 2; }
+  int64_t count() const { return images * rows() * cols(); }
+};
+
+// U = B^T d B for tiles [first, first + count), into u (element e's rows at u + e * element_stride,
+// one row of in_channels per tile). B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]; the window's
+// values outside the map are the padding's zeros.
+VECTOR_CLONES void transform_inputs(const float *x, const Tiles &s, int64_t first, int64_t count,
+                                    int64_t element_stride, float *u) {
+  const int64_t c_all = s.in_channels;
+  for (int64_t t = 0; t < count; ++t) {
+    const int64_t tile = first + t, image = tile / (s.rows() * s.cols());
+    const int64_t top = tile / s.cols() % s.rows() * 2 - 1, left = tile % s.cols() * 2 - 1;
+    const float *rows[4][4];
+    for (int a = 0; a < 4; ++a)
+      for (int b = 0; b < 4; ++b) {
+        const int64_t y = top + a, x_col = left + b;
+        rows[a][b] = y >= 0 && y < s.height && x_col >= 0 && x_col < s.width
+                         ? x + ((image * s.height + y) * s.width + x_col) * c_all
+                         : nullptr;
+      }
+    for (int64_t c = 0; c < c_all; c += LANES) {
+      Lanes d[4][4];
+      for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < 4; ++b) d[a][b] = rows[a][b] != nullptr ? load(rows[a][b] + c) : Lanes{};
+      Lanes bd[4][4]; // B^T d
+      for (int b = 0; b < 4; ++b) {
+        bd[0][b] = d[0][b] - d[2][b];
+        bd[1][b] = d[1][b] + d[2][b];
+        bd[2][b] = d[2][b] - d[1][b];
+        bd[3][b] = d[1][b] - d[3][b];
+      }
+      for (int a = 0; a < 4; ++a) {
+        float *out = u + a * 4 * element_stride + t * c_all + c;
+        store(out, bd[a][0] - bd[a][2]);
+        store(out + element_stride, bd[a][1] + bd[a][2]);
+        store(out + 2 * element_stride, bd[a][2] - bd[a][1]);
+        store(out + 3 * element_stride, bd[a][1] - bd[a][3]);
+      }
+    }
+  }
+}
+
+// y = A^T M A (+ bias, + residual, ReLU) for tiles [first, first + count), M's element e at
+// m + e * element_stride (a row of out_channels per tile). A^T = [1 1 1 0; 0 1 -1 -1].
+VECTOR_CLONES void transform_outputs(const float *m, const Tiles &s, int64_t first, int64_t count,
+                                     int64_t element_stride, const float *bias, const float *residual, bool relu,
+                                     float *y) {
+  const int64_t k_all = s.out_channels;
+  for (int64_t t = 0; t < count; ++t) {
+    const int64_t tile = first + t, image = tile / (s.rows() * s.cols());
+    const int64_t top = tile / s.cols() % s.rows() * 2, left = tile % s.cols() * 2;
+    for (int64_t k = 0; k < k_all; k += LANES) {
+      Lanes e[4][4];
+      for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < 4; ++b) e[a][b] = load(m + (a * 4 + b) * element_stride + t * k_all + k);
+      Lanes am[2][4]; // A^T M
+      for (int b = 0; b < 4; ++b) {
+        am[0][b] = e[0][b] + e[1][b] + e[2][b];
+        am[1][b] = e[1][b] - e[2][b] - e[3][b];
+      }
+      const Lanes shift = bias != nullptr ? load(bias + k) : Lanes{};
+      for (int i = 0; i < 2; ++i) {
+        const Lanes out[2] = {am[i][0] + am[i][1] + am[i][2] + shift, am[i][1] - am[i][2] - am[i][3] + shift};
+        for (int j = 0; j < 2; ++j) {
+          const int64_t at = ((image * s.height + top + i) * s.width + left + j) * k_all + k;
+          Lanes v = out[j];
+          if (residual != nullptr) v += load(residual + at);
+          if (relu) v = v > 0 ? v : Lanes{};
+          store(y + at, v);
+        }
+      }
+    }
+  }
+}
+
+// dM = A dY A^T (the transpose of the output transform, for the weight's gradient) for tiles
+// [first, first + count) of dy, into dm as transform_inputs lays out its rows; where `bias_sums`,
+// dy's values are added to them too (in double; every position is in one tile).
+VECTOR_CLONES void transform_output_grads(const float *dy, const Tiles &s, int64_t first, int64_t count,
+                                          int64_t element_stride, float *dm, double *bias_sums) {
+  const int64_t k_all = s.out_channels;
+  for (int64_t t = 0; t < count; ++t) {
+    const int64_t tile = first + t, image = tile / (s.rows() * s.cols());
+    const int64_t top = tile / s.cols() % s.rows() * 2, left = tile % s.cols() * 2;
+    const float *at[2][2];
+    for (int i = 0; i < 2; ++i)
+      for (int j = 0; j < 2; ++j) at[i][j] = dy + ((image * s.height + top + i) * s.width + left + j) * k_all;
+    for (int64_t k = 0; k < k_all; k += LANES) {
+      Lanes g[2][2];
+      for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 2; ++j) g[i][j] = load(at[i][j] + k);
+      // A = [1 0; 1 1; 1 -1; 0 -1]: rows of A dY, then (A dY) A^T.
+      const Lanes rows[4][2] = {{g[0][0], g[0][1]},
+                                {g[0][0] + g[1][0], g[0][1] + g[1][1]},
+                                {g[0][0] - g[1][0], g[0][1] - g[1][1]},
+                                {-g[1][0], -g[1][1]}};
+      for (int a = 0; a < 4; ++a) {
+        float *out = dm + a * 4 * element_stride + t * k_all + k;
+        store(out, rows[a][0]);
+        store(out + element_stride, rows[a][0] + rows[a][1]);
+        store(out + 2 * element_stride, rows[a][0] - rows[a][1]);
+        store(out + 3 * element_stride, -rows[a][1]);
+      }
+    }
+    if (bias_sums != nullptr)
+      for (int64_t k = 0; k < k_all; ++k)
+        bias_sums[k] += static_cast<double>(at[0][0][k]) + at[0][1][k] + at[1][0][k] + at[1][1][k];
+  }
+}
+
+// Tiles per block: their transformed inputs and products (or output gradients) about
+// BLOCK_BYTES, from 16 to 128 tiles.
+int64_t block_tiles(const Tiles &s) {
+  const int64_t tile_bytes = ELEMENTS * (s.in_channels + s.out_channels) * static_cast<int64_t>(sizeof(float));
+  return std::clamp<int64_t>(BLOCK_BYTES / tile_bytes, 16, 128);
+}
+
+// V = G g G^T for each out x in pair of a channels-last weight (out x 3 x 3 x in), in lanes of
+// input channels, into v (16 x out x in), for outputs [first, last); `turned` takes each 3x3
+// window turned 180 degrees (the input gradient's weight). G = [1 0 0; 1/2 1/2 1/2;
+// 1/2 -1/2 1/2; 0 0 1].
+VECTOR_CLONES void transform_weight_rows(const float *w, int64_t outputs, int64_t inputs, bool turned, int64_t first,
+                                         int64_t last, float *v) {
+  for (int64_t k = first; k < last; ++k) {
+    for (int64_t c = 0; c < inputs; c += LANES) {
+      Lanes g[3][3];
+      for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) {
+          const int tap = turned ? (2 - i) * 3 + (2 - j) : i * 3 + j;
+          g[i][j] = load(w + (k * 9 + tap) * inputs + c);
+        }
+      Lanes gg[4][3]; // G g
+      for (int j = 0; j < 3; ++j) {
+        gg[0][j] = g[0][j];
+        gg[1][j] = 0.5f * (g[0][j] + g[1][j] + g[2][j]);
+        gg[2][j] = 0.5f * (g[0][j] - g[1][j] + g[2][j]);
+        gg[3][j] = g[2][j];
+      }
+      for (int a = 0; a < 4; ++a) {
+        const Lanes row[4] = {gg[a][0], 0.5f * (gg[a][0] + gg[a][1] + gg[a][2]),
+                              0.5f * (gg[a][0] - gg[a][1] + gg[a][2]), gg[a][2]};
+        for (int b = 0; b < 4; ++b) store(v + ((a * 4 + b) * outputs + k) * inputs + c, row[b]);
+      }
+    }
+  }
+}
+
+// dg = G^T dV G (V = G g G^T is linear in g) for outputs [first, last) of dv (16 x out x in), in
+// lanes of input channels, into a channels-last weight gradient (out x 3 x 3 x in).
+VECTOR_CLONES void weight_grad_rows(const float *dv, int64_t outputs, int64_t inputs, int64_t first, int64_t last,
+                                    float *dw) {
+  for (int64_t k = first; k < last; ++k) {
+    for (int64_t c = 0; c < inputs; c += LANES) {
+      Lanes d[4][4];
+      for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < 4; ++b) d[a][b] = load(dv + ((a * 4 + b) * outputs + k) * inputs + c);
+      Lanes gd[3][4]; // G^T dV, G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1]
+      for (int b = 0; b < 4; ++b) {
+        gd[0][b] = d[0][b] + 0.5f * (d[1][b] + d[2][b]);
+        gd[1][b] = 0.5f * (d[1][b] - d[2][b]);
+        gd[2][b] = 0.5f * (d[1][b] + d[2][b]) + d[3][b];
+      }
+      for (int i = 0; i < 3; ++i) {
+        float *out = dw + (k * 9 + i * 3) * inputs + c;
+        store(out, gd[i][0] + 0.5f * (gd[i][1] + gd[i][2]));
+        store(out + inputs, 0.5f * (gd[i][1] - gd[i][2]));
+        store(out + 2 * inputs, 0.5f * (gd[i][1] + gd[i][2]) + gd[i][3]);
+      }
+    }
+  }
+}
+
+// A float32 weight (out x in x 3 x 3) transformed, as 16 x out x in, each window turned where
+// `turned`.
+at::Tensor transform_weight(const at::Tensor &weight, bool turned) {
+  at::NoGradGuard no_grad;
+  auto w = weight.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t outputs = w.size(0), inputs = w.size(1);
+  auto v = at::empty({ELEMENTS, outputs, inputs}, w.options());
+  const float *w_data = w.const_data_ptr<float>();
+  float *v_data = v.mutable_data_ptr<float>();
+  at::parallel_for(0, outputs, 8, [&](int64_t first, int64_t last) {
+    transform_weight_rows(w_data, outputs, inputs, turned, first, last, v_data);
+  });
+  return v;
+}
+
+} // namespace
+
+bool winograd_enabled() { return kernel_policy_allows(policy.load(std::memory_order_relaxed)); }
+
+bool winograd_shape(int64_t in_channels, int64_t out_channels, int64_t height, int64_t width, int64_t kernel,
+                    int64_t stride, int64_t padding) {
+  // Whole 2x2 tiles only, and no maps under 4x4: ResNet's last stage (3x3 maps, where tiles
+  // would compute 16 outputs for 9) ran at 0.6-0.9 of oneDNN's speed. Under 64 output channels
+  // the products are too narrow: DenseNet's 32-channel layers gained nothing.
+  return kernel == 3 && stride == 1 && padding == 1 && in_channels % LANES == 0 && out_channels % LANES == 0 &&
+         out_channels >= 64 && height % 2 == 0 && width % 2 == 0 && height >= 4 && width >= 4;
+}
+
+// The products take V[e] as in x out: the transposed view of its out x in rows.
+at::Tensor winograd_weight(const at::Tensor &weight) { return transform_weight(weight, false).transpose(1, 2); }
+
+// The input's gradient's in x out (the layer's out x in) are the rows as they are, turned.
+at::Tensor winograd_input_grad_weight(const at::Tensor &weight) { return transform_weight(weight, true); }
+
+at::Tensor winograd_conv2d(const at::Tensor &x, const at::Tensor &transformed, const at::Tensor *bias,
+                           const at::Tensor *residual, bool relu) {
+  const Tiles s{x.size(0), x.size(2), x.size(3), x.size(1), transformed.size(2)};
+  if (x.scalar_type() != at::kFloat || transformed.scalar_type() != at::kFloat ||
+      transformed.sizes() != at::IntArrayRef({ELEMENTS, s.in_channels, s.out_channels}) ||
+      !winograd_shape(s.in_channels, s.out_channels, s.height, s.width, 3, 1, 1))
+    throw std::invalid_argument("winograd_conv2d: a shape it does not take");
+  auto input = x.contiguous(at::MemoryFormat::ChannelsLast);
+  auto y = at::empty({s.images, s.out_channels, s.height, s.width}, x.options(), at::MemoryFormat::ChannelsLast);
+  at::Tensor shift, skip;
+  if (bias != nullptr) shift = bias->to(at::kFloat).contiguous();
+  if (residual != nullptr) {
+    if (residual->sizes() != y.sizes()) throw std::invalid_argument("winograd_conv2d: a residual of another shape");
+    skip = residual->to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  const int64_t block = block_tiles(s), blocks = (s.count() + block - 1) / block;
+  const float *x_data = input.const_data_ptr<float>();
+  const float *bias_data = shift.defined() ? shift.const_data_ptr<float>() : nullptr;
+  const float *skip_data = skip.defined() ? skip.const_data_ptr<float>() : nullptr;
+  float *y_data = y.mutable_data_ptr<float>();
+  at::parallel_for(0, blocks, 1, [&](int64_t first_block, int64_t last_block) {
+    // This thread's block buffers: each element's rows for `block` tiles.
+    auto u = at::empty({ELEMENTS, block, s.in_channels}, x.options());
+    auto m = at::empty({ELEMENTS, block, s.out_channels}, x.options());
+    for (int64_t b = first_block; b < last_block; ++b) {
+      const int64_t first = b * block, count = std::min(s.count(), first + block) - first;
+      transform_inputs(x_data, s, first, count, block * s.in_channels, u.mutable_data_ptr<float>());
+      auto products = m.narrow(1, 0, count);
+      at::bmm_out(products, u.narrow(1, 0, count), transformed);
+      transform_outputs(m.const_data_ptr<float>(), s, first, count, block * s.out_channels, bias_data, skip_data,
+                        relu, y_data);
+    }
+  });
+  calls.fetch_add(1, std::memory_order_relaxed);
+  return y;
+}
+
+std::pair<at::Tensor, at::Tensor> winograd_weight_grad(const at::Tensor &x, const at::Tensor &dy, bool with_bias) {
+  const Tiles s{x.size(0), x.size(2), x.size(3), x.size(1), dy.size(1)};
+  if (x.scalar_type() != at::kFloat || dy.scalar_type() != at::kFloat || dy.size(0) != s.images ||
+      dy.size(2) != s.height || dy.size(3) != s.width ||
+      !winograd_shape(s.in_channels, s.out_channels, s.height, s.width, 3, 1, 1))
+    throw std::invalid_argument("winograd_weight_grad: a shape it does not take");
+  at::NoGradGuard no_grad;
+  auto input = x.contiguous(at::MemoryFormat::ChannelsLast);
+  auto grad = dy.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t block = block_tiles(s), blocks = (s.count() + block - 1) / block;
+  const int64_t partial_bytes = ELEMENTS * s.in_channels * s.out_channels * static_cast<int64_t>(sizeof(float));
+  const int64_t groups = std::max<int64_t>(1, std::min({MAX_GROUPS, blocks, GROUP_BYTES / partial_bytes}));
+  auto options = x.options();
+  auto partial = at::empty({groups, ELEMENTS, s.out_channels, s.in_channels}, options);
+  std::vector<double> bias_partial(with_bias ? groups * s.out_channels : 0, 0.0);
+  const float *x_data = input.const_data_ptr<float>(), *dy_data = grad.const_data_ptr<float>();
+  at::parallel_for(0, groups, 1, [&](int64_t first_group, int64_t last_group) {
+    auto u = at::empty({ELEMENTS, block, s.in_channels}, options);
+    auto dm = at::empty({ELEMENTS, block, s.out_channels}, options);
+    for (int64_t g = first_group; g < last_group; ++g) {
+      auto sum = partial[g];
+      double *bias_sums = with_bias ? bias_partial.data() + g * s.out_channels : nullptr;
+      const int64_t first_block = blocks * g / groups, last_block = blocks * (g + 1) / groups;
+      for (int64_t b = first_block; b < last_block; ++b) {
+        const int64_t first = b * block, count = std::min(s.count(), first + block) - first;
+        transform_inputs(x_data, s, first, count, block * s.in_channels, u.mutable_data_ptr<float>());
+        transform_output_grads(dy_data, s, first, count, block * s.out_channels, dm.mutable_data_ptr<float>(),
+                               bias_sums);
+        // dV[e] += dM[e]^T U[e]: out x tiles times tiles x in, rows of input channels as the
+        // weight's gradient has them.
+        auto grads = dm.narrow(1, 0, count).transpose(1, 2), inputs = u.narrow(1, 0, count);
+        if (b == first_block)
+          at::bmm_out(sum, grads, inputs);
+        else
+          sum.baddbmm_(grads, inputs);
+      }
+    }
+  });
+  auto total = partial[0].clone();
+  for (int64_t g = 1; g < groups; ++g) total.add_(partial[g]);
+  auto weight = at::empty({s.out_channels, s.in_channels, 3, 3}, options, at::MemoryFormat::ChannelsLast);
+  const float *dv = total.const_data_ptr<float>();
+  float *dw = weight.mutable_data_ptr<float>();
+  at::parallel_for(0, s.out_channels, 8, [&](int64_t first, int64_t last) {
+    weight_grad_rows(dv, s.out_channels, s.in_channels, first, last, dw);
+  });
+  at::Tensor bias;
+  if (with_bias) {
+    bias = at::empty({s.out_channels}, options);
+    float *out = bias.mutable_data_ptr<float>();
+    for (int64_t k = 0; k < s.out_channels; ++k) {
+      double total_k = 0;
+      for (int64_t group = 0; group < groups; ++group) total_k += bias_partial[group * s.out_channels + k];
+      out[k] = static_cast<float>(total_k);
+    }
+  }
+  calls.fetch_add(1, std::memory_order_relaxed);
+  return {weight, bias};
+}
+
+extern "C" {
+
+// Where the shim's convolutions take Winograd's algorithm: 0 on CPUs without AVX-512, 1
+// everywhere, 2 nowhere (for tests and measurements).
+char *convnets_set_winograd_policy(int mode) {
+  GUARD({
+    if (mode < 0 || mode > 2) throw std::invalid_argument("unknown policy");
+    policy.store(mode, std::memory_order_relaxed);
+  })
+}
+
+// How many convolutions this process has computed by Winograd's algorithm.
+uint64_t convnets_winograd_calls() { return calls.load(std::memory_order_relaxed); }
+
+} // extern "C"
