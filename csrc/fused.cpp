@@ -140,6 +140,9 @@ std::pair<at::Tensor, std::optional<at::Tensor>> folded_cached(ConvnetsFoldCache
   if (!same) {
     at::NoGradGuard no_grad; // for the copies of the batch norm's vectors (folded has its own)
     cache->folded = folded(w, b, norm, dtype);
+    // Folding without a batch norm may return the layer's own weight, the same tensor as before
+    // its change: the transformed weight is made again from it all the same.
+    cache->winograd = cache->winograd_of = at::Tensor();
     cache->dtype = dtype;
     cache->data.clear();
     cache->versions.clear();
@@ -159,7 +162,8 @@ std::optional<std::string_view> post_op(const char *activation) {
   return std::string_view(activation);
 }
 
-// winograd_weight(weight), from `cache` where it holds it for this folded weight.
+// winograd_weight(weight), from `cache` where it holds it for this folded weight (folded_cached
+// forgets it when it folds again).
 at::Tensor winograd_cached(ConvnetsFoldCache *cache, const at::Tensor &weight) {
   if (cache == nullptr) return winograd_weight(weight);
   std::lock_guard<std::mutex> lock(cache->mutex);
