@@ -179,8 +179,9 @@ at::Tensor winograd_cached(ConvnetsFoldCache *cache, const at::Tensor &weight) {
 bool winograd_takes(const at::Tensor &x, const at::Tensor &weight, int64_t stride, int64_t padding,
                     const char *activation, at::ScalarType dtype) {
   auto act = post_op(activation);
-  return dtype == at::kFloat && x.scalar_type() == at::kFloat && winograd_enabled() && x.dim() == 4 && weight.dim() == 4 &&
-         weight.size(1) == x.size(1) && weight.size(2) == weight.size(3) && (!act || *act == "relu") &&
+  return dtype == at::kFloat && x.scalar_type() == at::kFloat && winograd_enabled() && x.dim() == 4 &&
+         weight.dim() == 4 && weight.size(1) == x.size(1) && weight.size(2) == weight.size(3) &&
+         (!act || *act == "relu") &&
          winograd_shape(x.size(1), weight.size(0), x.size(2), x.size(3), weight.size(2), stride, padding);
 }
 
