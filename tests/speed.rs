@@ -1107,29 +1107,35 @@ fn training_convolutions_leave_to_onednn_what_the_shim_s_weight_gradient_does_no
 
 #[test]
 fn networks_trained_with_the_shim_s_weight_gradients_are_at_least_as_accurate() {
-    use convnets::nn::{KernelPolicy, training_conv_kernel_calls};
+    use convnets::nn::{KernelPolicy, training_conv_kernel_calls, winograd_conv_calls};
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     // Every convolution: ResNet-18's stem, 16 in its residual blocks and 3 shortcuts; GoogLeNet's
     // 3 before its 9 Inception blocks of 6.
-    for (name, convolutions) in [("resnet18", 20), ("googlenet", 57)] {
+    for (name, convolutions, winograd_layers) in [("resnet18", 20, 10), ("googlenet", 57, 8)] {
         let (net, exact_net, x) = channels_last_network_and_float64_copy(name, 19);
         let grads = |net: &Network, x: &Tensor| {
             let logits = net.forward_t(x, true).unwrap();
             let loss = (&logits * &logits).sum(logits.kind());
             Tensor::run_backward(&[loss], &net.vs.trainable_variables(), false, false)
         };
-        let pass = |policy| {
-            let _policy = KernelPolicies::set(policy, KernelPolicy::Never);
-            let before = training_conv_kernel_calls();
+        let pass = |policy, winograd| {
+            let _policy = KernelPolicies::set(policy, winograd);
+            let (before, winograd_before) = (training_conv_kernel_calls(), winograd_conv_calls());
             let grads = grads(&net, &x);
-            (grads, training_conv_kernel_calls() - before)
+            (grads, training_conv_kernel_calls() - before, winograd_conv_calls() - winograd_before)
         };
-        let (ours, calls) = pass(KernelPolicy::Always);
+        let (ours, calls, _) = pass(KernelPolicy::Always, KernelPolicy::Never);
         assert_eq!(calls, convolutions, "{name}: convolutions by the shim");
-        let (theirs, calls) = pass(KernelPolicy::Never);
+        let (theirs, calls, _) = pass(KernelPolicy::Never, KernelPolicy::Never);
         assert_eq!(calls, 0, "{name}: by oneDNN");
         let exact = grads(&exact_net, &x.to_kind(Kind::Double));
         assert_at_least_as_accurate(name, &ours, &theirs, &exact, "oneDNN's");
+        // And with Winograd's algorithm for the 3x3 layers it takes (at a 64-pixel input, those
+        // of evaluation's test below: forward, input and weight gradients).
+        let (winograd, calls, winograd_calls) = pass(KernelPolicy::Always, KernelPolicy::Always);
+        assert_eq!(calls, convolutions, "{name}: convolutions by the shim, with Winograd's");
+        assert_eq!(winograd_calls, 3 * winograd_layers, "{name}: products by Winograd's algorithm");
+        assert_at_least_as_accurate(name, &winograd, &theirs, &exact, "oneDNN's");
     }
 }
 
