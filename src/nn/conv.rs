@@ -135,16 +135,16 @@ pub fn set_weight_grad_kernel(policy: KernelPolicy) {
 }
 
 /// Sets where 3x3 stride-1 convolutions take Winograd's algorithm (`csrc/winograd.cpp`):
-/// evaluation's fused layers, and training's forward and input gradient where the shim's weight
-/// gradient runs. For the whole process.
+/// evaluation's fused layers, and training's forward, input gradient and weight gradient where
+/// the shim's training convolution runs. For the whole process.
 pub fn set_winograd_kernel(policy: KernelPolicy) {
     // SAFETY: takes a plain integer; the shim rejects unknown ones with an error message.
     let result = ffi::check(unsafe { convnets_set_winograd_policy(policy as i32) });
     debug_assert!(result.is_ok(), "{result:?}");
 }
 
-/// How many convolutions (forward passes and input gradients) this process has computed by
-/// Winograd's algorithm.
+/// How many products (forward passes, input gradients and weight gradients) this process has
+/// computed by Winograd's algorithm.
 pub fn winograd_conv_calls() -> u64 {
     // SAFETY: reads a counter.
     unsafe { convnets_winograd_calls() }
