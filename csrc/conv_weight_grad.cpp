@@ -43,10 +43,7 @@ constexpr int64_t BLOCK_BYTES = int64_t{1} << 20;
 constexpr int64_t MAX_GROUPS = 16;
 constexpr int64_t GROUP_BYTES = int64_t{64} << 20;
 
-// 0: where oneDNN's own kernel is the AVX2 one (no AVX-512); 1: always; 2: never.
-std::atomic<int> policy{0};
-
-bool enabled() { return kernel_policy_allows(policy.load(std::memory_order_relaxed)); }
+KernelPolicy policy;
 
 // Adds `rows` rows of `channels` values into sums, a row at a time.
 VECTOR_CLONES void add_rows(const float *rows_data, int64_t rows, int64_t channels, double *sums) {
@@ -154,9 +151,11 @@ at::Tensor training_forward(torch::autograd::AutogradContext *ctx, const at::Ten
   ctx->save_for_backward({x, weight});
   ctx->saved_data["stride"] = stride;
   ctx->saved_data["padding"] = padding;
-  if (winograd_enabled() && winograd_shape(x.size(1), weight.size(0), x.size(2), x.size(3), weight.size(2), stride,
-                                           padding))
-    return winograd_conv2d(x, winograd_weight(weight), bias ? &*bias : nullptr, nullptr, false);
+  // Decided once for the forward and the weight's gradient, which sums over the same tiles.
+  const bool winograd = winograd_enabled() && winograd_shape(x.size(1), weight.size(0), x.size(2), x.size(3),
+                                                             weight.size(2), stride, padding);
+  ctx->saved_data["winograd"] = winograd;
+  if (winograd) return winograd_conv2d(x, winograd_weight(weight), bias ? &*bias : nullptr, nullptr, false);
   return at::convolution(x, weight, bias, {stride, stride}, {padding, padding}, {1, 1}, false, {0, 0}, 1);
 }
 
@@ -167,10 +166,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> training_backward(torch::autograd
   auto saved = ctx->get_saved_variables();
   const auto &x = saved[0], &weight = saved[1];
   const int64_t stride = ctx->saved_data["stride"].toInt(), padding = ctx->saved_data["padding"].toInt();
+  const bool winograd = ctx->saved_data["winograd"].toBool();
   auto dy = grads[0].contiguous(at::MemoryFormat::ChannelsLast);
   at::Tensor dx;
   // For stride 1 and padding 1, dx is the convolution of dy with the weight turned and in and out
-  // swapped: Winograd's algorithm takes it where it takes that shape.
+  // swapped: Winograd's algorithm takes it where it takes that shape (which differs from the
+  // forward's where in and out channels differ).
   if (ctx->needs_input_grad(0) && winograd_enabled() &&
       winograd_shape(dy.size(1), x.size(1), dy.size(2), dy.size(3), weight.size(2), stride, padding))
     dx = winograd_conv2d(dy, winograd_input_grad_weight(weight), nullptr, nullptr, false);
@@ -179,10 +180,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> training_backward(torch::autograd
                                               {1, 1}, false, {0, 0}, 1, {true, false, false}));
   const Shape s{x.size(0),  x.size(1),  x.size(2),      x.size(3), dy.size(1),
                 dy.size(2), dy.size(3), weight.size(2), stride,    padding};
-  auto [dw, db] = winograd_enabled() && winograd_shape(s.in_channels, s.out_channels, s.height, s.width, s.kernel,
-                                                       stride, padding)
-                      ? winograd_weight_grad(x, dy, bias_grad)
-                      : weight_grad(x, dy, s, bias_grad);
+  auto [dw, db] = winograd ? winograd_weight_grad(x, dy, bias_grad) : weight_grad(x, dy, s, bias_grad);
   return {dx, dw, db};
 }
 
@@ -236,7 +234,7 @@ char *convnets_conv2d_train(const at::Tensor *x, const at::Tensor *weight, const
                             int64_t padding, at::Tensor **out) {
   GUARD({
     *out = nullptr;
-    if (!enabled() || !fits(*x, *weight, bias)) return nullptr;
+    if (!policy.allows() || !fits(*x, *weight, bias)) return nullptr;
     *out = new at::Tensor(bias != nullptr ? BiasedConv2d::apply(*x, *weight, *bias, stride, padding)
                                           : UnbiasedConv2d::apply(*x, *weight, stride, padding));
   })
@@ -246,8 +244,7 @@ char *convnets_conv2d_train(const at::Tensor *x, const at::Tensor *weight, const
 // 2 nowhere (for tests and measurements).
 char *convnets_set_conv_weight_grad_policy(int mode) {
   GUARD({
-    if (mode < 0 || mode > 2) throw std::invalid_argument("unknown policy");
-    policy.store(mode, std::memory_order_relaxed);
+    policy.set(mode);
   })
 }
 

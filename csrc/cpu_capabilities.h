@@ -4,16 +4,31 @@
 
 #include <ATen/cpu/Utils.h>
 
+#include <atomic>
+#include <stdexcept>
+#include <string>
+
 inline bool cpu_has(const char *name) {
   auto capabilities = at::cpu::get_cpu_capabilities();
   auto found = capabilities.find(name);
   return found != capabilities.end() && found->second.isBool() && found->second.toBool();
 }
 
-// The policy of a shim kernel that stands in for one of oneDNN's on CPUs without AVX-512, where
-// oneDNN runs its AVX2 kernels (the only ones the shim's were measured against): 0 there, 1
-// everywhere, 2 nowhere (tests and measurements set the other two).
-inline bool kernel_policy_allows(int mode) {
-  static const bool avx512 = cpu_has("avx512_f");
-  return mode == 1 || (mode == 0 && !avx512);
-}
+// Where a shim kernel that stands in for one of oneDNN's runs: by default (0) only on CPUs
+// without AVX-512, where oneDNN runs its AVX2 kernels (the only ones the shim's were measured
+// against); 1 everywhere and 2 nowhere, for tests and measurements.
+class KernelPolicy {
+ public:
+  bool allows() const {
+    static const bool avx512 = cpu_has("avx512_f");
+    const int mode = mode_.load(std::memory_order_relaxed);
+    return mode == 1 || (mode == 0 && !avx512);
+  }
+  void set(int mode) {
+    if (mode < 0 || mode > 2) throw std::invalid_argument("unknown kernel policy " + std::to_string(mode));
+    mode_.store(mode, std::memory_order_relaxed);
+  }
+
+ private:
+  std::atomic<int> mode_{0};
+};

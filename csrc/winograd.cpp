@@ -36,8 +36,7 @@
 
 namespace {
 
-// 0: on CPUs without AVX-512 (where oneDNN's kernels are its AVX2 ones); 1: always; 2: never.
-std::atomic<int> policy{0};
+KernelPolicy policy;
 std::atomic<uint64_t> calls{0};
 
 // Bytes of one block's transformed inputs and products together.
@@ -256,7 +255,7 @@ at::Tensor transform_weight(const at::Tensor &weight, bool turned) {
 
 } // namespace
 
-bool winograd_enabled() { return kernel_policy_allows(policy.load(std::memory_order_relaxed)); }
+bool winograd_enabled() { return policy.allows(); }
 
 bool winograd_shape(int64_t in_channels, int64_t out_channels, int64_t height, int64_t width, int64_t kernel,
                     int64_t stride, int64_t padding) {
@@ -376,8 +375,7 @@ extern "C" {
 // everywhere, 2 nowhere (for tests and measurements).
 char *convnets_set_winograd_policy(int mode) {
   GUARD({
-    if (mode < 0 || mode > 2) throw std::invalid_argument("unknown policy");
-    policy.store(mode, std::memory_order_relaxed);
+    policy.set(mode);
   })
 }
 
