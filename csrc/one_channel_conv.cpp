@@ -27,9 +27,9 @@
 
 namespace {
 
-// Outputs are computed 16 columns at a time, in accumulators the compiler keeps in vector
-// registers (one AVX-512 register, two AVX2 ones); lanes past a row's end compute what is never
-// stored or summed, so every buffer they read has LANES floats of slack after its last row.
+// The weight's gradient sums 16 columns at a time (the forward, below, 8); lanes past a row's end
+// compute what is never stored or summed, so every buffer they read has LANES floats of slack
+// after its last row.
 constexpr int64_t LANES = 16;
 
 // The shapes of one image's convolution: a padded plane of padded_h x padded_w, a square kernel,
@@ -39,67 +39,77 @@ struct Shape {
   int64_t chunks() const { return (out_w + LANES - 1) / LANES; }
 };
 
-// LANES floats as one value of GCC's and Clang's vector extension: the accumulators below start
-// as zeroed registers (arrays of floats were zeroed in memory, by `rep stos`, on every call) and
-// each multiply-add is one vector instruction, or two or four where the build's vectors are
-// narrower.
-typedef float Lanes __attribute__((vector_size(LANES * sizeof(float))));
-// Half as many, for a row's last 8 columns or fewer (LeNet's 24 are 16 and 8).
-typedef float HalfLanes __attribute__((vector_size(LANES / 2 * sizeof(float))));
+// Eight floats as one value of GCC's and Clang's vector extension: one AVX2 register (two SSE
+// ones in the baseline build), so that the accumulators below are registers and each tap a
+// broadcast (vectors of 16 split into halves on AVX2 broadcast every tap through the stack and
+// spilled accumulators: a tenth of the cores' multiply-add rate).
+constexpr int64_t VECTOR = 8;
+typedef float Vector __attribute__((vector_size(VECTOR * sizeof(float))));
 
-template <typename V> __attribute__((always_inline)) inline V load_lanes(const float *p) {
-  V v;
+__attribute__((always_inline)) inline Vector load_vector(const float *p) {
+  Vector v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
 
-// ROWS output rows of channel o from row r, 16 columns from x0 (8 with HalfLanes), each in
-// accumulators of its own: a row's sum is a chain of dependent multiply-adds, and independent
-// chains side by side keep the vector units busy where one would wait on each addition in turn.
-// KERNEL is the kernel's side where known when compiling (LeNet's 5: every tap's loop unrolled),
-// else 0.
-template <int ROWS, int KERNEL, typename V = Lanes>
-__attribute__((always_inline)) inline void convolve_rows(const float *plane, const float *w, float bias,
-                                                        const Shape &s, int64_t o, int64_t r, int64_t x0, float *out) {
-  constexpr int64_t width = sizeof(V) / sizeof(float);
+// A block of ROWS output rows of channel o from row r by CHUNKS x 8 columns from x0, each vector
+// a chain of multiply-adds of its own: a loaded row is a multiply-add's operand, a tap is
+// broadcast once for the block's ROWS x CHUNKS multiply-adds, and ROWS x CHUNKS + 1 registers
+// stay within AVX2's 16. Each output is the sum of the kernel's taps (i, j) in order, plus the
+// bias. KERNEL is the kernel's side where known when compiling (LeNet's 5: every tap's loop
+// unrolled), else 0.
+template <int ROWS, int CHUNKS, int KERNEL>
+__attribute__((always_inline)) inline void convolve_block(const float *plane, const float *w, float bias,
+                                                         const Shape &s, int64_t o, int64_t r, int64_t x0,
+                                                         float *out) {
   const int64_t k = KERNEL > 0 ? KERNEL : s.kernel;
-  V acc[ROWS] = {};
+  Vector acc[ROWS][CHUNKS] = {};
   for (int64_t i = 0; i < k; ++i) {
     for (int64_t j = 0; j < k; ++j) {
-      const float tap = w[(o * k + i) * k + j];
+      const Vector tap = Vector{} + w[(o * k + i) * k + j];
       const float *row = plane + (r + i) * s.padded_w + x0 + j;
-      for (int rr = 0; rr < ROWS; ++rr) acc[rr] += tap * load_lanes<V>(row + rr * s.padded_w);
+      for (int rr = 0; rr < ROWS; ++rr)
+        for (int c = 0; c < CHUNKS; ++c) acc[rr][c] += tap * load_vector(row + rr * s.padded_w + c * VECTOR);
     }
   }
-  const int64_t valid = std::min(width, s.out_w - x0);
   for (int rr = 0; rr < ROWS; ++rr) {
-    float *dst = out + (o * s.out_h + r + rr) * s.out_w + x0;
-    const V y = acc[rr] + bias;
-    if (valid == width) {
-      std::memcpy(dst, &y, sizeof y);
-    } else {
-      for (int64_t l = 0; l < valid; ++l) dst[l] = y[l];
+    for (int c = 0; c < CHUNKS; ++c) {
+      float *dst = out + (o * s.out_h + r + rr) * s.out_w + x0 + c * VECTOR;
+      const Vector y = acc[rr][c] + bias;
+      const int64_t valid = std::min(VECTOR, s.out_w - x0 - c * VECTOR);
+      if (valid == VECTOR) {
+        std::memcpy(dst, &y, sizeof y);
+      } else {
+        for (int64_t l = 0; l < valid; ++l) dst[l] = y[l];
+      }
     }
   }
 }
 
-// All of one image's outputs into `out` (outputs x out_h x out_w): each output is the sum of the
-// kernel's taps (i, j) in order, w[o, i, j] times the padded plane's pixel, plus the bias.
+// The rows of channel o, CHUNKS x 8 columns from x0: blocks of 12 / CHUNKS rows (12
+// accumulators), then one row at a time.
+template <int CHUNKS, int KERNEL>
+__attribute__((always_inline)) inline void convolve_columns(const float *plane, const float *w, float bias,
+                                                           const Shape &s, int64_t o, int64_t x0, float *out) {
+  constexpr int ROWS = 12 / CHUNKS;
+  int64_t r = 0;
+  for (; r + ROWS <= s.out_h; r += ROWS) convolve_block<ROWS, CHUNKS, KERNEL>(plane, w, bias, s, o, r, x0, out);
+  for (; r < s.out_h; ++r) convolve_block<1, CHUNKS, KERNEL>(plane, w, bias, s, o, r, x0, out);
+}
+
+// All of one image's outputs into `out` (outputs x out_h x out_w), 24 columns at a time and the
+// rest in one narrower pass (LeNet's rows of 24 in one).
 template <int KERNEL>
 __attribute__((always_inline)) inline void convolve_image_with(const float *plane, const float *w, const float *b,
                                                               const Shape &s, float *out) {
-  constexpr int BLOCK = 8;
   for (int64_t o = 0; o < s.outputs; ++o) {
-    for (int64_t x0 = 0; x0 < s.out_w; x0 += LANES) {
-      int64_t r = 0;
-      if (s.out_w - x0 > LANES / 2) {
-        for (; r + BLOCK <= s.out_h; r += BLOCK) convolve_rows<BLOCK, KERNEL>(plane, w, b[o], s, o, r, x0, out);
-        for (; r < s.out_h; ++r) convolve_rows<1, KERNEL>(plane, w, b[o], s, o, r, x0, out);
-      } else {
-        for (; r + BLOCK <= s.out_h; r += BLOCK)
-          convolve_rows<BLOCK, KERNEL, HalfLanes>(plane, w, b[o], s, o, r, x0, out);
-        for (; r < s.out_h; ++r) convolve_rows<1, KERNEL, HalfLanes>(plane, w, b[o], s, o, r, x0, out);
-      }
+    int64_t x0 = 0;
+    for (; x0 + 3 * VECTOR <= s.out_w; x0 += 3 * VECTOR) convolve_columns<3, KERNEL>(plane, w, b[o], s, o, x0, out);
+    switch ((s.out_w - x0 + VECTOR - 1) / VECTOR) {
+    case 0: break;
+    case 1: convolve_columns<1, KERNEL>(plane, w, b[o], s, o, x0, out); break;
+    case 2: convolve_columns<2, KERNEL>(plane, w, b[o], s, o, x0, out); break;
+    default: convolve_columns<3, KERNEL>(plane, w, b[o], s, o, x0, out); break;
     }
   }
 }
