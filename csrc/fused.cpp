@@ -182,7 +182,7 @@ bool winograd_takes(const at::Tensor &x, const at::Tensor &weight, int64_t strid
   return dtype == at::kFloat && x.scalar_type() == at::kFloat && winograd_enabled() && x.dim() == 4 &&
          weight.dim() == 4 && weight.size(1) == x.size(1) && weight.size(2) == weight.size(3) &&
          (!act || *act == "relu") &&
-         winograd_shape(x.size(1), weight.size(0), x.size(2), x.size(3), weight.size(2), stride, padding);
+         winograd_forward_shape(x.size(1), weight.size(0), x.size(2), x.size(3), weight.size(2), stride, padding);
 }
 
 // The activation applied to y in place (for the layers libtorch computes itself).
@@ -239,7 +239,7 @@ char *convnets_conv2d_pointwise(const at::Tensor *x, const at::Tensor *w, const 
       return nullptr;
     }
     auto [weight, bias] = folded_cached(cache, *w, b, norm, *dtype);
-    // Winograd's algorithm where it takes the layer (3x3, stride 1, on CPUs where oneDNN's
+    // Winograd's algorithm where it takes the layer (3x3 or 5x5, stride 1, on CPUs where oneDNN's
     // kernels are its AVX2 ones), with the bias, the sum and the ReLU in its output transform.
     if (winograd_takes(*x, weight, stride, padding, activation, *dtype)) {
       *out = new at::Tensor(winograd_conv2d(*x, winograd_cached(cache, weight), bias ? &*bias : nullptr, other,

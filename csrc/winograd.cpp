@@ -46,7 +46,8 @@ constexpr int64_t BLOCK_BYTES = int64_t{2} << 20;
 // bytes they may take.
 constexpr int64_t MAX_GROUPS = 16;
 constexpr int64_t GROUP_BYTES = int64_t{64} << 20;
-// Each tile's 16 transformed elements.
+// Each F(2x2, 3x3) tile's 16 transformed elements (the weight's gradient is computed for 3x3
+// kernels only).
 constexpr int64_t ELEMENTS = 16;
 
 // Eight floats, one AVX2 register (two SSE ones in the baseline build): channels go eight at a
@@ -62,8 +63,12 @@ __attribute__((always_inline)) inline Lanes load(const float *p) {
 
 __attribute__((always_inline)) inline void store(float *p, const Lanes &v) { std::memcpy(p, &v, sizeof v); }
 
+// A convolution's 2x2 output tiles; `kernel` is 3 (F(2x2, 3x3): 4x4 windows, 16 elements) or 5
+// (F(2x2, 5x5): 6x6 windows, 36 elements).
 struct Tiles {
-  int64_t images, height, width, in_channels, out_channels;
+  int64_t images, height, width, in_channels, out_channels, kernel;
+  int64_t window() const { return kernel + 1; }
+  int64_t elements() const { return window() * window(); }
   int64_t rows() const { return height / 2; }
   int64_t cols() const { return width / 2; }
   int64_t count() const { return images * rows() * cols(); }
@@ -176,10 +181,128 @@ VECTOR_CLONES void transform_output_grads(const float *dy, const Tiles &s, int64
   }
 }
 
+// F(2x2, 5x5), for evaluation (AlexNet's 5x5 layer): the same steps with the points 0, 1, -1, 2,
+// -2 and infinity. B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0;
+// 0 2 -1 -2 1 0; 0 4 0 -5 0 1], G = [1/4 0 0 0 0; -1/6 (1 1 1 1 1); -1/6 (1 -1 1 -1 1);
+// 1/24 (1 2 4 8 16); 1/24 (1 -2 4 -8 16); 0 0 0 0 1], A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 1].
+__attribute__((always_inline)) inline void times_b_transposed(const Lanes (&d)[6], Lanes (&out)[6]) {
+  out[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];
+  out[1] = d[3] + d[4] - 4.0f * (d[1] + d[2]);
+  out[2] = d[4] - d[3] + 4.0f * (d[1] - d[2]);
+  out[3] = d[4] - d[2] + 2.0f * (d[3] - d[1]);
+  out[4] = d[4] - d[2] + 2.0f * (d[1] - d[3]);
+  out[5] = 4.0f * d[1] - 5.0f * d[3] + d[5];
+}
+
+__attribute__((always_inline)) inline void times_g(const Lanes (&g)[5], Lanes (&out)[6]) {
+  const Lanes even = g[0] + g[2] + g[4], odd = g[1] + g[3];
+  const Lanes even4 = g[0] + 4.0f * g[2] + 16.0f * g[4], odd4 = 2.0f * g[1] + 8.0f * g[3];
+  out[0] = 0.25f * g[0];
+  out[1] = (-1.0f / 6) * (even + odd);
+  out[2] = (-1.0f / 6) * (even - odd);
+  out[3] = (1.0f / 24) * (even4 + odd4);
+  out[4] = (1.0f / 24) * (even4 - odd4);
+  out[5] = g[4];
+}
+
+__attribute__((always_inline)) inline void times_a_transposed(const Lanes (&m)[6], Lanes (&out)[2]) {
+  out[0] = m[0] + m[1] + m[2] + m[3] + m[4];
+  out[1] = m[1] - m[2] + 2.0f * (m[3] - m[4]) + m[5];
+}
+
+// U = B^T d B for tiles [first, first + count) of a 5x5 convolution with padding 2, laid out as
+// transform_inputs lays out its 16 elements' rows (36 here).
+VECTOR_CLONES void transform_inputs_5x5(const float *x, const Tiles &s, int64_t first, int64_t count,
+                                        int64_t element_stride, float *u) {
+  const int64_t c_all = s.in_channels;
+  for (int64_t t = 0; t < count; ++t) {
+    const int64_t tile = first + t, image = tile / (s.rows() * s.cols());
+    const int64_t top = tile / s.cols() % s.rows() * 2 - 2, left = tile % s.cols() * 2 - 2;
+    const float *rows[6][6];
+    for (int a = 0; a < 6; ++a)
+      for (int b = 0; b < 6; ++b) {
+        const int64_t y = top + a, x_col = left + b;
+        rows[a][b] = y >= 0 && y < s.height && x_col >= 0 && x_col < s.width
+                         ? x + ((image * s.height + y) * s.width + x_col) * c_all
+                         : nullptr;
+      }
+    for (int64_t c = 0; c < c_all; c += LANES) {
+      Lanes bd[6][6]; // B^T d, a column at a time
+      for (int b = 0; b < 6; ++b) {
+        Lanes column[6], transformed[6];
+        for (int a = 0; a < 6; ++a) column[a] = rows[a][b] != nullptr ? load(rows[a][b] + c) : Lanes{};
+        times_b_transposed(column, transformed);
+        for (int a = 0; a < 6; ++a) bd[a][b] = transformed[a];
+      }
+      for (int a = 0; a < 6; ++a) {
+        Lanes row[6];
+        times_b_transposed(bd[a], row);
+        for (int b = 0; b < 6; ++b) store(u + (a * 6 + b) * element_stride + t * c_all + c, row[b]);
+      }
+    }
+  }
+}
+
+// y = A^T M A (+ bias, + residual, ReLU) for tiles [first, first + count) of a 5x5 convolution,
+// as transform_outputs computes it for 3x3 ones.
+VECTOR_CLONES void transform_outputs_5x5(const float *m, const Tiles &s, int64_t first, int64_t count,
+                                         int64_t element_stride, const float *bias, const float *residual,
+                                         bool relu, float *y) {
+  const int64_t k_all = s.out_channels;
+  for (int64_t t = 0; t < count; ++t) {
+    const int64_t tile = first + t, image = tile / (s.rows() * s.cols());
+    const int64_t top = tile / s.cols() % s.rows() * 2, left = tile % s.cols() * 2;
+    for (int64_t k = 0; k < k_all; k += LANES) {
+      Lanes am[2][6]; // A^T M, a column at a time
+      for (int b = 0; b < 6; ++b) {
+        Lanes column[6], transformed[2];
+        for (int a = 0; a < 6; ++a) column[a] = load(m + (a * 6 + b) * element_stride + t * k_all + k);
+        times_a_transposed(column, transformed);
+        am[0][b] = transformed[0];
+        am[1][b] = transformed[1];
+      }
+      const Lanes shift = bias != nullptr ? load(bias + k) : Lanes{};
+      for (int i = 0; i < 2; ++i) {
+        Lanes out[2];
+        times_a_transposed(am[i], out);
+        for (int j = 0; j < 2; ++j) {
+          const int64_t at = ((image * s.height + top + i) * s.width + left + j) * k_all + k;
+          Lanes v = out[j] + shift;
+          if (residual != nullptr) v += load(residual + at);
+          if (relu) v = v > 0 ? v : Lanes{};
+          store(y + at, v);
+        }
+      }
+    }
+  }
+}
+
+// V = G g G^T for each out x in pair of a channels-last 5x5 weight (out x 5 x 5 x in), into v
+// (36 x out x in), for outputs [first, last).
+VECTOR_CLONES void transform_weight_rows_5x5(const float *w, int64_t outputs, int64_t inputs, int64_t first,
+                                             int64_t last, float *v) {
+  for (int64_t k = first; k < last; ++k) {
+    for (int64_t c = 0; c < inputs; c += LANES) {
+      Lanes gg[6][5]; // G g, a column at a time
+      for (int j = 0; j < 5; ++j) {
+        Lanes column[5], transformed[6];
+        for (int i = 0; i < 5; ++i) column[i] = load(w + (k * 25 + i * 5 + j) * inputs + c);
+        times_g(column, transformed);
+        for (int a = 0; a < 6; ++a) gg[a][j] = transformed[a];
+      }
+      for (int a = 0; a < 6; ++a) {
+        Lanes row[6];
+        times_g(gg[a], row);
+        for (int b = 0; b < 6; ++b) store(v + ((a * 6 + b) * outputs + k) * inputs + c, row[b]);
+      }
+    }
+  }
+}
+
 // Tiles per block: their transformed inputs and products (or output gradients) about
 // BLOCK_BYTES, from 16 to 128 tiles.
 int64_t block_tiles(const Tiles &s) {
-  const int64_t tile_bytes = ELEMENTS * (s.in_channels + s.out_channels) * static_cast<int64_t>(sizeof(float));
+  const int64_t tile_bytes = s.elements() * (s.in_channels + s.out_channels) * static_cast<int64_t>(sizeof(float));
   return std::clamp<int64_t>(BLOCK_BYTES / tile_bytes, 16, 128);
 }
 
@@ -238,17 +361,24 @@ VECTOR_CLONES void weight_grad_rows(const float *dv, int64_t outputs, int64_t in
   }
 }
 
-// A float32 weight (out x in x 3 x 3) transformed, as 16 x out x in, each window turned where
-// `turned`.
+// A float32 weight (out x in x 3 x 3, or 5 x 5) transformed, as 16 (36) x out x in, each window
+// turned where `turned` (3x3 only).
 at::Tensor transform_weight(const at::Tensor &weight, bool turned) {
   at::NoGradGuard no_grad;
+  const bool square = weight.dim() == 4 && weight.size(2) == weight.size(3);
+  const int64_t kernel = square ? weight.size(2) : 0;
+  if (kernel != 3 && (kernel != 5 || turned))
+    throw std::invalid_argument("winograd: a weight it does not take");
   auto w = weight.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t outputs = w.size(0), inputs = w.size(1);
-  auto v = at::empty({ELEMENTS, outputs, inputs}, w.options());
+  auto v = at::empty({(kernel + 1) * (kernel + 1), outputs, inputs}, w.options());
   const float *w_data = w.const_data_ptr<float>();
   float *v_data = v.mutable_data_ptr<float>();
   at::parallel_for(0, outputs, 8, [&](int64_t first, int64_t last) {
-    transform_weight_rows(w_data, outputs, inputs, turned, first, last, v_data);
+    if (kernel == 3)
+      transform_weight_rows(w_data, outputs, inputs, turned, first, last, v_data);
+    else
+      transform_weight_rows_5x5(w_data, outputs, inputs, first, last, v_data);
   });
   return v;
 }
@@ -266,6 +396,14 @@ bool winograd_shape(int64_t in_channels, int64_t out_channels, int64_t height, i
          out_channels >= 64 && height % 2 == 0 && width % 2 == 0 && height >= 4 && width >= 4;
 }
 
+bool winograd_forward_shape(int64_t in_channels, int64_t out_channels, int64_t height, int64_t width, int64_t kernel,
+                            int64_t stride, int64_t padding) {
+  // 5x5 as 3x3, and at least 64 input channels: each of the 36 products sums over them.
+  return winograd_shape(in_channels, out_channels, height, width, kernel, stride, padding) ||
+         (kernel == 5 && padding == 2 && in_channels >= 64 &&
+          winograd_shape(in_channels, out_channels, height, width, 3, stride, 1));
+}
+
 // The products take V[e] as in x out: the transposed view of its out x in rows.
 at::Tensor winograd_weight(const at::Tensor &weight) { return transform_weight(weight, false).transpose(1, 2); }
 
@@ -274,10 +412,11 @@ at::Tensor winograd_input_grad_weight(const at::Tensor &weight) { return transfo
 
 at::Tensor winograd_conv2d(const at::Tensor &x, const at::Tensor &transformed, const at::Tensor *bias,
                            const at::Tensor *residual, bool relu) {
-  const Tiles s{x.size(0), x.size(2), x.size(3), x.size(1), transformed.size(2)};
+  const int64_t kernel = transformed.size(0) == 36 ? 5 : 3;
+  const Tiles s{x.size(0), x.size(2), x.size(3), x.size(1), transformed.size(2), kernel};
   if (x.scalar_type() != at::kFloat || transformed.scalar_type() != at::kFloat ||
-      transformed.sizes() != at::IntArrayRef({ELEMENTS, s.in_channels, s.out_channels}) ||
-      !winograd_shape(s.in_channels, s.out_channels, s.height, s.width, 3, 1, 1))
+      transformed.sizes() != at::IntArrayRef({s.elements(), s.in_channels, s.out_channels}) ||
+      !winograd_forward_shape(s.in_channels, s.out_channels, s.height, s.width, kernel, 1, kernel / 2))
     throw std::invalid_argument("winograd_conv2d: a shape it does not take");
   auto input = x.contiguous(at::MemoryFormat::ChannelsLast);
   auto y = at::empty({s.images, s.out_channels, s.height, s.width}, x.options(), at::MemoryFormat::ChannelsLast);
@@ -294,15 +433,22 @@ at::Tensor winograd_conv2d(const at::Tensor &x, const at::Tensor &transformed, c
   float *y_data = y.mutable_data_ptr<float>();
   at::parallel_for(0, blocks, 1, [&](int64_t first_block, int64_t last_block) {
     // This thread's block buffers: each element's rows for `block` tiles.
-    auto u = at::empty({ELEMENTS, block, s.in_channels}, x.options());
-    auto m = at::empty({ELEMENTS, block, s.out_channels}, x.options());
+    auto u = at::empty({s.elements(), block, s.in_channels}, x.options());
+    auto m = at::empty({s.elements(), block, s.out_channels}, x.options());
     for (int64_t b = first_block; b < last_block; ++b) {
       const int64_t first = b * block, count = std::min(s.count(), first + block) - first;
-      transform_inputs(x_data, s, first, count, block * s.in_channels, u.mutable_data_ptr<float>());
+      const int64_t u_stride = block * s.in_channels, m_stride = block * s.out_channels;
+      if (kernel == 3)
+        transform_inputs(x_data, s, first, count, u_stride, u.mutable_data_ptr<float>());
+      else
+        transform_inputs_5x5(x_data, s, first, count, u_stride, u.mutable_data_ptr<float>());
       auto products = m.narrow(1, 0, count);
       at::bmm_out(products, u.narrow(1, 0, count), transformed);
-      transform_outputs(m.const_data_ptr<float>(), s, first, count, block * s.out_channels, bias_data, skip_data,
-                        relu, y_data);
+      if (kernel == 3)
+        transform_outputs(m.const_data_ptr<float>(), s, first, count, m_stride, bias_data, skip_data, relu, y_data);
+      else
+        transform_outputs_5x5(m.const_data_ptr<float>(), s, first, count, m_stride, bias_data, skip_data, relu,
+                              y_data);
     }
   });
   calls.fetch_add(1, std::memory_order_relaxed);
@@ -310,7 +456,7 @@ at::Tensor winograd_conv2d(const at::Tensor &x, const at::Tensor &transformed, c
 }
 
 std::pair<at::Tensor, at::Tensor> winograd_weight_grad(const at::Tensor &x, const at::Tensor &dy, bool with_bias) {
-  const Tiles s{x.size(0), x.size(2), x.size(3), x.size(1), dy.size(1)};
+  const Tiles s{x.size(0), x.size(2), x.size(3), x.size(1), dy.size(1), 3};
   if (x.scalar_type() != at::kFloat || dy.scalar_type() != at::kFloat || dy.size(0) != s.images ||
       dy.size(2) != s.height || dy.size(3) != s.width ||
       !winograd_shape(s.in_channels, s.out_channels, s.height, s.width, 3, 1, 1))
