@@ -155,7 +155,7 @@ at::Tensor training_forward(torch::autograd::AutogradContext *ctx, const at::Ten
   const bool winograd = winograd_enabled() && winograd_shape(x.size(1), weight.size(0), x.size(2), x.size(3),
                                                              weight.size(2), stride, padding);
   ctx->saved_data["winograd"] = winograd;
-  if (winograd) return winograd_conv2d(x, winograd_weight(weight), bias ? &*bias : nullptr, nullptr, false);
+  if (winograd) return winograd_conv2d(x, winograd_weight(weight, 2), bias ? &*bias : nullptr, nullptr, false);
   return at::convolution(x, weight, bias, {stride, stride}, {padding, padding}, {1, 1}, false, {0, 0}, 1);
 }
 

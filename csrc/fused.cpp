@@ -108,8 +108,10 @@ struct ConvnetsFoldCache {
   std::vector<at::Tensor> norm_values;
   at::ScalarType dtype = at::kFloat;
   std::pair<at::Tensor, std::optional<at::Tensor>> folded;
-  // The folded weight transformed for Winograd's algorithm, and the folded weight it came from.
+  // The folded weight transformed for Winograd's algorithm, the folded weight it came from, and the
+  // output tiles' side it was transformed for.
   at::Tensor winograd, winograd_of;
+  int64_t winograd_tile = 0;
 };
 
 namespace {
@@ -162,27 +164,29 @@ std::optional<std::string_view> post_op(const char *activation) {
   return std::string_view(activation);
 }
 
-// winograd_weight(weight), from `cache` where it holds it for this folded weight (folded_cached
-// forgets it when it folds again).
-at::Tensor winograd_cached(ConvnetsFoldCache *cache, const at::Tensor &weight) {
-  if (cache == nullptr) return winograd_weight(weight);
+// winograd_weight(weight, tile), from `cache` where it holds it for this folded weight and tile
+// (folded_cached forgets it when it folds again; a map of another size may take another tile).
+at::Tensor winograd_cached(ConvnetsFoldCache *cache, const at::Tensor &weight, int64_t tile) {
+  if (cache == nullptr) return winograd_weight(weight, tile);
   std::lock_guard<std::mutex> lock(cache->mutex);
-  if (!cache->winograd_of.defined() || !cache->winograd_of.is_same(weight)) {
-    cache->winograd = winograd_weight(weight);
+  if (!cache->winograd_of.defined() || !cache->winograd_of.is_same(weight) || cache->winograd_tile != tile) {
+    cache->winograd = winograd_weight(weight, tile);
     cache->winograd_of = weight;
+    cache->winograd_tile = tile;
   }
   return cache->winograd;
 }
 
-// Whether Winograd's algorithm takes this fused layer: float32, a shape it takes, and an
-// activation its output transform applies (a ReLU or none).
-bool winograd_takes(const at::Tensor &x, const at::Tensor &weight, int64_t stride, int64_t padding,
-                    const char *activation, at::ScalarType dtype) {
+// The output tiles' side in which Winograd's algorithm takes this fused layer (0 for none):
+// float32, a shape it takes, and an activation its output transform applies (a ReLU or none).
+int64_t winograd_tile(const at::Tensor &x, const at::Tensor &weight, int64_t stride, int64_t padding,
+                      const char *activation, at::ScalarType dtype) {
   auto act = post_op(activation);
-  return dtype == at::kFloat && x.scalar_type() == at::kFloat && winograd_enabled() && x.dim() == 4 &&
-         weight.dim() == 4 && weight.size(1) == x.size(1) && weight.size(2) == weight.size(3) &&
-         (!act || *act == "relu") &&
-         winograd_forward_shape(x.size(1), weight.size(0), x.size(2), x.size(3), weight.size(2), stride, padding);
+  if (dtype != at::kFloat || x.scalar_type() != at::kFloat || !winograd_enabled() || x.dim() != 4 ||
+      weight.dim() != 4 || weight.size(1) != x.size(1) || weight.size(2) != weight.size(3) ||
+      (act && *act != "relu"))
+    return 0;
+  return winograd_forward_tile(x.size(1), weight.size(0), x.size(2), x.size(3), weight.size(2), stride, padding);
 }
 
 // The activation applied to y in place (for the layers libtorch computes itself).
@@ -241,8 +245,8 @@ char *convnets_conv2d_pointwise(const at::Tensor *x, const at::Tensor *w, const 
     auto [weight, bias] = folded_cached(cache, *w, b, norm, *dtype);
     // Winograd's algorithm where it takes the layer (3x3 or 5x5, stride 1, on CPUs where oneDNN's
     // kernels are its AVX2 ones), with the bias, the sum and the ReLU in its output transform.
-    if (winograd_takes(*x, weight, stride, padding, activation, *dtype)) {
-      *out = new at::Tensor(winograd_conv2d(*x, winograd_cached(cache, weight), bias ? &*bias : nullptr, other,
+    if (const int64_t tile = winograd_tile(*x, weight, stride, padding, activation, *dtype)) {
+      *out = new at::Tensor(winograd_conv2d(*x, winograd_cached(cache, weight, tile), bias ? &*bias : nullptr, other,
                                             post_op(activation).has_value()));
       return nullptr;
     }

@@ -15,10 +15,17 @@
 // the transposed one: dM = A dY A^T per tile, dV[e] = dM[e]^T U[e] summed over the tiles, and
 // dg = G^T dV G.
 //
-// The transforms add and subtract values of similar size and scale some by 1/2 (exactly), and
-// each product sums over the input channels only, not over channels and taps in one chain.
+// F(2x2, 3x3)'s transforms add and subtract values of similar size and scale some by 1/2
+// (exactly), and each product sums over the input channels only, not over channels and taps in
+// one chain.
 // Measured against float64 sums (tests/speed.rs): outputs and input gradients 0.26-0.45 of
 // oneDNN's error, weight gradients 0.7-1.1 of the shim's direct sums' (csrc/conv_weight_grad.cpp).
+//
+// For evaluation two more tile shapes use the same steps: F(2x2, 5x5) (6x6 windows, 36 products;
+// AlexNet's 5x5 layer) and F(3x3, 3x3) (5x5 windows, 25 products; maps whose sides are multiples
+// of 3 but not both even, such as ResNet-18's and GoogLeNet's last 3x3 maps at 96 pixels, where
+// 2x2 tiles do not fit). Their transforms scale by up to 5 and down to 1/24, and their outputs
+// are 1.3-2.3 times as far from exact sums as oneDNN's (tests/speed.rs).
 #include "winograd.h"
 
 #include "cpu_capabilities.h"
@@ -63,14 +70,14 @@ __attribute__((always_inline)) inline Lanes load(const float *p) {
 
 __attribute__((always_inline)) inline void store(float *p, const Lanes &v) { std::memcpy(p, &v, sizeof v); }
 
-// A convolution's 2x2 output tiles; `kernel` is 3 (F(2x2, 3x3): 4x4 windows, 16 elements) or 5
-// (F(2x2, 5x5): 6x6 windows, 36 elements).
+// A convolution's tile x tile output tiles: F(2x2, 3x3) (4x4 windows, 16 elements), F(3x3, 3x3)
+// (5x5, 25) or F(2x2, 5x5) (6x6, 36).
 struct Tiles {
-  int64_t images, height, width, in_channels, out_channels, kernel;
-  int64_t window() const { return kernel + 1; }
+  int64_t images, height, width, in_channels, out_channels, kernel, tile;
+  int64_t window() const { return tile + kernel - 1; }
   int64_t elements() const { return window() * window(); }
-  int64_t rows() const { return height / 2; }
-  int64_t cols() const { return width / 2; }
+  int64_t rows() const { return height / tile; }
+  int64_t cols() const { return width / tile; }
   int64_t count() const { return images * rows() * cols(); }
 };
 
@@ -299,11 +306,126 @@ VECTOR_CLONES void transform_weight_rows_5x5(const float *w, int64_t outputs, in
   }
 }
 
+// F(3x3, 3x3), for evaluation (maps whose sides are multiples of 3 but not of 2: ResNet-18's and
+// GoogLeNet's last 3x3 maps at 96 pixels, one tile each): 5x5 windows, 25 products for 9 outputs,
+// with the points 0, 1, -1, 2 and infinity. B^T = [2 -1 -2 1 0; 0 -2 -1 1 0; 0 2 -3 1 0;
+// 0 -1 0 1 0; 0 2 -1 -2 1], G = [1/2 0 0; -1/2 -1/2 -1/2; -1/6 1/6 -1/6; 1/6 1/3 2/3; 0 0 1],
+// A^T = [1 1 1 1 0; 0 1 -1 2 0; 0 1 1 4 1].
+__attribute__((always_inline)) inline void times_b_transposed(const Lanes (&d)[5], Lanes (&out)[5]) {
+  out[0] = 2.0f * (d[0] - d[2]) + d[3] - d[1];
+  out[1] = d[3] - d[2] - 2.0f * d[1];
+  out[2] = d[3] - 3.0f * d[2] + 2.0f * d[1];
+  out[3] = d[3] - d[1];
+  out[4] = d[4] - d[2] + 2.0f * (d[1] - d[3]);
+}
+
+__attribute__((always_inline)) inline void times_g(const Lanes (&g)[3], Lanes (&out)[5]) {
+  out[0] = 0.5f * g[0];
+  out[1] = -0.5f * (g[0] + g[1] + g[2]);
+  out[2] = (-1.0f / 6) * (g[0] - g[1] + g[2]);
+  out[3] = (1.0f / 6) * (g[0] + 2.0f * g[1] + 4.0f * g[2]);
+  out[4] = g[2];
+}
+
+__attribute__((always_inline)) inline void times_a_transposed(const Lanes (&m)[5], Lanes (&out)[3]) {
+  out[0] = m[0] + m[1] + m[2] + m[3];
+  out[1] = m[1] - m[2] + 2.0f * m[3];
+  out[2] = m[1] + m[2] + 4.0f * m[3] + m[4];
+}
+
+// U = B^T d B for tiles [first, first + count) of F(3x3, 3x3), as transform_inputs lays out its
+// elements' rows.
+VECTOR_CLONES void transform_inputs_3x3_tiles(const float *x, const Tiles &s, int64_t first, int64_t count,
+                                              int64_t element_stride, float *u) {
+  const int64_t c_all = s.in_channels;
+  for (int64_t t = 0; t < count; ++t) {
+    const int64_t tile = first + t, image = tile / (s.rows() * s.cols());
+    const int64_t top = tile / s.cols() % s.rows() * 3 - 1, left = tile % s.cols() * 3 - 1;
+    const float *rows[5][5];
+    for (int a = 0; a < 5; ++a)
+      for (int b = 0; b < 5; ++b) {
+        const int64_t y = top + a, x_col = left + b;
+        rows[a][b] = y >= 0 && y < s.height && x_col >= 0 && x_col < s.width
+                         ? x + ((image * s.height + y) * s.width + x_col) * c_all
+                         : nullptr;
+      }
+    for (int64_t c = 0; c < c_all; c += LANES) {
+      Lanes bd[5][5]; // B^T d, a column at a time
+      for (int b = 0; b < 5; ++b) {
+        Lanes column[5], transformed[5];
+        for (int a = 0; a < 5; ++a) column[a] = rows[a][b] != nullptr ? load(rows[a][b] + c) : Lanes{};
+        times_b_transposed(column, transformed);
+        for (int a = 0; a < 5; ++a) bd[a][b] = transformed[a];
+      }
+      for (int a = 0; a < 5; ++a) {
+        Lanes row[5];
+        times_b_transposed(bd[a], row);
+        for (int b = 0; b < 5; ++b) store(u + (a * 5 + b) * element_stride + t * c_all + c, row[b]);
+      }
+    }
+  }
+}
+
+// y = A^T M A (+ bias, + residual, ReLU) for tiles [first, first + count) of F(3x3, 3x3).
+VECTOR_CLONES void transform_outputs_3x3_tiles(const float *m, const Tiles &s, int64_t first, int64_t count,
+                                               int64_t element_stride, const float *bias, const float *residual,
+                                               bool relu, float *y) {
+  const int64_t k_all = s.out_channels;
+  for (int64_t t = 0; t < count; ++t) {
+    const int64_t tile = first + t, image = tile / (s.rows() * s.cols());
+    const int64_t top = tile / s.cols() % s.rows() * 3, left = tile % s.cols() * 3;
+    for (int64_t k = 0; k < k_all; k += LANES) {
+      Lanes am[3][5]; // A^T M, a column at a time
+      for (int b = 0; b < 5; ++b) {
+        Lanes column[5], transformed[3];
+        for (int a = 0; a < 5; ++a) column[a] = load(m + (a * 5 + b) * element_stride + t * k_all + k);
+        times_a_transposed(column, transformed);
+        for (int i = 0; i < 3; ++i) am[i][b] = transformed[i];
+      }
+      const Lanes shift = bias != nullptr ? load(bias + k) : Lanes{};
+      for (int i = 0; i < 3; ++i) {
+        Lanes out[3];
+        times_a_transposed(am[i], out);
+        for (int j = 0; j < 3; ++j) {
+          const int64_t at = ((image * s.height + top + i) * s.width + left + j) * k_all + k;
+          Lanes v = out[j] + shift;
+          if (residual != nullptr) v += load(residual + at);
+          if (relu) v = v > 0 ? v : Lanes{};
+          store(y + at, v);
+        }
+      }
+    }
+  }
+}
+
+// V = G g G^T of F(3x3, 3x3) for outputs [first, last) of a channels-last 3x3 weight, into v
+// (25 x out x in).
+VECTOR_CLONES void transform_weight_rows_3x3_tiles(const float *w, int64_t outputs, int64_t inputs, int64_t first,
+                                                   int64_t last, float *v) {
+  for (int64_t k = first; k < last; ++k) {
+    for (int64_t c = 0; c < inputs; c += LANES) {
+      Lanes gg[5][3]; // G g, a column at a time
+      for (int j = 0; j < 3; ++j) {
+        Lanes column[3], transformed[5];
+        for (int i = 0; i < 3; ++i) column[i] = load(w + (k * 9 + i * 3 + j) * inputs + c);
+        times_g(column, transformed);
+        for (int a = 0; a < 5; ++a) gg[a][j] = transformed[a];
+      }
+      for (int a = 0; a < 5; ++a) {
+        Lanes row[5];
+        times_g(gg[a], row);
+        for (int b = 0; b < 5; ++b) store(v + ((a * 5 + b) * outputs + k) * inputs + c, row[b]);
+      }
+    }
+  }
+}
+
 // Tiles per block: their transformed inputs and products (or output gradients) about
-// BLOCK_BYTES, from 16 to 128 tiles.
+// BLOCK_BYTES, from 64 to 128 tiles: the products of 20 tiles (3x3 maps of 512 channels, F(3x3,
+// 3x3)) ran at 0.6 of the rate of 64 tiles' products.
 int64_t block_tiles(const Tiles &s) {
   const int64_t tile_bytes = s.elements() * (s.in_channels + s.out_channels) * static_cast<int64_t>(sizeof(float));
-  return std::clamp<int64_t>(BLOCK_BYTES / tile_bytes, 16, 128);
+  return std::clamp<int64_t>(BLOCK_BYTES / tile_bytes, 64, 128);
 }
 
 // V = G g G^T for each out x in pair of a channels-last weight (out x 3 x 3 x in), in lanes of
@@ -361,22 +483,24 @@ VECTOR_CLONES void weight_grad_rows(const float *dv, int64_t outputs, int64_t in
   }
 }
 
-// A float32 weight (out x in x 3 x 3, or 5 x 5) transformed, as 16 (36) x out x in, each window
-// turned where `turned` (3x3 only).
-at::Tensor transform_weight(const at::Tensor &weight, bool turned) {
+// A float32 weight (out x in x 3 x 3, or 5 x 5) transformed for output tiles of tile x tile, as
+// elements x out x in, each window turned where `turned` (F(2x2, 3x3) only).
+at::Tensor transform_weight(const at::Tensor &weight, int64_t tile, bool turned) {
   at::NoGradGuard no_grad;
   const bool square = weight.dim() == 4 && weight.size(2) == weight.size(3);
   const int64_t kernel = square ? weight.size(2) : 0;
-  if (kernel != 3 && (kernel != 5 || turned))
-    throw std::invalid_argument("winograd: a weight it does not take");
+  const bool f23 = kernel == 3 && tile == 2, f33 = kernel == 3 && tile == 3, f25 = kernel == 5 && tile == 2;
+  if (!f23 && ((!f33 && !f25) || turned)) throw std::invalid_argument("winograd: a weight it does not take");
   auto w = weight.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
-  const int64_t outputs = w.size(0), inputs = w.size(1);
-  auto v = at::empty({(kernel + 1) * (kernel + 1), outputs, inputs}, w.options());
+  const int64_t outputs = w.size(0), inputs = w.size(1), window = tile + kernel - 1;
+  auto v = at::empty({window * window, outputs, inputs}, w.options());
   const float *w_data = w.const_data_ptr<float>();
   float *v_data = v.mutable_data_ptr<float>();
   at::parallel_for(0, outputs, 8, [&](int64_t first, int64_t last) {
-    if (kernel == 3)
+    if (f23)
       transform_weight_rows(w_data, outputs, inputs, turned, first, last, v_data);
+    else if (f33)
+      transform_weight_rows_3x3_tiles(w_data, outputs, inputs, first, last, v_data);
     else
       transform_weight_rows_5x5(w_data, outputs, inputs, first, last, v_data);
   });
@@ -396,27 +520,36 @@ bool winograd_shape(int64_t in_channels, int64_t out_channels, int64_t height, i
          out_channels >= 64 && height % 2 == 0 && width % 2 == 0 && height >= 4 && width >= 4;
 }
 
-bool winograd_forward_shape(int64_t in_channels, int64_t out_channels, int64_t height, int64_t width, int64_t kernel,
-                            int64_t stride, int64_t padding) {
+int64_t winograd_forward_tile(int64_t in_channels, int64_t out_channels, int64_t height, int64_t width,
+                              int64_t kernel, int64_t stride, int64_t padding) {
+  if (winograd_shape(in_channels, out_channels, height, width, kernel, stride, padding)) return 2;
   // 5x5 as 3x3, and at least 64 input channels: each of the 36 products sums over them.
-  return winograd_shape(in_channels, out_channels, height, width, kernel, stride, padding) ||
-         (kernel == 5 && padding == 2 && in_channels >= 64 &&
-          winograd_shape(in_channels, out_channels, height, width, 3, stride, 1));
+  if (kernel == 5 && padding == 2 && in_channels >= 64 &&
+      winograd_shape(in_channels, out_channels, height, width, 3, stride, 1))
+    return 2;
+  // 3x3 tiles where 2x2 ones do not fit.
+  const bool channels = in_channels % LANES == 0 && out_channels % LANES == 0 && out_channels >= 64;
+  if (kernel == 3 && stride == 1 && padding == 1 && channels && height % 3 == 0 && width % 3 == 0) return 3;
+  return 0;
 }
 
 // The products take V[e] as in x out: the transposed view of its out x in rows.
-at::Tensor winograd_weight(const at::Tensor &weight) { return transform_weight(weight, false).transpose(1, 2); }
+at::Tensor winograd_weight(const at::Tensor &weight, int64_t tile) {
+  return transform_weight(weight, tile, false).transpose(1, 2);
+}
 
 // The input's gradient's in x out (the layer's out x in) are the rows as they are, turned.
-at::Tensor winograd_input_grad_weight(const at::Tensor &weight) { return transform_weight(weight, true); }
+at::Tensor winograd_input_grad_weight(const at::Tensor &weight) { return transform_weight(weight, 2, true); }
 
 at::Tensor winograd_conv2d(const at::Tensor &x, const at::Tensor &transformed, const at::Tensor *bias,
                            const at::Tensor *residual, bool relu) {
-  const int64_t kernel = transformed.size(0) == 36 ? 5 : 3;
-  const Tiles s{x.size(0), x.size(2), x.size(3), x.size(1), transformed.size(2), kernel};
+  // The algorithm by the transformed weight's elements: F(2x2, 5x5), F(3x3, 3x3) or F(2x2, 3x3).
+  const int64_t elements = transformed.dim() == 3 ? transformed.size(0) : 0;
+  const int64_t kernel = elements == 36 ? 5 : 3, tile = elements == 25 ? 3 : 2;
+  const Tiles s{x.size(0), x.size(2), x.size(3), x.size(1), transformed.size(-1), kernel, tile};
   if (x.scalar_type() != at::kFloat || transformed.scalar_type() != at::kFloat ||
       transformed.sizes() != at::IntArrayRef({s.elements(), s.in_channels, s.out_channels}) ||
-      !winograd_forward_shape(s.in_channels, s.out_channels, s.height, s.width, kernel, 1, kernel / 2))
+      winograd_forward_tile(s.in_channels, s.out_channels, s.height, s.width, kernel, 1, kernel / 2) != tile)
     throw std::invalid_argument("winograd_conv2d: a shape it does not take");
   auto input = x.contiguous(at::MemoryFormat::ChannelsLast);
   auto y = at::empty({s.images, s.out_channels, s.height, s.width}, x.options(), at::MemoryFormat::ChannelsLast);
@@ -438,17 +571,22 @@ at::Tensor winograd_conv2d(const at::Tensor &x, const at::Tensor &transformed, c
     for (int64_t b = first_block; b < last_block; ++b) {
       const int64_t first = b * block, count = std::min(s.count(), first + block) - first;
       const int64_t u_stride = block * s.in_channels, m_stride = block * s.out_channels;
-      if (kernel == 3)
-        transform_inputs(x_data, s, first, count, u_stride, u.mutable_data_ptr<float>());
+      float *u_data = u.mutable_data_ptr<float>();
+      if (kernel == 5)
+        transform_inputs_5x5(x_data, s, first, count, u_stride, u_data);
+      else if (tile == 3)
+        transform_inputs_3x3_tiles(x_data, s, first, count, u_stride, u_data);
       else
-        transform_inputs_5x5(x_data, s, first, count, u_stride, u.mutable_data_ptr<float>());
+        transform_inputs(x_data, s, first, count, u_stride, u_data);
       auto products = m.narrow(1, 0, count);
       at::bmm_out(products, u.narrow(1, 0, count), transformed);
-      if (kernel == 3)
-        transform_outputs(m.const_data_ptr<float>(), s, first, count, m_stride, bias_data, skip_data, relu, y_data);
+      const float *m_data = m.const_data_ptr<float>();
+      if (kernel == 5)
+        transform_outputs_5x5(m_data, s, first, count, m_stride, bias_data, skip_data, relu, y_data);
+      else if (tile == 3)
+        transform_outputs_3x3_tiles(m_data, s, first, count, m_stride, bias_data, skip_data, relu, y_data);
       else
-        transform_outputs_5x5(m.const_data_ptr<float>(), s, first, count, m_stride, bias_data, skip_data, relu,
-                              y_data);
+        transform_outputs(m_data, s, first, count, m_stride, bias_data, skip_data, relu, y_data);
     }
   });
   calls.fetch_add(1, std::memory_order_relaxed);
@@ -456,7 +594,7 @@ at::Tensor winograd_conv2d(const at::Tensor &x, const at::Tensor &transformed, c
 }
 
 std::pair<at::Tensor, at::Tensor> winograd_weight_grad(const at::Tensor &x, const at::Tensor &dy, bool with_bias) {
-  const Tiles s{x.size(0), x.size(2), x.size(3), x.size(1), dy.size(1), 3};
+  const Tiles s{x.size(0), x.size(2), x.size(3), x.size(1), dy.size(1), 3, 2};
   if (x.scalar_type() != at::kFloat || dy.scalar_type() != at::kFloat || dy.size(0) != s.images ||
       dy.size(2) != s.height || dy.size(3) != s.width ||
       !winograd_shape(s.in_channels, s.out_channels, s.height, s.width, 3, 1, 1))

@@ -1,7 +1,7 @@
 // Winograd's F(2x2, 3x3) convolution for channels-last float32 CPU maps (csrc/winograd.cpp): the
 // 3x3, stride-1, padding-1 convolutions of VGG, ResNet, GoogLeNet and AlexNet with 2.25 times
-// fewer multiplications than the direct algorithm oneDNN runs; and F(2x2, 5x5), forward only, for
-// AlexNet's 5x5 layer in evaluation (2.78 times fewer).
+// fewer multiplications than the direct algorithm oneDNN runs; and, forward only, for evaluation,
+// F(2x2, 5x5) for AlexNet's 5x5 layer (2.78 times fewer) and F(3x3, 3x3) for 3x3 maps.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -18,14 +18,16 @@ bool winograd_enabled();
 bool winograd_shape(int64_t in_channels, int64_t out_channels, int64_t height, int64_t width, int64_t kernel,
                     int64_t stride, int64_t padding);
 
-// Whether winograd_conv2d takes a convolution: those winograd_shape takes, and 5x5 ones with
-// padding 2 of the same maps and channels, at least 64 in.
-bool winograd_forward_shape(int64_t in_channels, int64_t out_channels, int64_t height, int64_t width, int64_t kernel,
-                            int64_t stride, int64_t padding);
+// The output tiles' side winograd_conv2d computes a convolution in: 2 for those winograd_shape
+// takes and for 5x5 ones with padding 2 of the same maps and channels, at least 64 in; 3 for 3x3
+// ones of maps whose sides are multiples of 3 but not both even (F(3x3, 3x3), evaluation only);
+// 0 where it takes none.
+int64_t winograd_forward_tile(int64_t in_channels, int64_t out_channels, int64_t height, int64_t width,
+                              int64_t kernel, int64_t stride, int64_t padding);
 
-// A float32 CPU weight (out x in x 3 x 3, or 5 x 5), transformed for winograd_conv2d: 16 (36) x in
-// x out.
-at::Tensor winograd_weight(const at::Tensor &weight);
+// A float32 CPU weight (out x in x 3 x 3, or 5 x 5), transformed for winograd_conv2d's tiles of
+// `tile` x `tile` outputs: elements (16, 25 or 36) x in x out.
+at::Tensor winograd_weight(const at::Tensor &weight, int64_t tile);
 
 // The same for the gradient of the convolution's input: its weight turned 180 degrees, with in
 // and out swapped (for stride 1 and padding 1, dx is that convolution of dy).
@@ -37,8 +39,8 @@ at::Tensor winograd_input_grad_weight(const at::Tensor &weight);
 std::pair<at::Tensor, at::Tensor> winograd_weight_grad(const at::Tensor &x, const at::Tensor &dy, bool with_bias);
 
 // conv2d(x, weight, bias, stride 1, padding 1 (2 for 5x5)) [+ residual], then a ReLU where
-// `relu`, into a new channels-last map; `transformed` is winograd_weight(weight), `bias` and
-// `residual` may be NULL. x is a channels-last float32 CPU map whose shape winograd_forward_shape
-// takes.
+// `relu`, into a new channels-last map; `transformed` is winograd_weight(weight, tile), `bias` and
+// `residual` may be NULL. x is a channels-last float32 CPU map for which winograd_forward_tile
+// gives that tile.
 at::Tensor winograd_conv2d(const at::Tensor &x, const at::Tensor &transformed, const at::Tensor *bias,
                            const at::Tensor *residual, bool relu);

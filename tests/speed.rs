@@ -1255,44 +1255,56 @@ fn networks_evaluated_with_winograd_stay_as_close_to_exact_as_float32_allows() {
 }
 
 #[test]
-fn five_by_five_convolutions_evaluated_with_winograd_stay_as_close_to_exact_as_float32_allows() {
+fn evaluation_only_winograd_algorithms_stay_as_close_to_exact_as_float32_allows() {
     use convnets::nn::{Conv2d, Ctx, KernelPolicy, Layer, ReLU, Sequential, winograd_conv_calls};
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(31);
-    // AlexNet's 5x5 layer (96 to 256 channels on 26x26 maps after a ReLU), and 4x6 maps whose
-    // tiles are several blocks, the last one short, every window reaching into the padding.
-    for (name, [cin, cout], shape) in
-        [("AlexNet's", [96, 256], [2, 96, 26, 26]), ("4x6 maps", [64, 72], [40, 64, 4, 6])]
-    {
+    // F(2x2, 5x5): AlexNet's 5x5 layer (96 to 256 channels on 26x26 maps after a ReLU), and 4x6
+    // maps whose tiles are several blocks, the last one short, every window reaching into the
+    // padding. F(3x3, 3x3): 3x3 maps (one tile each; 70 are two blocks), one layer evaluated on
+    // 3x3, 6x6 (2x2 tiles) and 3x3 maps again (its transformed weight kept for one tile size at a
+    // time), and 9x6 maps.
+    let cases: [(&str, i64, [i64; 2], &[[i64; 4]]); 4] = [
+        ("AlexNet's 5x5", 5, [96, 256], &[[2, 96, 26, 26]]),
+        ("5x5 on 4x6 maps", 5, [64, 72], &[[40, 64, 4, 6]]),
+        ("3x3 on 3x3, 6x6 and 3x3 maps", 3, [64, 64], &[[70, 64, 3, 3], [3, 64, 6, 6], [70, 64, 3, 3]]),
+        ("3x3 on 9x6 maps", 3, [64, 80], &[[2, 64, 9, 6]]),
+    ];
+    for (name, kernel, [cin, cout], shapes) in cases {
         let vs = tch::nn::VarStore::new(Device::Cpu);
-        let layers = Sequential::new().add(Conv2d::new(&vs.root(), cin, cout, 5, 1, 2)).add(ReLU);
+        let padding = kernel / 2;
+        let layers = Sequential::new().add(Conv2d::new(&vs.root(), cin, cout, kernel, 1, padding)).add(ReLU);
         accel::set_channels_last(&mut vs.trainable_variables()).unwrap();
-        let x = accel::channels_last(&Tensor::rand(shape, (Kind::Float, Device::Cpu))).unwrap();
-        let eval = |winograd| {
-            let _policy = KernelPolicies::set(KernelPolicy::Auto, winograd);
-            let before = winograd_conv_calls();
-            let mut cx = Ctx::new(false);
-            cx.fuse = true;
-            let y = tch::no_grad(|| layers.forward(&x, &mut cx)).unwrap();
-            (y, winograd_conv_calls() - before)
-        };
-        let (ours, calls) = eval(KernelPolicy::Always);
-        assert_eq!(calls, 1, "{name}: by Winograd's algorithm");
-        let (theirs, calls) = eval(KernelPolicy::Never);
-        assert_eq!(calls, 0, "{name}: by oneDNN");
-        assert_eq!(ours.stride(), theirs.stride(), "{name}: layout");
-        let params: Vec<Tensor> = vs.trainable_variables().iter().map(|t| t.to_kind(Kind::Double)).collect();
-        let (weight, bias) = if params[0].dim() == 4 { (&params[0], &params[1]) } else { (&params[1], &params[0]) };
-        let exact = x.to_kind(Kind::Double).conv2d(weight, Some(bias), [1, 1], [2, 2], [1, 1], 1).relu();
-        let scale = exact.abs().max().double_value(&[]);
-        let (error, onednn) = (max_error(&ours, &exact), max_error(&theirs, &exact));
-        // F(2x2, 5x5)'s transforms scale by up to 5 and down to 1/24 (the usual points 0, +-1, +-2
-        // and infinity were the most accurate of those tried): measured 1.4-2.3 times oneDNN's
-        // error, 3e-6 of the largest output (one sign wrong in a transform: off by more than it).
-        assert!(
-            error <= (3.0 * onednn).max(5e-6 * scale),
-            "{name}: off by {error}, oneDNN's by {onednn} (up to {scale})"
-        );
+        for shape in shapes {
+            let x = accel::channels_last(&Tensor::rand(shape.as_slice(), (Kind::Float, Device::Cpu))).unwrap();
+            let eval = |winograd| {
+                let _policy = KernelPolicies::set(KernelPolicy::Auto, winograd);
+                let before = winograd_conv_calls();
+                let mut cx = Ctx::new(false);
+                cx.fuse = true;
+                let y = tch::no_grad(|| layers.forward(&x, &mut cx)).unwrap();
+                (y, winograd_conv_calls() - before)
+            };
+            let (ours, calls) = eval(KernelPolicy::Always);
+            assert_eq!(calls, 1, "{name} {shape:?}: by Winograd's algorithm");
+            let (theirs, calls) = eval(KernelPolicy::Never);
+            assert_eq!(calls, 0, "{name} {shape:?}: by oneDNN");
+            assert_eq!(ours.stride(), theirs.stride(), "{name} {shape:?}: layout");
+            let params: Vec<Tensor> = vs.trainable_variables().iter().map(|t| t.to_kind(Kind::Double)).collect();
+            let (weight, bias) = if params[0].dim() == 4 { (&params[0], &params[1]) } else { (&params[1], &params[0]) };
+            let exact = x.to_kind(Kind::Double).conv2d(weight, Some(bias), [1, 1], [padding, padding], [1, 1], 1);
+            let exact = exact.relu();
+            let scale = exact.abs().max().double_value(&[]);
+            let (error, onednn) = (max_error(&ours, &exact), max_error(&theirs, &exact));
+            // Their transforms scale by up to 5 and down to 1/24 (the usual points 0, +-1, +-2 and
+            // infinity were the most accurate of those tried): measured 1.3-2.3 times oneDNN's
+            // error (F(2x2, 3x3)'s on the 6x6 maps: 0.4), up to 3e-6 of the largest output (one
+            // sign wrong in a transform: off by more than the output).
+            assert!(
+                error <= (3.0 * onednn).max(5e-6 * scale),
+                "{name} {shape:?}: off by {error}, oneDNN's by {onednn} (up to {scale})"
+            );
+        }
     }
 }
 
@@ -1327,7 +1339,8 @@ fn evaluation_leaves_to_onednn_the_convolutions_winograd_does_not_take() {
     assert_eq!(calls([64, 64, 7, 1], 8, false, true), 0, "a 7x7 kernel");
     assert_eq!(calls([64, 32, 3, 1], 8, false, true), 0, "32 output channels");
     assert_eq!(calls([60, 64, 3, 1], 8, false, true), 0, "input channels not a multiple of 8");
-    assert_eq!(calls([64, 64, 3, 1], 3, false, true), 0, "a 3x3 map");
+    assert_eq!(calls([64, 64, 3, 1], 3, false, true), 1, "a 3x3 map (one 3x3 tile)");
+    assert_eq!(calls([64, 64, 3, 1], 5, false, true), 0, "a 5x5 map");
     assert_eq!(calls([64, 64, 3, 1], 7, false, true), 0, "an odd side");
     assert_eq!(calls([64, 64, 3, 1], 8, true, true), 0, "a sigmoid");
     {
