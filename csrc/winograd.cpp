@@ -422,7 +422,7 @@ VECTOR_CLONES void transform_weight_rows_3x3_tiles(const float *w, int64_t outpu
 
 // Tiles per block: their transformed inputs and products (or output gradients) about
 // BLOCK_BYTES, from 64 to 128 tiles: the products of 20 tiles (3x3 maps of 512 channels, F(3x3,
-// 3x3)) ran at 0.6 of the rate of 64 tiles' products.
+// 3x3)) ran at about two thirds of the rate of 64 tiles' products.
 int64_t block_tiles(const Tiles &s) {
   const int64_t tile_bytes = s.elements() * (s.in_channels + s.out_channels) * static_cast<int64_t>(sizeof(float));
   return std::clamp<int64_t>(BLOCK_BYTES / tile_bytes, 64, 128);

@@ -1296,9 +1296,9 @@ fn evaluation_only_winograd_algorithms_stay_as_close_to_exact_as_float32_allows(
             let exact = exact.relu();
             let scale = exact.abs().max().double_value(&[]);
             let (error, onednn) = (max_error(&ours, &exact), max_error(&theirs, &exact));
-            // Their transforms scale by up to 5 and down to 1/24 (the usual points 0, +-1, +-2 and
-            // infinity were the most accurate of those tried): measured 1.3-2.3 times oneDNN's
-            // error (F(2x2, 3x3)'s on the 6x6 maps: 0.4), up to 3e-6 of the largest output (one
+            // Their transforms scale by up to 5 and down to 1/24 (other points than 0, +-1, +-2 and
+            // infinity were no more accurate, or 5% at most): measured 1.3-2.3 times oneDNN's
+            // error (F(2x2, 3x3)'s on the 6x6 maps: 0.4), up to 3.2e-6 of the largest output (one
             // sign wrong in a transform: off by more than the output).
             assert!(
                 error <= (3.0 * onednn).max(5e-6 * scale),
