@@ -1264,7 +1264,9 @@ fn evaluation_only_winograd_algorithms_stay_as_close_to_exact_as_float32_allows(
     // padding. F(3x3, 3x3): 3x3 maps (one tile each; 70 are two blocks), one layer evaluated on
     // 3x3, 6x6 (2x2 tiles) and 3x3 maps again (its transformed weight kept for one tile size at a
     // time), and 9x6 maps.
-    let cases: [(&str, i64, [i64; 2], &[[i64; 4]]); 4] = [
+    // A name, the kernel, [in, out] channels, and the input shapes evaluated in turn.
+    type Case = (&'static str, i64, [i64; 2], &'static [[i64; 4]]);
+    let cases: [Case; 4] = [
         ("AlexNet's 5x5", 5, [96, 256], &[[2, 96, 26, 26]]),
         ("5x5 on 4x6 maps", 5, [64, 72], &[[40, 64, 4, 6]]),
         ("3x3 on 3x3, 6x6 and 3x3 maps", 3, [64, 64], &[[70, 64, 3, 3], [3, 64, 6, 6], [70, 64, 3, 3]]),
