@@ -121,6 +121,7 @@ fn bad_arguments_get_one_line_with_the_fix_and_exit_code_2() {
         (&["frobnicate"], "unrecognized subcommand 'frobnicate'"),
         (&["train", "lenet-bn", "--precision", "fp16"], "unknown precision \"fp16\": expected fp32, bf16 or auto"),
         (&["bench", "lenet-bn", "--memory-format", "nhwc"], "unknown memory format \"nhwc\": expected auto"),
+        (&["bench", "lenet-bn", "--cpu-kernels", "mkl"], "invalid value 'mkl' for '--cpu-kernels <CPU_KERNELS>'"),
         (&["profile", "lenet-bn", "--passes", "0"], "--passes and --batch-size must be at least 1"),
         (&["train", "--resume", out, "--precision", "bf16"], "'--resume <DIR>' cannot be used with '--precision"),
         (

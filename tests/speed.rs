@@ -889,6 +889,18 @@ fn bench_lenet_and_googlenet(options: &[&str]) -> Vec<serde_json::Value> {
 }
 
 #[test]
+fn bench_cpu_kernels_chooses_the_shims_convolutions_or_onednns_on_any_cpu() {
+    let winograd = |choice| {
+        let lines = bench_json(&["resnet18", "--batch-size", "2", "--cpu-kernels", choice]);
+        lines[0]["winograd_convolutions"].as_u64().unwrap()
+    };
+    // ResNet-18 at 96 pixels: 10 of its 3x3 layers take Winograd's algorithm in training's three
+    // products (one timed step and one fed by the pipeline) and 13 in evaluation (3 on 3x3 maps).
+    assert_eq!(winograd("shim"), 2 * 30 + 13);
+    assert_eq!(winograd("onednn"), 0);
+}
+
+#[test]
 fn bench_reports_what_it_measured_as_one_json_object_per_network() {
     let lines =
         bench_lenet_and_googlenet(&["--precision", "bf16", "--memory-format", "channels-last", "--cuda-graphs"]);

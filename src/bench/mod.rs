@@ -64,6 +64,9 @@ pub struct BenchResult {
     /// Threads the shim's own kernels share their work among (`threads` unless the shim was
     /// built without OpenMP).
     pub shim_threads: i32,
+    /// Convolutions (forward passes and gradients) computed by Winograd's algorithm while
+    /// measuring this network.
+    pub winograd_convolutions: u64,
     pub libtorch: &'static str,
 }
 
@@ -120,6 +123,7 @@ fn measure(name: &str, cfg: &BenchConfig, data: &Dataset) -> anyhow::Result<Benc
     reset_peak_rss();
     accel::reset_peak_memory(cfg.device);
     let Setup { batch, side, net, mut opt, x, y } = setup(name, cfg)?;
+    let winograd_before = crate::nn::winograd_conv_calls();
 
     // d2l's step (zero grad, forward, loss, backward, step) as `train` runs it, the loss read
     // back (which waits for a GPU).
@@ -206,6 +210,7 @@ fn measure(name: &str, cfg: &BenchConfig, data: &Dataset) -> anyhow::Result<Benc
         params: net.num_parameters(),
         threads: tch::get_num_threads(),
         shim_threads: accel::shim_threads(),
+        winograd_convolutions: crate::nn::winograd_conv_calls() - winograd_before,
         libtorch: "2.11.0",
     })
 }

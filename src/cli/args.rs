@@ -10,6 +10,7 @@ use crate::accel::{MemoryFormat, PrecisionChoice};
 use crate::bench::BenchConfig;
 use crate::data;
 use crate::models::Network;
+use crate::nn::KernelPolicy;
 use crate::train;
 
 #[derive(Parser)]
@@ -43,6 +44,19 @@ impl InputShape {
             _ => Err(bad()),
         }
     }
+}
+
+/// Which kernels compute the CPU convolutions the shim has kernels of its own for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum CpuKernels {
+    /// The shim's on CPUs without AVX-512, where they were measured faster than oneDNN's AVX2
+    /// kernels; oneDNN's elsewhere.
+    #[default]
+    Auto,
+    /// The shim's wherever they apply (to measure them on a CPU with AVX-512).
+    Shim,
+    /// oneDNN's everywhere.
+    Onednn,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -546,6 +560,11 @@ pub struct SpeedArgs {
     /// Run every step eagerly: the default; kept so that older scripts still run.
     #[arg(long, hide = true, conflicts_with = "cuda_graphs")]
     pub no_graphs: bool,
+    /// CPU convolutions by the shim's own kernels (training's weight gradients, Winograd's
+    /// algorithm for 3x3 and 5x5 layers) or oneDNN's: auto (the shim's on CPUs without AVX-512),
+    /// shim or onednn.
+    #[arg(long, default_value = "auto")]
+    pub cpu_kernels: CpuKernels,
 }
 
 impl SpeedArgs {
@@ -562,9 +581,21 @@ impl SpeedArgs {
     }
 
     pub fn apply(&self, net: &mut Network) -> anyhow::Result<()> {
+        self.apply_cpu_kernels();
         net.set_channels_last(net.info.uses_channels_last(self.memory_format, net.device()))?;
         net.set_cuda_graphs(self.cuda_graphs);
         Ok(())
+    }
+
+    /// Sets `--cpu-kernels` for the whole process.
+    pub fn apply_cpu_kernels(&self) {
+        let policy = match self.cpu_kernels {
+            CpuKernels::Auto => KernelPolicy::Auto,
+            CpuKernels::Shim => KernelPolicy::Always,
+            CpuKernels::Onednn => KernelPolicy::Never,
+        };
+        crate::nn::set_weight_grad_kernel(policy);
+        crate::nn::set_winograd_kernel(policy);
     }
 }
 

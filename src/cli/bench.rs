@@ -33,6 +33,7 @@ pub fn bench(
         models::find(net).map_err(|e| usage(e.to_string()))?;
     }
     let data = data::load(data, None, false, true)?;
+    speed.apply_cpu_kernels();
     let config = speed.bench_config(device, batch_size, steps, warmup);
     warn_if_bf16_emulated(device, config.precision);
     let mut results = Vec::new();
@@ -64,6 +65,7 @@ pub fn profile(
         return Err(usage("--passes and --batch-size must be at least 1"));
     }
     models::find(net).map_err(|e| usage(e.to_string()))?;
+    speed.apply_cpu_kernels();
     let config = speed.bench_config(device, batch_size, passes, 1);
     warn_if_bf16_emulated(device, config.precision);
     let profile = crate::bench::profile(net, &config)?;

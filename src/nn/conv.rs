@@ -134,8 +134,8 @@ pub fn set_weight_grad_kernel(policy: KernelPolicy) {
     debug_assert!(result.is_ok(), "{result:?}");
 }
 
-/// Sets where 3x3 stride-1 convolutions take Winograd's algorithm (`csrc/winograd.cpp`):
-/// evaluation's fused layers, and training's forward, input gradient and weight gradient where
+/// Sets where stride-1 convolutions take Winograd's algorithm (`csrc/winograd.cpp`): evaluation's
+/// fused 3x3 and 5x5 layers, and training's 3x3 forward, input gradient and weight gradient where
 /// the shim's training convolution runs. For the whole process.
 pub fn set_winograd_kernel(policy: KernelPolicy) {
     // SAFETY: takes a plain integer; the shim rejects unknown ones with an error message.
