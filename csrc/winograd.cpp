@@ -217,95 +217,6 @@ __attribute__((always_inline)) inline void times_a_transposed(const Lanes (&m)[6
   out[1] = m[1] - m[2] + 2.0f * (m[3] - m[4]) + m[5];
 }
 
-// U = B^T d B for tiles [first, first + count) of a 5x5 convolution with padding 2, laid out as
-// transform_inputs lays out its 16 elements' rows (36 here).
-VECTOR_CLONES void transform_inputs_5x5(const float *x, const Tiles &s, int64_t first, int64_t count,
-                                        int64_t element_stride, float *u) {
-  const int64_t c_all = s.in_channels;
-  for (int64_t t = 0; t < count; ++t) {
-    const int64_t tile = first + t, image = tile / (s.rows() * s.cols());
-    const int64_t top = tile / s.cols() % s.rows() * 2 - 2, left = tile % s.cols() * 2 - 2;
-    const float *rows[6][6];
-    for (int a = 0; a < 6; ++a)
-      for (int b = 0; b < 6; ++b) {
-        const int64_t y = top + a, x_col = left + b;
-        rows[a][b] = y >= 0 && y < s.height && x_col >= 0 && x_col < s.width
-                         ? x + ((image * s.height + y) * s.width + x_col) * c_all
-                         : nullptr;
-      }
-    for (int64_t c = 0; c < c_all; c += LANES) {
-      Lanes bd[6][6]; // B^T d, a column at a time
-      for (int b = 0; b < 6; ++b) {
-        Lanes column[6], transformed[6];
-        for (int a = 0; a < 6; ++a) column[a] = rows[a][b] != nullptr ? load(rows[a][b] + c) : Lanes{};
-        times_b_transposed(column, transformed);
-        for (int a = 0; a < 6; ++a) bd[a][b] = transformed[a];
-      }
-      for (int a = 0; a < 6; ++a) {
-        Lanes row[6];
-        times_b_transposed(bd[a], row);
-        for (int b = 0; b < 6; ++b) store(u + (a * 6 + b) * element_stride + t * c_all + c, row[b]);
-      }
-    }
-  }
-}
-
-// y = A^T M A (+ bias, + residual, ReLU) for tiles [first, first + count) of a 5x5 convolution,
-// as transform_outputs computes it for 3x3 ones.
-VECTOR_CLONES void transform_outputs_5x5(const float *m, const Tiles &s, int64_t first, int64_t count,
-                                         int64_t element_stride, const float *bias, const float *residual,
-                                         bool relu, float *y) {
-  const int64_t k_all = s.out_channels;
-  for (int64_t t = 0; t < count; ++t) {
-    const int64_t tile = first + t, image = tile / (s.rows() * s.cols());
-    const int64_t top = tile / s.cols() % s.rows() * 2, left = tile % s.cols() * 2;
-    for (int64_t k = 0; k < k_all; k += LANES) {
-      Lanes am[2][6]; // A^T M, a column at a time
-      for (int b = 0; b < 6; ++b) {
-        Lanes column[6], transformed[2];
-        for (int a = 0; a < 6; ++a) column[a] = load(m + (a * 6 + b) * element_stride + t * k_all + k);
-        times_a_transposed(column, transformed);
-        am[0][b] = transformed[0];
-        am[1][b] = transformed[1];
-      }
-      const Lanes shift = bias != nullptr ? load(bias + k) : Lanes{};
-      for (int i = 0; i < 2; ++i) {
-        Lanes out[2];
-        times_a_transposed(am[i], out);
-        for (int j = 0; j < 2; ++j) {
-          const int64_t at = ((image * s.height + top + i) * s.width + left + j) * k_all + k;
-          Lanes v = out[j] + shift;
-          if (residual != nullptr) v += load(residual + at);
-          if (relu) v = v > 0 ? v : Lanes{};
-          store(y + at, v);
-        }
-      }
-    }
-  }
-}
-
-// V = G g G^T for each out x in pair of a channels-last 5x5 weight (out x 5 x 5 x in), into v
-// (36 x out x in), for outputs [first, last).
-VECTOR_CLONES void transform_weight_rows_5x5(const float *w, int64_t outputs, int64_t inputs, int64_t first,
-                                             int64_t last, float *v) {
-  for (int64_t k = first; k < last; ++k) {
-    for (int64_t c = 0; c < inputs; c += LANES) {
-      Lanes gg[6][5]; // G g, a column at a time
-      for (int j = 0; j < 5; ++j) {
-        Lanes column[5], transformed[6];
-        for (int i = 0; i < 5; ++i) column[i] = load(w + (k * 25 + i * 5 + j) * inputs + c);
-        times_g(column, transformed);
-        for (int a = 0; a < 6; ++a) gg[a][j] = transformed[a];
-      }
-      for (int a = 0; a < 6; ++a) {
-        Lanes row[6];
-        times_g(gg[a], row);
-        for (int b = 0; b < 6; ++b) store(v + ((a * 6 + b) * outputs + k) * inputs + c, row[b]);
-      }
-    }
-  }
-}
-
 // F(3x3, 3x3), for evaluation (maps whose sides are multiples of 3 but not of 2: ResNet-18's and
 // GoogLeNet's last 3x3 maps at 96 pixels, one tile each): 5x5 windows, 25 products for 9 outputs,
 // with the points 0, 1, -1, 2 and infinity. B^T = [2 -1 -2 1 0; 0 -2 -1 1 0; 0 2 -3 1 0;
@@ -333,60 +244,69 @@ __attribute__((always_inline)) inline void times_a_transposed(const Lanes (&m)[5
   out[2] = m[1] + m[2] + 4.0f * m[3] + m[4];
 }
 
-// U = B^T d B for tiles [first, first + count) of F(3x3, 3x3), as transform_inputs lays out its
-// elements' rows.
-VECTOR_CLONES void transform_inputs_3x3_tiles(const float *x, const Tiles &s, int64_t first, int64_t count,
-                                              int64_t element_stride, float *u) {
+// The steps of F(TILE x TILE, KERNEL x KERNEL) for the two evaluation-only algorithms above, with
+// windows of W = TILE + KERNEL - 1: the matrices are the overloads of times_b_transposed, times_g
+// and times_a_transposed for those sizes, and the layouts those of the F(2x2, 3x3) steps.
+
+// U = B^T d B for tiles [first, first + count), each window's values outside the map the
+// padding's zeros.
+template <int TILE, int KERNEL>
+__attribute__((always_inline)) inline void transform_inputs_with(const float *x, const Tiles &s, int64_t first,
+                                                                int64_t count, int64_t element_stride, float *u) {
+  constexpr int W = TILE + KERNEL - 1, PAD = KERNEL / 2;
   const int64_t c_all = s.in_channels;
   for (int64_t t = 0; t < count; ++t) {
     const int64_t tile = first + t, image = tile / (s.rows() * s.cols());
-    const int64_t top = tile / s.cols() % s.rows() * 3 - 1, left = tile % s.cols() * 3 - 1;
-    const float *rows[5][5];
-    for (int a = 0; a < 5; ++a)
-      for (int b = 0; b < 5; ++b) {
+    const int64_t top = tile / s.cols() % s.rows() * TILE - PAD, left = tile % s.cols() * TILE - PAD;
+    const float *rows[W][W];
+    for (int a = 0; a < W; ++a)
+      for (int b = 0; b < W; ++b) {
         const int64_t y = top + a, x_col = left + b;
         rows[a][b] = y >= 0 && y < s.height && x_col >= 0 && x_col < s.width
                          ? x + ((image * s.height + y) * s.width + x_col) * c_all
                          : nullptr;
       }
     for (int64_t c = 0; c < c_all; c += LANES) {
-      Lanes bd[5][5]; // B^T d, a column at a time
-      for (int b = 0; b < 5; ++b) {
-        Lanes column[5], transformed[5];
-        for (int a = 0; a < 5; ++a) column[a] = rows[a][b] != nullptr ? load(rows[a][b] + c) : Lanes{};
+      Lanes bd[W][W]; // B^T d, a column at a time
+      for (int b = 0; b < W; ++b) {
+        Lanes column[W], transformed[W];
+        for (int a = 0; a < W; ++a) column[a] = rows[a][b] != nullptr ? load(rows[a][b] + c) : Lanes{};
         times_b_transposed(column, transformed);
-        for (int a = 0; a < 5; ++a) bd[a][b] = transformed[a];
+        for (int a = 0; a < W; ++a) bd[a][b] = transformed[a];
       }
-      for (int a = 0; a < 5; ++a) {
-        Lanes row[5];
+      for (int a = 0; a < W; ++a) {
+        Lanes row[W];
         times_b_transposed(bd[a], row);
-        for (int b = 0; b < 5; ++b) store(u + (a * 5 + b) * element_stride + t * c_all + c, row[b]);
+        for (int b = 0; b < W; ++b) store(u + (a * W + b) * element_stride + t * c_all + c, row[b]);
       }
     }
   }
 }
 
-// y = A^T M A (+ bias, + residual, ReLU) for tiles [first, first + count) of F(3x3, 3x3).
-VECTOR_CLONES void transform_outputs_3x3_tiles(const float *m, const Tiles &s, int64_t first, int64_t count,
-                                               int64_t element_stride, const float *bias, const float *residual,
-                                               bool relu, float *y) {
+// y = A^T M A (+ bias, + residual, ReLU) for tiles [first, first + count).
+template <int TILE, int KERNEL>
+__attribute__((always_inline)) inline void transform_outputs_with(const float *m, const Tiles &s, int64_t first,
+                                                                 int64_t count, int64_t element_stride,
+                                                                 const float *bias, const float *residual,
+                                                                 bool relu, float *y) {
+  constexpr int W = TILE + KERNEL - 1;
   const int64_t k_all = s.out_channels;
   for (int64_t t = 0; t < count; ++t) {
     const int64_t tile = first + t, image = tile / (s.rows() * s.cols());
-    const int64_t top = tile / s.cols() % s.rows() * 3, left = tile % s.cols() * 3;
+    const int64_t top = tile / s.cols() % s.rows() * TILE, left = tile % s.cols() * TILE;
     for (int64_t k = 0; k < k_all; k += LANES) {
-      Lanes am[3][5]; // A^T M, a column at a time
-      for (int b = 0; b < 5; ++b) {
-        Lanes column[5], transformed[3];
-        for (int a = 0; a < 5; ++a) column[a] = load(m + (a * 5 + b) * element_stride + t * k_all + k);
+      Lanes am[TILE][W]; // A^T M, a column at a time
+      for (int b = 0; b < W; ++b) {
+        Lanes column[W], transformed[TILE];
+        for (int a = 0; a < W; ++a) column[a] = load(m + (a * W + b) * element_stride + t * k_all + k);
         times_a_transposed(column, transformed);
-        for (int i = 0; i < 3; ++i) am[i][b] = transformed[i];
+        for (int i = 0; i < TILE; ++i) am[i][b] = transformed[i];
       }
       const Lanes shift = bias != nullptr ? load(bias + k) : Lanes{};
-      for (int i = 0; i < 3; ++i) {
-        Lanes out[3];
+      for (int i = 0; i < TILE; ++i) {
+        Lanes out[TILE];
         times_a_transposed(am[i], out);
-        for (int j = 0; j < 3; ++j) {
+        for (int j = 0; j < TILE; ++j) {
           const int64_t at = ((image * s.height + top + i) * s.width + left + j) * k_all + k;
           Lanes v = out[j] + shift;
           if (residual != nullptr) v += load(residual + at);
@@ -398,26 +318,61 @@ VECTOR_CLONES void transform_outputs_3x3_tiles(const float *m, const Tiles &s, i
   }
 }
 
-// V = G g G^T of F(3x3, 3x3) for outputs [first, last) of a channels-last 3x3 weight, into v
-// (25 x out x in).
-VECTOR_CLONES void transform_weight_rows_3x3_tiles(const float *w, int64_t outputs, int64_t inputs, int64_t first,
-                                                   int64_t last, float *v) {
+// V = G g G^T for each out x in pair of a channels-last weight (out x KERNEL x KERNEL x in), in
+// lanes of input channels, into v (W * W x out x in), for outputs [first, last).
+template <int TILE, int KERNEL>
+__attribute__((always_inline)) inline void transform_weight_rows_with(const float *w, int64_t outputs, int64_t inputs,
+                                                                     int64_t first, int64_t last, float *v) {
+  constexpr int W = TILE + KERNEL - 1;
   for (int64_t k = first; k < last; ++k) {
     for (int64_t c = 0; c < inputs; c += LANES) {
-      Lanes gg[5][3]; // G g, a column at a time
-      for (int j = 0; j < 3; ++j) {
-        Lanes column[3], transformed[5];
-        for (int i = 0; i < 3; ++i) column[i] = load(w + (k * 9 + i * 3 + j) * inputs + c);
+      Lanes gg[W][KERNEL]; // G g, a column at a time
+      for (int j = 0; j < KERNEL; ++j) {
+        Lanes column[KERNEL], transformed[W];
+        for (int i = 0; i < KERNEL; ++i) column[i] = load(w + ((k * KERNEL + i) * KERNEL + j) * inputs + c);
         times_g(column, transformed);
-        for (int a = 0; a < 5; ++a) gg[a][j] = transformed[a];
+        for (int a = 0; a < W; ++a) gg[a][j] = transformed[a];
       }
-      for (int a = 0; a < 5; ++a) {
-        Lanes row[5];
+      for (int a = 0; a < W; ++a) {
+        Lanes row[W];
         times_g(gg[a], row);
-        for (int b = 0; b < 5; ++b) store(v + ((a * 5 + b) * outputs + k) * inputs + c, row[b]);
+        for (int b = 0; b < W; ++b) store(v + ((a * W + b) * outputs + k) * inputs + c, row[b]);
       }
     }
   }
+}
+
+// The two algorithms' steps, each built for the CPU's vector instructions.
+VECTOR_CLONES void transform_inputs_5x5(const float *x, const Tiles &s, int64_t first, int64_t count,
+                                        int64_t element_stride, float *u) {
+  transform_inputs_with<2, 5>(x, s, first, count, element_stride, u);
+}
+
+VECTOR_CLONES void transform_outputs_5x5(const float *m, const Tiles &s, int64_t first, int64_t count,
+                                         int64_t element_stride, const float *bias, const float *residual,
+                                         bool relu, float *y) {
+  transform_outputs_with<2, 5>(m, s, first, count, element_stride, bias, residual, relu, y);
+}
+
+VECTOR_CLONES void transform_weight_rows_5x5(const float *w, int64_t outputs, int64_t inputs, int64_t first,
+                                             int64_t last, float *v) {
+  transform_weight_rows_with<2, 5>(w, outputs, inputs, first, last, v);
+}
+
+VECTOR_CLONES void transform_inputs_3x3_tiles(const float *x, const Tiles &s, int64_t first, int64_t count,
+                                              int64_t element_stride, float *u) {
+  transform_inputs_with<3, 3>(x, s, first, count, element_stride, u);
+}
+
+VECTOR_CLONES void transform_outputs_3x3_tiles(const float *m, const Tiles &s, int64_t first, int64_t count,
+                                               int64_t element_stride, const float *bias, const float *residual,
+                                               bool relu, float *y) {
+  transform_outputs_with<3, 3>(m, s, first, count, element_stride, bias, residual, relu, y);
+}
+
+VECTOR_CLONES void transform_weight_rows_3x3_tiles(const float *w, int64_t outputs, int64_t inputs, int64_t first,
+                                                   int64_t last, float *v) {
+  transform_weight_rows_with<3, 3>(w, outputs, inputs, first, last, v);
 }
 
 // Tiles per block: their transformed inputs and products (or output gradients) about
