@@ -375,6 +375,19 @@ VECTOR_CLONES void transform_weight_rows_3x3_tiles(const float *w, int64_t outpu
   transform_weight_rows_with<3, 3>(w, outputs, inputs, first, last, v);
 }
 
+// The input and output transforms of a convolution's tiles.
+struct Steps {
+  void (*inputs)(const float *x, const Tiles &s, int64_t first, int64_t count, int64_t element_stride, float *u);
+  void (*outputs)(const float *m, const Tiles &s, int64_t first, int64_t count, int64_t element_stride,
+                  const float *bias, const float *residual, bool relu, float *y);
+};
+
+Steps steps_of(const Tiles &s) {
+  if (s.kernel == 5) return {transform_inputs_5x5, transform_outputs_5x5};
+  if (s.tile == 3) return {transform_inputs_3x3_tiles, transform_outputs_3x3_tiles};
+  return {transform_inputs, transform_outputs};
+}
+
 // Tiles per block: their transformed inputs and products (or output gradients) about
 // BLOCK_BYTES, from 64 to 128 tiles: the products of 20 tiles (3x3 maps of 512 channels, F(3x3,
 // 3x3)) ran at about two thirds of the rate of 64 tiles' products.
@@ -462,6 +475,12 @@ at::Tensor transform_weight(const at::Tensor &weight, int64_t tile, bool turned)
   return v;
 }
 
+// Channels the transforms take (eight at a time) and products wide enough to gain: under 64
+// output channels they are too narrow (DenseNet's 32-channel layers gained nothing).
+bool channels_fit(int64_t in_channels, int64_t out_channels) {
+  return in_channels % LANES == 0 && out_channels % LANES == 0 && out_channels >= 64;
+}
+
 } // namespace
 
 bool winograd_enabled() { return policy.allows(); }
@@ -469,10 +488,9 @@ bool winograd_enabled() { return policy.allows(); }
 bool winograd_shape(int64_t in_channels, int64_t out_channels, int64_t height, int64_t width, int64_t kernel,
                     int64_t stride, int64_t padding) {
   // Whole 2x2 tiles only, and no maps under 4x4: ResNet's last stage (3x3 maps, where tiles
-  // would compute 16 outputs for 9) ran at 0.6-0.9 of oneDNN's speed. Under 64 output channels
-  // the products are too narrow: DenseNet's 32-channel layers gained nothing.
-  return kernel == 3 && stride == 1 && padding == 1 && in_channels % LANES == 0 && out_channels % LANES == 0 &&
-         out_channels >= 64 && height % 2 == 0 && width % 2 == 0 && height >= 4 && width >= 4;
+  // would compute 16 outputs for 9) ran at 0.6-0.9 of oneDNN's speed.
+  return kernel == 3 && stride == 1 && padding == 1 && channels_fit(in_channels, out_channels) && height % 2 == 0 &&
+         width % 2 == 0 && height >= 4 && width >= 4;
 }
 
 int64_t winograd_forward_tile(int64_t in_channels, int64_t out_channels, int64_t height, int64_t width,
@@ -483,8 +501,9 @@ int64_t winograd_forward_tile(int64_t in_channels, int64_t out_channels, int64_t
       winograd_shape(in_channels, out_channels, height, width, 3, stride, 1))
     return 2;
   // 3x3 tiles where 2x2 ones do not fit.
-  const bool channels = in_channels % LANES == 0 && out_channels % LANES == 0 && out_channels >= 64;
-  if (kernel == 3 && stride == 1 && padding == 1 && channels && height % 3 == 0 && width % 3 == 0) return 3;
+  if (kernel == 3 && stride == 1 && padding == 1 && channels_fit(in_channels, out_channels) && height % 3 == 0 &&
+      width % 3 == 0)
+    return 3;
   return 0;
 }
 
@@ -519,29 +538,18 @@ at::Tensor winograd_conv2d(const at::Tensor &x, const at::Tensor &transformed, c
   const float *bias_data = shift.defined() ? shift.const_data_ptr<float>() : nullptr;
   const float *skip_data = skip.defined() ? skip.const_data_ptr<float>() : nullptr;
   float *y_data = y.mutable_data_ptr<float>();
+  const Steps steps = steps_of(s);
   at::parallel_for(0, blocks, 1, [&](int64_t first_block, int64_t last_block) {
     // This thread's block buffers: each element's rows for `block` tiles.
     auto u = at::empty({s.elements(), block, s.in_channels}, x.options());
     auto m = at::empty({s.elements(), block, s.out_channels}, x.options());
     for (int64_t b = first_block; b < last_block; ++b) {
       const int64_t first = b * block, count = std::min(s.count(), first + block) - first;
-      const int64_t u_stride = block * s.in_channels, m_stride = block * s.out_channels;
-      float *u_data = u.mutable_data_ptr<float>();
-      if (kernel == 5)
-        transform_inputs_5x5(x_data, s, first, count, u_stride, u_data);
-      else if (tile == 3)
-        transform_inputs_3x3_tiles(x_data, s, first, count, u_stride, u_data);
-      else
-        transform_inputs(x_data, s, first, count, u_stride, u_data);
+      steps.inputs(x_data, s, first, count, block * s.in_channels, u.mutable_data_ptr<float>());
       auto products = m.narrow(1, 0, count);
       at::bmm_out(products, u.narrow(1, 0, count), transformed);
-      const float *m_data = m.const_data_ptr<float>();
-      if (kernel == 5)
-        transform_outputs_5x5(m_data, s, first, count, m_stride, bias_data, skip_data, relu, y_data);
-      else if (tile == 3)
-        transform_outputs_3x3_tiles(m_data, s, first, count, m_stride, bias_data, skip_data, relu, y_data);
-      else
-        transform_outputs(m_data, s, first, count, m_stride, bias_data, skip_data, relu, y_data);
+      steps.outputs(m.const_data_ptr<float>(), s, first, count, block * s.out_channels, bias_data, skip_data, relu,
+                    y_data);
     }
   });
   calls.fetch_add(1, std::memory_order_relaxed);

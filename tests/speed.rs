@@ -390,9 +390,9 @@ fn one_channel_convolutions_match_libtorchs_in_float32_and_under_bf16_autocast_w
     // last bit is 2^-8 of the value).
     // LeNet's first layer (the shim's kernel), one with padding whose output row is no whole
     // number of vectors, one without a bias, one narrower than a vector and taller than a block
-    // of rows, and those it leaves to libtorch: three channels, a
-    // stride of 2, an input that needs a gradient, and VGG's first layer laid out channels-last
-    // (whose output must stay channels-last).
+    // of rows, and those it leaves to libtorch: three channels, a stride of 2, an input that
+    // needs a gradient, and VGG's first layer laid out channels-last (whose output must stay
+    // channels-last).
     let cases = [
         ("lenet", [1, 6, 5, 1, 0], [256, 1, 28, 28], true, false, true),
         ("padded", [1, 4, 3, 1, 2], [5, 1, 13, 19], true, false, true),
