@@ -154,7 +154,7 @@ at::Tensor training_forward(torch::autograd::AutogradContext *ctx, const at::Ten
   const bool winograd = winograd_enabled() && winograd_shape(x.size(1), weight.size(0), x.size(2), x.size(3),
                                                              weight.size(2), stride, padding);
   ctx->saved_data["winograd"] = winograd;
-  if (winograd) return winograd_conv2d(x, winograd_weight(weight, 2), bias ? &*bias : nullptr, nullptr, false);
+  if (winograd) return winograd_conv2d(x, winograd_weight(weight, 2), 2, bias ? &*bias : nullptr, nullptr, false);
   return at::convolution(x, weight, bias, {stride, stride}, {padding, padding}, {1, 1}, false, {0, 0}, 1);
 }
 
@@ -173,7 +173,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> training_backward(torch::autograd
   // forward's where in and out channels differ).
   if (ctx->needs_input_grad(0) && winograd_enabled() &&
       winograd_shape(dy.size(1), x.size(1), dy.size(2), dy.size(3), weight.size(2), stride, padding))
-    dx = winograd_conv2d(dy, winograd_input_grad_weight(weight), nullptr, nullptr, false);
+    dx = winograd_conv2d(dy, winograd_input_grad_weight(weight), 2, nullptr, nullptr, false);
   else if (ctx->needs_input_grad(0))
     dx = std::get<0>(at::convolution_backward(dy, x, weight, std::nullopt, {stride, stride}, {padding, padding},
                                               {1, 1}, false, {0, 0}, 1, {true, false, false}));

@@ -1,7 +1,8 @@
 // Winograd's F(2x2, 3x3) convolution for channels-last float32 CPU maps (csrc/winograd.cpp): the
 // 3x3, stride-1, padding-1 convolutions of VGG, ResNet, GoogLeNet and AlexNet with 2.25 times
 // fewer multiplications than the direct algorithm oneDNN runs; and, forward only, for evaluation,
-// F(2x2, 5x5) for AlexNet's 5x5 layer (2.78 times fewer) and F(3x3, 3x3) for 3x3 maps.
+// F(4x4, 3x3) and F(3x3, 3x3) for 3x3 layers (4 and 3.24 times fewer) and F(2x2, 5x5) for
+// AlexNet's 5x5 layer (2.78 times fewer).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -18,10 +19,10 @@ bool winograd_enabled();
 bool winograd_shape(int64_t in_channels, int64_t out_channels, int64_t height, int64_t width, int64_t kernel,
                     int64_t stride, int64_t padding);
 
-// The output tiles' side winograd_conv2d computes a convolution in: 2 for those winograd_shape
-// takes and for 5x5 ones with padding 2 of the same maps and channels, at least 64 in; 3 for 3x3
-// ones of maps whose sides are multiples of 3 but not both even (F(3x3, 3x3), evaluation only);
-// 0 where it takes none.
+// The output tiles' side winograd_conv2d computes an evaluation's convolution in, the largest
+// that fits: 4 for 3x3 ones (stride 1, padding 1) of maps whose sides are multiples of 4, else 3
+// for those of multiples of 3, else 2 for those winograd_shape takes and for 5x5 ones with padding
+// 2 of the same maps and channels, at least 64 in; 0 where it takes none.
 int64_t winograd_forward_tile(int64_t in_channels, int64_t out_channels, int64_t height, int64_t width,
                               int64_t kernel, int64_t stride, int64_t padding);
 
@@ -39,8 +40,8 @@ at::Tensor winograd_input_grad_weight(const at::Tensor &weight);
 std::pair<at::Tensor, at::Tensor> winograd_weight_grad(const at::Tensor &x, const at::Tensor &dy, bool with_bias);
 
 // conv2d(x, weight, bias, stride 1, padding 1 (2 for 5x5)) [+ residual], then a ReLU where
-// `relu`, into a new channels-last map; `transformed` is winograd_weight(weight, tile), `bias` and
-// `residual` may be NULL. x is a channels-last float32 CPU map for which winograd_forward_tile
-// gives that tile.
-at::Tensor winograd_conv2d(const at::Tensor &x, const at::Tensor &transformed, const at::Tensor *bias,
+// `relu`, into a new channels-last map, in tiles of `tile` x `tile` outputs; `transformed` is
+// winograd_weight(weight, tile), `bias` and `residual` may be NULL. x is a channels-last float32
+// CPU map that such tiles fit (winograd_shape's for 2, winograd_forward_tile's otherwise).
+at::Tensor winograd_conv2d(const at::Tensor &x, const at::Tensor &transformed, int64_t tile, const at::Tensor *bias,
                            const at::Tensor *residual, bool relu);
