@@ -386,54 +386,28 @@ __attribute__((always_inline)) inline void transform_weight_rows_with(const floa
   }
 }
 
-// The three algorithms' steps, each built for the CPU's vector instructions.
-VECTOR_CLONES void transform_inputs_5x5(const float *x, const Tiles &s, int64_t first, int64_t count,
-                                        int64_t element_stride, float *u) {
-  transform_inputs_with<2, 5>(x, s, first, count, element_stride, u);
-}
+// The three algorithms' steps, each built for the CPU's vector instructions: target_clones
+// cannot be put on a template, so each instantiation is a named function.
+#define EVALUATION_STEPS(NAME, TILE, KERNEL)                                                                         \
+  VECTOR_CLONES void transform_inputs_##NAME(const float *x, const Tiles &s, int64_t first, int64_t count,          \
+                                             int64_t element_stride, float *u) {                                    \
+    transform_inputs_with<TILE, KERNEL>(x, s, first, count, element_stride, u);                                    \
+  }                                                                                                                \
+  VECTOR_CLONES void transform_outputs_##NAME(const float *m, const Tiles &s, int64_t first, int64_t count,         \
+                                              int64_t element_stride, const float *bias, const float *residual,    \
+                                              bool relu, float *y) {                                               \
+    transform_outputs_with<TILE, KERNEL>(m, s, first, count, element_stride, bias, residual, relu, y);             \
+  }                                                                                                                \
+  VECTOR_CLONES void transform_weight_rows_##NAME(const float *w, int64_t outputs, int64_t inputs, int64_t first,   \
+                                                  int64_t last, float *v) {                                        \
+    transform_weight_rows_with<TILE, KERNEL>(w, outputs, inputs, first, last, v);                                  \
+  }
 
-VECTOR_CLONES void transform_outputs_5x5(const float *m, const Tiles &s, int64_t first, int64_t count,
-                                         int64_t element_stride, const float *bias, const float *residual,
-                                         bool relu, float *y) {
-  transform_outputs_with<2, 5>(m, s, first, count, element_stride, bias, residual, relu, y);
-}
+EVALUATION_STEPS(5x5, 2, 5)
+EVALUATION_STEPS(3x3_tiles, 3, 3)
+EVALUATION_STEPS(4x4_tiles, 4, 3)
 
-VECTOR_CLONES void transform_weight_rows_5x5(const float *w, int64_t outputs, int64_t inputs, int64_t first,
-                                             int64_t last, float *v) {
-  transform_weight_rows_with<2, 5>(w, outputs, inputs, first, last, v);
-}
-
-VECTOR_CLONES void transform_inputs_3x3_tiles(const float *x, const Tiles &s, int64_t first, int64_t count,
-                                              int64_t element_stride, float *u) {
-  transform_inputs_with<3, 3>(x, s, first, count, element_stride, u);
-}
-
-VECTOR_CLONES void transform_outputs_3x3_tiles(const float *m, const Tiles &s, int64_t first, int64_t count,
-                                               int64_t element_stride, const float *bias, const float *residual,
-                                               bool relu, float *y) {
-  transform_outputs_with<3, 3>(m, s, first, count, element_stride, bias, residual, relu, y);
-}
-
-VECTOR_CLONES void transform_weight_rows_3x3_tiles(const float *w, int64_t outputs, int64_t inputs, int64_t first,
-                                                   int64_t last, float *v) {
-  transform_weight_rows_with<3, 3>(w, outputs, inputs, first, last, v);
-}
-
-VECTOR_CLONES void transform_inputs_4x4_tiles(const float *x, const Tiles &s, int64_t first, int64_t count,
-                                              int64_t element_stride, float *u) {
-  transform_inputs_with<4, 3>(x, s, first, count, element_stride, u);
-}
-
-VECTOR_CLONES void transform_outputs_4x4_tiles(const float *m, const Tiles &s, int64_t first, int64_t count,
-                                               int64_t element_stride, const float *bias, const float *residual,
-                                               bool relu, float *y) {
-  transform_outputs_with<4, 3>(m, s, first, count, element_stride, bias, residual, relu, y);
-}
-
-VECTOR_CLONES void transform_weight_rows_4x4_tiles(const float *w, int64_t outputs, int64_t inputs, int64_t first,
-                                                   int64_t last, float *v) {
-  transform_weight_rows_with<4, 3>(w, outputs, inputs, first, last, v);
-}
+#undef EVALUATION_STEPS
 
 // The input and output transforms of a convolution's tiles.
 struct Steps {
