@@ -246,8 +246,8 @@ char *convnets_conv2d_pointwise(const at::Tensor *x, const at::Tensor *w, const 
     // Winograd's algorithm where it takes the layer (3x3 or 5x5, stride 1, on CPUs where oneDNN's
     // kernels are its AVX2 ones), with the bias, the sum and the ReLU in its output transform.
     if (const int64_t tile = winograd_tile(*x, weight, stride, padding, activation, *dtype)) {
-      *out = new at::Tensor(winograd_conv2d(*x, winograd_cached(cache, weight, tile), tile, bias ? &*bias : nullptr, other,
-                                            post_op(activation).has_value()));
+      *out = new at::Tensor(winograd_conv2d(*x, winograd_cached(cache, weight, tile), tile, bias ? &*bias : nullptr,
+                                            other, post_op(activation).has_value()));
       return nullptr;
     }
     // oneDNN cannot create the sum's memory for a 1x1 map ("could not create a memory", as

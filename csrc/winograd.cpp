@@ -225,8 +225,8 @@ template <> struct Matrices<2, 5> {
   }
 };
 
-// F(3x3, 3x3) (maps whose sides are multiples of 3 but not of 4: ResNet-18's and GoogLeNet's 6x6
-// and 3x3 maps at 96 pixels), with the points 0, 1, -1, 2 and infinity. B^T = [2 -1 -2 1 0;
+// F(3x3, 3x3) (maps whose sides are multiples of 3 where 4x4 tiles do not fit: ResNet-18's and
+// GoogLeNet's 6x6 and 3x3 maps at 96 pixels), with the points 0, 1, -1, 2 and infinity. B^T = [2 -1 -2 1 0;
 // 0 -2 -1 1 0; 0 2 -3 1 0; 0 -1 0 1 0; 0 2 -1 -2 1], G = [1/2 0 0; -1/2 -1/2 -1/2;
 // -1/6 1/6 -1/6; 1/6 1/3 2/3; 0 0 1], A^T = [1 1 1 1 0; 0 1 -1 2 0; 0 1 1 4 1].
 template <> struct Matrices<3, 3> {
