@@ -21,12 +21,13 @@
 // Measured against float64 sums (tests/speed.rs): outputs and input gradients 0.26-0.45 of
 // oneDNN's error, weight gradients 0.7-1.1 of the shim's direct sums' (csrc/conv_weight_grad.cpp).
 //
-// For evaluation three more use the same steps, the largest tiles that fit first: F(4x4, 3x3)
-// (6x6 windows, 36 products for 16 outputs: 2.25 multiplications an output, F(2x2, 3x3)'s 4) on
-// maps whose sides are multiples of 4; F(3x3, 3x3) (5x5 windows, 25 products for 9) on those of 3,
-// such as ResNet-18's and GoogLeNet's 6x6 and 3x3 maps at 96 pixels; and F(2x2, 5x5) (6x6
-// windows; AlexNet's 5x5 layer). Their transforms scale by up to 8 and down to 1/24, and their
-// outputs are 0.6-2.3 times as far from exact sums as oneDNN's (tests/speed.rs).
+// For evaluation three more use the same steps, the largest tiles that fit first: F(4x4, 3x3) (6x6
+// windows, 36 products for 16 outputs: 2.25 multiplications an output, F(2x2, 3x3)'s 4) on maps
+// whose sides are multiples of 4; F(3x3, 3x3) (5x5 windows, 25 products for 9) on those of 3, such
+// as ResNet-18's and GoogLeNet's 6x6 and 3x3 maps at 96 pixels; and F(2x2, 5x5) (6x6 windows;
+// AlexNet's 5x5 layer). Training's input gradient takes the first two as well. Their transforms
+// scale by up to 8 and down to 1/24, and their outputs are 0.6-2.3 times as far from exact sums
+// as oneDNN's (input gradients up to 2.4 times; tests/speed.rs).
 #include "winograd.h"
 
 #include "cpu_capabilities.h"
@@ -363,17 +364,22 @@ __attribute__((always_inline)) inline void transform_outputs_with(const float *m
 }
 
 // V = G g G^T for each out x in pair of a channels-last weight (out x KERNEL x KERNEL x in), in
-// lanes of input channels, into v (W * W x out x in), for outputs [first, last).
+// lanes of input channels, into v (W * W x out x in), for outputs [first, last); `turned` takes
+// each window turned 180 degrees (the input gradient's weight).
 template <int TILE, int KERNEL>
 __attribute__((always_inline)) inline void transform_weight_rows_with(const float *w, int64_t outputs, int64_t inputs,
-                                                                     int64_t first, int64_t last, float *v) {
+                                                                     bool turned, int64_t first, int64_t last,
+                                                                     float *v) {
   constexpr int W = TILE + KERNEL - 1;
   for (int64_t k = first; k < last; ++k) {
     for (int64_t c = 0; c < inputs; c += LANES) {
       Lanes gg[W][KERNEL]; // G g, a column at a time
       for (int j = 0; j < KERNEL; ++j) {
         Lanes column[KERNEL], transformed[W];
-        for (int i = 0; i < KERNEL; ++i) column[i] = load(w + ((k * KERNEL + i) * KERNEL + j) * inputs + c);
+        for (int i = 0; i < KERNEL; ++i) {
+          const int tap = turned ? (KERNEL - 1 - i) * KERNEL + (KERNEL - 1 - j) : i * KERNEL + j;
+          column[i] = load(w + (k * KERNEL * KERNEL + tap) * inputs + c);
+        }
         Matrices<TILE, KERNEL>::g(column, transformed);
         for (int a = 0; a < W; ++a) gg[a][j] = transformed[a];
       }
@@ -398,9 +404,9 @@ __attribute__((always_inline)) inline void transform_weight_rows_with(const floa
                                               bool relu, float *y) {                                               \
     transform_outputs_with<TILE, KERNEL>(m, s, first, count, element_stride, bias, residual, relu, y);             \
   }                                                                                                                \
-  VECTOR_CLONES void transform_weight_rows_##NAME(const float *w, int64_t outputs, int64_t inputs, int64_t first,   \
-                                                  int64_t last, float *v) {                                        \
-    transform_weight_rows_with<TILE, KERNEL>(w, outputs, inputs, first, last, v);                                  \
+  VECTOR_CLONES void transform_weight_rows_##NAME(const float *w, int64_t outputs, int64_t inputs, bool turned,     \
+                                                  int64_t first, int64_t last, float *v) {                         \
+    transform_weight_rows_with<TILE, KERNEL>(w, outputs, inputs, turned, first, last, v);                          \
   }
 
 EVALUATION_STEPS(5x5, 2, 5)
@@ -487,14 +493,14 @@ VECTOR_CLONES void weight_grad_rows(const float *dv, int64_t outputs, int64_t in
 }
 
 // A float32 weight (out x in x 3 x 3, or 5 x 5) transformed for output tiles of tile x tile, as
-// elements x out x in, each window turned where `turned` (F(2x2, 3x3) only).
+// elements x out x in, each window turned where `turned` (3x3 only).
 at::Tensor transform_weight(const at::Tensor &weight, int64_t tile, bool turned) {
   at::NoGradGuard no_grad;
   const bool square = weight.dim() == 4 && weight.size(2) == weight.size(3);
   const int64_t kernel = square ? weight.size(2) : 0;
   const bool f23 = kernel == 3 && tile == 2, f33 = kernel == 3 && tile == 3, f43 = kernel == 3 && tile == 4,
              f25 = kernel == 5 && tile == 2;
-  if (!f23 && ((!f33 && !f43 && !f25) || turned)) throw std::invalid_argument("winograd: a weight it does not take");
+  if ((!f23 && !f33 && !f43 && !f25) || (turned && kernel != 3)) throw std::invalid_argument("winograd: a weight it does not take");
   auto w = weight.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t outputs = w.size(0), inputs = w.size(1), window = tile + kernel - 1;
   auto v = at::empty({window * window, outputs, inputs}, w.options());
@@ -504,11 +510,11 @@ at::Tensor transform_weight(const at::Tensor &weight, int64_t tile, bool turned)
     if (f23)
       transform_weight_rows(w_data, outputs, inputs, turned, first, last, v_data);
     else if (f33)
-      transform_weight_rows_3x3_tiles(w_data, outputs, inputs, first, last, v_data);
+      transform_weight_rows_3x3_tiles(w_data, outputs, inputs, turned, first, last, v_data);
     else if (f43)
-      transform_weight_rows_4x4_tiles(w_data, outputs, inputs, first, last, v_data);
+      transform_weight_rows_4x4_tiles(w_data, outputs, inputs, turned, first, last, v_data);
     else
-      transform_weight_rows_5x5(w_data, outputs, inputs, first, last, v_data);
+      transform_weight_rows_5x5(w_data, outputs, inputs, false, first, last, v_data);
   });
   return v;
 }
@@ -559,7 +565,9 @@ at::Tensor winograd_weight(const at::Tensor &weight, int64_t tile) {
 }
 
 // The input's gradient's in x out (the layer's out x in) are the rows as they are, turned.
-at::Tensor winograd_input_grad_weight(const at::Tensor &weight) { return transform_weight(weight, 2, true); }
+at::Tensor winograd_input_grad_weight(const at::Tensor &weight, int64_t tile) {
+  return transform_weight(weight, tile, true);
+}
 
 at::Tensor winograd_conv2d(const at::Tensor &x, const at::Tensor &transformed, int64_t tile, const at::Tensor *bias,
                            const at::Tensor *residual, bool relu) {

@@ -1,8 +1,8 @@
 // Winograd's F(2x2, 3x3) convolution for channels-last float32 CPU maps (csrc/winograd.cpp): the
 // 3x3, stride-1, padding-1 convolutions of VGG, ResNet, GoogLeNet and AlexNet with 2.25 times
-// fewer multiplications than the direct algorithm oneDNN runs; and, forward only, for evaluation,
-// F(4x4, 3x3) and F(3x3, 3x3) for 3x3 layers (4 and 3.24 times fewer) and F(2x2, 5x5) for
-// AlexNet's 5x5 layer (2.78 times fewer).
+// fewer multiplications than the direct algorithm oneDNN runs; and, for evaluation and training's
+// input gradients, F(4x4, 3x3) and F(3x3, 3x3) for 3x3 layers (4 and 3.24 times fewer), and, for
+// evaluation, F(2x2, 5x5) for AlexNet's 5x5 layer (2.78 times fewer).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -19,8 +19,8 @@ bool winograd_enabled();
 bool winograd_shape(int64_t in_channels, int64_t out_channels, int64_t height, int64_t width, int64_t kernel,
                     int64_t stride, int64_t padding);
 
-// The output tiles' side winograd_conv2d computes an evaluation's convolution in, the largest
-// that fits: 4 for 3x3 ones (stride 1, padding 1) of maps whose sides are multiples of 4, else 3
+// The output tiles' side winograd_conv2d computes an evaluation's convolution (and training's
+// input gradient) in, the largest that fits: 4 for 3x3 ones (stride 1, padding 1) of maps whose sides are multiples of 4, else 3
 // for those of multiples of 3, else 2 for those winograd_shape takes and for 5x5 ones with padding
 // 2 of the same maps and channels, at least 64 in; 0 where it takes none.
 int64_t winograd_forward_tile(int64_t in_channels, int64_t out_channels, int64_t height, int64_t width,
@@ -30,9 +30,9 @@ int64_t winograd_forward_tile(int64_t in_channels, int64_t out_channels, int64_t
 // `tile` x `tile` outputs: elements (16, 25 or 36) x in x out.
 at::Tensor winograd_weight(const at::Tensor &weight, int64_t tile);
 
-// The same for the gradient of the convolution's input: its weight turned 180 degrees, with in
+// The same for the gradient of a 3x3 convolution's input: its weight turned 180 degrees, with in
 // and out swapped (for stride 1 and padding 1, dx is that convolution of dy).
-at::Tensor winograd_input_grad_weight(const at::Tensor &weight);
+at::Tensor winograd_input_grad_weight(const at::Tensor &weight, int64_t tile);
 
 // The gradients of conv2d(x, weight, bias, stride 1, padding 1)'s weight (channels-last) and,
 // where `with_bias`, bias (else undefined), given the output's gradient dy: the products summed

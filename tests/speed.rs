@@ -1210,9 +1210,11 @@ fn winograd_convolutions_stay_within_a_few_units_in_the_last_place_of_exact_sums
             let scale = exact.abs().max().double_value(&[]);
             let (error, direct_error) = (max_error(mine, exact), max_error(its, exact));
             // As close as direct sums (measured: closer, 0.3-1.0 of their error), or within a few
-            // units in the last place of the largest value (float32's is 1.2e-7 of it).
+            // units in the last place of the largest value (float32's is 1.2e-7 of it). The input's
+            // gradient takes 4x4 tiles where they fit (the 8x8 maps): up to 2.4 times.
+            let bound = if what == "dx" { 3.0 } else { 2.0 };
             assert!(
-                error <= (2.0 * direct_error).max(1e-6 * scale),
+                error <= (bound * direct_error).max(1e-6 * scale),
                 "{name} {what}: off by {error}, direct sums by {direct_error} (up to {scale})"
             );
         }
