@@ -27,7 +27,7 @@
 // as ResNet-18's and GoogLeNet's 6x6 and 3x3 maps at 96 pixels; and F(2x2, 5x5) (6x6 windows;
 // AlexNet's 5x5 layer). Training's input gradient takes the first two as well. Their transforms
 // scale by up to 8 and down to 1/24, and their outputs are 0.6-2.3 times as far from exact sums
-// as oneDNN's (input gradients up to 2.4 times; tests/speed.rs).
+// as oneDNN's (input gradients up to 2.6 times; tests/speed.rs).
 #include "winograd.h"
 
 #include "cpu_capabilities.h"
