@@ -415,20 +415,6 @@ EVALUATION_STEPS(4x4_tiles, 4, 3)
 
 #undef EVALUATION_STEPS
 
-// The input and output transforms of a convolution's tiles.
-struct Steps {
-  void (*inputs)(const float *x, const Tiles &s, int64_t first, int64_t count, int64_t element_stride, float *u);
-  void (*outputs)(const float *m, const Tiles &s, int64_t first, int64_t count, int64_t element_stride,
-                  const float *bias, const float *residual, bool relu, float *y);
-};
-
-Steps steps_of(const Tiles &s) {
-  if (s.kernel == 5) return {transform_inputs_5x5, transform_outputs_5x5};
-  if (s.tile == 3) return {transform_inputs_3x3_tiles, transform_outputs_3x3_tiles};
-  if (s.tile == 4) return {transform_inputs_4x4_tiles, transform_outputs_4x4_tiles};
-  return {transform_inputs, transform_outputs};
-}
-
 // Tiles per block: their transformed inputs and products (or output gradients) about
 // BLOCK_BYTES, from 64 to 128 tiles: the products of 20 tiles (3x3 maps of 512 channels, F(3x3,
 // 3x3)) ran at about two thirds of the rate of 64 tiles' products.
@@ -492,29 +478,43 @@ VECTOR_CLONES void weight_grad_rows(const float *dv, int64_t outputs, int64_t in
   }
 }
 
+// An algorithm's steps: the input and output transforms of a convolution's tiles and the weight's
+// transform.
+struct Steps {
+  void (*inputs)(const float *x, const Tiles &s, int64_t first, int64_t count, int64_t element_stride, float *u);
+  void (*outputs)(const float *m, const Tiles &s, int64_t first, int64_t count, int64_t element_stride,
+                  const float *bias, const float *residual, bool relu, float *y);
+  void (*weight_rows)(const float *w, int64_t outputs, int64_t inputs, bool turned, int64_t first, int64_t last,
+                      float *v);
+};
+
+// F(tile x tile, kernel x kernel)'s steps; none (null pointers) for other sizes.
+Steps steps_of(int64_t kernel, int64_t tile) {
+  if (kernel == 3 && tile == 2) return {transform_inputs, transform_outputs, transform_weight_rows};
+  if (kernel == 3 && tile == 3)
+    return {transform_inputs_3x3_tiles, transform_outputs_3x3_tiles, transform_weight_rows_3x3_tiles};
+  if (kernel == 3 && tile == 4)
+    return {transform_inputs_4x4_tiles, transform_outputs_4x4_tiles, transform_weight_rows_4x4_tiles};
+  if (kernel == 5 && tile == 2) return {transform_inputs_5x5, transform_outputs_5x5, transform_weight_rows_5x5};
+  return {};
+}
+
 // A float32 weight (out x in x 3 x 3, or 5 x 5) transformed for output tiles of tile x tile, as
 // elements x out x in, each window turned where `turned` (3x3 only).
 at::Tensor transform_weight(const at::Tensor &weight, int64_t tile, bool turned) {
   at::NoGradGuard no_grad;
   const bool square = weight.dim() == 4 && weight.size(2) == weight.size(3);
   const int64_t kernel = square ? weight.size(2) : 0;
-  const bool f23 = kernel == 3 && tile == 2, f33 = kernel == 3 && tile == 3, f43 = kernel == 3 && tile == 4,
-             f25 = kernel == 5 && tile == 2;
-  if ((!f23 && !f33 && !f43 && !f25) || (turned && kernel != 3)) throw std::invalid_argument("winograd: a weight it does not take");
+  const Steps steps = steps_of(kernel, tile);
+  if (steps.weight_rows == nullptr || (turned && kernel != 3))
+    throw std::invalid_argument("winograd: a weight it does not take");
   auto w = weight.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t outputs = w.size(0), inputs = w.size(1), window = tile + kernel - 1;
   auto v = at::empty({window * window, outputs, inputs}, w.options());
   const float *w_data = w.const_data_ptr<float>();
   float *v_data = v.mutable_data_ptr<float>();
   at::parallel_for(0, outputs, 8, [&](int64_t first, int64_t last) {
-    if (f23)
-      transform_weight_rows(w_data, outputs, inputs, turned, first, last, v_data);
-    else if (f33)
-      transform_weight_rows_3x3_tiles(w_data, outputs, inputs, turned, first, last, v_data);
-    else if (f43)
-      transform_weight_rows_4x4_tiles(w_data, outputs, inputs, turned, first, last, v_data);
-    else
-      transform_weight_rows_5x5(w_data, outputs, inputs, false, first, last, v_data);
+    steps.weight_rows(w_data, outputs, inputs, turned, first, last, v_data);
   });
   return v;
 }
@@ -592,7 +592,7 @@ at::Tensor winograd_conv2d(const at::Tensor &x, const at::Tensor &transformed, i
   const float *bias_data = shift.defined() ? shift.const_data_ptr<float>() : nullptr;
   const float *skip_data = skip.defined() ? skip.const_data_ptr<float>() : nullptr;
   float *y_data = y.mutable_data_ptr<float>();
-  const Steps steps = steps_of(s);
+  const Steps steps = steps_of(s.kernel, s.tile);
   at::parallel_for(0, blocks, 1, [&](int64_t first_block, int64_t last_block) {
     // This thread's block buffers: each element's rows for `block` tiles.
     auto u = at::empty({s.elements(), block, s.in_channels}, x.options());

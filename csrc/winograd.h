@@ -20,9 +20,10 @@ bool winograd_shape(int64_t in_channels, int64_t out_channels, int64_t height, i
                     int64_t stride, int64_t padding);
 
 // The output tiles' side winograd_conv2d computes an evaluation's convolution (and training's
-// input gradient) in, the largest that fits: 4 for 3x3 ones (stride 1, padding 1) of maps whose sides are multiples of 4, else 3
-// for those of multiples of 3, else 2 for those winograd_shape takes and for 5x5 ones with padding
-// 2 of the same maps and channels, at least 64 in; 0 where it takes none.
+// input gradient) in, the largest that fits: 4 for 3x3 ones (stride 1, padding 1) of maps whose
+// sides are multiples of 4, else 3 for those of multiples of 3, else 2 for those winograd_shape
+// takes and for 5x5 ones with padding 2 of the same maps and channels, at least 64 in; 0 where it
+// takes none.
 int64_t winograd_forward_tile(int64_t in_channels, int64_t out_channels, int64_t height, int64_t width,
                               int64_t kernel, int64_t stride, int64_t padding);
 
