@@ -230,20 +230,30 @@ extern "C" {
 
 // conv2d(x, weight, bias, stride, padding) for training, differentiable, its weight's and bias's
 // gradients by the matrix products above, into *out; leaves *out NULL where the kernel does not
-// apply (another layout, type or device, no gradient wanted, autocast, or a CPU where oneDNN's
-// own kernel is the one to use), for the caller to call libtorch's.
+// apply (another layout, type or device, no gradient wanted, autocast, or a layer where oneDNN's
+// own kernel is the faster one on this CPU), for the caller to call libtorch's.
 char *convnets_conv2d_train(const at::Tensor *x, const at::Tensor *weight, const at::Tensor *bias, int64_t stride,
                             int64_t padding, at::Tensor **out) {
   GUARD({
     *out = nullptr;
-    if (!policy.allows() || !fits(*x, *weight, bias)) return nullptr;
+    if (!fits(*x, *weight, bias)) return nullptr;
+    // With AVX-512 the products over blocks were 0.9-1.0x oneDNN's backward-weights kernel, so
+    // there the function runs only for the layers Winograd's algorithm takes the forward or the
+    // input's gradient of (DenseNet's 32-channel layers: only the latter).
+    auto winograd_takes = [&](int64_t in_channels, int64_t out_channels) {
+      return winograd_shape(in_channels, out_channels, x->size(2), x->size(3), weight->size(2), stride, padding);
+    };
+    const int64_t in_channels = x->size(1), out_channels = weight->size(0);
+    const bool winograd =
+        winograd_enabled() && (winograd_takes(in_channels, out_channels) || winograd_takes(out_channels, in_channels));
+    if (!policy.allows(winograd)) return nullptr;
     *out = new at::Tensor(bias != nullptr ? BiasedConv2d::apply(*x, *weight, *bias, stride, padding)
                                           : UnbiasedConv2d::apply(*x, *weight, stride, padding));
   })
 }
 
-// Where convnets_conv2d_train applies: 0 where oneDNN's kernel is the AVX2 one, 1 everywhere,
-// 2 nowhere (for tests and measurements).
+// Where convnets_conv2d_train applies: 0 where oneDNN's kernel is the AVX2 one, or Winograd's
+// algorithm takes the layer, 1 everywhere, 2 nowhere (for tests and measurements).
 char *convnets_set_conv_weight_grad_policy(int mode) {
   GUARD({
     policy.set(mode);

@@ -49,8 +49,9 @@ impl InputShape {
 /// Which kernels compute the CPU convolutions the shim has kernels of its own for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum CpuKernels {
-    /// The shim's on CPUs without AVX-512, where they were measured faster than oneDNN's AVX2
-    /// kernels; oneDNN's elsewhere.
+    /// The shim's where they were measured faster than oneDNN's: Winograd's algorithm on every
+    /// CPU, training's weight gradients by blocks without AVX-512 (with it, only in the layers
+    /// Winograd's algorithm takes).
     #[default]
     Auto,
     /// The shim's wherever they apply (to measure them on a CPU with AVX-512).
@@ -561,8 +562,8 @@ pub struct SpeedArgs {
     #[arg(long, hide = true, conflicts_with = "cuda_graphs")]
     pub no_graphs: bool,
     /// CPU convolutions by the shim's own kernels (training's weight gradients, Winograd's
-    /// algorithm for 3x3 and 5x5 layers) or oneDNN's: auto (the shim's on CPUs without AVX-512),
-    /// shim or onednn.
+    /// algorithm for 3x3 and 5x5 layers) or oneDNN's: auto (the shim's where they were measured
+    /// faster on this CPU's vector width), shim or onednn.
     #[arg(long, default_value = "auto")]
     pub cpu_kernels: CpuKernels,
 }

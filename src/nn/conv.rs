@@ -119,7 +119,9 @@ pub fn training_conv_kernel_calls() -> u64 {
 /// Where one of the shim's convolution kernels stands in for oneDNN's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelPolicy {
-    /// On CPUs without AVX-512, where oneDNN's kernels are its AVX2 ones (the default).
+    /// Where it was measured faster than oneDNN's kernels on this CPU's vector width (the default):
+    /// Winograd's algorithm everywhere, the weight gradient by blocks without AVX-512 and, with
+    /// it, only in the layers Winograd's algorithm takes.
     Auto = 0,
     /// Wherever it applies (for tests and measurements on any CPU).
     Always = 1,
