@@ -1,4 +1,5 @@
-// Training-mode batch norm of contiguous NCHW float32 maps on the CPU (LeNet's BatchNorm2d),
+// Training-mode batch norm of contiguous NCHW float32 maps on the CPU (LeNet's BatchNorm2d, and
+// the chapter's from-scratch BatchNorm, whose moving variance follows the biased batch variance),
 // forward and backward. libtorch's kernel for this layout sums each channel's values one at a
 // time into a double, so every pass over the map waits on one addition after another; with
 // LeNet's six channels of 24x24 that was the slowest layer of the forward pass. Here each plane
@@ -83,7 +84,7 @@ void per_plane(int64_t images, int64_t channels, int64_t size, const Plane &plan
 struct TrainingBatchNorm : torch::autograd::Function<TrainingBatchNorm> {
   static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &x, const at::Tensor &weight,
                             const at::Tensor &bias, at::Tensor running_mean, at::Tensor running_var, double momentum,
-                            double eps) {
+                            double eps, bool unbiased_running_var) {
     const int64_t images = x.size(0), channels = x.size(1), size = x.numel() / (images * channels);
     const double count = static_cast<double>(images * size);
     const float *in = x.const_data_ptr<float>();
@@ -102,7 +103,9 @@ struct TrainingBatchNorm : torch::autograd::Function<TrainingBatchNorm> {
     {
       auto w = weight.contiguous(), b = bias.contiguous();
       const float *wp = w.const_data_ptr<float>(), *bp = b.const_data_ptr<float>();
-      auto rm = running_mean.accessor<float, 1>(), rv = running_var.accessor<float, 1>();
+      // Through the data: the from-scratch layer keeps its statistics as (1, C, 1, 1).
+      float *rm = running_mean.mutable_data_ptr<float>(), *rv = running_var.mutable_data_ptr<float>();
+      const double running_count = unbiased_running_var ? count - 1 : count;
       // In float, as libtorch's kernel computes the scale and shift.
       for (int64_t c = 0; c < channels; ++c) {
         const float invstd = static_cast<float>(1.0 / std::sqrt(squares[c] / count + eps));
@@ -111,7 +114,7 @@ struct TrainingBatchNorm : torch::autograd::Function<TrainingBatchNorm> {
         scale[c] = invstd * wp[c];
         shift[c] = bp[c] - mean[c] * scale[c];
         rm[c] = static_cast<float>(momentum * mean[c] + (1 - momentum) * rm[c]);
-        rv[c] = static_cast<float>(momentum * squares[c] / (count - 1) + (1 - momentum) * rv[c]);
+        rv[c] = static_cast<float>(momentum * squares[c] / running_count + (1 - momentum) * rv[c]);
       }
     }
     // y = x * scale + shift, as libtorch's kernel computes it.
@@ -149,9 +152,24 @@ struct TrainingBatchNorm : torch::autograd::Function<TrainingBatchNorm> {
       plane_input_grad(in + p * size, grad + p * size, out + p * size, size, mean[c], k[c], grad_mean[c], invstd[c],
                        wp[c]);
     });
-    return {dx, norm_grads.weight, norm_grads.bias, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    // In the weight's and bias's own shape: (C), or the from-scratch layer's (1, C, 1, 1).
+    const auto shape = saved[1].sizes();
+    auto none = at::Tensor();
+    return {dx, norm_grads.weight.view(shape), norm_grads.bias.view(shape), none, none, none, none, none};
   }
 };
+
+// The calls below: the training-mode batch norm into *out, or NULL where the kernel declines.
+char *batch_norm_train(const at::Tensor *x, const at::Tensor *weight, const at::Tensor *bias,
+                       const at::Tensor *running_mean, const at::Tensor *running_var, double momentum, double eps,
+                       bool unbiased_running_var, at::Tensor **out) {
+  GUARD({
+    *out = nullptr;
+    if (!batch_norm_fits(*x, *weight, *bias, *running_mean, *running_var, at::MemoryFormat::Contiguous)) return nullptr;
+    *out = new at::Tensor(TrainingBatchNorm::apply(*x, *weight, *bias, *running_mean, *running_var, momentum, eps,
+                                                   unbiased_running_var));
+  })
+}
 
 } // namespace
 
@@ -164,11 +182,16 @@ extern "C" {
 char *convnets_batch_norm_train(const at::Tensor *x, const at::Tensor *weight, const at::Tensor *bias,
                                 const at::Tensor *running_mean, const at::Tensor *running_var, double momentum,
                                 double eps, at::Tensor **out) {
-  GUARD({
-    *out = nullptr;
-    if (!batch_norm_fits(*x, *weight, *bias, *running_mean, *running_var, at::MemoryFormat::Contiguous)) return nullptr;
-    *out = new at::Tensor(TrainingBatchNorm::apply(*x, *weight, *bias, *running_mean, *running_var, momentum, eps));
-  })
+  return batch_norm_train(x, weight, bias, running_mean, running_var, momentum, eps, true, out);
+}
+
+// The same with the running variance following the biased batch variance: the chapter's
+// from-scratch BatchNorm, whose (1, C, 1, 1) tensors it takes as they are.
+char *convnets_batch_norm_train_biased_running_var(const at::Tensor *x, const at::Tensor *weight,
+                                                   const at::Tensor *bias, const at::Tensor *running_mean,
+                                                   const at::Tensor *running_var, double momentum, double eps,
+                                                   at::Tensor **out) {
+  return batch_norm_train(x, weight, bias, running_mean, running_var, momentum, eps, false, out);
 }
 
 } // extern "C"

@@ -97,6 +97,17 @@ unsafe extern "C" {
         eps: f64,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
+    #[allow(clippy::too_many_arguments)]
+    pub fn convnets_batch_norm_train_biased_running_var(
+        x: *const C_tensor,
+        weight: *const C_tensor,
+        bias: *const C_tensor,
+        running_mean: *const C_tensor,
+        running_var: *const C_tensor,
+        momentum: f64,
+        eps: f64,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
 }
 
 // csrc/norm_relu.cpp

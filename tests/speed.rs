@@ -534,6 +534,66 @@ fn training_batch_norm_of_nchw_maps_matches_libtorchs_whatever_the_thread_count(
 }
 
 #[test]
+fn from_scratch_batch_norm_trains_as_its_tensor_operations_do() {
+    use convnets::nn::{Ctx, Layer, ScratchBatchNorm, batch_norm_kernel_calls};
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(7);
+    // The shim's kernel sums in double lanes, the tensor operations in float: the last bits
+    // differ. The chapter's layer keeps its tensors as (1, C, 1, 1) and its moving variance
+    // follows the biased batch variance (by 1/69 of it off the unbiased one for the batch of 2
+    // below, which the tolerance would catch).
+    let close = |ours: &Tensor, theirs: &Tensor, what: &str| assert_close(ours, theirs, 1e-5, what);
+    let cpu = (Kind::Float, Device::Cpu);
+    for shape in [[256, 6, 24, 24], [256, 16, 8, 8], [2, 3, 5, 7]] {
+        let channels = shape[1];
+        let per_channel = [1, channels, 1, 1];
+        let (gamma, beta) = (Tensor::rand(per_channel, cpu) * 2.0 - 1.0, Tensor::randn(per_channel, cpu));
+        let (mean, var) = (Tensor::randn(per_channel, cpu), Tensor::rand(per_channel, cpu) + 0.5);
+        let x = Tensor::randn(shape, cpu) * 3.0 + 2.0;
+        let grad_out = Tensor::randn(shape, cpu);
+        // One training step of a fresh layer on x: outputs, gradients of x, gamma and beta, the
+        // moving statistics after it, and the calls of the shim's kernel.
+        let step = |x: &Tensor| {
+            let vs = tch::nn::VarStore::new(Device::Cpu);
+            let bn = ScratchBatchNorm::new(&vs.root(), channels, 4);
+            tch::no_grad(|| {
+                for (to, from) in
+                    [(&bn.gamma, &gamma), (&bn.beta, &beta), (&bn.moving_mean, &mean), (&bn.moving_var, &var)]
+                {
+                    to.shallow_clone().copy_(from);
+                }
+            });
+            let x = x.detach().set_requires_grad(true);
+            let before = batch_norm_kernel_calls();
+            let y = bn.forward(&x, &mut Ctx::new(true)).unwrap();
+            let calls = batch_norm_kernel_calls() - before;
+            let grads =
+                Tensor::run_backward(&[(&y * &grad_out).sum(Kind::Float)], &[&x, &bn.gamma, &bn.beta], false, false);
+            (y, grads, [bn.moving_mean.copy(), bn.moving_var.copy()], calls)
+        };
+        let (y, grads, moving, calls) = step(&x);
+        assert_eq!(calls, 1, "{shape:?}: the shim's kernel");
+        // The same values laid out channels-last, which the kernel declines.
+        let (expected, expected_grads, expected_moving, calls) = step(&accel::channels_last(&x).unwrap());
+        assert_eq!(calls, 0, "{shape:?} channels-last: the tensor operations");
+        close(&y, &expected, &format!("{shape:?} outputs"));
+        for (name, (ours, theirs)) in ["x", "gamma", "beta"].iter().zip(grads.iter().zip(&expected_grads)) {
+            assert_eq!(ours.size(), theirs.size(), "{shape:?}: {name}'s gradient");
+            close(ours, theirs, &format!("{shape:?}: {name}'s gradient"));
+        }
+        close(&moving[0], &expected_moving[0], &format!("{shape:?}: moving mean"));
+        close(&moving[1], &expected_moving[1], &format!("{shape:?}: moving variance"));
+    }
+    // 2-d inputs (after a linear layer): the tensor operations.
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let bn = ScratchBatchNorm::new(&vs.root(), 120, 2);
+    let before = batch_norm_kernel_calls();
+    let y = bn.forward(&Tensor::randn([64, 120], cpu), &mut Ctx::new(true)).unwrap();
+    assert_eq!(batch_norm_kernel_calls(), before, "a 2-d input");
+    assert_eq!(y.size(), [64, 120]);
+}
+
+#[test]
 fn training_batch_norm_and_relu_of_channels_last_maps_match_the_two_layers_whatever_the_thread_count() {
     use convnets::nn::{BatchNorm, Ctx, Layer, ReLU, Sequential};
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());

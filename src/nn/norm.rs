@@ -11,7 +11,9 @@ use torch_sys::C_tensor;
 use super::fused::{Fusable, Norm};
 use super::layer::{kernel_output, shape_error};
 use super::{Ctx, Fwd, InLayer, Layer, LayerError};
-use crate::ffi::{convnets_batch_norm_relu_train, convnets_batch_norm_train};
+use crate::ffi::{
+    convnets_batch_norm_relu_train, convnets_batch_norm_train, convnets_batch_norm_train_biased_running_var,
+};
 use crate::onnx::{self, OnnxGraph};
 
 /// Training-mode batch norm over the batches of all replicas of a distributed run (PyTorch's
@@ -126,11 +128,8 @@ impl BatchNorm {
 
     /// `kernel` on `x` with this layer's tensors, counted in `calls`; `None` where it declines.
     fn call_kernel(&self, kernel: TrainKernel, calls: &AtomicU64, x: &Tensor) -> Option<Fwd> {
-        let (w, b, mean, var) = (&self.weight, &self.bias, &self.running_mean, &self.running_var);
-        // SAFETY: every pointer is a live tensor.
-        kernel_output(x, calls, |out| unsafe {
-            kernel(x.as_ptr(), w.as_ptr(), b.as_ptr(), mean.as_ptr(), var.as_ptr(), Self::MOMENTUM, self.eps, out)
-        })
+        let tensors = [&self.weight, &self.bias, &self.running_mean, &self.running_var];
+        call_train_kernel(kernel, calls, x, tensors, Self::MOMENTUM, self.eps)
     }
 
     /// Counts a training-mode call, as PyTorch's layer does.
@@ -139,10 +138,27 @@ impl BatchNorm {
     }
 }
 
+/// `kernel` on `x` with a layer's weight, bias, running mean and running variance, counted in
+/// `calls`; `None` where it declines.
+fn call_train_kernel(
+    kernel: TrainKernel,
+    calls: &AtomicU64,
+    x: &Tensor,
+    [w, b, mean, var]: [&Tensor; 4],
+    momentum: f64,
+    eps: f64,
+) -> Option<Fwd> {
+    // SAFETY: every pointer is a live tensor.
+    kernel_output(x, calls, |out| unsafe {
+        kernel(x.as_ptr(), w.as_ptr(), b.as_ptr(), mean.as_ptr(), var.as_ptr(), momentum, eps, out)
+    })
+}
+
 static NORM_KERNEL_CALLS: AtomicU64 = AtomicU64::new(0);
 static NORM_RELU_KERNEL_CALLS: AtomicU64 = AtomicU64::new(0);
 
-/// How many training-mode batch norms this process has computed with the shim's kernel.
+/// How many training-mode batch norms (built-in and from scratch) this process has computed
+/// with the shim's kernel for NCHW maps.
 pub fn batch_norm_kernel_calls() -> u64 {
     NORM_KERNEL_CALLS.load(Ordering::Relaxed)
 }
@@ -234,6 +250,11 @@ fn batch_norm_onnx(
 /// module's training flag (not from whether autograd is on, the seed's bug), eps is 1e-5, and
 /// the moving averages keep 0.9 of the old value, as in the seed: unlike the built-in layer they
 /// track the biased batch variance.
+///
+/// On NCHW float32 CPU maps (LeNet's convolutions' outputs) training runs the same arithmetic in
+/// the shim's batch norm kernel, two passes over the map forward and two backward where the
+/// tensor operations below take about ten each way; the test
+/// `from_scratch_batch_norm_trains_as_its_tensor_operations_do` holds it to them.
 #[derive(Debug)]
 pub struct ScratchBatchNorm {
     pub gamma: Tensor,
@@ -263,12 +284,28 @@ impl ScratchBatchNorm {
     }
 }
 
+impl ScratchBatchNorm {
+    /// The training step's arithmetic by the shim's kernel for NCHW float32 CPU maps (the moving
+    /// averages keep `MOMENTUM` of the old value, so the new one's weight is `1 - MOMENTUM`);
+    /// `None` where it declines (2-d inputs among them).
+    fn train_by_kernel(&self, x: &Tensor) -> Option<Fwd> {
+        let tensors = [&self.gamma, &self.beta, &self.moving_mean, &self.moving_var];
+        let kernel = convnets_batch_norm_train_biased_running_var;
+        call_train_kernel(kernel, &NORM_KERNEL_CALLS, x, tensors, 1.0 - Self::MOMENTUM, Self::EPS)
+    }
+}
+
 impl Layer for ScratchBatchNorm {
     fn type_name(&self) -> &'static str {
         "BatchNorm"
     }
     fn forward(&self, x: &Tensor, cx: &mut Ctx) -> Fwd {
         check_batch_norm(x, self.num_features, self.dims, cx.train)?;
+        if cx.train
+            && let Some(y) = self.train_by_kernel(x)
+        {
+            return y;
+        }
         let compute = || -> Result<Tensor, TchError> {
             let x_hat = if cx.train {
                 // Per feature over the batch (2-d), per channel over batch and space (4-d).
