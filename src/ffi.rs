@@ -15,6 +15,7 @@ use torch_sys::C_tensor;
 unsafe extern "C" {
     pub fn convnets_autocast_bf16(cuda: i32, enabled: i32) -> *mut c_char;
     pub fn convnets_cpu_has_bf16(out: *mut i32) -> *mut c_char;
+    pub fn convnets_cpu_bf16_convolutions_faster(out: *mut i32) -> *mut c_char;
     pub fn convnets_shim_threads(out: *mut i32) -> *mut c_char;
     pub fn convnets_set_channels_last(t: *mut C_tensor) -> *mut c_char;
     pub fn convnets_channels_last(t: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;

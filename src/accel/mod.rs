@@ -18,5 +18,6 @@ pub use memory::{
     release_large_cpu_blocks, reset_peak_memory, reuse_large_cpu_blocks, wait_copied,
 };
 pub use precision::{
-    AutoPrecision, Autocast, Precision, PrecisionChoice, auto_precision, cpu_has_bf16, emulated_bf16_warning,
+    AutoPrecision, Autocast, CpuBf16, Precision, PrecisionChoice, auto_precision, cpu_bf16, cpu_has_bf16,
+    emulated_bf16_warning,
 };

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use crate::ffi::{check, convnets_autocast_bf16, convnets_cpu_has_bf16};
+use crate::ffi::{check, convnets_autocast_bf16, convnets_cpu_bf16_convolutions_faster, convnets_cpu_has_bf16};
 
 /// The arithmetic of the forward pass.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,16 +82,36 @@ pub struct AutoPrecision {
     pub reason: &'static str,
 }
 
-/// `auto`'s rule: bf16 only on a CPU that does bfloat16 arithmetic in hardware (`cpu_has_bf16`),
-/// and only for a network measured faster in bf16 there, with the same accuracy
-/// (docs/benchmarks.md).
-pub fn auto_precision(device: Device, cpu_has_bf16: bool, faster_in_bf16_on_cpu: bool) -> AutoPrecision {
+/// What this CPU's bfloat16 convolutions are to its float32 ones (`cpu_bf16`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuBf16 {
+    /// No bfloat16 arithmetic in hardware: libtorch emulates it.
+    Emulated,
+    /// In hardware, but measured less than 1.2 times as fast as float32.
+    Slower,
+    /// In hardware, and measured at least 1.2 times as fast as float32.
+    Faster,
+}
+
+/// `auto`'s rule: bf16 only on a CPU whose bfloat16 convolutions are faster than its float32
+/// ones (`cpu_bf16`, asked only for a CPU), and only for a network measured faster in bf16 on
+/// such a CPU, with the same accuracy (docs/benchmarks.md).
+pub fn auto_precision(
+    device: Device,
+    cpu_bf16: impl FnOnce() -> CpuBf16,
+    faster_in_bf16_on_cpu: bool,
+) -> AutoPrecision {
     let (precision, reason) = if device.is_cuda() {
         (Precision::Fp32, "auto chooses bf16 on CPUs only")
-    } else if !cpu_has_bf16 {
-        (Precision::Fp32, "this CPU has no bfloat16 arithmetic (AVX512-BF16 or AMX)")
     } else if !faster_in_bf16_on_cpu {
         (Precision::Fp32, "this network is not faster in bf16 on a CPU")
+    } else if let cpu @ (CpuBf16::Emulated | CpuBf16::Slower) = cpu_bf16() {
+        let reason = if cpu == CpuBf16::Emulated {
+            "this CPU has no bfloat16 arithmetic (AVX512-BF16 or AMX)"
+        } else {
+            "this CPU's bfloat16 convolutions measured no faster than its float32 ones"
+        };
+        (Precision::Fp32, reason)
     } else {
         (Precision::Bf16, "this CPU has bfloat16 arithmetic and the network trains faster in bf16")
     };
@@ -105,6 +125,25 @@ pub fn emulated_bf16_warning(device: Device, precision: Precision, cpu_has_bf16:
         "warning: this CPU has no bfloat16 arithmetic (AVX512-BF16 or AMX), so bf16 is emulated, many times \
          slower than fp32 (--precision auto chooses fp32 here)",
     )
+}
+
+/// What this CPU's bfloat16 convolutions are to its float32 ones: emulated without the
+/// instructions (`cpu_has_bf16`), else whether one timed convolution ran at least 1.2 times as fast
+/// in bfloat16 (the instructions alone do not say: on two Emerald Rapids cores with AVX512-BF16
+/// every network trained slower in bf16, docs/benchmarks.md); asked once, taking about a tenth of
+/// a second where it times.
+pub fn cpu_bf16() -> CpuBf16 {
+    static WHAT: OnceLock<CpuBf16> = OnceLock::new();
+    *WHAT.get_or_init(|| {
+        if !cpu_has_bf16() {
+            return CpuBf16::Emulated;
+        }
+        let mut faster = 0;
+        // A probe that fails says nothing for bf16: keep fp32.
+        // SAFETY: writes one integer.
+        let measured = check(unsafe { convnets_cpu_bf16_convolutions_faster(&mut faster) }).is_ok();
+        if measured && faster != 0 { CpuBf16::Faster } else { CpuBf16::Slower }
+    })
 }
 
 /// Whether this CPU does bfloat16 arithmetic in hardware (libtorch's cpuinfo: AVX512-BF16, or

@@ -4,7 +4,7 @@ use tch::Device;
 use tch::nn::Path;
 
 use super::{alexnet, densenet, googlenet, lenet, nin, resnet, torchvision, vgg};
-use crate::accel::{AutoPrecision, MemoryFormat, Precision, PrecisionChoice, auto_precision, cpu_has_bf16};
+use crate::accel::{AutoPrecision, MemoryFormat, Precision, PrecisionChoice, auto_precision, cpu_bf16};
 use crate::nn::Sequential;
 
 /// What every network is built for: input channels and number of classes.
@@ -69,8 +69,9 @@ pub struct ModelInfo {
     /// The same on a CPU (oneDNN; NCHW max pooling in particular is several times slower):
     /// faster for every network but LeNet, whose 6- and 16-channel maps are too thin for it.
     pub channels_last_on_cpu: bool,
-    /// Whether bf16 trains this network faster than fp32 on a CPU with bfloat16 arithmetic
-    /// (`--precision auto`): 1.7-2.7x for the image networks on AVX512-BF16, and LeNet-BN since
+    /// Whether bf16 trains this network faster than fp32 on a CPU whose bfloat16 convolutions are
+    /// faster than its float32 ones (`--precision auto`): 1.7-2.7x for the image networks on
+    /// two Zen 5 cores with AVX512-BF16, and LeNet-BN since
     /// its first convolution has a kernel of its own; not for LeNet with the from-scratch batch
     /// norm, which trains no faster in bf16: its tensor operations in bfloat16 cost what its
     /// convolutions save.
@@ -102,7 +103,7 @@ impl ModelInfo {
         match choice {
             PrecisionChoice::Fixed(precision) => (precision, None),
             PrecisionChoice::Auto => {
-                let auto = auto_precision(device, cpu_has_bf16(), self.bf16_on_cpu);
+                let auto = auto_precision(device, cpu_bf16, self.bf16_on_cpu);
                 (auto.precision, Some(auto))
             }
         }
