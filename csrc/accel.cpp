@@ -57,8 +57,10 @@ char *convnets_cpu_has_bf16(int *out) {
 // Whether oneDNN's bfloat16 convolutions run at least 1.2 times as fast as its float32 ones on this
 // CPU, by timing one (a 3x3 layer of 64 channels on a channels-last 28x28 map, 8 images, best of
 // 4 runs each after one that sets the kernels up): the flags alone do not say. Two Zen 5 cores
-// with AVX512-BF16 trained the image networks 1.7-2.7x as fast in bf16; two Emerald Rapids cores
-// with AVX512-BF16 (AMX not enabled) 0.5-0.75x as fast, in PyTorch as in convnets.
+// with AVX512-BF16 trained the image networks 1.7-2.7x as fast in bf16. On two Emerald Rapids
+// cores with AVX512-BF16 (AMX not enabled) oneDNN's bf16 convolution of this shape took 1.5 times
+// its fp32 one, and every network ran slower in bf16: PyTorch's best variants at 0.54-0.95 of
+// their fp32 speed, convnets at 0.35-0.91.
 char *convnets_cpu_bf16_convolutions_faster(int *out) {
   GUARD({
     at::NoGradGuard no_grad;
