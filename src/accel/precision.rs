@@ -130,8 +130,8 @@ pub fn emulated_bf16_warning(device: Device, precision: Precision, cpu_has_bf16:
 /// What this CPU's bfloat16 convolutions are to its float32 ones: emulated without the
 /// instructions (`cpu_has_bf16`), else whether one timed convolution ran at least 1.2 times as fast
 /// in bfloat16 (the instructions alone do not say: on two Emerald Rapids cores with AVX512-BF16
-/// every network trained slower in bf16, docs/benchmarks.md); asked once, taking about 20 ms
-/// where it times.
+/// every network trained slower in bf16, docs/benchmarks.md); asked once, taking under a tenth
+/// of a second where it times.
 pub fn cpu_bf16() -> CpuBf16 {
     static WHAT: OnceLock<CpuBf16> = OnceLock::new();
     *WHAT.get_or_init(|| {
