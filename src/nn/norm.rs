@@ -282,9 +282,7 @@ impl ScratchBatchNorm {
             dims,
         }
     }
-}
 
-impl ScratchBatchNorm {
     /// The training step's arithmetic by the shim's kernel for NCHW float32 CPU maps (the moving
     /// averages keep `MOMENTUM` of the old value, so the new one's weight is `1 - MOMENTUM`);
     /// `None` where it declines (2-d inputs among them).
