@@ -300,4 +300,22 @@ char *convnets_linear_pointwise(const at::Tensor *x, const at::Tensor *w, const 
   })
 }
 
+// The start of a dense block's concatenation in evaluation: a new channels-last map of x's batch,
+// height and width with `channels` channels, x copied into the first ones, in *out. The block's
+// layers then read their inputs as channel slices of it and write their outputs after them, where
+// concatenating after each layer would copy every channel so far again. Leaves *out NULL where x
+// is not a channels-last 4-d CPU map, and where autograd is on: a layer's input saved for the
+// backward pass would share its storage with the slices written after it.
+char *convnets_dense_concatenation(const at::Tensor *x, int64_t channels, at::Tensor **out) {
+  GUARD({
+    *out = nullptr;
+    if (at::GradMode::is_enabled() || x->dim() != 4 || !x->device().is_cpu() || channels < x->size(1) ||
+        !x->is_contiguous(at::MemoryFormat::ChannelsLast))
+      return nullptr;
+    auto y = at::empty({x->size(0), channels, x->size(2), x->size(3)}, x->options(), at::MemoryFormat::ChannelsLast);
+    y.narrow(1, 0, x->size(1)).copy_(*x);
+    *out = new at::Tensor(std::move(y));
+  })
+}
+
 } // extern "C"

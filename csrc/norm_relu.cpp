@@ -20,6 +20,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <vector>
 
 // The backward pass recomputes x * scale + shift to know where the ReLU passed its input; it must
@@ -59,6 +61,58 @@ VECTOR_CLONES void rows_normalized_relu(const float *x, float *y, int64_t rows, 
       out[c] = v < 0.f ? 0.f : v;
     }
   }
+}
+
+// bfloat16 as its 16 bits, converted inline (c10::BFloat16's conversions are calls, one per value,
+// that keep the loops below from being vectorised): the float with those high bits, and the
+// float rounded to the nearest bfloat16, ties to even, NaN kept a NaN, as c10 rounds.
+struct Bf16Bits {
+  uint16_t bits;
+};
+
+inline float to_float(float v) { return v; }
+inline float to_float(Bf16Bits v) {
+  uint32_t u = static_cast<uint32_t>(v.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+template <typename T> inline T from_float(float v);
+template <> inline float from_float<float>(float v) { return v; }
+template <> inline Bf16Bits from_float<Bf16Bits>(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return Bf16Bits{static_cast<uint16_t>(v != v ? 0x7fc0u : rounded)};
+}
+
+// Evaluation's relu(x * scale + shift) over `rows` rows of `channels` values, computed in float;
+// the input's rows are `stride` values apart (a channel slice of a wider channels-last map, as a
+// dense block's concatenation holds its layers' inputs), the output's packed.
+template <typename T>
+inline __attribute__((always_inline)) void strided_rows_normalized_relu(const T *x, int64_t stride, T *y, int64_t rows,
+                                                                        int64_t channels, const float *scale,
+                                                                        const float *shift) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T *row = x + r * stride;
+    T *out = y + r * channels;
+#pragma omp simd
+    for (int64_t c = 0; c < channels; ++c) {
+      const float v = to_float(row[c]) * scale[c] + shift[c];
+      out[c] = from_float<T>(v < 0.f ? 0.f : v);
+    }
+  }
+}
+
+VECTOR_CLONES void strided_rows_normalized_relu_f32(const float *x, int64_t stride, float *y, int64_t rows,
+                                                    int64_t channels, const float *scale, const float *shift) {
+  strided_rows_normalized_relu(x, stride, y, rows, channels, scale, shift);
+}
+
+VECTOR_CLONES void strided_rows_normalized_relu_bf16(const Bf16Bits *x, int64_t stride, Bf16Bits *y, int64_t rows,
+                                                     int64_t channels, const float *scale, const float *shift) {
+  strided_rows_normalized_relu(x, stride, y, rows, channels, scale, shift);
 }
 
 // The sums of the gradient the ReLU passes on (dy where its input was above 0, as libtorch's
@@ -182,6 +236,56 @@ struct TrainingBatchNormReLU : torch::autograd::Function<TrainingBatchNormReLU> 
   }
 };
 
+// The row stride of a 4-d CPU map whose rows (one position's channels) are each contiguous and
+// evenly spaced, as in a channels-last map or a channel slice of one; 0 for any other layout.
+int64_t channels_last_row_stride(const at::Tensor &x) {
+  const int64_t channels = x.size(1), height = x.size(2), width = x.size(3), stride = x.stride(3);
+  bool rows = (x.stride(1) == 1 || channels == 1) && stride >= channels && x.stride(2) == width * stride &&
+              x.stride(0) == height * width * stride;
+  return rows ? stride : 0;
+}
+
+// Eval-mode relu(batch_norm(x)) with libtorch's per-channel terms (in float, as it computes
+// them): scale = weight / sqrt(var + eps), shift = bias - mean * scale. NULL where it declines.
+at::Tensor *eval_batch_norm_relu(const at::Tensor &x, const at::Tensor &weight, const at::Tensor &bias,
+                                 const at::Tensor &mean, const at::Tensor &var, double eps) {
+  const bool typed = x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16;
+  if (x.dim() != 4 || !x.device().is_cpu() || !typed || x.numel() == 0) return nullptr;
+  const int64_t channels = x.size(1), stride = channels_last_row_stride(x), rows = x.numel() / channels;
+  if (stride == 0) return nullptr;
+  for (const at::Tensor *t : {&weight, &bias, &mean, &var})
+    if (!t->device().is_cpu() || t->scalar_type() != at::kFloat || t->numel() != channels) return nullptr;
+  if (at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad() || bias.requires_grad()))
+    return nullptr;
+  std::vector<float> scale(channels), shift(channels);
+  {
+    auto w = weight.contiguous(), b = bias.contiguous(), m = mean.contiguous(), v = var.contiguous();
+    const float *wp = floats(w), *bp = floats(b), *mp = floats(m), *vp = floats(v);
+    for (int64_t c = 0; c < channels; ++c) {
+      const float invstd = 1.f / std::sqrt(vp[c] + static_cast<float>(eps));
+      scale[c] = invstd * wp[c];
+      shift[c] = bp[c] - mp[c] * scale[c];
+    }
+  }
+  auto y = at::empty(x.sizes(), x.options(), at::MemoryFormat::ChannelsLast);
+  per_rows(rows, channels, [&](int64_t first, int64_t n) {
+    if (x.scalar_type() == at::kFloat) {
+      strided_rows_normalized_relu_f32(x.const_data_ptr<float>() + first * stride, stride,
+                                       y.mutable_data_ptr<float>() + first * channels, n, channels, scale.data(),
+                                       shift.data());
+    } else {
+      static_assert(sizeof(Bf16Bits) == sizeof(c10::BFloat16));
+      strided_rows_normalized_relu_bf16(reinterpret_cast<const Bf16Bits *>(x.const_data_ptr<c10::BFloat16>()) +
+                                            first * stride,
+                                        stride,
+                                        reinterpret_cast<Bf16Bits *>(y.mutable_data_ptr<c10::BFloat16>()) +
+                                            first * channels,
+                                        n, channels, scale.data(), shift.data());
+    }
+  });
+  return new at::Tensor(std::move(y));
+}
+
 } // namespace
 
 extern "C" {
@@ -198,6 +302,19 @@ char *convnets_batch_norm_relu_train(const at::Tensor *x, const at::Tensor *weig
     if (!batch_norm_fits(*x, *weight, *bias, *running_mean, *running_var, at::MemoryFormat::ChannelsLast)) return nullptr;
     *out = new at::Tensor(
         TrainingBatchNormReLU::apply(*x, *weight, *bias, *running_mean, *running_var, momentum, eps));
+  })
+}
+
+// relu(batch_norm(x, weight, bias, mean, var, training=False, eps)) of a 4-d float32 or bfloat16
+// CPU map whose positions' channels are contiguous rows (channels-last, or a channel slice of a
+// channels-last map), with float32 per-channel tensors of its channel count, into a new
+// channels-last *out, in one pass; leaves *out NULL for anything else, and where autograd would
+// need to track it, for the caller to compute the two layers with libtorch.
+char *convnets_batch_norm_relu_eval(const at::Tensor *x, const at::Tensor *weight, const at::Tensor *bias,
+                                    const at::Tensor *mean, const at::Tensor *var, double eps, at::Tensor **out) {
+  GUARD({
+    *out = nullptr;
+    *out = eval_batch_norm_relu(*x, *weight, *bias, *mean, *var, eps);
   })
 }
 

@@ -63,6 +63,7 @@ unsafe extern "C" {
         cache: *mut c_void,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
+    pub fn convnets_dense_concatenation(x: *const C_tensor, channels: i64, out: *mut *mut C_tensor) -> *mut c_char;
     pub fn convnets_fold_cache_new() -> *mut c_void;
     pub fn convnets_fold_cache_free(cache: *mut c_void);
     pub fn convnets_fuses_bf16() -> i32;
@@ -121,6 +122,15 @@ unsafe extern "C" {
         running_mean: *const C_tensor,
         running_var: *const C_tensor,
         momentum: f64,
+        eps: f64,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+    pub fn convnets_batch_norm_relu_eval(
+        x: *const C_tensor,
+        weight: *const C_tensor,
+        bias: *const C_tensor,
+        mean: *const C_tensor,
+        var: *const C_tensor,
         eps: f64,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;

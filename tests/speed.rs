@@ -112,19 +112,25 @@ fn evaluation_fuses_layers_with_their_batch_norm_and_activation_and_computes_the
     // (GoogLeNet's stem's 3 and 6 in each of its 9 Inception blocks); ResNet's stem and two per
     // residual block (batch norm folded in, the second with the shortcut's sum); the LeNets'
     // convolution or linear layer + batch norm + sigmoid, 2 + 2 each (built-in and from-scratch
-    // batch norm).
+    // batch norm). The last number counts the shim's batch norm + ReLU passes, which take bf16
+    // without oneDNN: DenseNet's one per conv block (16), transition block (3) and before its
+    // head (1), besides its stem's convolution; torchvision's DenseNet-121's one per dense layer
+    // (58) and transition (3), besides its stem's and each dense layer's 1x1 convolution with
+    // the batch norm and ReLU after it.
     let nets = [
-        ("alexnet", 224, 5 + 2),
-        ("vgg11-small", 224, 8 + 2),
-        ("nin", 224, 12),
-        ("googlenet", 96, 3 + 9 * 6),
-        ("resnet18", 64, 1 + 8 * 2),
+        ("alexnet", 224, 5 + 2, 0),
+        ("vgg11-small", 224, 8 + 2, 0),
+        ("nin", 224, 12, 0),
+        ("googlenet", 96, 3 + 9 * 6, 0),
+        ("resnet18", 64, 1 + 8 * 2, 0),
         // Its last stage on 1x1 maps, where oneDNN cannot fuse the shortcut's sum.
-        ("resnet18", 32, 1 + 8 * 2),
-        ("lenet-bn", 28, 2 + 2),
-        ("lenet-bn-scratch", 28, 2 + 2),
+        ("resnet18", 32, 1 + 8 * 2, 0),
+        ("lenet-bn", 28, 2 + 2, 0),
+        ("lenet-bn-scratch", 28, 2 + 2, 0),
+        ("densenet", 96, 1, 16 + 3 + 1),
+        ("tv-densenet121", 32, 1 + 58, 58 + 3),
     ];
-    for (name, side, calls) in nets {
+    for (name, side, onednn_calls, norm_relu_passes) in nets {
         let mut net = Network::new(name, NetConfig::default(), Device::Cpu).unwrap();
         let x = Tensor::rand([4, 1, side, side], (Kind::Float, Device::Cpu));
         // Running statistics far from the initial ones (two thirds of the way to the batch's),
@@ -141,10 +147,15 @@ fn evaluation_fuses_layers_with_their_batch_norm_and_activation_and_computes_the
                 let what = format!("{name} {precision} channels-last {channels_last}");
                 net.set_precision(precision).unwrap();
                 let before = convnets::nn::fused_calls();
+                let dense_before = convnets::nn::dense_blocks_in_one_map();
                 let fused = tch::no_grad(|| net.forward_t(&x, false)).unwrap();
-                // Without AVX-512, oneDNN has no bfloat16 kernels: bf16 runs layer by layer.
-                let expected = if precision == Precision::Bf16 && !convnets::nn::fuses_bf16() { 0 } else { calls };
-                assert_eq!(convnets::nn::fused_calls() - before, expected, "{what}");
+                // Without AVX-512, oneDNN has no bfloat16 kernels: bf16 runs layer by layer,
+                // but for the shim's batch norm + ReLU passes.
+                let onednn = if precision == Precision::Bf16 && !convnets::nn::fuses_bf16() { 0 } else { onednn_calls };
+                assert_eq!(convnets::nn::fused_calls() - before, onednn + norm_relu_passes, "{what}");
+                // A dense block's layers write into one map (channels-last, both precisions).
+                let dense_blocks = if name.contains("densenet") && channels_last { 4 } else { 0 };
+                assert_eq!(convnets::nn::dense_blocks_in_one_map() - dense_before, dense_blocks, "{what}");
                 // A traced pass records every layer, so it runs them one by one.
                 let layer_by_layer = tch::no_grad(|| net.forward_traced(&x, false, &mut Tracer::new())).unwrap();
                 let scale = layer_by_layer.abs().max().double_value(&[]);
@@ -156,11 +167,13 @@ fn evaluation_fuses_layers_with_their_batch_norm_and_activation_and_computes_the
                 assert!(diff <= tolerance * scale, "{what}: logits differ by {diff} (up to {scale})");
             }
         }
-        // With a gradient to track, nothing is fused (the fused operator has no derivative).
+        // With a gradient to track, nothing is fused (the fused operator has no derivative),
+        // and a dense block concatenates after each layer (autograd saves each layer's input).
         net.set_precision(Precision::Fp32).unwrap();
-        let before = convnets::nn::fused_calls();
+        let (before, dense_before) = (convnets::nn::fused_calls(), convnets::nn::dense_blocks_in_one_map());
         net.forward_t(&x, false).unwrap().sum(Kind::Float).backward();
         assert_eq!(convnets::nn::fused_calls(), before, "{name} with gradients");
+        assert_eq!(convnets::nn::dense_blocks_in_one_map(), dense_before, "{name} with gradients");
         assert!(net.vs.trainable_variables()[0].grad().defined());
     }
 }

@@ -18,6 +18,7 @@ pub fn conv_block(p: &Path, input_channels: i64, num_channels: i64) -> Sequentia
 /// and every earlier output, so channels grow by `num_channels` (the growth rate) per block.
 pub struct DenseBlock {
     net: Sequential,
+    growth_rate: i64,
 }
 
 impl DenseBlock {
@@ -27,7 +28,7 @@ impl DenseBlock {
         for i in 0..num_convs as i64 {
             net = net.add_at(&p, |p| conv_block(p, i * num_channels + input_channels, num_channels));
         }
-        DenseBlock { net }
+        DenseBlock { net, growth_rate: num_channels }
     }
 }
 
@@ -37,15 +38,8 @@ impl Layer for DenseBlock {
     }
     fn forward(&self, x: &Tensor, cx: &mut Ctx) -> Fwd {
         // The blocks of `net` run one by one; `net` itself is never called.
-        cx.within(&self.net, |cx| {
-            let mut x = x.shallow_clone();
-            for block in &self.net.layers {
-                let y = cx.call(block.as_ref(), &x)?;
-                // Concatenate each block's input and output on the channel axis.
-                x = cx.cat(&[&x, &y])?;
-            }
-            Ok(x)
-        })
+        // Each block's input and output are concatenated on the channel axis.
+        cx.within(&self.net, |cx| cx.dense_block(self.net.layers.iter().map(|b| b.as_ref()), x, self.growth_rate))
     }
     fn children(&self) -> Vec<&dyn Layer> {
         vec![&self.net]

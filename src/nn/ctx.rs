@@ -7,15 +7,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tch::Tensor;
 
 use super::fused::{self, Activation, Epilogue};
-use super::layer::shape_error;
+use super::layer::{kernel_output, shape_error};
 use super::{BatchNorm, Conv2d, Fwd, InLayer, Layer, LayerError, SyncBatchNorm, Tracer};
+use crate::ffi::convnets_dense_concatenation;
 use crate::onnx::{self, OnnxGraph, proto::AttributeProto};
 
 static POOLS_BEFORE_RELU: AtomicU64 = AtomicU64::new(0);
+static DENSE_BLOCKS_IN_ONE_MAP: AtomicU64 = AtomicU64::new(0);
 
 /// How many ReLU + max-pool pairs this process has computed pool first ([`Ctx::pool_before_relu`]).
 pub fn pools_before_relu() -> u64 {
     POOLS_BEFORE_RELU.load(Ordering::Relaxed)
+}
+
+/// How many dense blocks this process has evaluated into one map ([`Ctx::dense_block`]).
+pub fn dense_blocks_in_one_map() -> u64 {
+    DENSE_BLOCKS_IN_ONE_MAP.load(Ordering::Relaxed)
 }
 
 /// Everything a forward pass carries besides the tensor.
@@ -249,6 +256,44 @@ impl<'t> Ctx<'t> {
         let y = Tensor::f_cat(xs, 1).in_layer(first)?;
         self.functional("Concat", xs, &y, vec![onnx::int("axis", 1)])?;
         Ok(y)
+    }
+
+    /// A dense block's loop (d2l's `DenseBlock`, torchvision's `_DenseBlock`): each of `layers`
+    /// runs on the concatenation of `x` and every earlier layer's output, on the channel axis,
+    /// and the result is the concatenation of them all. Each layer's output has `growth`
+    /// channels.
+    ///
+    /// Evaluation of a channels-last CPU map with nothing recording the pass and autograd off
+    /// writes them into one map of the block's final width instead: each layer reads the slice of
+    /// the channels before it, and its output is copied after them, where concatenating after
+    /// each layer copies every channel so far again (a block of n layers its input n times).
+    pub fn dense_block<'l>(
+        &mut self,
+        layers: impl ExactSizeIterator<Item = &'l dyn Layer>,
+        x: &Tensor,
+        growth: i64,
+    ) -> Fwd {
+        let width = x.size().get(1).copied().unwrap_or(0) + layers.len() as i64 * growth;
+        // SAFETY: `x` is a live tensor; the shim writes the out-parameter only.
+        let start = |out| unsafe { convnets_dense_concatenation(x.as_ptr(), width, out) };
+        if self.fusing()
+            && let Some(map) = kernel_output(x, &DENSE_BLOCKS_IN_ONE_MAP, start)
+        {
+            let map = map?;
+            let mut channels = x.size()[1];
+            for layer in layers {
+                let y = self.call(layer, &map.f_narrow(1, 0, channels).in_layer(x)?)?;
+                map.f_narrow(1, channels, growth).and_then(|mut slice| slice.f_copy_(&y)).in_layer(&y)?;
+                channels += growth;
+            }
+            return Ok(map);
+        }
+        let mut x = x.shallow_clone();
+        for layer in layers {
+            let y = self.call(layer, &x)?;
+            x = self.cat(&[&x, &y])?;
+        }
+        Ok(x)
     }
 
     /// When exporting, adds the node of a functional step that computed `y` from `inputs`.

@@ -2,7 +2,9 @@
 //! batch norm folded into its weights, a ReLU or sigmoid, ResNet's shortcut sum) in one call
 //! (`csrc/fused.cpp`), where the steps one by one would each read and write the whole activation
 //! again: one oneDNN call in a channels-last network, libtorch's own convolution or matrix
-//! product with the activation in place in an NCHW one (the LeNets). Only evaluation with nothing
+//! product with the activation in place in an NCHW one (the LeNets). A batch norm that comes
+//! first, with the ReLU after it (DenseNet's pre-activation order), is one pass of the shim's
+//! over a channels-last map (`csrc/norm_relu.cpp`). Only evaluation with nothing
 //! recording the pass fuses ([`Ctx`] decides): summaries, shape traces and exports see every
 //! layer.
 
@@ -15,8 +17,8 @@ use tch::Tensor;
 use super::layer::kernel_output;
 use super::{Conv2d, Ctx, Fwd, Layer, Linear};
 use crate::ffi::{
-    ConvnetsNorm, convnets_conv2d_pointwise, convnets_fold_cache_free, convnets_fold_cache_new, convnets_fuses_bf16,
-    convnets_linear_pointwise,
+    ConvnetsNorm, convnets_batch_norm_relu_eval, convnets_conv2d_pointwise, convnets_fold_cache_free,
+    convnets_fold_cache_new, convnets_fuses_bf16, convnets_linear_pointwise,
 };
 
 /// The activation a fused layer applies last.
@@ -209,16 +211,39 @@ pub(crate) fn run_linear(
     })
 }
 
+/// `relu(norm(x))` in one pass over a 4-d map, `x` checked against the batch norm here; `None`
+/// where it does not fit (then the layers one by one report it) or the shim declines it (another
+/// layout or type, or a gradient to track).
+fn run_norm_relu(norm: &Norm<'_>, x: &Tensor) -> Option<Fwd> {
+    let size = x.size();
+    if !norm.spatial || size.len() != 4 || size[1] != norm.features {
+        return None;
+    }
+    // SAFETY: every pointer is a live tensor.
+    kernel_output(x, &FUSED_CALLS, |out| unsafe {
+        convnets_batch_norm_relu_eval(
+            x.as_ptr(),
+            norm.weight.as_ptr(),
+            norm.bias.as_ptr(),
+            norm.mean.as_ptr(),
+            norm.var.as_ptr(),
+            norm.eps,
+            out,
+        )
+    })
+}
+
 /// The start of `layers` that one fused call can compute: a convolution, then a batch norm, an
-/// activation or both; or a linear layer and an activation. Returns the fused output and how many
-/// layers it stands for, or `None` where the layers must run one by one.
+/// activation or both; a linear layer and an activation; or a batch norm and a ReLU. Returns the
+/// fused output and how many layers it stands for, or `None` where the layers must run one by one.
 pub(crate) fn run_sequence(layers: &[Box<dyn Layer>], x: &Tensor, cx: &mut Ctx) -> Option<(Fwd, usize)> {
     if !cx.fusing() {
         return None; // a training or traced pass: no layer to look at
     }
     let head = layers.first()?.fusable()?;
-    if let Fusable::Norm(_) = head {
-        return None;
+    if let Fusable::Norm(norm) = &head {
+        let relu = layers.get(1).and_then(|l| Activation::of(l.as_ref())) == Some(Activation::Relu);
+        return relu.then(|| cx.fused(layers[0].as_ref(), 2, |x| run_norm_relu(norm, x), x)).flatten().map(|y| (y, 2));
     }
     // What follows the head into its call: a batch norm, an activation, or both.
     let mut used = 1;

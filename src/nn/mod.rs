@@ -33,7 +33,7 @@ pub use conv::{
     Conv2d, KernelPolicy, one_channel_conv_calls, set_weight_grad_kernel, set_winograd_kernel,
     training_conv_kernel_calls, winograd_conv_calls,
 };
-pub use ctx::{Ctx, pools_before_relu};
+pub use ctx::{Ctx, dense_blocks_in_one_map, pools_before_relu};
 pub use dropout::Dropout;
 pub use flatten::Flatten;
 pub use fused::{Fusable, Norm, fused_calls, fuses_bf16};

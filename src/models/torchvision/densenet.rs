@@ -52,12 +52,7 @@ impl Layer for DenseBlock {
         "_DenseBlock"
     }
     fn forward(&self, x: &Tensor, cx: &mut Ctx) -> Fwd {
-        let mut features = x.shallow_clone();
-        for layer in &self.layers {
-            let new_features = cx.call(layer, &features)?;
-            features = cx.cat(&[&features, &new_features])?;
-        }
-        Ok(features)
+        cx.dense_block(self.layers.iter().map(|l| l as &dyn Layer), x, GROWTH_RATE)
     }
     fn children(&self) -> Vec<&dyn Layer> {
         self.layers.iter().map(|l| l as &dyn Layer).collect()
