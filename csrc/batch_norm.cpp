@@ -165,7 +165,8 @@ char *batch_norm_train(const at::Tensor *x, const at::Tensor *weight, const at::
                        bool unbiased_running_var, at::Tensor **out) {
   GUARD({
     *out = nullptr;
-    if (!batch_norm_fits(*x, *weight, *bias, *running_mean, *running_var, at::MemoryFormat::Contiguous)) return nullptr;
+    const auto layout = at::MemoryFormat::Contiguous;
+    if (!batch_norm_fits(*x, *weight, *bias, *running_mean, *running_var, layout, /*bf16_maps=*/false)) return nullptr;
     *out = new at::Tensor(TrainingBatchNorm::apply(*x, *weight, *bias, *running_mean, *running_var, momentum, eps,
                                                    unbiased_running_var));
   })

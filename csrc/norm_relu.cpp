@@ -1,5 +1,5 @@
-// A training-mode batch norm and the ReLU after it, in one layer, for channels-last float32 maps
-// on the CPU (DenseNet's pre-activation blocks, ResNet's first convolution of each block and its
+// A training-mode batch norm and the ReLU after it, in one layer, for channels-last float32 and
+// bfloat16 maps on the CPU (DenseNet's pre-activation blocks, ResNet's first convolution of each block and its
 // stem). Each is a memory-bound pass or two over the whole map, one after the other in libtorch:
 // the batch norm reads the map twice for its statistics and once more to write its output, the
 // ReLU reads and writes that again; backward, the ReLU's writes a masked gradient, which the
@@ -9,7 +9,11 @@
 // the gradient once for the sums and once to write the input's gradient: 8 passes where there
 // were 14, and no intermediate map. A channels-last map is rows of channels, so the channels are
 // the vector lanes. Rows are summed in blocks of a fixed count, added up in block order, so the
-// result does not depend on the number of threads.
+// result does not depend on the number of threads. A bfloat16 map (`--precision bf16`, where the
+// convolutions before it compute in bfloat16) is read and written as bfloat16 and computed in
+// float, its statistics and the layer's gradients in float, as libtorch's mixed-type kernel keeps
+// them. Evaluation's batch norm and ReLU are one pass over the map, strided rows allowed.
+#include "bf16_bits.h"
 #include "guard.h"
 #include "training_batch_norm.h"
 #include "vector_clones.h"
@@ -20,8 +24,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdint>
-#include <cstring>
 #include <vector>
 
 // The backward pass recomputes x * scale + shift to know where the ReLU passed its input; it must
@@ -37,63 +39,39 @@
 
 namespace {
 
+// Each loop below is an inline template over the map's element type (float, or bfloat16 as
+// Bf16Bits, computed in float), and is called through its vector-cloned float and bfloat16
+// overloads after it.
+
 // Adds each channel's values over `rows` rows, and their squares, into sums and squares.
-VECTOR_CLONES void row_sums(const float *x, int64_t rows, int64_t channels, double *sums, double *squares) {
+template <typename T>
+inline __attribute__((always_inline)) void row_sums_of(const T *x, int64_t rows, int64_t channels, double *sums,
+                                                       double *squares) {
   for (int64_t r = 0; r < rows; ++r) {
-    const float *row = x + r * channels;
+    const T *row = x + r * channels;
 #pragma omp simd
     for (int64_t c = 0; c < channels; ++c) {
-      const double v = row[c];
+      const double v = to_float(row[c]);
       sums[c] += v;
       squares[c] += v * v;
     }
   }
 }
 
-VECTOR_CLONES void rows_normalized_relu(const float *x, float *y, int64_t rows, int64_t channels, const float *scale,
-                                        const float *shift) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float *row = x + r * channels;
-    float *out = y + r * channels;
-#pragma omp simd
-    for (int64_t c = 0; c < channels; ++c) {
-      const float v = row[c] * scale[c] + shift[c];
-      out[c] = v < 0.f ? 0.f : v;
-    }
-  }
+VECTOR_CLONES void row_sums(const float *x, int64_t rows, int64_t channels, double *sums, double *squares) {
+  row_sums_of(x, rows, channels, sums, squares);
+}
+VECTOR_CLONES void row_sums(const Bf16Bits *x, int64_t rows, int64_t channels, double *sums, double *squares) {
+  row_sums_of(x, rows, channels, sums, squares);
 }
 
-// bfloat16 as its 16 bits, converted inline (c10::BFloat16's conversions are calls, one per value,
-// that keep the loops below from being vectorised): the float with those high bits, and the
-// float rounded to the nearest bfloat16, ties to even, NaN kept a NaN, as c10 rounds.
-struct Bf16Bits {
-  uint16_t bits;
-};
-
-inline float to_float(float v) { return v; }
-inline float to_float(Bf16Bits v) {
-  uint32_t u = static_cast<uint32_t>(v.bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-template <typename T> inline T from_float(float v);
-template <> inline float from_float<float>(float v) { return v; }
-template <> inline Bf16Bits from_float<Bf16Bits>(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof u);
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  return Bf16Bits{static_cast<uint16_t>(v != v ? 0x7fc0u : rounded)};
-}
-
-// Evaluation's relu(x * scale + shift) over `rows` rows of `channels` values, computed in float;
-// the input's rows are `stride` values apart (a channel slice of a wider channels-last map, as a
-// dense block's concatenation holds its layers' inputs), the output's packed.
+// relu(x * scale + shift) over `rows` rows of `channels` values; the input's rows are `stride`
+// values apart (in evaluation, a channel slice of a wider channels-last map, as a dense block's
+// concatenation holds its layers' inputs), the output's packed.
 template <typename T>
-inline __attribute__((always_inline)) void strided_rows_normalized_relu(const T *x, int64_t stride, T *y, int64_t rows,
-                                                                        int64_t channels, const float *scale,
-                                                                        const float *shift) {
+inline __attribute__((always_inline)) void rows_normalized_relu_of(const T *x, int64_t stride, T *y, int64_t rows,
+                                                                   int64_t channels, const float *scale,
+                                                                   const float *shift) {
   for (int64_t r = 0; r < rows; ++r) {
     const T *row = x + r * stride;
     T *out = y + r * channels;
@@ -105,47 +83,72 @@ inline __attribute__((always_inline)) void strided_rows_normalized_relu(const T 
   }
 }
 
-VECTOR_CLONES void strided_rows_normalized_relu_f32(const float *x, int64_t stride, float *y, int64_t rows,
-                                                    int64_t channels, const float *scale, const float *shift) {
-  strided_rows_normalized_relu(x, stride, y, rows, channels, scale, shift);
+VECTOR_CLONES void rows_normalized_relu(const float *x, int64_t stride, float *y, int64_t rows, int64_t channels,
+                                        const float *scale, const float *shift) {
+  rows_normalized_relu_of(x, stride, y, rows, channels, scale, shift);
 }
-
-VECTOR_CLONES void strided_rows_normalized_relu_bf16(const Bf16Bits *x, int64_t stride, Bf16Bits *y, int64_t rows,
-                                                     int64_t channels, const float *scale, const float *shift) {
-  strided_rows_normalized_relu(x, stride, y, rows, channels, scale, shift);
+VECTOR_CLONES void rows_normalized_relu(const Bf16Bits *x, int64_t stride, Bf16Bits *y, int64_t rows,
+                                        int64_t channels, const float *scale, const float *shift) {
+  rows_normalized_relu_of(x, stride, y, rows, channels, scale, shift);
 }
 
 // The sums of the gradient the ReLU passes on (dy where its input was above 0, as libtorch's
 // threshold_backward has it), and of that times x's deviation from the mean.
-VECTOR_CLONES void row_grad_sums(const float *x, const float *dy, int64_t rows, int64_t channels, const float *scale,
-                                 const float *shift, const float *mean, double *sums, double *dots) {
+template <typename T>
+inline __attribute__((always_inline)) void row_grad_sums_of(const T *x, const T *dy, int64_t rows, int64_t channels,
+                                                            const float *scale, const float *shift, const float *mean,
+                                                            double *sums, double *dots) {
   for (int64_t r = 0; r < rows; ++r) {
-    const float *row = x + r * channels, *grad = dy + r * channels;
+    const T *row = x + r * channels, *grad = dy + r * channels;
 #pragma omp simd
     for (int64_t c = 0; c < channels; ++c) {
-      const float v = row[c] * scale[c] + shift[c], dy_c = grad[c];
+      const float x_c = to_float(row[c]), v = x_c * scale[c] + shift[c], dy_c = to_float(grad[c]);
       const float g = v <= 0.f ? 0.f : dy_c;
       sums[c] += g;
-      dots[c] += (row[c] - mean[c]) * g;
+      dots[c] += (x_c - mean[c]) * g;
     }
   }
 }
 
+VECTOR_CLONES void row_grad_sums(const float *x, const float *dy, int64_t rows, int64_t channels, const float *scale,
+                                 const float *shift, const float *mean, double *sums, double *dots) {
+  row_grad_sums_of(x, dy, rows, channels, scale, shift, mean, sums, dots);
+}
+VECTOR_CLONES void row_grad_sums(const Bf16Bits *x, const Bf16Bits *dy, int64_t rows, int64_t channels,
+                                 const float *scale, const float *shift, const float *mean, double *sums,
+                                 double *dots) {
+  row_grad_sums_of(x, dy, rows, channels, scale, shift, mean, sums, dots);
+}
+
 // dx = (g - mean(g) - (x - mean) * k) * invstd * weight, g the ReLU's gradient, in libtorch's
 // order (as csrc/batch_norm.cpp computes it).
+template <typename T>
+inline __attribute__((always_inline)) void rows_input_grad_of(const T *x, const T *dy, T *dx, int64_t rows,
+                                                              int64_t channels, const float *scale, const float *shift,
+                                                              const float *mean, const float *k,
+                                                              const float *grad_mean, const float *invstd,
+                                                              const float *weight) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T *row = x + r * channels, *grad = dy + r * channels;
+    T *out = dx + r * channels;
+#pragma omp simd
+    for (int64_t c = 0; c < channels; ++c) {
+      const float x_c = to_float(row[c]), v = x_c * scale[c] + shift[c], dy_c = to_float(grad[c]);
+      const float g = v <= 0.f ? 0.f : dy_c;
+      out[c] = from_float<T>((g - grad_mean[c] - (x_c - mean[c]) * k[c]) * invstd[c] * weight[c]);
+    }
+  }
+}
+
 VECTOR_CLONES void rows_input_grad(const float *x, const float *dy, float *dx, int64_t rows, int64_t channels,
                                    const float *scale, const float *shift, const float *mean, const float *k,
                                    const float *grad_mean, const float *invstd, const float *weight) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float *row = x + r * channels, *grad = dy + r * channels;
-    float *out = dx + r * channels;
-#pragma omp simd
-    for (int64_t c = 0; c < channels; ++c) {
-      const float v = row[c] * scale[c] + shift[c], dy_c = grad[c];
-      const float g = v <= 0.f ? 0.f : dy_c;
-      out[c] = (g - grad_mean[c] - (row[c] - mean[c]) * k[c]) * invstd[c] * weight[c];
-    }
-  }
+  rows_input_grad_of(x, dy, dx, rows, channels, scale, shift, mean, k, grad_mean, invstd, weight);
+}
+VECTOR_CLONES void rows_input_grad(const Bf16Bits *x, const Bf16Bits *dy, Bf16Bits *dx, int64_t rows,
+                                   int64_t channels, const float *scale, const float *shift, const float *mean,
+                                   const float *k, const float *grad_mean, const float *invstd, const float *weight) {
+  rows_input_grad_of(x, dy, dx, rows, channels, scale, shift, mean, k, grad_mean, invstd, weight);
 }
 
 // Calls block(first_row, rows, sums) for 64 fixed blocks of the `rows` rows (fewer if there are
@@ -165,17 +168,29 @@ template <typename Rows> void per_rows(int64_t rows, int64_t channels, const Row
 
 const float *floats(const at::Tensor &t) { return t.const_data_ptr<float>(); }
 
+// Calls body(T{}) with T the element type of a float32 or bfloat16 map.
+template <typename Body> auto by_element_type(const at::Tensor &map, const Body &body) {
+  return map.scalar_type() == at::kBFloat16 ? body(Bf16Bits{}) : body(float{});
+}
+
+// The map's values as T (float, or bfloat16's bits).
+template <typename T> const T *values(const at::Tensor &t) { return static_cast<const T *>(t.const_data_ptr()); }
+template <typename T> T *values(at::Tensor &t) { return static_cast<T *>(t.mutable_data_ptr()); }
+
 struct TrainingBatchNormReLU : torch::autograd::Function<TrainingBatchNormReLU> {
   static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &x, const at::Tensor &weight,
                             const at::Tensor &bias, at::Tensor running_mean, at::Tensor running_var, double momentum,
                             double eps) {
     const int64_t channels = x.size(1), rows = x.numel() / channels;
     const double count = static_cast<double>(rows);
-    const float *in = floats(x);
-    auto sums = per_channel_sums(rows, channels, [&](int64_t first, int64_t n, double *acc) {
-      row_sums(in + first * channels, n, channels, acc, acc + channels);
+    auto sums = by_element_type(x, [&](auto type) {
+      const auto *in = values<decltype(type)>(x);
+      return per_channel_sums(rows, channels, [&](int64_t first, int64_t n, double *acc) {
+        row_sums(in + first * channels, n, channels, acc, acc + channels);
+      });
     });
-    auto options = x.options();
+    // The per-channel statistics in float whatever the map's type, as libtorch keeps them.
+    auto options = x.options().dtype(at::kFloat);
     auto saved_mean = at::empty({channels}, options), saved_invstd = at::empty({channels}, options);
     auto scale_shift = at::empty({2, channels}, options);
     float *mean = saved_mean.mutable_data_ptr<float>(), *invstd = saved_invstd.mutable_data_ptr<float>();
@@ -197,10 +212,14 @@ struct TrainingBatchNormReLU : torch::autograd::Function<TrainingBatchNormReLU> 
         rv[c] = static_cast<float>(momentum * variance * count / (count - 1) + (1 - momentum) * rv[c]);
       }
     }
-    auto y = at::empty(x.sizes(), options, at::MemoryFormat::ChannelsLast);
-    float *out = y.mutable_data_ptr<float>();
-    per_rows(rows, channels, [&](int64_t first, int64_t n) {
-      rows_normalized_relu(in + first * channels, out + first * channels, n, channels, scale, shift);
+    auto y = at::empty(x.sizes(), x.options(), at::MemoryFormat::ChannelsLast);
+    by_element_type(x, [&](auto type) {
+      using T = decltype(type);
+      const T *in = values<T>(x);
+      T *out = values<T>(y);
+      per_rows(rows, channels, [&](int64_t first, int64_t n) {
+        rows_normalized_relu(in + first * channels, channels, out + first * channels, n, channels, scale, shift);
+      });
     });
     ctx->save_for_backward({x, weight, saved_mean, saved_invstd, scale_shift});
     return y;
@@ -213,24 +232,30 @@ struct TrainingBatchNormReLU : torch::autograd::Function<TrainingBatchNormReLU> 
     auto weight = saved[1].contiguous();
     const float *mean = floats(saved[2]), *invstd = floats(saved[3]);
     const float *scale = floats(saved[4]), *shift = scale + x.size(1);
-    auto dy = grads[0].contiguous(at::MemoryFormat::ChannelsLast);
+    auto dy = grads[0].to(x.scalar_type()).contiguous(at::MemoryFormat::ChannelsLast);
     const int64_t channels = x.size(1), rows = x.numel() / channels;
     const double count = static_cast<double>(rows);
-    const float *in = floats(x), *grad = floats(dy);
-    auto sums = per_channel_sums(rows, channels, [&](int64_t first, int64_t n, double *acc) {
-      const int64_t offset = first * channels;
-      row_grad_sums(in + offset, grad + offset, n, channels, scale, shift, mean, acc, acc + channels);
+    auto sums = by_element_type(x, [&](auto type) {
+      using T = decltype(type);
+      const T *in = values<T>(x), *grad = values<T>(dy);
+      return per_channel_sums(rows, channels, [&](int64_t first, int64_t n, double *acc) {
+        const int64_t offset = first * channels;
+        row_grad_sums(in + offset, grad + offset, n, channels, scale, shift, mean, acc, acc + channels);
+      });
     });
-    auto options = x.options();
-    auto norm_grads = batch_norm_grads(channels, count, invstd, options, [&](int64_t c) {
+    auto norm_grads = batch_norm_grads(channels, count, invstd, x.options().dtype(at::kFloat), [&](int64_t c) {
       return std::pair(sums[c], sums[channels + c]);
     });
-    auto dx = at::empty(x.sizes(), options, at::MemoryFormat::ChannelsLast);
-    float *out = dx.mutable_data_ptr<float>();
-    per_rows(rows, channels, [&](int64_t first, int64_t n) {
-      const int64_t offset = first * channels;
-      rows_input_grad(in + offset, grad + offset, out + offset, n, channels, scale, shift, mean, norm_grads.k.data(),
-                      norm_grads.grad_mean.data(), invstd, floats(weight));
+    auto dx = at::empty(x.sizes(), x.options(), at::MemoryFormat::ChannelsLast);
+    by_element_type(x, [&](auto type) {
+      using T = decltype(type);
+      const T *in = values<T>(x), *grad = values<T>(dy);
+      T *out = values<T>(dx);
+      per_rows(rows, channels, [&](int64_t first, int64_t n) {
+        const int64_t offset = first * channels;
+        rows_input_grad(in + offset, grad + offset, out + offset, n, channels, scale, shift, mean,
+                        norm_grads.k.data(), norm_grads.grad_mean.data(), invstd, floats(weight));
+      });
     });
     return {dx, norm_grads.weight, norm_grads.bias, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -268,20 +293,14 @@ at::Tensor *eval_batch_norm_relu(const at::Tensor &x, const at::Tensor &weight, 
     }
   }
   auto y = at::empty(x.sizes(), x.options(), at::MemoryFormat::ChannelsLast);
-  per_rows(rows, channels, [&](int64_t first, int64_t n) {
-    if (x.scalar_type() == at::kFloat) {
-      strided_rows_normalized_relu_f32(x.const_data_ptr<float>() + first * stride, stride,
-                                       y.mutable_data_ptr<float>() + first * channels, n, channels, scale.data(),
-                                       shift.data());
-    } else {
-      static_assert(sizeof(Bf16Bits) == sizeof(c10::BFloat16));
-      strided_rows_normalized_relu_bf16(reinterpret_cast<const Bf16Bits *>(x.const_data_ptr<c10::BFloat16>()) +
-                                            first * stride,
-                                        stride,
-                                        reinterpret_cast<Bf16Bits *>(y.mutable_data_ptr<c10::BFloat16>()) +
-                                            first * channels,
-                                        n, channels, scale.data(), shift.data());
-    }
+  by_element_type(x, [&](auto type) {
+    using T = decltype(type);
+    const T *in = values<T>(x);
+    T *out = values<T>(y);
+    per_rows(rows, channels, [&](int64_t first, int64_t n) {
+      rows_normalized_relu(in + first * stride, stride, out + first * channels, n, channels, scale.data(),
+                           shift.data());
+    });
   });
   return new at::Tensor(std::move(y));
 }
@@ -291,7 +310,7 @@ at::Tensor *eval_batch_norm_relu(const at::Tensor &x, const at::Tensor &weight, 
 extern "C" {
 
 // relu(batch_norm(x, weight, bias, running_mean, running_var, training=True, momentum, eps)) of
-// a channels-last 4-d float32 CPU map, differentiable, updating the running statistics, into
+// a channels-last 4-d float32 or bfloat16 CPU map, differentiable, updating the running statistics, into
 // *out; leaves *out NULL for anything else (another layout, type or device), for the caller to
 // compute the two layers with libtorch.
 char *convnets_batch_norm_relu_train(const at::Tensor *x, const at::Tensor *weight, const at::Tensor *bias,
@@ -299,7 +318,8 @@ char *convnets_batch_norm_relu_train(const at::Tensor *x, const at::Tensor *weig
                                      double eps, at::Tensor **out) {
   GUARD({
     *out = nullptr;
-    if (!batch_norm_fits(*x, *weight, *bias, *running_mean, *running_var, at::MemoryFormat::ChannelsLast)) return nullptr;
+    const auto layout = at::MemoryFormat::ChannelsLast;
+    if (!batch_norm_fits(*x, *weight, *bias, *running_mean, *running_var, layout, /*bf16_maps=*/true)) return nullptr;
     *out = new at::Tensor(
         TrainingBatchNormReLU::apply(*x, *weight, *bias, *running_mean, *running_var, momentum, eps));
   })
