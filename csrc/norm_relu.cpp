@@ -39,14 +39,12 @@
 
 namespace {
 
-// Each loop below is an inline template over the map's element type (float, or bfloat16 as
-// Bf16Bits, computed in float), and is called through its vector-cloned float and bfloat16
-// overloads after it.
+// Each loop below is a template over the map's element type: float, or bfloat16 as Bf16Bits,
+// computed in float.
 
 // Adds each channel's values over `rows` rows, and their squares, into sums and squares.
 template <typename T>
-inline __attribute__((always_inline)) void row_sums_of(const T *x, int64_t rows, int64_t channels, double *sums,
-                                                       double *squares) {
+VECTOR_CLONES_TEMPLATE void row_sums(const T *x, int64_t rows, int64_t channels, double *sums, double *squares) {
   for (int64_t r = 0; r < rows; ++r) {
     const T *row = x + r * channels;
 #pragma omp simd
@@ -58,20 +56,12 @@ inline __attribute__((always_inline)) void row_sums_of(const T *x, int64_t rows,
   }
 }
 
-VECTOR_CLONES void row_sums(const float *x, int64_t rows, int64_t channels, double *sums, double *squares) {
-  row_sums_of(x, rows, channels, sums, squares);
-}
-VECTOR_CLONES void row_sums(const Bf16Bits *x, int64_t rows, int64_t channels, double *sums, double *squares) {
-  row_sums_of(x, rows, channels, sums, squares);
-}
-
 // relu(x * scale + shift) over `rows` rows of `channels` values; the input's rows are `stride`
 // values apart (in evaluation, a channel slice of a wider channels-last map, as a dense block's
 // concatenation holds its layers' inputs), the output's packed.
 template <typename T>
-inline __attribute__((always_inline)) void rows_normalized_relu_of(const T *x, int64_t stride, T *y, int64_t rows,
-                                                                   int64_t channels, const float *scale,
-                                                                   const float *shift) {
+VECTOR_CLONES_TEMPLATE void rows_normalized_relu(const T *x, int64_t stride, T *y, int64_t rows, int64_t channels,
+                                                 const float *scale, const float *shift) {
   for (int64_t r = 0; r < rows; ++r) {
     const T *row = x + r * stride;
     T *out = y + r * channels;
@@ -83,21 +73,11 @@ inline __attribute__((always_inline)) void rows_normalized_relu_of(const T *x, i
   }
 }
 
-VECTOR_CLONES void rows_normalized_relu(const float *x, int64_t stride, float *y, int64_t rows, int64_t channels,
-                                        const float *scale, const float *shift) {
-  rows_normalized_relu_of(x, stride, y, rows, channels, scale, shift);
-}
-VECTOR_CLONES void rows_normalized_relu(const Bf16Bits *x, int64_t stride, Bf16Bits *y, int64_t rows,
-                                        int64_t channels, const float *scale, const float *shift) {
-  rows_normalized_relu_of(x, stride, y, rows, channels, scale, shift);
-}
-
 // The sums of the gradient the ReLU passes on (dy where its input was above 0, as libtorch's
 // threshold_backward has it), and of that times x's deviation from the mean.
 template <typename T>
-inline __attribute__((always_inline)) void row_grad_sums_of(const T *x, const T *dy, int64_t rows, int64_t channels,
-                                                            const float *scale, const float *shift, const float *mean,
-                                                            double *sums, double *dots) {
+VECTOR_CLONES_TEMPLATE void row_grad_sums(const T *x, const T *dy, int64_t rows, int64_t channels, const float *scale,
+                                          const float *shift, const float *mean, double *sums, double *dots) {
   for (int64_t r = 0; r < rows; ++r) {
     const T *row = x + r * channels, *grad = dy + r * channels;
 #pragma omp simd
@@ -110,24 +90,12 @@ inline __attribute__((always_inline)) void row_grad_sums_of(const T *x, const T 
   }
 }
 
-VECTOR_CLONES void row_grad_sums(const float *x, const float *dy, int64_t rows, int64_t channels, const float *scale,
-                                 const float *shift, const float *mean, double *sums, double *dots) {
-  row_grad_sums_of(x, dy, rows, channels, scale, shift, mean, sums, dots);
-}
-VECTOR_CLONES void row_grad_sums(const Bf16Bits *x, const Bf16Bits *dy, int64_t rows, int64_t channels,
-                                 const float *scale, const float *shift, const float *mean, double *sums,
-                                 double *dots) {
-  row_grad_sums_of(x, dy, rows, channels, scale, shift, mean, sums, dots);
-}
-
 // dx = (g - mean(g) - (x - mean) * k) * invstd * weight, g the ReLU's gradient, in libtorch's
 // order (as csrc/batch_norm.cpp computes it).
 template <typename T>
-inline __attribute__((always_inline)) void rows_input_grad_of(const T *x, const T *dy, T *dx, int64_t rows,
-                                                              int64_t channels, const float *scale, const float *shift,
-                                                              const float *mean, const float *k,
-                                                              const float *grad_mean, const float *invstd,
-                                                              const float *weight) {
+VECTOR_CLONES_TEMPLATE void rows_input_grad(const T *x, const T *dy, T *dx, int64_t rows, int64_t channels,
+                                            const float *scale, const float *shift, const float *mean, const float *k,
+                                            const float *grad_mean, const float *invstd, const float *weight) {
   for (int64_t r = 0; r < rows; ++r) {
     const T *row = x + r * channels, *grad = dy + r * channels;
     T *out = dx + r * channels;
@@ -138,17 +106,6 @@ inline __attribute__((always_inline)) void rows_input_grad_of(const T *x, const 
       out[c] = from_float<T>((g - grad_mean[c] - (x_c - mean[c]) * k[c]) * invstd[c] * weight[c]);
     }
   }
-}
-
-VECTOR_CLONES void rows_input_grad(const float *x, const float *dy, float *dx, int64_t rows, int64_t channels,
-                                   const float *scale, const float *shift, const float *mean, const float *k,
-                                   const float *grad_mean, const float *invstd, const float *weight) {
-  rows_input_grad_of(x, dy, dx, rows, channels, scale, shift, mean, k, grad_mean, invstd, weight);
-}
-VECTOR_CLONES void rows_input_grad(const Bf16Bits *x, const Bf16Bits *dy, Bf16Bits *dx, int64_t rows,
-                                   int64_t channels, const float *scale, const float *shift, const float *mean,
-                                   const float *k, const float *grad_mean, const float *invstd, const float *weight) {
-  rows_input_grad_of(x, dy, dx, rows, channels, scale, shift, mean, k, grad_mean, invstd, weight);
 }
 
 // Calls block(first_row, rows, sums) for 64 fixed blocks of the `rows` rows (fewer if there are
@@ -167,15 +124,6 @@ template <typename Rows> void per_rows(int64_t rows, int64_t channels, const Row
 }
 
 const float *floats(const at::Tensor &t) { return t.const_data_ptr<float>(); }
-
-// Calls body(T{}) with T the element type of a float32 or bfloat16 map.
-template <typename Body> auto by_element_type(const at::Tensor &map, const Body &body) {
-  return map.scalar_type() == at::kBFloat16 ? body(Bf16Bits{}) : body(float{});
-}
-
-// The map's values as T (float, or bfloat16's bits).
-template <typename T> const T *values(const at::Tensor &t) { return static_cast<const T *>(t.const_data_ptr()); }
-template <typename T> T *values(at::Tensor &t) { return static_cast<T *>(t.mutable_data_ptr()); }
 
 struct TrainingBatchNormReLU : torch::autograd::Function<TrainingBatchNormReLU> {
   static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &x, const at::Tensor &weight,
@@ -318,8 +266,8 @@ char *convnets_batch_norm_relu_train(const at::Tensor *x, const at::Tensor *weig
                                      double eps, at::Tensor **out) {
   GUARD({
     *out = nullptr;
-    const auto layout = at::MemoryFormat::ChannelsLast;
-    if (!batch_norm_fits(*x, *weight, *bias, *running_mean, *running_var, layout, /*bf16_maps=*/true)) return nullptr;
+    if (!batch_norm_fits(*x, *weight, *bias, *running_mean, *running_var, at::MemoryFormat::ChannelsLast))
+      return nullptr;
     *out = new at::Tensor(
         TrainingBatchNormReLU::apply(*x, *weight, *bias, *running_mean, *running_var, momentum, eps));
   })

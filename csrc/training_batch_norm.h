@@ -1,7 +1,9 @@
 // What the shim's two training-mode batch norm kernels share (csrc/batch_norm.cpp for NCHW maps,
 // csrc/norm_relu.cpp for channels-last ones): the inputs they take, their sums in a fixed order,
-// and the per-channel terms of the input's gradient.
+// the per-channel terms of the input's gradient, and access to a float32 or bfloat16 map's values.
 #pragma once
+
+#include "bf16_bits.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -10,15 +12,14 @@
 #include <initializer_list>
 #include <vector>
 
-// A 4-d float32 (or, with `bf16_maps`, bfloat16) CPU map laid out as `layout` with more than one
-// value per channel, and float32 CPU weight, bias and running statistics of its channel count, the
-// statistics contiguous (the kernels write them through their data). The kernels decline anything
-// else, for libtorch's layers.
+// A 4-d float32 or bfloat16 CPU map laid out as `layout` with more than one value per channel,
+// and float32 CPU weight, bias and running statistics of its channel count, the statistics
+// contiguous (the kernels write them through their data). The kernels decline anything else, for
+// libtorch's layers.
 inline bool batch_norm_fits(const at::Tensor &x, const at::Tensor &weight, const at::Tensor &bias,
-                            const at::Tensor &running_mean, const at::Tensor &running_var, at::MemoryFormat layout,
-                            bool bf16_maps) {
+                            const at::Tensor &running_mean, const at::Tensor &running_var, at::MemoryFormat layout) {
   auto float_cpu = [](const at::Tensor &t) { return t.device().is_cpu() && t.scalar_type() == at::kFloat; };
-  const bool typed = float_cpu(x) || (bf16_maps && x.device().is_cpu() && x.scalar_type() == at::kBFloat16);
+  const bool typed = float_cpu(x) || (x.device().is_cpu() && x.scalar_type() == at::kBFloat16);
   if (x.dim() != 4 || !x.is_contiguous(layout) || !typed || x.numel() <= x.size(1)) return false;
   for (const at::Tensor *t : {&weight, &bias, &running_mean, &running_var})
     if (!float_cpu(*t) || t->numel() != x.size(1)) return false;
@@ -67,3 +68,12 @@ BatchNormGrads batch_norm_grads(int64_t channels, double count, const float *inv
   }
   return g;
 }
+
+// Calls body(T{}) with T the element type of a float32 or bfloat16 map.
+template <typename Body> auto by_element_type(const at::Tensor &map, const Body &body) {
+  return map.scalar_type() == at::kBFloat16 ? body(Bf16Bits{}) : body(float{});
+}
+
+// The map's values as T (float, or bfloat16's bits).
+template <typename T> const T *values(const at::Tensor &t) { return static_cast<const T *>(t.const_data_ptr()); }
+template <typename T> T *values(at::Tensor &t) { return static_cast<T *>(t.mutable_data_ptr()); }

@@ -508,16 +508,25 @@ fn training_batch_norm_of_nchw_maps_matches_libtorchs_whatever_the_thread_count(
     use convnets::nn::{BatchNorm, Ctx, Layer};
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(5);
-    // The shim sums in vector lanes, libtorch one value at a time, so the last bits differ.
-    let close = |ours: &Tensor, theirs: &Tensor, what: &str| assert_close(ours, theirs, 1e-5, what);
+    // The shim sums in vector lanes, libtorch one value at a time, so the last bits differ:
+    // float32's, or a bfloat16 map's (2^-8 of the value).
     // LeNet's two maps (the shim's kernel), a batch of 2 with odd sides and an offset and spread
-    // far from 0 and 1, and a 2-d input and a channels-last map (libtorch's kernel).
-    let cases = [(vec![256, 6, 24, 24], false), (vec![256, 16, 8, 8], false), (vec![2, 3, 5, 7], false)];
-    let cases = cases.into_iter().chain([(vec![64, 120], false), (vec![8, 4, 6, 6], true)]);
-    for (shape, channels_last) in cases {
-        let what = format!("{shape:?}{}", if channels_last { " channels-last" } else { "" });
+    // far from 0 and 1, in float32 and in bfloat16 (`--precision bf16`'s maps), and a 2-d input
+    // and a channels-last map (libtorch's kernel).
+    let f32 = Kind::Float;
+    let cases = [(vec![256, 6, 24, 24], false, f32), (vec![256, 16, 8, 8], false, f32), (vec![2, 3, 5, 7], false, f32)];
+    let cases = cases.into_iter().chain([
+        (vec![256, 6, 24, 24], false, Kind::BFloat16),
+        (vec![2, 3, 5, 7], false, Kind::BFloat16),
+        (vec![64, 120], false, f32),
+        (vec![8, 4, 6, 6], true, f32),
+    ]);
+    for (shape, channels_last, kind) in cases {
+        let tolerance = if kind == Kind::Float { 1e-5 } else { 1e-2 };
+        let close = |ours: &Tensor, theirs: &Tensor, what: &str| assert_close(ours, theirs, tolerance, what);
+        let what = format!("{shape:?} {kind:?}{}", if channels_last { " channels-last" } else { "" });
         let channels = shape[1];
-        let mut x = Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu)) * 3.0 + 2.0;
+        let mut x = (Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu)) * 3.0 + 2.0).to_kind(kind);
         if channels_last {
             x = accel::channels_last(&x).unwrap();
         }
@@ -537,8 +546,8 @@ fn training_batch_norm_of_nchw_maps_matches_libtorchs_whatever_the_thread_count(
         close(&y, &expected, &format!("{what} outputs"));
         close(&bn.running_mean, &mean, &format!("{what} running mean"));
         close(&bn.running_var, &var, &format!("{what} running variance"));
-        let grad_out = Tensor::randn(y.size(), (Kind::Float, Device::Cpu));
-        assert_gradients_close(&y, &expected, &grad_out, &[&x, &bn.weight, &bn.bias], 1e-5, &what);
+        let grad_out = Tensor::randn(y.size(), (Kind::Float, Device::Cpu)).to_kind(kind);
+        assert_gradients_close(&y, &expected, &grad_out, &[&x, &bn.weight, &bn.bias], tolerance, &what);
         if by_kernel == 0 {
             continue;
         }
@@ -564,12 +573,16 @@ fn from_scratch_batch_norm_trains_as_its_tensor_operations_do() {
     // below, which the tolerance would catch).
     let close = |ours: &Tensor, theirs: &Tensor, what: &str| assert_close(ours, theirs, 1e-5, what);
     let cpu = (Kind::Float, Device::Cpu);
-    for shape in [[256, 6, 24, 24], [256, 16, 8, 8], [2, 3, 5, 7]] {
+    // A bfloat16 map (`--precision bf16`'s) is computed in float, and its output is float32, as
+    // the formula's product with the float32 gamma is: the same values as the formula's on the
+    // map converted to float32, but for the input's gradient, which is bfloat16.
+    let cases = [[256, 6, 24, 24], [256, 16, 8, 8], [2, 3, 5, 7]].map(|shape| (shape, Kind::Float));
+    for (shape, kind) in cases.into_iter().chain([([256, 6, 24, 24], Kind::BFloat16), ([2, 3, 5, 7], Kind::BFloat16)]) {
         let channels = shape[1];
         let per_channel = [1, channels, 1, 1];
         let (gamma, beta) = (Tensor::rand(per_channel, cpu) * 2.0 - 1.0, Tensor::randn(per_channel, cpu));
         let (mean, var) = (Tensor::randn(per_channel, cpu), Tensor::rand(per_channel, cpu) + 0.5);
-        let x = Tensor::randn(shape, cpu) * 3.0 + 2.0;
+        let x = (Tensor::randn(shape, cpu) * 3.0 + 2.0).to_kind(kind);
         let grad_out = Tensor::randn(shape, cpu);
         // One training step of a fresh layer on x: outputs, gradients of x, gamma and beta, the
         // moving statistics after it, and the calls of the shim's kernel.
@@ -592,17 +605,23 @@ fn from_scratch_batch_norm_trains_as_its_tensor_operations_do() {
             (y, grads, [bn.moving_mean.copy(), bn.moving_var.copy()], calls)
         };
         let (y, grads, moving, calls) = step(&x);
-        assert_eq!(calls, 1, "{shape:?}: the shim's kernel");
-        // The same values laid out channels-last, which the kernel declines.
-        let (expected, expected_grads, expected_moving, calls) = step(&accel::channels_last(&x).unwrap());
+        assert_eq!(calls, 1, "{shape:?} {kind:?}: the shim's kernel");
+        // The same values laid out channels-last, which the kernel declines, in float32.
+        let channels_last = accel::channels_last(&x).unwrap();
+        let (expected, expected_grads, expected_moving, calls) = step(&channels_last.to_kind(Kind::Float));
         assert_eq!(calls, 0, "{shape:?} channels-last: the tensor operations");
-        close(&y, &expected, &format!("{shape:?} outputs"));
+        assert_eq!(y.kind(), step(&channels_last).0.kind(), "{shape:?} {kind:?}: the formula's output type");
+        close(&y, &expected, &format!("{shape:?} {kind:?} outputs"));
         for (name, (ours, theirs)) in ["x", "gamma", "beta"].iter().zip(grads.iter().zip(&expected_grads)) {
             assert_eq!(ours.size(), theirs.size(), "{shape:?}: {name}'s gradient");
-            close(ours, theirs, &format!("{shape:?}: {name}'s gradient"));
+            let (ours, tolerance) = match (*name, kind) {
+                ("x", Kind::BFloat16) => (ours.to_kind(Kind::Float), 1e-2),
+                _ => (ours.shallow_clone(), 1e-5),
+            };
+            assert_close(&ours, theirs, tolerance, &format!("{shape:?} {kind:?}: {name}'s gradient"));
         }
-        close(&moving[0], &expected_moving[0], &format!("{shape:?}: moving mean"));
-        close(&moving[1], &expected_moving[1], &format!("{shape:?}: moving variance"));
+        close(&moving[0], &expected_moving[0], &format!("{shape:?} {kind:?}: moving mean"));
+        close(&moving[1], &expected_moving[1], &format!("{shape:?} {kind:?}: moving variance"));
     }
     // 2-d inputs (after a linear layer): the tensor operations.
     let vs = tch::nn::VarStore::new(Device::Cpu);
