@@ -125,6 +125,22 @@ template <typename Rows> void per_rows(int64_t rows, int64_t channels, const Row
 
 const float *floats(const at::Tensor &t) { return t.const_data_ptr<float>(); }
 
+// relu(x * scale + shift) per channel of a 4-d map whose positions are rows of channels `stride`
+// values apart, into a new channels-last map.
+at::Tensor normalized_relu(const at::Tensor &x, int64_t stride, const float *scale, const float *shift) {
+  const int64_t channels = x.size(1), rows = x.numel() / channels;
+  auto y = at::empty(x.sizes(), x.options(), at::MemoryFormat::ChannelsLast);
+  by_element_type(x, [&](auto type) {
+    using T = decltype(type);
+    const T *in = values<T>(x);
+    T *out = values<T>(y);
+    per_rows(rows, channels, [&](int64_t first, int64_t n) {
+      rows_normalized_relu(in + first * stride, stride, out + first * channels, n, channels, scale, shift);
+    });
+  });
+  return y;
+}
+
 struct TrainingBatchNormReLU : torch::autograd::Function<TrainingBatchNormReLU> {
   static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &x, const at::Tensor &weight,
                             const at::Tensor &bias, at::Tensor running_mean, at::Tensor running_var, double momentum,
@@ -160,15 +176,7 @@ struct TrainingBatchNormReLU : torch::autograd::Function<TrainingBatchNormReLU> 
         rv[c] = static_cast<float>(momentum * variance * count / (count - 1) + (1 - momentum) * rv[c]);
       }
     }
-    auto y = at::empty(x.sizes(), x.options(), at::MemoryFormat::ChannelsLast);
-    by_element_type(x, [&](auto type) {
-      using T = decltype(type);
-      const T *in = values<T>(x);
-      T *out = values<T>(y);
-      per_rows(rows, channels, [&](int64_t first, int64_t n) {
-        rows_normalized_relu(in + first * channels, channels, out + first * channels, n, channels, scale, shift);
-      });
-    });
+    auto y = normalized_relu(x, channels, scale, shift);
     ctx->save_for_backward({x, weight, saved_mean, saved_invstd, scale_shift});
     return y;
   }
@@ -224,7 +232,7 @@ at::Tensor *eval_batch_norm_relu(const at::Tensor &x, const at::Tensor &weight, 
                                  const at::Tensor &mean, const at::Tensor &var, double eps) {
   const bool typed = x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16;
   if (x.dim() != 4 || !x.device().is_cpu() || !typed || x.numel() == 0) return nullptr;
-  const int64_t channels = x.size(1), stride = channels_last_row_stride(x), rows = x.numel() / channels;
+  const int64_t channels = x.size(1), stride = channels_last_row_stride(x);
   if (stride == 0) return nullptr;
   for (const at::Tensor *t : {&weight, &bias, &mean, &var})
     if (!t->device().is_cpu() || t->scalar_type() != at::kFloat || t->numel() != channels) return nullptr;
@@ -240,17 +248,7 @@ at::Tensor *eval_batch_norm_relu(const at::Tensor &x, const at::Tensor &weight, 
       shift[c] = bp[c] - mp[c] * scale[c];
     }
   }
-  auto y = at::empty(x.sizes(), x.options(), at::MemoryFormat::ChannelsLast);
-  by_element_type(x, [&](auto type) {
-    using T = decltype(type);
-    const T *in = values<T>(x);
-    T *out = values<T>(y);
-    per_rows(rows, channels, [&](int64_t first, int64_t n) {
-      rows_normalized_relu(in + first * stride, stride, out + first * channels, n, channels, scale.data(),
-                           shift.data());
-    });
-  });
-  return new at::Tensor(std::move(y));
+  return new at::Tensor(normalized_relu(x, stride, scale.data(), shift.data()));
 }
 
 } // namespace
