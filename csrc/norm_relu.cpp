@@ -1,18 +1,19 @@
 // A training-mode batch norm and the ReLU after it, in one layer, for channels-last float32 and
-// bfloat16 maps on the CPU (DenseNet's pre-activation blocks, ResNet's first convolution of each block and its
-// stem). Each is a memory-bound pass or two over the whole map, one after the other in libtorch:
-// the batch norm reads the map twice for its statistics and once more to write its output, the
-// ReLU reads and writes that again; backward, the ReLU's writes a masked gradient, which the
-// batch norm's reads twice. Here the forward reads the map once for its statistics (sums and
-// sums of squares in double, so the variance loses nothing to the mean) and once to write the
+// bfloat16 maps on the CPU (DenseNet's pre-activation blocks, ResNet's first convolution of each
+// block and its stem). Each is a memory-bound pass or two over the whole map, one after the other
+// in libtorch: the batch norm reads the map twice for its statistics and once more to write its
+// output, the ReLU reads and writes that again; backward, the ReLU's writes a masked gradient,
+// which the batch norm's reads twice. Here the forward reads the map once for its statistics (sums
+// and sums of squares in double, so the variance loses nothing to the mean) and once to write the
 // ReLU's output, and the backward recomputes the ReLU's mask from the input, reading the map and
-// the gradient once for the sums and once to write the input's gradient: 8 passes where there
-// were 14, and no intermediate map. A channels-last map is rows of channels, so the channels are
-// the vector lanes. Rows are summed in blocks of a fixed count, added up in block order, so the
-// result does not depend on the number of threads. A bfloat16 map (`--precision bf16`, where the
+// the gradient once for the sums and once to write the input's gradient: 8 passes where there were
+// 14, and no intermediate map. A channels-last map is rows of channels, so the channels are the
+// vector lanes. Rows are summed in blocks of a fixed count, added up in block order, so the result
+// does not depend on the number of threads. A bfloat16 map (`--precision bf16`, where the
 // convolutions before it compute in bfloat16) is read and written as bfloat16 and computed in
 // float, its statistics and the layer's gradients in float, as libtorch's mixed-type kernel keeps
-// them. Evaluation's batch norm and ReLU are one pass over the map, strided rows allowed.
+// them. In evaluation the two are one pass over the map, whose rows may be strided (a channel slice
+// of a dense block's map).
 #include "bf16_bits.h"
 #include "guard.h"
 #include "training_batch_norm.h"
