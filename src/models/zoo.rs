@@ -73,8 +73,9 @@ pub struct ModelInfo {
     /// faster than its float32 ones (`--precision auto`): 1.7-2.7x for the image networks on
     /// two Zen 5 cores with AVX512-BF16, and LeNet-BN since
     /// its first convolution has a kernel of its own; not for LeNet with the from-scratch batch
-    /// norm, which trains no faster in bf16: its tensor operations in bfloat16 cost what its
-    /// convolutions save.
+    /// norm, which trained no faster in bf16 there while its batch norm ran as tensor operations
+    /// (it has had the shim's bf16 kernel since, 1.6x as fast in bf16 on Emerald Rapids, still
+    /// slower than its fp32 there; not measured since on a CPU with fast bf16).
     pub bf16_on_cpu: bool,
     pub build: fn(&Path, &NetConfig) -> Sequential,
     pub origin: Origin,

@@ -119,9 +119,9 @@ type TrainKernel = unsafe extern "C" fn(
 ) -> *mut c_char;
 
 impl BatchNorm {
-    /// Training-mode batch norm by the shim's kernel for contiguous (NCHW) float32 maps on the
-    /// CPU, whose per-channel sums run in vector lanes where libtorch's add one value at a time
-    /// (LeNet's batch norms); `None` where it declines, for libtorch's own.
+    /// Training-mode batch norm by the shim's kernel for contiguous (NCHW) float32 or bfloat16
+    /// maps on the CPU, whose per-channel sums run in vector lanes where libtorch's add one value
+    /// at a time (LeNet's batch norms); `None` where it declines, for libtorch's own.
     fn train_by_kernel(&self, x: &Tensor) -> Option<Fwd> {
         self.call_kernel(convnets_batch_norm_train, &NORM_KERNEL_CALLS, x)
     }
@@ -211,9 +211,10 @@ impl Layer for BatchNorm {
     fn fusable(&self) -> Option<Fusable<'_>> {
         Some(Fusable::Norm(self.norm()))
     }
-    /// The shim's kernel for a channels-last float32 map (csrc/norm_relu.cpp): the batch norm's
-    /// statistics in one pass, its output and the ReLU's in one more, the ReLU's mask recomputed
-    /// in the backward pass, where the two layers one by one take 14 passes over the map.
+    /// The shim's kernel for a channels-last float32 or bfloat16 map (csrc/norm_relu.cpp): the
+    /// batch norm's statistics in one pass, its output and the ReLU's in one more, the ReLU's mask
+    /// recomputed in the backward pass, where the two layers one by one take 14 passes over the
+    /// map.
     fn train_with_relu(&self, x: &Tensor) -> Option<Fwd> {
         if let Err(e) = check_batch_norm(x, self.num_features, self.dims, true) {
             return Some(Err(e));
@@ -251,9 +252,10 @@ fn batch_norm_onnx(
 /// the moving averages keep 0.9 of the old value, as in the seed: unlike the built-in layer they
 /// track the biased batch variance.
 ///
-/// On NCHW float32 CPU maps (LeNet's convolutions' outputs) training runs the same arithmetic in
-/// the shim's batch norm kernel, two passes over the map forward and two backward where the
-/// tensor operations below take about ten each way; the test
+/// On NCHW float32 or bfloat16 CPU maps (LeNet's convolutions' outputs) training runs the same
+/// arithmetic in the shim's batch norm kernel (a bfloat16 map computed in float, its output float32
+/// as the formula's product with the float32 gamma is), two passes over the map forward and two
+/// backward where the tensor operations below take about ten each way; the test
 /// `from_scratch_batch_norm_trains_as_its_tensor_operations_do` holds it to them.
 #[derive(Debug)]
 pub struct ScratchBatchNorm {
@@ -283,9 +285,9 @@ impl ScratchBatchNorm {
         }
     }
 
-    /// The training step's arithmetic by the shim's kernel for NCHW float32 CPU maps (the moving
-    /// averages keep `MOMENTUM` of the old value, so the new one's weight is `1 - MOMENTUM`);
-    /// `None` where it declines (2-d inputs among them).
+    /// The training step's arithmetic by the shim's kernel for NCHW float32 or bfloat16 CPU maps
+    /// (the moving averages keep `MOMENTUM` of the old value, so the new one's weight is
+    /// `1 - MOMENTUM`); `None` where it declines (2-d inputs among them).
     fn train_by_kernel(&self, x: &Tensor) -> Option<Fwd> {
         let tensors = [&self.gamma, &self.beta, &self.moving_mean, &self.moving_var];
         let kernel = convnets_batch_norm_train_biased_running_var;
